@@ -1,0 +1,66 @@
+"""An in-memory example store: the reference behaviour for the contract tests, and a zero-setup backend."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+from echolm_middleware.core.types import Candidate, Example, Vector
+
+
+def _unit(vector: Vector) -> list[float]:
+    norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+    return [x / norm for x in vector]
+
+
+class InMemoryExampleStore:
+    """Examples per tenant in dicts; exact cosine search. Not shared across processes."""
+
+    def __init__(self) -> None:
+        self._examples: dict[str, dict[str, tuple[Example, list[float]]]] = {}
+        self._lock = threading.Lock()
+
+    def nearest(self, tenant: str, vector: Vector, n: int) -> list[Candidate]:
+        query = _unit(vector)
+        with self._lock:
+            items = list(self._examples.get(tenant, {}).values())
+        scored = [
+            Candidate(example, sum(a * b for a, b in zip(query, stored, strict=True)), stored)
+            for example, stored in items
+        ]
+        scored.sort(key=lambda c: c.similarity, reverse=True)
+        return scored[:n]
+
+    def upsert(self, tenant: str, examples: Sequence[Example], vectors: Sequence[Vector]) -> None:
+        if len(examples) != len(vectors):
+            raise ValueError("one vector per example")
+        with self._lock:
+            partition = self._examples.setdefault(tenant, {})
+            for example, vector in zip(examples, vectors, strict=True):
+                partition[example.id] = (example, _unit(vector))
+
+    def add_offload_outcomes(self, tenant: str, outcomes: Mapping[str, tuple[int, float]]) -> None:
+        with self._lock:
+            partition = self._examples.get(tenant, {})
+            for example_id, (uses, successes) in outcomes.items():
+                if example_id in partition:
+                    example, vector = partition[example_id]
+                    updated = replace(
+                        example,
+                        uses=example.uses + uses,
+                        offload_successes=max(0.0, example.offload_successes + successes),
+                    )
+                    partition[example_id] = (updated, vector)
+
+    def set_quality(self, tenant: str, example_id: str, quality: float) -> None:
+        with self._lock:
+            partition = self._examples.get(tenant, {})
+            if example_id in partition:
+                example, vector = partition[example_id]
+                partition[example_id] = (replace(example, quality=quality), vector)
+
+    def count(self, tenant: str) -> int:
+        with self._lock:
+            return len(self._examples.get(tenant, {}))

@@ -1,0 +1,129 @@
+"""Decision log and router statistics in one SQLite file (stdlib), so they survive restarts.
+
+Each write is one committed transaction in WAL mode: a crash leaves the previous or the new row,
+never half of one. Several processes may open the same file (`echolm explain` beside a running proxy).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from echolm_middleware.core.types import Decision
+from echolm_middleware.errors import StateUnavailable
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+    request_id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    body TEXT NOT NULL,
+    recorded_by TEXT
+);
+CREATE INDEX IF NOT EXISTS decisions_created ON decisions(created_at);
+CREATE TABLE IF NOT EXISTS posteriors (
+    tier TEXT NOT NULL,
+    bucket TEXT NOT NULL,
+    successes REAL NOT NULL,
+    failures REAL NOT NULL,
+    PRIMARY KEY (tier, bucket)
+);
+CREATE TABLE IF NOT EXISTS utility_weights (name TEXT PRIMARY KEY, value REAL NOT NULL);
+"""
+
+
+class SQLiteState:
+    """Implements both DecisionLog and RouterStatsStore over one database file."""
+
+    def __init__(self, path: Path | str) -> None:
+        self._path = str(path)
+        if self._path != ":memory:":
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(self._path, check_same_thread=False, timeout=10.0, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StateUnavailable(f"cannot open state database {self._path}: {exc}") from exc
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StateUnavailable(f"state database {self._path}: {exc}") from exc
+
+    def _query(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        with self._lock:
+            try:
+                return list(self._db.execute(sql, params).fetchall())
+            except sqlite3.Error as exc:
+                raise StateUnavailable(f"state database {self._path}: {exc}") from exc
+
+    # ---- DecisionLog --------------------------------------------------------------------------
+
+    def put(self, decision: Decision) -> None:
+        body = json.dumps(decision.to_dict(), ensure_ascii=True)
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO decisions (request_id, tenant, created_at, body) VALUES (?, ?, ?, ?)",
+                (decision.request_id, decision.tenant, decision.created_at, body),
+            )
+
+    def get(self, request_id: str) -> Decision | None:
+        rows = self._query("SELECT body FROM decisions WHERE request_id = ?", (request_id,))
+        return Decision.from_dict(json.loads(str(rows[0][0]))) if rows else None
+
+    def mark_recorded(self, request_id: str, outcome: str) -> bool:
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE decisions SET recorded_by = ? WHERE request_id = ? AND recorded_by IS NULL",
+                (outcome, request_id),
+            )
+            return cursor.rowcount == 1
+
+    def recorded_by(self, request_id: str) -> str | None:
+        rows = self._query("SELECT recorded_by FROM decisions WHERE request_id = ?", (request_id,))
+        return str(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    # ---- RouterStatsStore ---------------------------------------------------------------------
+
+    def load_posteriors(self) -> dict[tuple[str, str], tuple[float, float]]:
+        rows = self._query("SELECT tier, bucket, successes, failures FROM posteriors")
+        return {(str(t), str(b)): (float(s), float(f)) for t, b, s, f in rows}  # type: ignore[arg-type]
+
+    def add_to_posterior(self, tier: str, bucket: str, successes: float, failures: float) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO posteriors (tier, bucket, successes, failures) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(tier, bucket) DO UPDATE SET successes = successes + excluded.successes, "
+                "failures = failures + excluded.failures",
+                (tier, bucket, successes, failures),
+            )
+
+    def load_weights(self) -> dict[str, float] | None:
+        rows = self._query("SELECT name, value FROM utility_weights")
+        return {str(name): float(value) for name, value in rows} or None  # type: ignore[arg-type]
+
+    def save_weights(self, weights: Mapping[str, float]) -> None:
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO utility_weights (name, value) VALUES (?, ?)", list(weights.items())
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

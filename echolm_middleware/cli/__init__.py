@@ -1,0 +1,1 @@
+"""The `echolm` command line: one subcommand per job."""

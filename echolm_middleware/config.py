@@ -1,0 +1,237 @@
+"""Typed configuration: the `echolm` section of config.yaml, with `ECHOLM_` environment overrides.
+
+Only this module reads files or the environment. Each component receives its own sub-settings.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from echolm_middleware.errors import ConfigError
+
+CONFIG_SECTION = "echolm"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TierSettings(_Strict):
+    """One tier: a LiteLLM model group, with what it costs and how much load it takes."""
+
+    name: str = Field(min_length=1, description="LiteLLM model group that serves this tier.")
+    cost_per_1k_tokens: float | None = Field(
+        default=None, ge=0, description="Blended price; None = take it from litellm's cost data."
+    )
+    capacity: float = Field(default=2.0, gt=0, description="In-flight requests above which load shifts away.")
+    max_input_tokens: int = Field(default=2048, gt=0, description="Context window used to refuse oversize prompts.")
+    quality_prior: float = Field(
+        default=0.5, gt=0, lt=1, description="Prior quality of this tier without examples (0-1)."
+    )
+
+
+class UtilityWeights(_Strict):
+    """Logistic weights of the stage-2 utility score; fitted online from feedback."""
+
+    bias: float = -9.0
+    similarity: float = 11.0
+    quality: float = 1.0
+    source: float = 0.5
+    offload: float = 1.0
+    age: float = 0.3
+
+
+class RetrievalSettings(_Strict):
+    candidates: int = Field(default=20, ge=1, le=200, description="Stage-1 nearest neighbours fetched.")
+    k: int = Field(default=3, ge=0, le=5, description="Most examples prepended.")
+    threshold: float = Field(default=0.5, ge=0, le=1, description="Least utility an example needs.")
+    max_example_tokens: int = Field(default=600, ge=0, description="Prompt-token budget for all examples.")
+    near_duplicate_similarity: float = Field(
+        default=0.97, ge=0, le=1, description="Two examples at least this similar are one example."
+    )
+    age_half_life_days: float = Field(default=30.0, gt=0)
+    weights: UtilityWeights = UtilityWeights()
+    learning_rate: float = Field(default=0.05, ge=0, le=1, description="Step of the online weight fit.")
+
+
+class AugmentationSettings(_Strict):
+    format: Literal["inline", "few_shot"] = "inline"
+    max_answer_chars: int = Field(default=1200, ge=1, description="Longer cached answers are cut when prepended.")
+
+
+class RoutingSettings(_Strict):
+    policy: Literal["mean", "thompson"] = "mean"
+    cost_weight: float = Field(
+        default=0.1, ge=0, description="Quality points traded for going from the dearest to a free tier."
+    )
+    load_lambda: float = Field(default=1.0, ge=0, description="λ0 of the load bias λ0·tanh(γ·(L−cap))·C.")
+    load_gamma: float = Field(default=1.0, gt=0, description="γ of the load bias.")
+    load_ema_alpha: float = Field(default=0.5, gt=0, le=1, description="Weight of the newest in-flight count.")
+    prior_strength: float = Field(default=10.0, gt=0, description="Pseudo-observations behind each prior.")
+    example_uplift: float = Field(
+        default=0.9, ge=0, le=1, description="Share of a tier's quality gap closed by a perfect example."
+    )
+
+
+class AdmissionSettings(_Strict):
+    initial_quality: float = Field(default=0.8, ge=0, le=1)
+    min_quality: float = Field(default=0.5, ge=0, le=1, description="Quality bar an answer must clear.")
+    min_answer_chars: int = Field(default=1, ge=1)
+    max_answer_chars: int = Field(default=4000, ge=1)
+    max_prompt_chars: int = Field(default=4000, ge=1)
+
+
+class StoreSettings(_Strict):
+    backend: Literal["chroma", "memory"] = "chroma"
+    path: Path = Path(".echolm/chroma")
+    server_url: str | None = Field(default=None, description="http://host:port of a `chroma run` server.")
+    collection_prefix: str = Field(default="echolm", pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,20}$")
+    batch_size: int = Field(default=64, ge=1)
+
+
+class EmbedderSettings(_Strict):
+    backend: Literal["minilm"] = "minilm"
+    threads: int = Field(default=1, ge=1)
+
+
+class StateSettings(_Strict):
+    backend: Literal["sqlite", "memory"] = "sqlite"
+    path: Path = Path(".echolm/state.db")
+
+
+class ProxySettings(_Strict):
+    timeout_ms: float = Field(default=2000, gt=0, description="Budget of our pre-call work; past it, fail open.")
+    max_messages: int = Field(default=256, ge=1, description="Longer conversations pass through untouched.")
+    query_context_turns: int = Field(default=0, ge=0, description="Earlier user turns added to the query.")
+
+
+class Settings(BaseSettings):
+    """Everything echolm-middleware reads; defaults suit a single embedded-Chroma proxy."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ECHOLM_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    tiers: tuple[TierSettings, ...] = Field(min_length=1)
+    retrieval: RetrievalSettings = RetrievalSettings()
+    augmentation: AugmentationSettings = AugmentationSettings()
+    routing: RoutingSettings = RoutingSettings()
+    admission: AdmissionSettings = AdmissionSettings()
+    store: StoreSettings = StoreSettings()
+    embedder: EmbedderSettings = EmbedderSettings()
+    state: StateSettings = StateSettings()
+    proxy: ProxySettings = ProxySettings()
+
+    @model_validator(mode="after")
+    def _unique_tier_names(self) -> Settings:
+        names = [tier.name for tier in self.tiers]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"tier names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values arrive as init kwargs; the environment must win over the file.
+        return (env_settings, init_settings)
+
+    def resolve_paths(self, base: Path) -> Settings:
+        """Relative store/state paths are relative to the config file, not the process's cwd."""
+        store = self.store.model_copy(update={"path": _under(base, self.store.path)})
+        state = self.state.model_copy(update={"path": _under(base, self.state.path)})
+        return self.model_copy(update={"store": store, "state": state})
+
+
+def _under(base: Path, path: Path) -> Path:
+    return path if path.is_absolute() else base / path
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The whole YAML file as a mapping (LiteLLM's sections included)."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return data
+
+
+def settings_from_mapping(section: Mapping[str, Any] | None) -> Settings:
+    """Validate an `echolm` section (env overrides applied) into Settings, or raise ConfigError."""
+    if section is not None and not isinstance(section, Mapping):
+        raise ConfigError(f"{CONFIG_SECTION}: must be a mapping")
+    try:
+        return Settings(**dict(section or {}))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from exc
+
+
+def load_settings(path: Path) -> tuple[Settings, dict[str, Any]]:
+    """Settings from the `echolm` section of a config file, plus the whole file for LiteLLM's parts."""
+    data = read_config_file(path)
+    settings = settings_from_mapping(data.get(CONFIG_SECTION))
+    return settings.resolve_paths(path.resolve().parent), data
+
+
+def model_groups_in(config: Mapping[str, Any]) -> set[str]:
+    """The LiteLLM model groups (`model_name`s) a proxy config declares."""
+    groups = set()
+    for entry in config.get("model_list") or []:
+        if isinstance(entry, Mapping) and isinstance(entry.get("model_name"), str):
+            groups.add(entry["model_name"])
+    return groups
+
+
+def check_tiers_exist(settings: Settings, model_groups: Iterable[str]) -> None:
+    """Stop start-up when a tier names no model group; the message names the key."""
+    known = set(model_groups)
+    for index, tier in enumerate(settings.tiers):
+        if tier.name not in known:
+            raise ConfigError(
+                f"{CONFIG_SECTION}.tiers[{index}].name: {tier.name!r} names no model group in model_list "
+                f"(known: {', '.join(sorted(known)) or 'none'})"
+            )
+
+
+def config_path_from_env() -> Path | None:
+    """ECHOLM_CONFIG: the file holding the `echolm` section, when the host does not say."""
+    value = os.environ.get("ECHOLM_CONFIG")
+    return Path(value) if value else None
+
+
+def static_keys_from_env() -> dict[str, str]:
+    """ECHOLM_STATIC_KEYS="key=team,key2=team2": API keys and their teams for a proxy without a database."""
+    pairs = {}
+    for item in os.environ.get("ECHOLM_STATIC_KEYS", "").split(","):
+        key, sep, team = item.strip().partition("=")
+        if sep and key and team:
+            pairs[key] = team
+    return pairs
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        location = ".".join(str(part) for part in (CONFIG_SECTION, *error["loc"]))
+        reason = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        lines.append(f"{location}: {reason}")
+    return "invalid echolm configuration:\n  " + "\n  ".join(lines)

@@ -1,0 +1,1 @@
+"""The EchoLM core: pure decisions and the engine; imports no framework (a test enforces it)."""

@@ -1,0 +1,355 @@
+"""The engine every door calls: retrieve examples, augment the prompt, pick a tier, record the outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from echolm_middleware.config import (
+    AdmissionSettings,
+    AugmentationSettings,
+    ProxySettings,
+    RetrievalSettings,
+    RoutingSettings,
+)
+from echolm_middleware.core import selection
+from echolm_middleware.core.ports import (
+    DecisionLog,
+    Embedder,
+    ExampleStore,
+    RouterStatsStore,
+    TokenCounter,
+)
+from echolm_middleware.core.prompting import augment
+from echolm_middleware.core.requests import RequestView, inspect_request
+from echolm_middleware.core.routing import (
+    LoadTracker,
+    TierProfile,
+    choose_tier,
+    context_bucket,
+    score_tiers,
+    tier_bucket,
+)
+from echolm_middleware.core.types import (
+    Candidate,
+    ChatRequest,
+    Decision,
+    Example,
+    ExampleTrace,
+    Outcome,
+    Prepared,
+    RecordResult,
+    ScoredExample,
+)
+from echolm_middleware.errors import UnknownRequest
+
+_QUERY_VECTOR_CACHE = 4096
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """The sub-settings the engine reads (never the whole Settings tree)."""
+
+    retrieval: RetrievalSettings
+    augmentation: AugmentationSettings
+    routing: RoutingSettings
+    admission: AdmissionSettings
+    requests: ProxySettings
+
+
+def example_id(tenant: str, prompt: str) -> str:
+    """Stable id of a tenant's example for a prompt: re-admitting the same prompt replaces it."""
+    normalized = " ".join(prompt.lower().split())
+    return hashlib.sha256(f"{tenant}\0{normalized}".encode()).hexdigest()[:32]
+
+
+class Engine:
+    """EchoLM's request path and recording path over injected ports."""
+
+    def __init__(
+        self,
+        settings: EngineSettings,
+        tiers: Sequence[TierProfile],
+        *,
+        embedder: Embedder,
+        store: ExampleStore,
+        tokens: TokenCounter,
+        decisions: DecisionLog,
+        stats: RouterStatsStore,
+        clock: Callable[[], float] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.tiers = sorted(tiers, key=lambda t: t.rank)
+        self.strongest = self.tiers[-1].name
+        self._by_name = {tier.name: tier for tier in self.tiers}
+        self._strength = {
+            tier.name: (tier.rank / (len(self.tiers) - 1) if len(self.tiers) > 1 else 1.0) for tier in self.tiers
+        }
+        self.embedder = embedder
+        self.store = store
+        self.tokens = tokens
+        self.decisions = decisions
+        self.stats = stats
+        self.load = LoadTracker(settings.routing.load_ema_alpha)
+        self._now = clock or time.time
+        self._rng = rng or random.Random()
+        self._lock = threading.Lock()
+        self._posteriors = stats.load_posteriors()
+        self._weights = stats.load_weights() or settings.retrieval.weights.model_dump()
+        self._vectors: OrderedDict[str, list[float]] = OrderedDict()
+
+    # ---- request path -------------------------------------------------------------------------
+
+    def prepare(self, request: ChatRequest) -> Prepared:
+        """Decide the tier and the messages for one request; the decision is kept under a new id."""
+        started = time.perf_counter()
+        decision = self._new_decision(request)
+        view = inspect_request(
+            request,
+            max_messages=self.settings.requests.max_messages,
+            context_turns=self.settings.requests.query_context_turns,
+        )
+        requested = self._by_name.get(request.model)
+        if requested is None:
+            return self._pass_through(decision, request, f"model {request.model!r} is not an EchoLM tier", started)
+        if not view.routable:
+            return self._pass_through(decision, request, view.reason, started)
+        decision.query = view.query
+        eligible = self._fitting_tiers(requested, view)
+        if not eligible:
+            return self._pass_through(decision, request, "prompt exceeds the requested tier's context", started)
+
+        vector = self.embedder.embed([view.query])[0]
+        candidates = self.store.nearest(request.tenant, vector, self.settings.retrieval.candidates)
+        chosen = self._choose_examples(candidates)
+        bucket = context_bucket(chosen)
+        with self._lock:
+            observed = dict(self._posteriors)
+        scores = score_tiers(
+            eligible,
+            strongest=self.strongest,
+            bucket=bucket,
+            observed=observed,
+            loads=self.load.loads(),
+            settings=self.settings.routing,
+            rng=self._rng,
+        )
+        best = choose_tier(scores)
+        gets_examples = best.tier != self.strongest and bool(chosen)
+        messages = (
+            augment(
+                request.messages,
+                [item.candidate.example for item in chosen],
+                fmt=self.settings.augmentation.format,
+                max_answer_chars=self.settings.augmentation.max_answer_chars,
+            )
+            if gets_examples
+            else [dict(message) for message in request.messages]
+        )
+        decision.action = "route"
+        decision.reason = "routed"
+        decision.chosen_tier = best.tier
+        decision.bucket = bucket
+        decision.augmentation = self.settings.augmentation.format if gets_examples else "none"
+        decision.examples = [self._trace(item) for item in chosen] if gets_examples else []
+        decision.candidates_considered = len(candidates)
+        decision.best_similarity = max((c.similarity for c in candidates), default=None)
+        decision.example_tokens = sum(item.tokens for item in chosen) if gets_examples else 0
+        decision.scores = scores
+        decision.overhead_ms = (time.perf_counter() - started) * 1000
+        self.decisions.put(decision)
+        self._remember_vector(decision.request_id, vector)
+        return Prepared(decision=decision, model=best.tier, messages=messages)
+
+    def bypass(self, request: ChatRequest) -> Prepared:
+        """The caller asked us to stay out: the request goes out unchanged and is not recorded."""
+        return self._pass_through(self._new_decision(request), request, "bypass requested", time.perf_counter())
+
+    def fail_open(self, request: ChatRequest, reason: str) -> Prepared:
+        """The request goes to the model it named, unchanged; the decision says why (best effort)."""
+        decision = self._new_decision(request)
+        decision.action = "fail_open"
+        decision.reason = reason
+        try:
+            self.decisions.put(decision)
+        except Exception:  # the log itself may be what failed; the request must still go out
+            pass
+        return Prepared(decision=decision, model=request.model, messages=[dict(m) for m in request.messages])
+
+    async def aprepare(self, request: ChatRequest) -> Prepared:
+        return await asyncio.to_thread(self.prepare, request)
+
+    # ---- recording path -----------------------------------------------------------------------
+
+    def record(self, outcome: Outcome) -> RecordResult:
+        """Admit a strongest-tier answer as an example, or count a cheaper tier's use of its examples."""
+        decision = self.decisions.get(outcome.request_id)
+        if decision is None or decision.action != "route":
+            return "skipped"
+        if not self.decisions.mark_recorded(outcome.request_id, outcome.served_by):
+            return "duplicate"
+        clean = outcome.finish_reason in (None, "stop") and bool(outcome.answer.strip())
+        if outcome.served_by == self.strongest:
+            return "admitted" if clean and self._admit_from(decision, outcome) else "skipped"
+        if decision.examples:
+            self.store.add_offload_outcomes(
+                decision.tenant, {trace.id: (1, 1.0 if clean else 0.0) for trace in decision.examples}
+            )
+            return "offload_counted"
+        return "skipped"
+
+    async def arecord(self, outcome: Outcome) -> RecordResult:
+        return await asyncio.to_thread(self.record, outcome)
+
+    def admit(self, tenant: str, prompt: str, answer: str, source_tier: str) -> bool:
+        """Admit one (prompt, answer) pair directly, e.g. to warm a cache from known strong answers."""
+        return self._admit(tenant, prompt, answer, source_tier, vector=None)
+
+    def feedback(self, request_id: str, score: float) -> None:
+        """A quality score (0-1) for a past response: updates the router and the examples it used."""
+        if not 0.0 <= score <= 1.0:
+            raise ValueError("score must lie in [0, 1]")
+        decision = self.decisions.get(request_id)
+        if decision is None or decision.action != "route":
+            raise UnknownRequest(f"no routed decision with request id {request_id!r}")
+        strongest = decision.chosen_tier == self.strongest
+        bucket = tier_bucket(decision.bucket, strongest=strongest)
+        self.stats.add_to_posterior(decision.chosen_tier, bucket, score, 1.0 - score)
+        with self._lock:
+            successes, failures = self._posteriors.get((decision.chosen_tier, bucket), (0.0, 0.0))
+            self._posteriors[(decision.chosen_tier, bucket)] = (successes + score, failures + 1.0 - score)
+        if strongest:
+            # The answer this request admitted is only as good as the feedback says.
+            self.store.set_quality(decision.tenant, example_id(decision.tenant, decision.query), score)
+            return
+        if decision.examples:
+            # The use was counted as a success when it completed; the feedback corrects that guess.
+            self.store.add_offload_outcomes(
+                decision.tenant, {trace.id: (0, score - 1.0) for trace in decision.examples}
+            )
+            with self._lock:
+                weights = self._weights
+                for trace in decision.examples:
+                    weights = selection.fit_step(
+                        weights, trace.features, score, self.settings.retrieval.learning_rate
+                    )
+                self._weights = weights
+            self.stats.save_weights(weights)
+
+    def explain(self, request_id: str) -> Decision:
+        decision = self.decisions.get(request_id)
+        if decision is None:
+            raise UnknownRequest(f"no decision with request id {request_id!r}")
+        return decision
+
+    def utility_weights(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._weights)
+
+    # ---- internals ----------------------------------------------------------------------------
+
+    def _new_decision(self, request: ChatRequest) -> Decision:
+        return Decision(
+            request_id=uuid.uuid4().hex,
+            tenant=request.tenant,
+            created_at=self._now(),
+            requested_model=request.model,
+            action="pass_through",
+            reason="",
+            chosen_tier=request.model,
+        )
+
+    def _pass_through(self, decision: Decision, request: ChatRequest, reason: str, started: float) -> Prepared:
+        decision.action = "pass_through"
+        decision.reason = reason
+        decision.overhead_ms = (time.perf_counter() - started) * 1000
+        self.decisions.put(decision)
+        return Prepared(decision=decision, model=request.model, messages=[dict(m) for m in request.messages])
+
+    def _fitting_tiers(self, requested: TierProfile, view: RequestView) -> list[TierProfile]:
+        """Tiers no dearer than the one named whose context window holds the prompt and the examples."""
+        budget = self.settings.retrieval.max_example_tokens
+        affordable = [tier for tier in self.tiers if tier.rank <= requested.rank]
+        smallest = min(tier.max_input_tokens for tier in affordable)
+        # Tokens never outnumber UTF-8 bytes (at most 4 per character), so most prompts skip counting;
+        # a prompt too long to count cheaply is charged one token per character, a lower bound.
+        if view.chars * 4 + budget < smallest:
+            return affordable
+        prompt_tokens = self.tokens.count(view.text) if view.chars < 200_000 else view.chars
+        return [tier for tier in affordable if prompt_tokens + budget <= tier.max_input_tokens]
+
+    def _choose_examples(self, candidates: Sequence[Candidate]) -> list[ScoredExample]:
+        retrieval = self.settings.retrieval
+        now = self._now()
+        weights = self.utility_weights()
+        scored = []
+        for candidate in candidates:
+            if candidate.example.quality < self.settings.admission.min_quality:
+                continue  # feedback sank this answer below the bar: never show it again
+            features = selection.utility_features(
+                candidate, now=now, tier_strength=self._strength, half_life_days=retrieval.age_half_life_days
+            )
+            scored.append(ScoredExample(candidate, selection.utility(features, weights), features))
+        return selection.select_examples(
+            scored,
+            k=retrieval.k,
+            threshold=retrieval.threshold,
+            token_budget=retrieval.max_example_tokens,
+            near_duplicate_similarity=retrieval.near_duplicate_similarity,
+            count_tokens=lambda item: self.tokens.count(
+                item.candidate.example.prompt + "\n" + item.candidate.example.answer
+            ),
+        )
+
+    @staticmethod
+    def _trace(item: ScoredExample) -> ExampleTrace:
+        example = item.candidate.example
+        return ExampleTrace(
+            id=example.id,
+            prompt=example.prompt,
+            similarity=item.candidate.similarity,
+            utility=item.utility,
+            features=dict(item.features),
+            tokens=item.tokens,
+        )
+
+    def _remember_vector(self, request_id: str, vector: list[float]) -> None:
+        with self._lock:
+            self._vectors[request_id] = vector
+            while len(self._vectors) > _QUERY_VECTOR_CACHE:
+                self._vectors.popitem(last=False)
+
+    def _admit_from(self, decision: Decision, outcome: Outcome) -> bool:
+        with self._lock:
+            vector = self._vectors.pop(decision.request_id, None)
+        return self._admit(decision.tenant, decision.query, outcome.answer, outcome.served_by, vector)
+
+    def _admit(self, tenant: str, prompt: str, answer: str, source_tier: str, vector: list[float] | None) -> bool:
+        admission = self.settings.admission
+        prompt, answer = prompt.strip(), answer.strip()
+        if not prompt or not answer or len(prompt) > admission.max_prompt_chars:
+            return False
+        if not admission.min_answer_chars <= len(answer) <= admission.max_answer_chars:
+            return False
+        if admission.initial_quality < admission.min_quality:
+            return False
+        if vector is None:
+            vector = self.embedder.embed([prompt])[0]
+        example = Example(
+            id=example_id(tenant, prompt),
+            prompt=prompt,
+            answer=answer,
+            source_tier=source_tier,
+            quality=admission.initial_quality,
+            created_at=self._now(),
+        )
+        self.store.upsert(tenant, [example], [vector])
+        return True

@@ -1,0 +1,61 @@
+"""The small interfaces the core talks to; backends implement them, tests fake them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from echolm_middleware.core.types import Candidate, Decision, Example, Vector
+
+
+class Embedder(Protocol):
+    """Turns texts into unit-length vectors (cosine similarity = dot product)."""
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
+
+
+class ExampleStore(Protocol):
+    """Tenant-partitioned examples; every call names its tenant and never sees another's."""
+
+    def nearest(self, tenant: str, vector: Vector, n: int) -> list[Candidate]: ...
+
+    def upsert(self, tenant: str, examples: Sequence[Example], vectors: Sequence[Vector]) -> None: ...
+
+    def add_offload_outcomes(self, tenant: str, outcomes: Mapping[str, tuple[int, float]]) -> None:
+        """Add (uses, successes) to each example id's offload record; unknown ids are ignored."""
+        ...
+
+    def set_quality(self, tenant: str, example_id: str, quality: float) -> None:
+        """Set the quality of one example; an unknown id is ignored."""
+        ...
+
+    def count(self, tenant: str) -> int: ...
+
+
+class TokenCounter(Protocol):
+    def count(self, text: str) -> int: ...
+
+
+class DecisionLog(Protocol):
+    """Keeps every decision by request id, and whether its outcome was already recorded."""
+
+    def put(self, decision: Decision) -> None: ...
+
+    def get(self, request_id: str) -> Decision | None: ...
+
+    def mark_recorded(self, request_id: str, outcome: str) -> bool:
+        """Mark once; False when the request was already recorded (so a record happens once)."""
+        ...
+
+
+class RouterStatsStore(Protocol):
+    """Persists the router's Beta posteriors and the fitted utility weights across restarts."""
+
+    def load_posteriors(self) -> dict[tuple[str, str], tuple[float, float]]: ...
+
+    def add_to_posterior(self, tier: str, bucket: str, successes: float, failures: float) -> None: ...
+
+    def load_weights(self) -> dict[str, float] | None: ...
+
+    def save_weights(self, weights: Mapping[str, float]) -> None: ...
+

@@ -1,0 +1,136 @@
+"""Tier choice: S_i = μ_i − w·C_i − λ0·tanh(γ·(L_i − cap_i))⁺·C_i over any number of tiers.
+
+μ_i is the posterior mean (or a Thompson draw) of a Beta per tier and context bucket; the context is
+the quality of the examples found for this request (DESIGN.md §2.5). Below capacity the load term is
+zero; above it the bias grows with the excess and with the tier's cost, so load shifts to cheap tiers.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from echolm_middleware.config import RoutingSettings
+from echolm_middleware.core.types import ScoredExample, TierScore
+
+# Context buckets by the best example's utility, each with the utility it stands for in the prior.
+_BUCKETS: tuple[tuple[str, float, float], ...] = (
+    ("high", 0.85, 0.925),
+    ("mid", 0.7, 0.775),
+    ("low", 0.0, 0.6),
+)
+NO_EXAMPLES = "none"
+STRONGEST_BUCKET = "any"
+
+
+@dataclass(frozen=True)
+class TierProfile:
+    """A tier as the router sees it: relative cost in [0, 1], capacity and prior quality."""
+
+    name: str
+    rank: int
+    cost: float
+    capacity: float
+    quality_prior: float
+    max_input_tokens: int
+
+
+def context_bucket(examples: Sequence[ScoredExample]) -> str:
+    """The bucket of a request's context: how good its best example is."""
+    if not examples:
+        return NO_EXAMPLES
+    best = max(example.utility for example in examples)
+    return next(name for name, floor, _ in _BUCKETS if best >= floor)
+
+
+def prior_mean(tier: TierProfile, bucket: str, *, strongest: bool, uplift: float) -> float:
+    """Prior quality: examples close part of a cheaper tier's gap (the EchoLM effect); none for the strongest."""
+    if strongest or bucket in (NO_EXAMPLES, STRONGEST_BUCKET):
+        return tier.quality_prior
+    strength = next(mid for name, _, mid in _BUCKETS if name == bucket)
+    return tier.quality_prior + (1.0 - tier.quality_prior) * uplift * strength
+
+
+def tier_bucket(bucket: str, *, strongest: bool) -> str:
+    """The strongest tier gets no examples, so one posterior serves all its contexts."""
+    return STRONGEST_BUCKET if strongest else bucket
+
+
+def score_tiers(
+    tiers: Sequence[TierProfile],
+    *,
+    strongest: str,
+    bucket: str,
+    observed: Mapping[tuple[str, str], tuple[float, float]],
+    loads: Mapping[str, float],
+    settings: RoutingSettings,
+    rng: random.Random,
+) -> list[TierScore]:
+    """Score every eligible tier for one request."""
+    scores = []
+    for tier in tiers:
+        is_strongest = tier.name == strongest
+        key_bucket = tier_bucket(bucket, strongest=is_strongest)
+        mean = prior_mean(tier, key_bucket, strongest=is_strongest, uplift=settings.example_uplift)
+        successes, failures = observed.get((tier.name, key_bucket), (0.0, 0.0))
+        alpha = mean * settings.prior_strength + successes
+        beta = (1.0 - mean) * settings.prior_strength + failures
+        quality = rng.betavariate(alpha, beta) if settings.policy == "thompson" else alpha / (alpha + beta)
+        load = loads.get(tier.name, 0.0)
+        excess = max(0.0, load - tier.capacity)
+        cost_penalty = settings.cost_weight * tier.cost
+        load_penalty = settings.load_lambda * math.tanh(settings.load_gamma * excess) * tier.cost
+        scores.append(
+            TierScore(
+                tier=tier.name,
+                quality=quality,
+                alpha=alpha,
+                beta=beta,
+                cost=tier.cost,
+                load=load,
+                capacity=tier.capacity,
+                cost_penalty=cost_penalty,
+                load_penalty=load_penalty,
+                score=quality - cost_penalty - load_penalty,
+            )
+        )
+    return scores
+
+
+def choose_tier(scores: Sequence[TierScore]) -> TierScore:
+    """Argmax of the score; a tie goes to the cheaper tier."""
+    return max(scores, key=lambda s: (round(s.score, 9), -s.cost))
+
+
+class LoadTracker:
+    """Per-tier in-flight counts and their exponential moving average (this process only)."""
+
+    def __init__(self, alpha: float) -> None:
+        self._alpha = alpha
+        self._in_flight: dict[str, int] = {}
+        self._ema: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def _update(self, tier: str, delta: int) -> None:
+        with self._lock:
+            count = max(0, self._in_flight.get(tier, 0) + delta)
+            self._in_flight[tier] = count
+            previous = self._ema.get(tier, 0.0)
+            self._ema[tier] = self._alpha * count + (1.0 - self._alpha) * previous
+
+    def begin(self, tier: str) -> None:
+        self._update(tier, +1)
+
+    def finish(self, tier: str) -> None:
+        self._update(tier, -1)
+
+    def loads(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._ema)
+
+    def in_flight(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._in_flight)

@@ -1,0 +1,148 @@
+"""Plain data that flows through the core: examples, candidates, decisions and outcomes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Vector = Sequence[float]
+Message = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Example:
+    """A past request and the answer a strong tier gave it, kept to be shown to later requests."""
+
+    id: str
+    prompt: str
+    answer: str
+    source_tier: str
+    quality: float
+    created_at: float
+    uses: int = 0
+    offload_successes: float = 0.0
+
+    @property
+    def offload_rate(self) -> float:
+        """Laplace-smoothed share of cheap-tier answers that went well when this example was shown."""
+        return (self.offload_successes + 1.0) / (self.uses + 2.0)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Stage 1: an example found near the query, with its cosine similarity (higher = closer)."""
+
+    example: Example
+    similarity: float
+    embedding: Vector | None = None
+
+
+@dataclass(frozen=True)
+class ScoredExample:
+    """Stage 2: a candidate with its estimated utility for this request and the features behind it."""
+
+    candidate: Candidate
+    utility: float
+    features: Mapping[str, float]
+    tokens: int = 0
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """What a door hands the engine: who asks, which model they named, and the conversation."""
+
+    tenant: str
+    model: str
+    messages: Sequence[Message]
+    has_tools: bool = False
+
+
+@dataclass(frozen=True)
+class TierScore:
+    """One tier's terms in S_i = μ_i − cost term − load bias (DESIGN.md §2.5)."""
+
+    tier: str
+    quality: float
+    alpha: float
+    beta: float
+    cost: float
+    load: float
+    capacity: float
+    cost_penalty: float
+    load_penalty: float
+    score: float
+
+
+@dataclass(frozen=True)
+class ExampleTrace:
+    """What the decision log keeps of each example it used."""
+
+    id: str
+    prompt: str
+    similarity: float
+    utility: float
+    features: Mapping[str, float]
+    tokens: int
+
+
+Action = Literal["route", "pass_through", "fail_open"]
+
+
+@dataclass
+class Decision:
+    """Why a request went where it went; kept under its request id for `echolm explain`."""
+
+    request_id: str
+    tenant: str
+    created_at: float
+    requested_model: str
+    action: Action
+    reason: str
+    chosen_tier: str
+    query: str = ""
+    bucket: str = ""
+    augmentation: str = ""
+    examples: list[ExampleTrace] = field(default_factory=list)
+    candidates_considered: int = 0
+    scores: list[TierScore] = field(default_factory=list)
+    best_similarity: float | None = None
+    example_tokens: int = 0
+    overhead_ms: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Decision:
+        values = dict(data)
+        values["examples"] = [ExampleTrace(**item) for item in values.get("examples", [])]
+        values["scores"] = [TierScore(**item) for item in values.get("scores", [])]
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The engine's answer to a door: the model group to call and the messages to send it."""
+
+    decision: Decision
+    model: str
+    messages: list[dict[str, Any]]
+
+    @property
+    def routed(self) -> bool:
+        return self.decision.action == "route"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What came back from the tier, as the door saw it after the response (or stream) completed."""
+
+    request_id: str
+    served_by: str
+    answer: str
+    finish_reason: str | None = None
+    latency_s: float | None = None
+
+
+RecordResult = Literal["admitted", "offload_counted", "skipped", "duplicate"]

@@ -1,0 +1,112 @@
+"""The one composition root: wires the backends named in Settings into an Engine."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from echolm_middleware.backends.chroma_store import ChromaExampleStore
+from echolm_middleware.backends.litellm_tokens import LiteLLMTokenCounter
+from echolm_middleware.backends.memory_store import InMemoryExampleStore
+from echolm_middleware.backends.minilm import MiniLMEmbedder
+from echolm_middleware.backends.sqlite_state import SQLiteState
+from echolm_middleware.config import Settings, TierSettings
+from echolm_middleware.core.engine import Engine, EngineSettings
+from echolm_middleware.core.ports import Embedder, ExampleStore, TokenCounter
+from echolm_middleware.core.routing import TierProfile
+from echolm_middleware.errors import ConfigError
+
+STORES: dict[str, Callable[[Settings], ExampleStore]] = {
+    "chroma": lambda s: ChromaExampleStore(s.store),
+    "memory": lambda s: InMemoryExampleStore(),
+}
+EMBEDDERS: dict[str, Callable[[Settings], Embedder]] = {
+    "minilm": lambda s: MiniLMEmbedder(s.embedder),
+}
+STATES: dict[str, Callable[[Settings], SQLiteState]] = {
+    "sqlite": lambda s: SQLiteState(s.state.path),
+    "memory": lambda s: SQLiteState(":memory:"),
+}
+
+
+def litellm_price_per_1k(model: str) -> float | None:
+    """Blended (input + output) / 2 price per 1k tokens from litellm's bundled cost map, if it knows the model."""
+    from echolm_middleware.backends._lazy import require
+
+    litellm = require("litellm", "litellm")
+    entry = litellm.model_cost.get(model) or litellm.model_cost.get(model.split("/", 1)[-1])
+    if not entry:
+        return None
+    per_token = (float(entry.get("input_cost_per_token") or 0) + float(entry.get("output_cost_per_token") or 0)) / 2
+    return per_token * 1000
+
+
+def _deployment_model(tier: str, model_list: Sequence[Mapping[str, Any]]) -> str | None:
+    for entry in model_list:
+        if entry.get("model_name") == tier:
+            params = entry.get("litellm_params") or {}
+            model = params.get("model")
+            return str(model) if model else None
+    return None
+
+
+def tier_profiles(
+    tiers: Sequence[TierSettings],
+    model_list: Sequence[Mapping[str, Any]] = (),
+    price_lookup: Callable[[str], float | None] = litellm_price_per_1k,
+) -> list[TierProfile]:
+    """Tiers in the order given (cheapest first), with costs scaled to [0, 1] by the dearest."""
+    prices = []
+    for index, tier in enumerate(tiers):
+        price = tier.cost_per_1k_tokens
+        if price is None:
+            model = _deployment_model(tier.name, model_list)
+            price = price_lookup(model) if model else None
+            if price is None:
+                raise ConfigError(
+                    f"echolm.tiers[{index}].cost_per_1k_tokens: not set, and litellm has no price for "
+                    f"model group {tier.name!r} ({model or 'no deployment found'}); set it in config"
+                )
+        prices.append(price)
+    if any(b < a for a, b in zip(prices, prices[1:], strict=False)):
+        raise ConfigError("echolm.tiers: list tiers from cheapest to dearest (the last one is the strongest)")
+    top = max(prices)
+    return [
+        TierProfile(
+            name=tier.name,
+            rank=index,
+            # Free local tiers still differ: fall back to rank when every price is zero.
+            cost=(price / top) if top > 0 else (index / max(1, len(tiers) - 1)),
+            capacity=tier.capacity,
+            quality_prior=tier.quality_prior,
+            max_input_tokens=tier.max_input_tokens,
+        )
+        for index, (tier, price) in enumerate(zip(tiers, prices, strict=True))
+    ]
+
+
+def build_engine(
+    settings: Settings,
+    model_list: Sequence[Mapping[str, Any]] = (),
+    *,
+    embedder: Embedder | None = None,
+    store: ExampleStore | None = None,
+    tokens: TokenCounter | None = None,
+) -> Engine:
+    """Build the engine from settings; tests pass their own ports to inject faults."""
+    state = STATES[settings.state.backend](settings)
+    return Engine(
+        EngineSettings(
+            retrieval=settings.retrieval,
+            augmentation=settings.augmentation,
+            routing=settings.routing,
+            admission=settings.admission,
+            requests=settings.proxy,
+        ),
+        tier_profiles(settings.tiers, model_list),
+        embedder=embedder or EMBEDDERS[settings.embedder.backend](settings),
+        store=store or STORES[settings.store.backend](settings),
+        tokens=tokens or LiteLLMTokenCounter(),
+        decisions=state,
+        stats=state,
+    )

@@ -1,0 +1,160 @@
+"""The LiteLLM proxy door: one `callbacks` entry in config.yaml.
+
+    litellm_settings:
+      callbacks: integrations.litellm_proxy.proxy_handler      # from a checkout, next to config.yaml
+      # callbacks: echolm_middleware.integrations.litellm_proxy.proxy_handler   # from the wheel
+
+The pre-call hook picks the tier (rewrites `data["model"]`) and prepends examples; the success event
+records the outcome. Anything of ours that fails or runs past its budget sends the request to the
+model it named, unchanged (fail open), and is counted and logged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from echolm_middleware.config import check_tiers_exist, config_path_from_env, load_settings
+from echolm_middleware.core.engine import Engine
+from echolm_middleware.core.types import ChatRequest
+from echolm_middleware.factory import build_engine
+from echolm_middleware.integrations.litellm_common import (
+    BYPASS_KEY,
+    METADATA_KEY,
+    EngineHandle,
+    FailOpenCounter,
+    RecordingCallback,
+    decision_summary,
+    prepare_or_fail_open,
+    response_headers,
+)
+
+_CHAT_CALL_TYPES = frozenset({"acompletion", "completion"})
+
+
+def tenant_of(user_api_key_dict: Any) -> str:
+    """The tenant from the authenticated key only: its team, else its user, else the key itself."""
+    for field, prefix in (("team_id", "team"), ("user_id", "user"), ("token", "key"), ("api_key", "key")):
+        value = getattr(user_api_key_dict, field, None)
+        if isinstance(value, str) and value:
+            return f"{prefix}:{value}"
+    return "default"
+
+
+def _proxy_config_path() -> Path:
+    """ECHOLM_CONFIG, else the config file the running proxy was started with."""
+    configured = config_path_from_env()
+    if configured is not None:
+        return configured
+    from litellm.proxy import proxy_server
+
+    if proxy_server.user_config_file_path:
+        return Path(proxy_server.user_config_file_path)
+    raise FileNotFoundError("no config file: start the proxy with --config or set ECHOLM_CONFIG")
+
+
+def engine_from_proxy_config() -> Engine:
+    """Build the engine from the `echolm` section of the proxy's own config file."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    settings, raw = load_settings(_proxy_config_path())
+    model_list = raw.get("model_list") or []
+    check_tiers_exist(settings, [entry.get("model_name") for entry in model_list if isinstance(entry, Mapping)])
+    engine = build_engine(settings, model_list)
+    warm_up = getattr(engine.embedder, "warm_up", None)
+    if callable(warm_up):
+        warm_up()
+    engine.tokens.count("warm up")
+    return engine
+
+
+class EchoLMProxyHandler(RecordingCallback):
+    """LiteLLM `CustomLogger` for the proxy; builds its engine lazily on the first request."""
+
+    def __init__(
+        self, handle: EngineHandle | None = None, timeout_s: float | None = None, startup_wait_s: float = 30.0
+    ) -> None:
+        super().__init__(handle or EngineHandle(engine_from_proxy_config), FailOpenCounter())
+        self._timeout_s = timeout_s
+        # Loading the embedder takes seconds; requests arriving meanwhile wait this long, then fail open.
+        self._startup_wait_s = startup_wait_s
+
+    def _timeout(self) -> float:
+        if self._timeout_s is not None:
+            return self._timeout_s
+        engine = self.handle.ready()
+        return engine.settings.requests.timeout_ms / 1000 if engine else self._startup_wait_s
+
+    async def async_filter_listed_models(self, user_api_key_dict: Any, model_names: Any) -> Any:
+        # Listing models (a readiness probe, say) starts building the engine before the first request.
+        self.handle.start()
+        return model_names
+
+    # Must be defined on this class itself: LiteLLM skips subclasses that only inherit the hook.
+    async def async_pre_call_hook(
+        self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: Any
+    ) -> dict[str, Any]:
+        if call_type not in _CHAT_CALL_TYPES or not isinstance(data, dict):
+            return data
+        metadata = data.get("metadata")
+        if not isinstance(metadata, dict):
+            metadata = {}
+            data["metadata"] = metadata
+        metadata.pop(METADATA_KEY, None)  # never trust a summary the caller sent
+        messages = data.get("messages")
+        request = ChatRequest(
+            tenant=tenant_of(user_api_key_dict),
+            model=str(data.get("model", "")),
+            messages=messages if isinstance(messages, list) else [],
+            has_tools=bool(data.get("tools") or data.get("functions")),
+        )
+        if metadata.pop(BYPASS_KEY, False):
+            engine = self.handle.ready()
+            if engine is not None:
+                metadata[METADATA_KEY] = decision_summary(engine.bypass(request).decision)
+            return data
+        prepared, engine = await prepare_or_fail_open(self.handle, self.fail_open, self._timeout(), request)
+        if prepared is None or engine is None:
+            metadata[METADATA_KEY] = {
+                "request_id": "",
+                "action": "fail_open",
+                "tier": request.model,
+                "examples": 0,
+                "best_similarity": None,
+                "reason": "engine not ready",
+            }
+            return data
+        if prepared.routed:
+            data["model"] = prepared.model
+            data["messages"] = prepared.messages
+            engine.load.begin(prepared.model)
+        metadata[METADATA_KEY] = decision_summary(prepared.decision)
+        return data
+
+    async def async_post_call_response_headers_hook(
+        self,
+        data: dict[str, Any],
+        user_api_key_dict: Any,
+        response: Any,
+        request_headers: dict[str, str] | None = None,
+        litellm_call_info: dict[str, object] | None = None,
+    ) -> dict[str, str] | None:
+        metadata = data.get("metadata") if isinstance(data, dict) else None
+        summary = metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None
+        return response_headers(summary) if isinstance(summary, dict) else None
+
+    async def async_post_call_success_hook(self, data: dict[str, Any], user_api_key_dict: Any, response: Any) -> Any:
+        # Non-streamed responses also carry the decision in the body, beside the headers.
+        metadata = data.get("metadata") if isinstance(data, dict) else None
+        summary = metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None
+        if isinstance(summary, dict) and response is not None:
+            try:
+                setattr(response, METADATA_KEY, dict(summary))
+            except (AttributeError, TypeError, ValueError):
+                pass
+        return response
+
+
+# The instance LiteLLM's config names; constructing it does no I/O.
+proxy_handler = EchoLMProxyHandler()
