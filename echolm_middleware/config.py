@@ -40,7 +40,7 @@ class TierSettings(_Strict):
 class UtilityWeights(_Strict):
     """Logistic weights of the stage-2 utility score; fitted online from feedback."""
 
-    bias: float = -9.0
+    bias: float = -10.6
     similarity: float = 11.0
     quality: float = 1.0
     source: float = 0.5
@@ -71,9 +71,9 @@ class RoutingSettings(_Strict):
     cost_weight: float = Field(
         default=0.1, ge=0, description="Quality points traded for going from the dearest to a free tier."
     )
-    load_lambda: float = Field(default=1.0, ge=0, description="λ0 of the load bias λ0·tanh(γ·(L−cap))·C.")
+    load_lambda: float = Field(default=0.5, ge=0, description="λ0 of the load bias λ0·tanh(γ·(L−cap))·C.")
     load_gamma: float = Field(default=1.0, gt=0, description="γ of the load bias.")
-    load_ema_alpha: float = Field(default=0.5, gt=0, le=1, description="Weight of the newest in-flight count.")
+    load_window_s: float = Field(default=2.0, gt=0, description="Time constant of the in-flight moving average.")
     prior_strength: float = Field(default=10.0, gt=0, description="Pseudo-observations behind each prior.")
     example_uplift: float = Field(
         default=0.9, ge=0, le=1, description="Share of a tier's quality gap closed by a perfect example."

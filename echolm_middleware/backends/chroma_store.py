@@ -91,22 +91,31 @@ class ChromaExampleStore:
         return self._client
 
     def _collection(self, tenant: str, *, create: bool) -> Any:
+        """The tenant's collection, or None when it has none yet and `create` is False."""
         name = collection_name(self._settings.collection_prefix, tenant)
-        if name not in self._collections:
+        # Two threads opening the same embedded client at once break chromadb's Rust bindings.
+        with self._lock:
+            if name in self._collections:
+                return self._collections[name]
             client = self._connect()
             if create:
-                self._collections[name] = client.get_or_create_collection(
+                collection = client.get_or_create_collection(
                     name,
                     configuration={"hnsw": {"space": "cosine"}},
                     metadata={"echolm_tenant": tenant},
                     embedding_function=None,
                 )
             else:
-                existing = {c.name if hasattr(c, "name") else str(c) for c in client.list_collections()}
-                if name not in existing:
+                try:
+                    collection = client.get_collection(name, embedding_function=None)
+                except self._chromadb_errors().NotFoundError:
                     return None
-                self._collections[name] = client.get_collection(name, embedding_function=None)
-        return self._collections[name]
+            self._collections[name] = collection
+            return collection
+
+    @staticmethod
+    def _chromadb_errors() -> Any:
+        return require("chromadb.errors", "chroma")
 
     def nearest(self, tenant: str, vector: Vector, n: int) -> list[Candidate]:
         with self._translated("query"):

@@ -227,10 +227,15 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def _stop(args: argparse.Namespace) -> int:
     from echolm_middleware.local_tiers.servers import stop_all
 
-    stopped = stop_all(args.run_dir)
-    for tier in stopped:
-        print(f"stopped {tier.alias} (pid {tier.pid}, port {tier.port})")
-    if not stopped:
+    recorded, stopped = stop_all(args.run_dir)
+    for tier in recorded:
+        if tier in stopped:
+            print(f"stopped {tier.alias} (pid {tier.pid}, port {tier.port})")
+        elif tier.pid is None:
+            print(f"forgot {tier.alias} on port {tier.port}: not started from this run dir, left running")
+        else:
+            print(f"forgot {tier.alias} (pid {tier.pid}, port {tier.port}): was not running")
+    if not recorded:
         print(f"no tiers recorded in {args.run_dir}")
     return 0
 

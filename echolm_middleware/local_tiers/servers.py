@@ -22,9 +22,9 @@ from echolm_middleware.local_tiers import LocalTierError, ServerStartFailed
 from echolm_middleware.local_tiers.assemble import ensure_model
 from echolm_middleware.local_tiers.manifest import get_artifact
 
-# Environment names that llama-cpp-python 0.3.36 reads on its own and that would silently change what we
-# start: `__main__.py` lets HOST/PORT/CONFIG_FILE override the command line, and its pydantic settings read
-# every other field (case-insensitively) from the environment, e.g. API_KEY would make our probe unauthorised.
+# llama-cpp-python 0.3.36 reads its settings from the environment too (pydantic-settings, any case), and its
+# `__main__.py` lets HOST, PORT and CONFIG_FILE override the command line. These are the names that would
+# silently change what we start or lock out our probe (API_KEY), so the child never sees them.
 _SERVER_ENV_OVERRIDES = frozenset(
     {"host", "port", "config_file", "api_key", "model", "model_alias", "chat_format", "n_ctx", "n_threads",
      "n_threads_batch", "n_gpu_layers", "interrupt_requests", "root_path", "ssl_keyfile", "ssl_certfile",
@@ -101,24 +101,26 @@ def running_tiers(
                 started.append(tier)
         yield tiers
     finally:
-        for tier in reversed(started):
-            stop_tier(tier, run_dir)
+        stop_tiers(started, run_dir)
 
 
-def stop_tier(tier: RunningTier, run_dir: Path) -> None:
-    """SIGTERM the tier's server, SIGKILL it after a grace period, and forget it."""
-    if tier.pid is not None and _is_our_server(tier.pid, tier.port):
-        _terminate(tier.pid)
-    _pid_file(run_dir, tier.alias).unlink(missing_ok=True)
-    _forget(run_dir, tier.alias)
+def stop_tiers(tiers: Sequence[RunningTier], run_dir: Path) -> list[RunningTier]:
+    """SIGTERM the tiers' servers together, SIGKILL those left after a grace period, forget all of them.
 
-
-def stop_all(run_dir: Path) -> list[RunningTier]:
-    """Stop every tier recorded in `run_dir`; return what was recorded."""
-    tiers = recorded_tiers(run_dir)
+    Returns the tiers whose server was running and stopped; a server we have no pid for is left alone.
+    """
+    running = [tier for tier in tiers if tier.pid is not None and _is_our_server(tier.pid, tier.port)]
+    _terminate([tier.pid for tier in running if tier.pid is not None])
     for tier in tiers:
-        stop_tier(tier, run_dir)
-    return tiers
+        _pid_file(run_dir, tier.alias).unlink(missing_ok=True)
+        _forget(run_dir, tier.alias)
+    return running
+
+
+def stop_all(run_dir: Path) -> tuple[list[RunningTier], list[RunningTier]]:
+    """Stop every tier recorded in `run_dir`; return (recorded, actually stopped)."""
+    tiers = recorded_tiers(run_dir)
+    return tiers, stop_tiers(tiers, run_dir)
 
 
 def recorded_tiers(run_dir: Path) -> list[RunningTier]:
@@ -128,7 +130,7 @@ def recorded_tiers(run_dir: Path) -> list[RunningTier]:
 
 def tier_state(tier: RunningTier) -> str:
     """`healthy`, `not answering` (process alive, no answer) or `dead`."""
-    if _serves_alias(tier.host, tier.port, tier.alias):
+    if tier.alias in _served_models(tier.host, tier.port):
         return "healthy"
     if tier.pid is not None and _is_our_server(tier.pid, tier.port):
         return "not answering"
@@ -144,7 +146,8 @@ def _start_one(spec: TierSpec, run_dir: Path, timeout_s: float) -> tuple[Running
     pid_file = _pid_file(run_dir, spec.alias)
     log_path = tier_dir / f"{spec.alias}.log"
     previous = _read_pid(pid_file)
-    if _serves_alias(spec.host, spec.port, spec.alias):
+    served = _served_models(spec.host, spec.port)
+    if spec.alias in served:
         reused = previous if previous is not None and _is_our_server(previous, spec.port) else None
         tier = RunningTier(spec.alias, spec.host, spec.port, reused, str(spec.model_path), str(log_path))
         _remember(run_dir, tier)
@@ -154,6 +157,8 @@ def _start_one(spec: TierSpec, run_dir: Path, timeout_s: float) -> tuple[Running
             f"{spec.alias} already runs as pid {previous} on another port; "
             f"stop it first (echolm tiers stop --run-dir {run_dir})"
         )
+    if served:
+        raise LocalTierError(f"port {spec.port} already serves {', '.join(served)}, not {spec.alias}")
     _require_free_port(spec.host, spec.port)
     pid = _launch(spec, log_path)
     pid_file.write_text(f"{pid}\n")
@@ -162,7 +167,7 @@ def _start_one(spec: TierSpec, run_dir: Path, timeout_s: float) -> tuple[Running
         _wait_until_healthy(tier, pid, timeout_s)
     except BaseException:
         # Ctrl-C or a failed start: never leave a half-started server behind.
-        _terminate(pid)
+        _terminate([pid])
         pid_file.unlink(missing_ok=True)
         raise
     _remember(run_dir, tier)
@@ -213,7 +218,7 @@ def _wait_until_healthy(tier: RunningTier, pid: int, timeout_s: float) -> None:
     while time.monotonic() < deadline:
         if _reap_if_exited(pid):
             raise ServerStartFailed(f"{tier.alias} server exited while starting; log tail:\n{_tail(tier)}")
-        if _serves_alias(tier.host, tier.port, tier.alias):
+        if tier.alias in _served_models(tier.host, tier.port):
             return
         time.sleep(0.2)
     raise ServerStartFailed(
@@ -221,14 +226,14 @@ def _wait_until_healthy(tier: RunningTier, pid: int, timeout_s: float) -> None:
     )
 
 
-def _serves_alias(host: str, port: int, alias: str) -> bool:
-    """True when `GET /v1/models` on host:port lists `alias`."""
+def _served_models(host: str, port: int) -> list[str]:
+    """The model ids `GET /v1/models` lists on host:port; empty when nothing answers there."""
     try:
         with _LOCAL_HTTP.open(f"http://{host}:{port}/v1/models", timeout=2.0) as response:
             listing = json.load(response)
-    except (OSError, ValueError, urllib.error.URLError):
-        return False
-    return any(model.get("id") == alias for model in listing.get("data", []) if isinstance(model, dict))
+        return [str(model["id"]) for model in listing["data"]]
+    except (OSError, ValueError, LookupError, TypeError, urllib.error.URLError):
+        return []
 
 
 def _require_free_port(host: str, port: int) -> None:
@@ -241,16 +246,19 @@ def _require_free_port(host: str, port: int) -> None:
             raise LocalTierError(f"port {port} on {host} is in use by something else ({exc})") from exc
 
 
-def _terminate(pid: int) -> None:
-    """SIGTERM, wait, then SIGKILL."""
+def _terminate(pids: Sequence[int]) -> None:
+    """SIGTERM all, wait, then SIGKILL the ones still running."""
+    remaining = list(pids)
     for sig, grace in ((signal.SIGTERM, _STOP_GRACE_S), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
+        for pid in remaining:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            if _reap_if_exited(pid):
-                return
+        while remaining and time.monotonic() < deadline:
+            remaining = [pid for pid in remaining if not _reap_if_exited(pid)]
             time.sleep(0.1)
+        if not remaining:
+            return
 
 
 def _reap_if_exited(pid: int) -> bool:

@@ -1,0 +1,67 @@
+"""Human-readable account of one kept decision: what was found, how each tier scored, and why."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from echolm_middleware.core.types import Decision
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
+
+
+def _why(decision: Decision) -> str:
+    if decision.action != "route":
+        return f"{decision.action.replace('_', ' ')}: {decision.reason}; the request went to the model it named"
+    ranked = sorted(decision.scores, key=lambda s: s.score, reverse=True)
+    chosen = ranked[0]
+    if len(ranked) == 1:
+        return f"{chosen.tier} is the only tier no dearer than {decision.requested_model!r}"
+    runner = ranked[1]
+    parts = [f"{chosen.tier} scored {chosen.score:.3f} against {runner.tier}'s {runner.score:.3f}"]
+    if runner.load_penalty > 0:
+        parts.append(f"{runner.tier} was over capacity (load {runner.load:.2f} > {runner.capacity:g}), costing it "
+                     f"{runner.load_penalty:.3f}")  # fmt: skip
+    if decision.examples:
+        parts.append(f"{len(decision.examples)} example(s) put the request in context bucket "
+                     f"{decision.bucket!r}, raising the estimate for cheaper tiers")  # fmt: skip
+    elif decision.bucket == "none":
+        parts.append("no example cleared the utility threshold")
+    return "; ".join(parts)
+
+
+def format_decision(decision: Decision, recorded_by: str | None = None) -> str:
+    """The `echolm explain` report."""
+    when = dt.datetime.fromtimestamp(decision.created_at, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    lines = [
+        f"request {decision.request_id}  tenant {decision.tenant}  {when}",
+        f"named model {decision.requested_model!r} -> {decision.chosen_tier!r} ({decision.action})",
+    ]
+    if decision.query:
+        lines.append(f"query: {decision.query[:200]!r}")
+    if decision.action == "route":
+        best = "n/a" if decision.best_similarity is None else f"{decision.best_similarity:.3f}"
+        lines.append(
+            f"retrieval: {decision.candidates_considered} candidates, best similarity {best}, "
+            f"{len(decision.examples)} example(s) kept ({decision.augmentation}, {decision.example_tokens} tokens), "
+            f"overhead {decision.overhead_ms:.1f} ms"
+        )
+        for index, ex in enumerate(decision.examples, 1):
+            features = ", ".join(f"{k} {v:.2f}" for k, v in ex.features.items())
+            lines.append(f"  example {index}: similarity {ex.similarity:.3f} utility {ex.utility:.3f} "
+                         f"[{features}] {ex.prompt[:80]!r}")  # fmt: skip
+        lines.append(f"context bucket: {decision.bucket}")
+        rows = [["tier", "quality", "alpha/beta", "cost", "load/cap", "-cost", "-load", "score"]]
+        for s in decision.scores:
+            rows.append([
+                s.tier + (" *" if s.tier == decision.chosen_tier else ""),
+                f"{s.quality:.3f}", f"{s.alpha:.1f}/{s.beta:.1f}", f"{s.cost:.3f}",
+                f"{s.load:.2f}/{s.capacity:g}", f"{s.cost_penalty:.3f}", f"{s.load_penalty:.3f}", f"{s.score:.3f}",
+            ])  # fmt: skip
+        lines.append("tier scores (score = quality - cost term - load bias):")
+        lines += _table(rows)
+    lines.append(f"why: {_why(decision)}")
+    lines.append(f"outcome: {'recorded, served by ' + recorded_by if recorded_by else 'not recorded (yet)'}")
+    return "\n".join(lines)

@@ -1,0 +1,115 @@
+"""Start and stop a LiteLLM proxy process with our callback, after checking its `echolm` section."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from echolm_middleware.config import Settings, check_tiers_exist, load_settings, model_groups_in
+from echolm_middleware.errors import EchoLMError
+
+
+def validate_proxy_config(path: Path) -> Settings:
+    """Load and check a proxy config: the `echolm` section parses and every tier is a model group."""
+    settings, raw = load_settings(path)
+    check_tiers_exist(settings, model_groups_in(raw))
+    return settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def proxy_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment a proxy needs: no network cost-map fetch, one torch thread, a master key."""
+    env = dict(os.environ if base is None else base)
+    env.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("LITELLM_MASTER_KEY", "sk-echolm-" + secrets.token_hex(16))
+    return env
+
+
+@dataclass
+class ProxyProcess:
+    process: subprocess.Popen[bytes]
+    url: str
+    master_key: str
+    log_path: Path
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def start_proxy(
+    config: Path,
+    *,
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
+    log_path: Path,
+    workers: int = 1,
+    ready_timeout: float = 180.0,
+) -> ProxyProcess:
+    """Launch `litellm --config` and wait until it answers its liveliness probe."""
+    validate_proxy_config(config)
+    port = port or free_port()
+    environment = proxy_environment(env)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable, "-m", "litellm.proxy.proxy_cli",
+        "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
+        "--num_workers", str(workers),
+    ]  # fmt: skip
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=str(config.resolve().parent)
+        )
+    proxy = ProxyProcess(process, f"http://127.0.0.1:{port}", environment["LITELLM_MASTER_KEY"], log_path)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise EchoLMError(f"the proxy exited with {process.returncode}:\n{proxy.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"{proxy.url}/health/liveliness", timeout=2):
+                return proxy
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.5)
+    proxy.stop()
+    raise EchoLMError(f"the proxy did not become ready in {ready_timeout:.0f}s:\n{proxy.log_tail()}")
+
+
+@contextmanager
+def running_proxy(config: Path, **kwargs: object) -> Iterator[ProxyProcess]:
+    """A proxy for the duration of a `with` block; always stopped afterwards."""
+    proxy = start_proxy(config, **kwargs)  # type: ignore[arg-type]
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
