@@ -40,7 +40,7 @@ class TierSettings(_Strict):
 class UtilityWeights(_Strict):
     """Logistic weights of the stage-2 utility score; fitted online from feedback."""
 
-    bias: float = -10.6
+    bias: float = -10.0
     similarity: float = 11.0
     quality: float = 1.0
     source: float = 0.5

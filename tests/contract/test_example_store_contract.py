@@ -1,0 +1,220 @@
+"""ExampleStore contract, run against the in-memory store and the real Chroma store (`store` fixture)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from echolm_middleware.backends.chroma_store import ChromaExampleStore, collection_name
+from echolm_middleware.config import StoreSettings
+from echolm_middleware.core.ports import ExampleStore
+from echolm_middleware.core.types import Example
+from echolm_middleware.errors import StoreUnavailable
+
+X, Y, Z = [1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]
+CLOSE = 1e-5  # Chroma keeps float32 vectors
+
+
+def _example(id_: str, **fields: object) -> Example:
+    values: dict[str, object] = {
+        "id": id_, "prompt": f"prompt {id_}", "answer": f"answer {id_}", "source_tier": "strong", "quality": 0.8,
+        "created_at": 1_700_000_000.5,
+    }  # fmt: skip
+    values.update(fields)
+    return Example(**values)  # type: ignore[arg-type]
+
+
+def _unit(vector: Sequence[float]) -> list[float]:
+    norm = math.sqrt(sum(x * x for x in vector))
+    return [x / norm for x in vector]
+
+
+def _cos(a: Sequence[float], b: Sequence[float]) -> float:
+    return sum(x * y for x, y in zip(_unit(a), _unit(b), strict=True))
+
+
+def _everything(store: ExampleStore, tenant: str) -> dict[str, Example]:
+    return {c.example.id: c.example for c in store.nearest(tenant, X, 100)}
+
+
+def test_an_empty_store_finds_nothing(store: ExampleStore) -> None:
+    assert store.count("A") == 0
+    assert store.nearest("A", X, 5) == []
+
+
+def test_nearest_returns_cosine_similarity_best_first(store: ExampleStore) -> None:
+    vectors = {"same": X, "close": [0.9, 0.1, 0.0, 0.0], "far": [0.2, 0.9, 0.1, 0.0], "opposite": [-1.0, 0, 0, 0]}
+    store.upsert("A", [_example(name) for name in vectors], list(vectors.values()))
+
+    found = store.nearest("A", X, 10)
+
+    assert [c.example.id for c in found] == ["same", "close", "far", "opposite"]
+    for candidate in found:
+        assert candidate.similarity == pytest.approx(_cos(X, vectors[candidate.example.id]), abs=CLOSE)
+    assert found[0].similarity == pytest.approx(1.0, abs=CLOSE)
+    assert found[-1].similarity == pytest.approx(-1.0, abs=CLOSE)
+
+
+def test_nearest_returns_at_most_n(store: ExampleStore) -> None:
+    store.upsert("A", [_example("x"), _example("y"), _example("z")], [X, Y, Z])
+
+    found = store.nearest("A", [1.0, 0.5, 0.1, 0.0], 2)
+
+    assert [c.example.id for c in found] == ["x", "y"]
+
+
+def test_similarity_ignores_vector_length(store: ExampleStore) -> None:
+    store.upsert("A", [_example("long")], [[3.0, 4.0, 0.0, 0.0]])
+
+    found = store.nearest("A", [0.6, 0.8, 0.0, 0.0], 1)[0]
+
+    assert found.similarity == pytest.approx(1.0, abs=CLOSE)
+    assert found.embedding is not None
+    assert _cos(found.embedding, [3.0, 4.0, 0.0, 0.0]) == pytest.approx(1.0, abs=CLOSE)
+
+
+def test_every_field_of_an_example_round_trips(store: ExampleStore) -> None:
+    example = Example(
+        id="e1", prompt="Wie heißt die Hauptstadt? 🇫🇷", answer='Paris — "la ville lumière"\nsecond line',
+        source_tier="strong-v2", quality=0.375, created_at=1_700_000_123.25, uses=7, offload_successes=2.5,
+    )  # fmt: skip
+    store.upsert("A", [example], [Y])
+
+    found = store.nearest("A", Y, 1)
+
+    assert [c.example for c in found] == [example]
+    assert found[0].embedding == pytest.approx(Y, abs=CLOSE)
+
+
+def test_tenants_never_see_each_other(store: ExampleStore) -> None:
+    store.upsert("team-a", [_example("a1"), _example("a2")], [X, Y])
+    store.upsert("team/β b", [_example("b1")], [X])
+
+    assert store.count("team-a") == 2
+    assert store.count("team/β b") == 1
+    assert store.count("team-c") == 0
+    assert set(_everything(store, "team-a")) == {"a1", "a2"}
+    assert set(_everything(store, "team/β b")) == {"b1"}
+    assert store.nearest("team-c", X, 10) == []
+
+
+def test_the_same_id_in_two_tenants_is_two_examples(store: ExampleStore) -> None:
+    store.upsert("A", [_example("e", answer="for A")], [X])
+    store.upsert("B", [_example("e", answer="for B")], [X])
+    store.set_quality("A", "e", 0.1)
+
+    assert _everything(store, "A")["e"].answer == "for A"
+    assert _everything(store, "A")["e"].quality == pytest.approx(0.1)
+    assert _everything(store, "B")["e"].answer == "for B"
+    assert _everything(store, "B")["e"].quality == pytest.approx(0.8)
+
+
+def test_upserting_an_existing_id_replaces_it(store: ExampleStore) -> None:
+    store.upsert("A", [_example("e", answer="old")], [X])
+
+    store.upsert("A", [_example("e", answer="new")], [Y])
+
+    assert store.count("A") == 1
+    found = store.nearest("A", Y, 5)
+    assert [(c.example.answer, round(c.similarity, 4)) for c in found] == [("new", 1.0)]
+
+
+def test_upserts_larger_than_a_batch_store_everything(store: ExampleStore) -> None:
+    examples = [_example(f"e{i}") for i in range(7)]
+    vectors = [[1.0, i / 10, 0.0, 0.0] for i in range(7)]
+
+    store.upsert("A", examples, vectors)
+
+    assert store.count("A") == 7
+    assert [c.example.id for c in store.nearest("A", X, 7)] == [f"e{i}" for i in range(7)]
+
+
+def test_one_vector_per_example_is_required(store: ExampleStore) -> None:
+    with pytest.raises(ValueError, match="one vector per example"):
+        store.upsert("A", [_example("a"), _example("b")], [X])
+
+    assert store.count("A") == 0
+
+
+def test_offload_outcomes_accumulate_and_unknown_ids_are_ignored(store: ExampleStore) -> None:
+    store.upsert("A", [_example("a"), _example("b")], [X, Y])
+
+    store.add_offload_outcomes("A", {"a": (1, 1.0), "missing": (5, 5.0)})
+    store.add_offload_outcomes("A", {"a": (2, 0.5), "b": (1, 0.0)})
+
+    stored = _everything(store, "A")
+    assert (stored["a"].uses, stored["a"].offload_successes) == (3, pytest.approx(1.5))
+    assert (stored["b"].uses, stored["b"].offload_successes) == (1, 0.0)
+    assert stored["a"].answer == "answer a" and stored["a"].quality == pytest.approx(0.8)
+    assert store.count("A") == 2
+
+
+def test_offload_successes_never_go_below_zero(store: ExampleStore) -> None:
+    store.upsert("A", [_example("a")], [X])
+
+    store.add_offload_outcomes("A", {"a": (1, 0.5)})
+    store.add_offload_outcomes("A", {"a": (0, -2.0)})
+
+    stored = _everything(store, "A")["a"]
+    assert (stored.uses, stored.offload_successes) == (1, 0.0)
+
+
+def test_set_quality_changes_only_that_example(store: ExampleStore) -> None:
+    store.upsert("A", [_example("a"), _example("b")], [X, Y])
+
+    store.set_quality("A", "a", 0.05)
+    store.set_quality("A", "missing", 0.0)
+
+    stored = _everything(store, "A")
+    assert stored["a"].quality == pytest.approx(0.05)
+    assert stored["b"].quality == pytest.approx(0.8)
+    assert stored["a"].answer == "answer a"
+    assert set(stored) == {"a", "b"}
+
+
+def test_updates_for_a_tenant_with_no_examples_are_ignored(store: ExampleStore) -> None:
+    store.add_offload_outcomes("nobody", {"a": (1, 1.0)})
+    store.set_quality("nobody", "a", 0.0)
+
+    assert store.count("nobody") == 0
+
+
+# ---- Chroma only: persistence and error translation -------------------------------------------
+
+
+def _chroma(path: Path) -> ChromaExampleStore:
+    return ChromaExampleStore(StoreSettings(backend="chroma", path=path, collection_prefix="test"))
+
+
+def test_chroma_examples_survive_a_new_store_on_the_same_directory(tmp_path: Path) -> None:
+    first = _chroma(tmp_path / "chroma")
+    first.upsert("A", [_example("a")], [X])
+    first.add_offload_outcomes("A", {"a": (2, 1.0)})
+
+    reopened = _chroma(tmp_path / "chroma")
+
+    assert reopened.count("A") == 1
+    stored = reopened.nearest("A", X, 1)[0].example
+    assert (stored.uses, stored.offload_successes) == (2, 1.0)
+
+
+def test_chroma_failures_surface_as_store_unavailable(tmp_path: Path) -> None:
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("in the way", encoding="utf-8")
+    broken = _chroma(not_a_directory)
+
+    with pytest.raises(StoreUnavailable, match="chroma query failed") as raised:
+        broken.nearest("A", X, 1)
+    assert raised.value.__cause__ is not None
+    with pytest.raises(StoreUnavailable, match="chroma upsert failed"):
+        broken.upsert("A", [_example("a")], [X])
+
+
+def test_chroma_collection_names_are_valid_for_any_tenant() -> None:
+    names = {collection_name("echolm", tenant) for tenant in ["a", "A", "team/β b", "", "x" * 500]}
+
+    assert len(names) == 5
+    assert all(3 <= len(name) <= 63 and name.replace("-", "").isalnum() for name in names)

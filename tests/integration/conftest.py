@@ -1,0 +1,130 @@
+"""Real parts for integration tests: the local llama.cpp tiers from config.yaml and LiteLLM proxies.
+
+The cheap tier's server is moved 10 ports up and a recording forwarder takes its configured port,
+so tests see the exact prompt that reached the cheap tier while the real model answers it.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from echolm_middleware.config import load_settings, read_config_file
+from echolm_middleware.local_tiers.assemble import default_model_dir
+from echolm_middleware.local_tiers.from_config import local_models_in, specs_for_config
+from echolm_middleware.local_tiers.servers import running_tiers
+from echolm_middleware.proxy_process import ProxyProcess, start_proxy
+from tests.integration.recording_upstream import RecordingUpstream
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "config.yaml"
+CHEAP, STRONG = "cheap", "strong"
+
+
+@dataclass
+class LocalTiers:
+    recorder: RecordingUpstream
+    model_list: list[dict[str, Any]]
+
+
+def _alias_of(group: str, raw: Mapping[str, Any]) -> str:
+    for entry in raw["model_list"]:
+        if entry["model_name"] == group:
+            return str(entry["litellm_params"]["model"]).split("/", 1)[-1]
+    raise LookupError(group)
+
+
+@pytest.fixture(scope="session")
+def local_tiers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTiers]:
+    raw = read_config_file(CONFIG)
+    cheap_alias = _alias_of(CHEAP, raw)
+    cheap_port = dict(local_models_in(raw))[cheap_alias]
+    specs = specs_for_config(raw, default_model_dir())
+    moved = [replace(s, port=s.port + 10) if s.alias == cheap_alias else s for s in specs]
+    with (
+        running_tiers(moved, tmp_path_factory.mktemp("tiers")),
+        RecordingUpstream(cheap_port, cheap_port + 10) as recorder,
+    ):
+        yield LocalTiers(recorder=recorder, model_list=raw["model_list"])
+
+
+@dataclass
+class ProxyUnderTest:
+    process: ProxyProcess
+    state_dir: Path
+    env: dict[str, str]
+
+    @property
+    def url(self) -> str:
+        return self.process.url
+
+    def client(self, api_key: str | None = None) -> Any:
+        from openai import OpenAI
+
+        return OpenAI(base_url=f"{self.url}/v1", api_key=api_key or self.process.master_key, max_retries=0, timeout=300)
+
+    def recorded_by(self, request_id: str) -> str | None:
+        with sqlite3.connect(self.state_dir / "state.db") as db:
+            row = db.execute("SELECT recorded_by FROM decisions WHERE request_id = ?", (request_id,)).fetchone()
+        return None if row is None else row[0]
+
+    def wait_recorded(self, request_id: str, timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            recorded = self.recorded_by(request_id)
+            if recorded:
+                return recorded
+            time.sleep(0.2)
+        raise AssertionError(f"request {request_id} was not recorded within {timeout}s")
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+ProxyFactory = Callable[..., ProxyUnderTest]
+
+
+@pytest.fixture(scope="session")
+def start_proxy_for(local_tiers: LocalTiers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyFactory]:
+    """Start a proxy from a config (default: the repo's config.yaml) on a store of its own."""
+    started: list[ProxyUnderTest] = []
+
+    def start(
+        config: Path = CONFIG, state_dir: Path | None = None, extra_env: Mapping[str, str] | None = None
+    ) -> ProxyUnderTest:
+        state_dir = state_dir or tmp_path_factory.mktemp("proxy")
+        env = dict(os.environ)
+        env["ECHOLM_STORE__PATH"] = str(state_dir / "chroma")
+        env["ECHOLM_STATE__PATH"] = str(state_dir / "state.db")
+        env.update(extra_env or {})
+        process = start_proxy(config, env=env, log_path=state_dir / "proxy.log")
+        proxy = ProxyUnderTest(process, state_dir, env)
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
+
+
+def ask(proxy: ProxyUnderTest, content: Any, *, model: str = STRONG, api_key: str | None = None, **extra: Any) -> tuple[Any, Mapping[str, str]]:
+    """One chat completion through the proxy with the openai client: (completion, response headers)."""
+    raw = proxy.client(api_key).chat.completions.with_raw_response.create(
+        model=model,
+        messages=[{"role": "user", "content": content}] if isinstance(content, str) else content,
+        max_tokens=extra.pop("max_tokens", 24),
+        temperature=0,
+        **extra,
+    )
+    return raw.parse(), raw.headers
+
+
+def settings_for_tests() -> Any:
+    return load_settings(CONFIG)[0]

@@ -1,0 +1,18 @@
+"""A LiteLLM `custom_auth` for tests: two API keys, each authenticated as its own team.
+
+The proxy loads it next to the test's config file; the tenant then comes from the authenticated team.
+"""
+
+from __future__ import annotations
+
+from fastapi import Request
+from litellm.proxy._types import UserAPIKeyAuth
+
+TEAMS = {"sk-tenant-a": "team-a", "sk-tenant-b": "team-b"}
+
+
+async def user_api_key_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
+    key = api_key.removeprefix("Bearer ").strip()
+    if key not in TEAMS:
+        raise Exception("invalid api key")
+    return UserAPIKeyAuth(api_key=key, team_id=TEAMS[key])

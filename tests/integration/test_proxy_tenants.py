@@ -1,0 +1,56 @@
+"""Tenant isolation through the proxy: the tenant is the authenticated team, never a caller's field."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.integration.conftest import CHEAP, CONFIG, ROOT, STRONG, LocalTiers, ProxyFactory, ask
+
+pytestmark = pytest.mark.integration
+
+KEY_A, KEY_B = "sk-tenant-a", "sk-tenant-b"
+
+
+def _config_with_team_keys(directory: Path) -> Path:
+    """config.yaml plus a custom_auth that maps two keys to two teams, laid out as in a checkout."""
+    config = yaml.safe_load(CONFIG.read_text())
+    config.setdefault("general_settings", {})["custom_auth"] = "tenant_auth.user_api_key_auth"
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    shutil.copy(Path(__file__).with_name("tenant_auth.py"), directory / "tenant_auth.py")
+    (directory / "integrations").symlink_to(ROOT / "integrations")
+    return path
+
+
+def test_one_tenants_examples_never_reach_another_tenants_prompt(
+    start_proxy_for: ProxyFactory, local_tiers: LocalTiers, tmp_path: Path
+) -> None:
+    proxy = start_proxy_for(config=_config_with_team_keys(tmp_path))
+    secret = "What is the boiling point of water at sea level in Celsius?"
+    _, headers = ask(proxy, secret, api_key=KEY_A)
+    assert headers["x-echolm-tier"] == STRONG
+    proxy.wait_recorded(headers["x-echolm-request-id"])
+    local_tiers.recorder.clear()
+
+    # Tenant B asks the same thing, and also tries to claim tenant A through fields it controls.
+    _, b_headers = ask(
+        proxy,
+        "what is the boiling point of water at sea level in celsius",
+        api_key=KEY_B,
+        extra_headers={"x-echolm-tenant": "team:team-a", "x-litellm-team-id": "team-a"},
+        extra_body={"metadata": {"echolm_tenant": "team:team-a", "team_id": "team-a", "echolm": {"tier": CHEAP}}},
+    )
+    assert b_headers["x-echolm-examples"] == "0"
+    assert b_headers["x-echolm-tier"] == STRONG
+    assert all(secret not in prompt for prompt in local_tiers.recorder.prompts())
+
+    # Tenant A's paraphrase does get its own example: the isolation is not just a broken retrieval.
+    local_tiers.recorder.clear()
+    _, a_headers = ask(proxy, "what is the boiling point of water at sea level in celsius", api_key=KEY_A)
+    assert a_headers["x-echolm-tier"] == CHEAP
+    assert a_headers["x-echolm-examples"] == "1"
+    assert any(secret in prompt for prompt in local_tiers.recorder.prompts())

@@ -1,0 +1,552 @@
+"""The engine end to end over in-memory ports: what reaches which tier, what gets admitted, what feedback does."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from echolm_middleware.backends.sqlite_state import SQLiteState
+from echolm_middleware.config import AdmissionSettings, AugmentationSettings, ProxySettings
+from echolm_middleware.core.engine import Engine, example_id
+from echolm_middleware.core.routing import LoadTracker, TierProfile
+from echolm_middleware.core.selection import utility
+from echolm_middleware.core.types import ChatRequest, Decision, Example, Outcome
+from echolm_middleware.errors import StateUnavailable, UnknownRequest
+from echolm_middleware.explain import format_decision
+
+QUESTION = "What is the capital of France?"
+PARAPHRASE = "What is the capital city of France?"  # similarity 0.93 under the word-hash embedder
+UNRELATED = "How many legs does a spider have?"
+ANSWER = "Paris is the capital of France."
+
+
+def _ask(text: str, *, tenant: str = "A", model: str = "strong", **extra: Any) -> ChatRequest:
+    return ChatRequest(tenant=tenant, model=model, messages=[{"role": "user", "content": text}], **extra)
+
+
+def _stored(kit: Any, tenant: str = "A") -> dict[str, Example]:
+    """Every example a tenant's store holds, by prompt (read through the store's own port)."""
+    vector = kit.embedder.embed(["anything"])[0]
+    return {c.example.prompt: c.example for c in kit.store.nearest(tenant, vector, 1000)}
+
+
+def _content(messages: list[dict[str, Any]]) -> str:
+    return "\n".join(str(m.get("content")) for m in messages)
+
+
+# ---- request path -----------------------------------------------------------------------------
+
+
+def test_a_paraphrase_of_an_admitted_question_goes_to_the_cheap_tier_with_the_example(make_engine: Any) -> None:
+    kit = make_engine()
+    assert kit.engine.admit("A", QUESTION, ANSWER, "strong") is True
+
+    prepared = kit.engine.prepare(_ask(PARAPHRASE))
+
+    assert prepared.model == "cheap"
+    assert prepared.routed
+    decision = prepared.decision
+    assert decision.action == "route" and decision.chosen_tier == "cheap"
+    assert decision.bucket == "high"
+    assert [trace.prompt for trace in decision.examples] == [QUESTION]
+    assert decision.augmentation == "inline"
+    assert decision.candidates_considered == 1
+    assert decision.best_similarity == pytest.approx(0.926, abs=0.001)
+    assert decision.example_tokens == len((QUESTION + "\n" + ANSWER).split())
+    assert len(prepared.messages) == 1
+    content = prepared.messages[0]["content"]
+    assert f"Question: {QUESTION}\nAnswer: {ANSWER}" in content
+    assert content.endswith(f"Question: {PARAPHRASE}")
+
+
+def test_the_same_request_with_no_examples_goes_to_the_strong_tier_unchanged(make_engine: Any) -> None:
+    kit = make_engine()
+    request = _ask(PARAPHRASE)
+
+    prepared = kit.engine.prepare(request)
+
+    assert prepared.model == "strong"
+    assert prepared.messages == list(request.messages)
+    assert prepared.decision.bucket == "none"
+    assert prepared.decision.examples == []
+    assert prepared.decision.augmentation == "none"
+    assert prepared.decision.best_similarity is None
+
+
+def test_another_tenant_never_sees_a_tenants_example(make_engine: Any) -> None:
+    kit = make_engine()
+    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+
+    prepared = kit.engine.prepare(_ask(QUESTION, tenant="B"))
+
+    assert prepared.model == "strong"
+    assert prepared.decision.candidates_considered == 0
+    assert "Paris" not in _content(prepared.messages)
+    assert kit.store.count("B") == 0
+
+
+def test_an_unrelated_question_gets_no_example(make_engine: Any) -> None:
+    kit = make_engine()
+    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+
+    prepared = kit.engine.prepare(_ask(UNRELATED))
+
+    assert prepared.model == "strong"
+    assert prepared.decision.candidates_considered == 1
+    assert prepared.decision.examples == []
+    assert "Paris" not in _content(prepared.messages)
+
+
+def test_when_the_strong_tier_wins_it_gets_no_examples_even_if_some_cleared_the_threshold(
+    make_engine: Any,
+) -> None:
+    kit = make_engine()
+    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+    request = _ask("Please tell me what is the capital of France")  # similarity 0.82: the "low" bucket
+
+    prepared = kit.engine.prepare(request)
+
+    assert prepared.decision.bucket == "low"
+    assert prepared.model == "strong"
+    assert prepared.decision.examples == []
+    assert prepared.decision.example_tokens == 0
+    assert prepared.messages == list(request.messages)
+
+
+def test_few_shot_format_puts_the_example_as_turns_before_the_question(make_engine: Any) -> None:
+    kit = make_engine(augmentation=AugmentationSettings(format="few_shot"))
+    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+    request = ChatRequest(
+        tenant="A",
+        model="strong",
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": PARAPHRASE}],
+    )
+
+    prepared = kit.engine.prepare(request)
+
+    assert prepared.model == "cheap"
+    assert prepared.decision.augmentation == "few_shot"
+    assert prepared.messages == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": QUESTION},
+        {"role": "assistant", "content": ANSWER},
+        {"role": "user", "content": PARAPHRASE},
+    ]
+
+
+def test_a_model_that_is_not_a_tier_passes_through_untouched(make_engine: Any) -> None:
+    kit = make_engine()
+    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+    calls_before = len(kit.embedder.calls)
+    request = _ask(PARAPHRASE, model="gpt-4o")
+
+    prepared = kit.engine.prepare(request)
+
+    assert prepared.model == "gpt-4o"
+    assert prepared.messages == list(request.messages)
+    assert prepared.decision.action == "pass_through"
+    assert "'gpt-4o' is not an EchoLM tier" in prepared.decision.reason
+    assert len(kit.embedder.calls) == calls_before
+    assert kit.engine.explain(prepared.decision.request_id).action == "pass_through"
+
+
+def test_a_request_that_is_not_routable_passes_through_with_its_reason(make_engine: Any) -> None:
+    kit = make_engine()
+
+    prepared = kit.engine.prepare(_ask(QUESTION, has_tools=True))
+
+    assert prepared.model == "strong"
+    assert prepared.decision.action == "pass_through"
+    assert prepared.decision.reason == "request offers tools"
+    assert kit.embedder.calls == []
+
+
+def test_naming_the_cheap_tier_never_routes_up_to_a_dearer_one(make_engine: Any) -> None:
+    kit = make_engine()
+
+    prepared = kit.engine.prepare(_ask(UNRELATED, model="cheap"))
+
+    assert prepared.model == "cheap"
+    assert [score.tier for score in prepared.decision.scores] == ["cheap"]
+
+
+def test_a_prompt_too_long_for_every_tier_passes_through(make_engine: Any) -> None:
+    small = (
+        TierProfile(name="cheap", rank=0, cost=0.05, capacity=2, quality_prior=0.3, max_input_tokens=1000),
+        TierProfile(name="strong", rank=1, cost=1.0, capacity=1, quality_prior=0.8, max_input_tokens=1000),
+    )
+    kit = make_engine(small)
+    request = _ask(" ".join(["word"] * 500))  # 500 prompt tokens + 600 for examples > 1000
+
+    prepared = kit.engine.prepare(request)
+
+    assert prepared.decision.action == "pass_through"
+    assert prepared.decision.reason == "prompt exceeds the requested tier's context"
+    assert prepared.model == "strong"
+    assert kit.embedder.calls == []
+
+
+def test_a_prompt_too_long_for_the_cheap_tier_only_is_kept_off_it(make_engine: Any) -> None:
+    tiers = (
+        TierProfile(name="cheap", rank=0, cost=0.05, capacity=2, quality_prior=0.3, max_input_tokens=1000),
+        TierProfile(name="strong", rank=1, cost=1.0, capacity=1, quality_prior=0.8, max_input_tokens=4000),
+    )
+    kit = make_engine(tiers)
+
+    prepared = kit.engine.prepare(_ask(" ".join(["word"] * 500)))
+
+    assert prepared.decision.action == "route"
+    assert [score.tier for score in prepared.decision.scores] == ["strong"]
+
+
+def test_a_short_prompt_is_routed_without_counting_its_tokens(make_engine: Any) -> None:
+    # 33 characters × 4 bytes + 600 < 2048: the byte bound alone proves it fits.
+    class CountingRefused:
+        def count(self, text: str) -> int:
+            raise AssertionError(f"counted {text!r}")
+
+    kit = make_engine()
+    engine = Engine(
+        kit.engine.settings, kit.engine.tiers, embedder=kit.embedder, store=kit.store, tokens=CountingRefused(),
+        decisions=kit.state, stats=kit.state,
+    )  # fmt: skip
+
+    assert engine.prepare(_ask(UNRELATED)).decision.action == "route"
+
+
+def test_load_above_capacity_on_the_strong_tier_sends_a_plain_request_to_cheap(make_engine: Any) -> None:
+    kit = make_engine()
+    kit.engine.load = LoadTracker(window_s=2.0, clock=kit.clock)
+    for _ in range(5):
+        kit.engine.load.begin("strong")
+    kit.clock.advance(10.0)
+
+    prepared = kit.engine.prepare(_ask(UNRELATED))
+
+    assert prepared.model == "cheap"
+    strong = next(score for score in prepared.decision.scores if score.tier == "strong")
+    assert strong.load == pytest.approx(5.0, abs=0.05)
+    assert strong.load_penalty > 0
+    assert "over capacity" in format_decision(prepared.decision)
+
+
+def test_query_context_turns_widen_the_query_that_is_kept_and_admitted(make_engine: Any) -> None:
+    kit = make_engine(requests=ProxySettings(query_context_turns=1))
+    request = ChatRequest(
+        tenant="A",
+        model="strong",
+        messages=[
+            {"role": "user", "content": "Tell me about France."},
+            {"role": "assistant", "content": "France is a country in Europe."},
+            {"role": "user", "content": "What is its capital?"},
+        ],
+    )
+
+    prepared = kit.engine.prepare(request)
+    kit.engine.record(Outcome(prepared.decision.request_id, "strong", "Paris.", "stop"))
+
+    assert prepared.decision.query == "Tell me about France.\nWhat is its capital?"
+    assert list(_stored(kit)) == ["Tell me about France.\nWhat is its capital?"]
+
+
+# ---- recording path ---------------------------------------------------------------------------
+
+
+def test_a_strong_answer_is_admitted_once_and_then_helps_a_paraphrase(make_engine: Any) -> None:
+    kit = make_engine()
+    first = kit.engine.prepare(_ask(QUESTION))
+    assert first.model == "strong"
+    embeds_before = len(kit.embedder.calls)
+
+    result = kit.engine.record(Outcome(first.decision.request_id, "strong", ANSWER, "stop"))
+    again = kit.engine.record(Outcome(first.decision.request_id, "strong", ANSWER, "stop"))
+
+    assert (result, again) == ("admitted", "duplicate")
+    assert len(kit.embedder.calls) == embeds_before  # the query's vector is reused, not embedded again
+    stored = _stored(kit)
+    assert list(stored) == [QUESTION]
+    example = stored[QUESTION]
+    assert example.answer == ANSWER
+    assert example.source_tier == "strong"
+    assert example.quality == 0.8
+    assert example.id == example_id("A", QUESTION)
+    assert example.created_at == kit.clock.now
+    assert kit.state.recorded_by(first.decision.request_id) == "strong"
+
+    second = kit.engine.prepare(_ask(PARAPHRASE))
+    assert second.model == "cheap"
+    assert ANSWER in second.messages[-1]["content"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "finish_reason"),
+    [(ANSWER, "length"), (ANSWER, "content_filter"), ("", "stop"), ("   \n", "stop"), ("", None)],
+)
+def test_a_truncated_or_empty_strong_answer_is_not_admitted(
+    make_engine: Any, answer: str, finish_reason: str | None
+) -> None:
+    kit = make_engine()
+    prepared = kit.engine.prepare(_ask(QUESTION))
+
+    result = kit.engine.record(Outcome(prepared.decision.request_id, "strong", answer, finish_reason))
+
+    assert result == "skipped"
+    assert kit.store.count("A") == 0
+    # It still counts as recorded: a retry of the same outcome does not sneak in later.
+    assert kit.engine.record(Outcome(prepared.decision.request_id, "strong", ANSWER, "stop")) == "duplicate"
+    assert kit.store.count("A") == 0
+
+
+def test_a_finish_reason_of_none_is_a_clean_answer(make_engine: Any) -> None:
+    kit = make_engine()
+    prepared = kit.engine.prepare(_ask(QUESTION))
+
+    assert kit.engine.record(Outcome(prepared.decision.request_id, "strong", ANSWER)) == "admitted"
+
+
+def test_a_cheap_answer_is_never_admitted_but_counts_an_offload_on_its_examples(make_engine: Any) -> None:
+    kit = make_engine()
+    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+    prepared = kit.engine.prepare(_ask(PARAPHRASE))
+    assert prepared.model == "cheap"
+
+    result = kit.engine.record(Outcome(prepared.decision.request_id, "cheap", "Paris.", "stop"))
+
+    assert result == "offload_counted"
+    stored = _stored(kit)
+    assert list(stored) == [QUESTION]  # the paraphrase and its cheap answer were not admitted
+    assert (stored[QUESTION].uses, stored[QUESTION].offload_successes) == (1, 1.0)
+
+
+def test_a_truncated_cheap_answer_counts_a_use_without_a_success(make_engine: Any) -> None:
+    kit = make_engine()
+    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+    prepared = kit.engine.prepare(_ask(PARAPHRASE))
+
+    assert kit.engine.record(Outcome(prepared.decision.request_id, "cheap", "Par", "length")) == "offload_counted"
+
+    example = _stored(kit)[QUESTION]
+    assert (example.uses, example.offload_successes) == (1, 0.0)
+
+
+def test_a_cheap_answer_without_examples_records_nothing(make_engine: Any) -> None:
+    kit = make_engine()
+    prepared = kit.engine.prepare(_ask(UNRELATED, model="cheap"))
+
+    assert kit.engine.record(Outcome(prepared.decision.request_id, "cheap", "Eight.", "stop")) == "skipped"
+    assert kit.store.count("A") == 0
+
+
+def test_outcomes_of_unknown_or_pass_through_requests_are_skipped(make_engine: Any) -> None:
+    kit = make_engine()
+    passed = kit.engine.prepare(_ask(QUESTION, model="gpt-4o"))
+
+    assert kit.engine.record(Outcome("no-such-id", "strong", ANSWER)) == "skipped"
+    assert kit.engine.record(Outcome(passed.decision.request_id, "gpt-4o", ANSWER)) == "skipped"
+    assert kit.store.count("A") == 0
+
+
+def test_admit_replaces_the_answer_of_the_same_prompt(make_engine: Any) -> None:
+    kit = make_engine()
+
+    kit.engine.admit("A", QUESTION, "Lyon.", "strong")
+    kit.engine.admit("A", "  what is the CAPITAL of france?  ", ANSWER, "strong")
+
+    assert kit.store.count("A") == 1
+    assert next(iter(_stored(kit).values())).answer == ANSWER
+
+
+@pytest.mark.parametrize(
+    ("prompt", "answer", "admission"),
+    [
+        ("", ANSWER, AdmissionSettings()),
+        (QUESTION, "  ", AdmissionSettings()),
+        (QUESTION, "x" * 101, AdmissionSettings(max_answer_chars=100)),
+        (QUESTION, "ok", AdmissionSettings(min_answer_chars=3)),
+        ("q" * 101, ANSWER, AdmissionSettings(max_prompt_chars=100)),
+        (QUESTION, ANSWER, AdmissionSettings(initial_quality=0.4, min_quality=0.5)),
+    ],
+)
+def test_admission_refuses_what_fails_its_bars(
+    make_engine: Any, prompt: str, answer: str, admission: AdmissionSettings
+) -> None:
+    kit = make_engine(admission=admission)
+
+    assert kit.engine.admit("A", prompt, answer, "strong") is False
+    assert kit.store.count("A") == 0
+
+
+# ---- feedback ---------------------------------------------------------------------------------
+
+
+def _cheap_with_example(kit: Any) -> Decision:
+    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+    prepared = kit.engine.prepare(_ask(PARAPHRASE))
+    assert prepared.model == "cheap" and prepared.decision.examples
+    return prepared.decision
+
+
+def test_feedback_on_a_cheap_answer_updates_the_posterior_the_weights_and_the_offload_record(
+    make_engine: Any,
+) -> None:
+    kit = make_engine()
+    decision = _cheap_with_example(kit)
+    kit.engine.record(Outcome(decision.request_id, "cheap", "Lyon.", "stop"))
+    weights_before = kit.engine.utility_weights()
+    trace = decision.examples[0]
+
+    kit.engine.feedback(decision.request_id, 0.2)
+
+    assert kit.state.load_posteriors() == {("cheap", "high"): pytest.approx((0.2, 0.8))}
+    weights_after = kit.engine.utility_weights()
+    assert weights_after != weights_before
+    assert kit.state.load_weights() == pytest.approx(weights_after)
+    # The fit moved this example's utility towards the low score it earned.
+    assert utility(trace.features, weights_after) < utility(trace.features, weights_before)
+    example = _stored(kit)[QUESTION]
+    assert example.uses == 1
+    assert example.offload_successes == pytest.approx(0.2)  # counted 1.0 at record, corrected by 0.2 − 1
+
+
+def test_feedback_accumulates_and_a_restarted_engine_reads_it_back(make_engine: Any, tmp_path: Any) -> None:
+    state = SQLiteState(tmp_path / "state.db")
+    kit = make_engine(state=state)
+    first, second = _cheap_with_example(kit), kit.engine.prepare(_ask(PARAPHRASE)).decision
+
+    kit.engine.feedback(first.request_id, 1.0)
+    kit.engine.feedback(second.request_id, 0.25)
+    saved_weights = kit.engine.utility_weights()
+    state.close()
+
+    reopened = SQLiteState(tmp_path / "state.db")
+    try:
+        assert reopened.load_posteriors() == {("cheap", "high"): pytest.approx((1.25, 0.75))}
+        restarted = make_engine(state=reopened)
+        assert restarted.engine.utility_weights() == pytest.approx(saved_weights)
+        assert restarted.engine.explain(first.request_id).chosen_tier == "cheap"
+    finally:
+        reopened.close()
+
+
+def test_repeated_bad_feedback_on_the_cheap_tier_moves_routing_back_to_strong(make_engine: Any) -> None:
+    kit = make_engine()
+    decision = _cheap_with_example(kit)
+
+    for _ in range(10):
+        kit.engine.feedback(decision.request_id, 0.0)
+
+    prepared = kit.engine.prepare(_ask(PARAPHRASE))
+    assert prepared.model == "strong"
+    assert prepared.messages == [{"role": "user", "content": PARAPHRASE}]
+
+
+def test_low_feedback_on_a_strong_answer_demotes_the_example_it_admitted(make_engine: Any) -> None:
+    kit = make_engine()
+    first = kit.engine.prepare(_ask(QUESTION))
+    assert kit.engine.record(Outcome(first.decision.request_id, "strong", ANSWER, "stop")) == "admitted"
+    assert kit.engine.prepare(_ask(PARAPHRASE)).model == "cheap"
+
+    kit.engine.feedback(first.decision.request_id, 0.1)
+
+    assert _stored(kit)[QUESTION].quality == pytest.approx(0.1)
+    assert kit.state.load_posteriors() == {("strong", "any"): pytest.approx((0.1, 0.9))}
+    after = kit.engine.prepare(_ask(PARAPHRASE))
+    assert after.model == "strong"
+    assert after.decision.candidates_considered == 1
+    assert after.decision.examples == []
+    assert "Paris" not in _content(after.messages)
+
+
+def test_feedback_on_an_unknown_or_pass_through_request_raises_unknown_request(make_engine: Any) -> None:
+    kit = make_engine()
+    passed = kit.engine.prepare(_ask(QUESTION, model="gpt-4o"))
+
+    with pytest.raises(UnknownRequest, match="no-such-id"):
+        kit.engine.feedback("no-such-id", 1.0)
+    with pytest.raises(UnknownRequest):
+        kit.engine.feedback(passed.decision.request_id, 1.0)
+    assert kit.state.load_posteriors() == {}
+
+
+@pytest.mark.parametrize("score", [-0.1, 1.1])
+def test_feedback_outside_zero_to_one_is_refused(make_engine: Any, score: float) -> None:
+    kit = make_engine()
+    prepared = kit.engine.prepare(_ask(QUESTION))
+
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        kit.engine.feedback(prepared.decision.request_id, score)
+    assert kit.state.load_posteriors() == {}
+
+
+# ---- bypass, fail open, explain, async --------------------------------------------------------
+
+
+def test_bypass_sends_the_request_unchanged_and_explain_says_so(make_engine: Any) -> None:
+    kit = make_engine()
+    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+    request = _ask(PARAPHRASE)
+
+    prepared = kit.engine.bypass(request)
+
+    assert prepared.model == "strong"
+    assert prepared.messages == list(request.messages)
+    kept = kit.engine.explain(prepared.decision.request_id)
+    assert (kept.action, kept.reason) == ("pass_through", "bypass requested")
+    assert "why: pass through: bypass requested" in format_decision(kept)
+    assert kit.engine.record(Outcome(prepared.decision.request_id, "strong", ANSWER)) == "skipped"
+
+
+def test_fail_open_sends_the_request_unchanged_and_explain_says_why(make_engine: Any) -> None:
+    kit = make_engine()
+    request = _ask(QUESTION, model="cheap")
+
+    prepared = kit.engine.fail_open(request, "embedder timed out")
+
+    assert prepared.model == "cheap"
+    assert prepared.messages == list(request.messages)
+    kept = kit.engine.explain(prepared.decision.request_id)
+    assert (kept.action, kept.reason) == ("fail_open", "embedder timed out")
+    assert "why: fail open: embedder timed out" in format_decision(kept)
+
+
+def test_fail_open_still_answers_when_the_decision_log_itself_fails(make_engine: Any) -> None:
+    kit = make_engine()
+
+    class BrokenLog:
+        def put(self, decision: Decision) -> None:
+            raise StateUnavailable("disk full")
+
+        def get(self, request_id: str) -> Decision | None:
+            raise StateUnavailable("disk full")
+
+        def mark_recorded(self, request_id: str, outcome: str) -> bool:
+            raise StateUnavailable("disk full")
+
+    engine = Engine(
+        kit.engine.settings, kit.engine.tiers, embedder=kit.embedder, store=kit.store, tokens=kit.engine.tokens,
+        decisions=BrokenLog(), stats=kit.state,
+    )  # fmt: skip
+
+    prepared = engine.fail_open(_ask(QUESTION), "state unavailable")
+
+    assert prepared.model == "strong"
+    assert prepared.decision.action == "fail_open"
+
+
+def test_explain_of_an_unknown_id_raises(make_engine: Any) -> None:
+    with pytest.raises(UnknownRequest):
+        make_engine().engine.explain("nope")
+
+
+def test_the_async_twins_do_the_same_work(make_engine: Any) -> None:
+    kit = make_engine()
+
+    async def scenario() -> tuple[str, str, str]:
+        first = await kit.engine.aprepare(_ask(QUESTION))
+        recorded = await kit.engine.arecord(Outcome(first.decision.request_id, "strong", ANSWER, "stop"))
+        second = await kit.engine.aprepare(_ask(PARAPHRASE))
+        return first.model, recorded, second.model
+
+    assert asyncio.run(scenario()) == ("strong", "admitted", "cheap")

@@ -1,0 +1,122 @@
+"""The `echolm explain` report: what it says about routed, passed-through and failed-open decisions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from echolm_middleware.core.types import ChatRequest, Decision, ExampleTrace, Outcome, TierScore
+from echolm_middleware.explain import format_decision
+
+QUESTION = "What is the capital of France?"
+PARAPHRASE = "What is the capital city of France?"
+
+
+def _ask(text: str, model: str = "strong") -> ChatRequest:
+    return ChatRequest(tenant="A", model=model, messages=[{"role": "user", "content": text}])
+
+
+def _score(tier: str, score: float, *, load: float = 0.0, capacity: float = 1.0, load_penalty: float = 0.0) -> TierScore:
+    return TierScore(
+        tier=tier, quality=score, alpha=8.0, beta=2.0, cost=1.0 if tier == "strong" else 0.05, load=load,
+        capacity=capacity, cost_penalty=0.0, load_penalty=load_penalty, score=score,
+    )  # fmt: skip
+
+
+def _decision(**overrides: Any) -> Decision:
+    values: dict[str, Any] = {
+        "request_id": "r1",
+        "tenant": "A",
+        "created_at": 1_700_000_000.0,
+        "requested_model": "strong",
+        "action": "route",
+        "reason": "routed",
+        "chosen_tier": "strong",
+        "query": QUESTION,
+        "bucket": "none",
+        "augmentation": "none",
+        "scores": [_score("cheap", 0.295), _score("strong", 0.7)],
+        "candidates_considered": 0,
+    }
+    values.update(overrides)
+    return Decision(**values)
+
+
+def test_a_routed_decision_with_an_example_shows_retrieval_scores_and_why(make_engine: Any) -> None:
+    kit = make_engine()
+    kit.engine.admit("A", QUESTION, "Paris.", "strong")
+    decision = kit.engine.prepare(_ask(PARAPHRASE)).decision
+
+    report = format_decision(kit.engine.explain(decision.request_id))
+    lines = report.splitlines()
+
+    assert lines[0] == f"request {decision.request_id}  tenant A  2023-11-14 22:13:20 UTC"
+    assert lines[1] == "named model 'strong' -> 'cheap' (route)"
+    assert f"query: {PARAPHRASE!r}" in lines
+    assert "retrieval: 1 candidates, best similarity 0.926, 1 example(s) kept (inline" in report
+    assert f"example 1: similarity 0.926 utility {decision.examples[0].utility:.3f}" in report
+    assert repr(QUESTION) in report
+    assert "context bucket: high" in lines
+    cheap_row = next(line for line in lines if line.strip().startswith("cheap"))
+    strong_row = next(line for line in lines if line.strip().startswith("strong"))
+    assert cheap_row.strip().startswith("cheap *")
+    assert not strong_row.strip().startswith("strong *")
+    why = next(line for line in lines if line.startswith("why: "))
+    assert why.startswith("why: cheap scored ")
+    assert "against strong's" in why
+    assert "1 example(s) put the request in context bucket 'high'" in why
+    assert lines[-1] == "outcome: not recorded (yet)"
+
+
+def test_the_outcome_line_names_who_served_a_recorded_request(make_engine: Any) -> None:
+    kit = make_engine()
+    decision = kit.engine.prepare(_ask(QUESTION)).decision
+    kit.engine.record(Outcome(decision.request_id, "strong", "Paris.", "stop"))
+
+    report = format_decision(kit.engine.explain(decision.request_id), kit.state.recorded_by(decision.request_id))
+
+    assert report.splitlines()[-1] == "outcome: recorded, served by strong"
+    assert "no example cleared the utility threshold" in report
+    assert "best similarity n/a" in report
+
+
+def test_an_overloaded_runner_up_is_explained() -> None:
+    decision = _decision(
+        chosen_tier="cheap",
+        scores=[_score("cheap", 0.295), _score("strong", 0.2, load=5.0, capacity=1.0, load_penalty=0.5)],
+    )
+
+    why = format_decision(decision).splitlines()[-2]
+
+    assert why.startswith("why: cheap scored 0.295 against strong's 0.200")
+    assert "strong was over capacity (load 5.00 > 1), costing it 0.500" in why
+
+
+def test_a_single_eligible_tier_is_explained_as_the_only_choice() -> None:
+    decision = _decision(requested_model="cheap", chosen_tier="cheap", scores=[_score("cheap", 0.3)])
+
+    assert "why: cheap is the only tier no dearer than 'cheap'" in format_decision(decision)
+
+
+def test_pass_through_and_fail_open_reports_skip_the_routing_detail() -> None:
+    for action, reason, expected in [
+        ("pass_through", "request offers tools", "why: pass through: request offers tools;"),
+        ("fail_open", "store unavailable", "why: fail open: store unavailable;"),
+    ]:
+        report = format_decision(_decision(action=action, reason=reason, query="", scores=[]))
+
+        assert expected in report
+        assert "the request went to the model it named" in report
+        assert "tier scores" not in report
+        assert "retrieval:" not in report
+        assert "query:" not in report
+
+
+def test_a_decision_survives_the_round_trip_through_its_dict() -> None:
+    trace = ExampleTrace(id="e1", prompt=QUESTION, similarity=0.93, utility=0.88, features={"similarity": 0.93},
+                         tokens=12)  # fmt: skip
+    decision = _decision(chosen_tier="cheap", examples=[trace], bucket="high", best_similarity=0.93)
+
+    again = Decision.from_dict(decision.to_dict())
+
+    assert again == decision
+    assert format_decision(again) == format_decision(decision)
