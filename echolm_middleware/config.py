@@ -115,9 +115,7 @@ class ProxySettings(_Strict):
 class Settings(BaseSettings):
     """Everything echolm-middleware reads; defaults suit a single embedded-Chroma proxy."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="ECHOLM_", env_nested_delimiter="__", extra="forbid", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix="ECHOLM_", env_nested_delimiter="__", extra="forbid", frozen=True)
 
     tiers: tuple[TierSettings, ...] = Field(min_length=1)
     retrieval: RetrievalSettings = RetrievalSettings()

@@ -58,7 +58,9 @@ def load_records(path: Path) -> list[QARecord]:
     return records
 
 
-def split_records(records: list[QARecord], warm: int, requests: int, seed: int) -> tuple[list[QARecord], list[QARecord]]:
+def split_records(
+    records: list[QARecord], warm: int, requests: int, seed: int
+) -> tuple[list[QARecord], list[QARecord]]:
     """A seeded shuffle split into a warm-up pool and a request set that do not overlap."""
     if warm + requests > len(records):
         raise EchoLMError(f"asked for {warm} warm-up + {requests} requests but the file has {len(records)}")

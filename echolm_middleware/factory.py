@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -68,7 +69,7 @@ def tier_profiles(
                     f"model group {tier.name!r} ({model or 'no deployment found'}); set it in config"
                 )
         prices.append(price)
-    if any(b < a for a, b in zip(prices, prices[1:], strict=False)):
+    if any(b < a for a, b in itertools.pairwise(prices)):
         raise ConfigError("echolm.tiers: list tiers from cheapest to dearest (the last one is the strongest)")
     top = max(prices)
     return [

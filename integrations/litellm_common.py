@@ -20,10 +20,10 @@ from typing import Any
 # no network, and an explicit setting by the user still wins.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from litellm.integrations.custom_logger import CustomLogger  # noqa: E402
+from litellm.integrations.custom_logger import CustomLogger
 
-from echolm_middleware.core.engine import Engine  # noqa: E402
-from echolm_middleware.core.types import Decision, Outcome, Prepared  # noqa: E402
+from echolm_middleware.core.engine import Engine
+from echolm_middleware.core.types import Decision, Outcome, Prepared
 
 logger = logging.getLogger("echolm")
 
@@ -126,7 +126,10 @@ async def prepare_or_fail_open(
         counter.add(reason, exc)
         if engine is None:
             return None, None
-        return engine.fail_open(request, f"{reason}: {exc}"[:300]), engine
+        prepared = engine.fail_open(request, f"{reason}: {exc}"[:300])
+        # Off the event loop and not awaited: a hung state database must not delay the request.
+        asyncio.get_running_loop().run_in_executor(None, engine.keep_quietly, prepared.decision)
+        return prepared, engine
 
 
 def answer_of(response_obj: Any) -> tuple[str, str | None]:

@@ -11,12 +11,12 @@ model it named, unchanged (fail open), and is counted and logged.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from echolm_middleware.config import check_tiers_exist, config_path_from_env, load_settings
+from echolm_middleware.config import check_tiers_exist, config_path_from_env, load_settings, model_groups_in
 from echolm_middleware.core.engine import Engine
 from echolm_middleware.core.types import ChatRequest
 from echolm_middleware.factory import build_engine
@@ -59,13 +59,10 @@ def engine_from_proxy_config() -> Engine:
     """Build the engine from the `echolm` section of the proxy's own config file."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     settings, raw = load_settings(_proxy_config_path())
+    check_tiers_exist(settings, model_groups_in(raw))
     model_list = raw.get("model_list") or []
-    check_tiers_exist(settings, [entry.get("model_name") for entry in model_list if isinstance(entry, Mapping)])
     engine = build_engine(settings, model_list)
-    warm_up = getattr(engine.embedder, "warm_up", None)
-    if callable(warm_up):
-        warm_up()
-    engine.tokens.count("warm up")
+    engine.warm_up()
     return engine
 
 
@@ -149,10 +146,8 @@ class EchoLMProxyHandler(RecordingCallback):
         metadata = data.get("metadata") if isinstance(data, dict) else None
         summary = metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None
         if isinstance(summary, dict) and response is not None:
-            try:
+            with contextlib.suppress(AttributeError, TypeError, ValueError):
                 setattr(response, METADATA_KEY, dict(summary))
-            except (AttributeError, TypeError, ValueError):
-                pass
         return response
 
 

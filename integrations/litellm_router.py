@@ -14,6 +14,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from litellm.router import Router
+from litellm.types.router import CustomRoutingStrategyBase
+
 from echolm_middleware.core.engine import Engine
 from echolm_middleware.core.types import ChatRequest
 from echolm_middleware.integrations.litellm_common import (
@@ -24,9 +27,6 @@ from echolm_middleware.integrations.litellm_common import (
     decision_summary,
     prepare_or_fail_open,
 )
-
-from litellm.router import Router  # noqa: I001  (imported after litellm_common sets up litellm's env)
-from litellm.types.router import CustomRoutingStrategyBase
 
 TENANT_KEY = "echolm_tenant"
 
@@ -121,9 +121,10 @@ class EchoLMRouterDoor:
 
 
 def install_echolm(router: Router, engine: Engine, *, timeout_s: float | None = None) -> EchoLMRouterDoor:
-    """Route `router`'s chat calls through the engine and record their outcomes."""
+    """Route `router`'s chat calls through the engine and record their outcomes (loads the embedder now)."""
     import litellm
 
+    engine.warm_up()
     handle = EngineHandle(lambda: engine)
     handle.start().result()
     counter = FailOpenCounter()

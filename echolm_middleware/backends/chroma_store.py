@@ -166,7 +166,9 @@ class ChromaExampleStore:
             found = collection.get(ids=list(ids), include=["metadatas"])
             if not found["ids"]:
                 return
-            metadatas = [change(found_id, dict(meta)) for found_id, meta in zip(found["ids"], found["metadatas"])]
+            metadatas = [
+                change(found_id, dict(meta)) for found_id, meta in zip(found["ids"], found["metadatas"], strict=True)
+            ]
             collection.update(ids=found["ids"], metadatas=metadatas)
 
     def add_offload_outcomes(self, tenant: str, outcomes: Mapping[str, tuple[int, float]]) -> None:

@@ -29,14 +29,8 @@ class MiniLMEmbedder:
             torch = require("torch", "embeddings")
             sentence_transformers = require("sentence_transformers", "embeddings")
             torch.set_num_threads(self._settings.threads)
-            self._model = sentence_transformers.SentenceTransformer(
-                str(package.get_model_path()), device="cpu"
-            )
+            self._model = sentence_transformers.SentenceTransformer(str(package.get_model_path()), device="cpu")
         return self._model
-
-    def warm_up(self) -> None:
-        """Load the model now rather than on the first request."""
-        self.embed(["warm up"])
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         try:

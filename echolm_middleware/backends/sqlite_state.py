@@ -120,9 +120,7 @@ class SQLiteState:
 
     def save_weights(self, weights: Mapping[str, float]) -> None:
         with self._transaction() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO utility_weights (name, value) VALUES (?, ?)", list(weights.items())
-            )
+            db.executemany("INSERT OR REPLACE INTO utility_weights (name, value) VALUES (?, ?)", list(weights.items()))
 
     def close(self) -> None:
         with self._lock:

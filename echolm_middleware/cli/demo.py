@@ -30,17 +30,25 @@ def register(subparsers: Any) -> None:
         help="JSONL with `question` and `answer` (list of golds), or `prompt`/`reference`; default: "
              "../shared/data/nq_open/NQ-open.dev.jsonl beside the checkout",
     )  # fmt: skip
-    parser.add_argument("--warm", type=int, default=160, help="warm-up questions answered by the strongest tier (default: %(default)s)")
+    parser.add_argument(
+        "--warm", type=int, default=160, help="warm-up questions answered by the strongest tier (default: %(default)s)"
+    )
     parser.add_argument("--requests", type=int, default=80, help="requests measured per pass (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=7, help="seed of the shuffle that splits the data (default: %(default)s)")
+    parser.add_argument(
+        "--seed", type=int, default=7, help="seed of the shuffle that splits the data (default: %(default)s)"
+    )
     parser.add_argument("--config", type=Path, default=Path("config.yaml"), help="proxy config (default: %(default)s)")
     parser.add_argument(
         "--formats", default="inline,few_shot",
         help="augmentation formats to measure, comma-separated: inline, few_shot (default: %(default)s)",
     )  # fmt: skip
-    parser.add_argument("--concurrency", type=int, default=2, help="concurrent clients in each pass (default: %(default)s)")
+    parser.add_argument(
+        "--concurrency", type=int, default=2, help="concurrent clients in each pass (default: %(default)s)"
+    )
     parser.add_argument("--max-tokens", type=int, default=32, help="max_tokens per answer (default: %(default)s)")
-    parser.add_argument("--run-dir", type=Path, default=None, help="where the cache, logs and summary go (default: .echolm/demo/<time>)")
+    parser.add_argument(
+        "--run-dir", type=Path, default=None, help="where the cache, logs and summary go (default: .echolm/demo/<time>)"
+    )
     parser.add_argument(
         "--model-dir", type=Path, default=None,
         help="where the GGUF files are assembled (default: $ECHOLM_MODEL_DIR or ~/.cache/echolm-middleware/models)",

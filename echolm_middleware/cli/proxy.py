@@ -42,8 +42,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.workers > 1 and settings.store.backend == "chroma" and not settings.store.server_url:
         print(
-            "echolm: store.server_url: several workers cannot share an embedded Chroma; run `chroma run` "
-            "and set it",
+            "echolm: store.server_url: several workers cannot share an embedded Chroma; run `chroma run` and set it",
             file=sys.stderr,
         )
         return 2

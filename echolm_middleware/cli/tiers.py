@@ -95,8 +95,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     stop = commands.add_parser(
         "stop",
         help="stop the servers recorded in the run directory",
-        description="Stop (SIGTERM, then SIGKILL) every tier recorded in the run "
-        "directory by `echolm tiers start`.",
+        description="Stop (SIGTERM, then SIGKILL) every tier recorded in the run directory by `echolm tiers start`.",
     )
     _add_run_dir(stop)
     stop.set_defaults(func=_stop)
@@ -126,8 +125,7 @@ def _add_model_dir(parser: argparse.ArgumentParser) -> None:
         "--model-dir",
         type=Path,
         default=None,
-        help="where assembled models are kept (default: $ECHOLM_MODEL_DIR, else "
-        "~/.cache/echolm-middleware/models)",
+        help="where assembled models are kept (default: $ECHOLM_MODEL_DIR, else ~/.cache/echolm-middleware/models)",
     )
 
 
@@ -187,9 +185,7 @@ def _fetch(args: argparse.Namespace) -> int:
 def _start(args: argparse.Namespace) -> int:
     from echolm_middleware.local_tiers.servers import running_tiers, start_tiers, tier_specs
 
-    specs = tier_specs(
-        args.aliases or DEFAULT_START, _model_dir(args), port_base=args.port_base, n_ctx=args.ctx
-    )
+    specs = tier_specs(args.aliases or DEFAULT_START, _model_dir(args), port_base=args.port_base, n_ctx=args.ctx)
     if not args.foreground:
         for tier in start_tiers(specs, args.run_dir, timeout_s=args.timeout):
             print(f"{tier.alias}: {tier.api_base} (pid {tier.pid}, log {tier.log_path})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import random
 import threading
@@ -106,6 +107,11 @@ class Engine:
         self._weights = stats.load_weights() or settings.retrieval.weights.model_dump()
         self._vectors: OrderedDict[str, list[float]] = OrderedDict()
 
+    def warm_up(self) -> None:
+        """Load the embedder and the tokenizer now, so the first request does not pay for them."""
+        self.embedder.embed(["warm up"])
+        self.tokens.count("warm up")
+
     # ---- request path -------------------------------------------------------------------------
 
     def prepare(self, request: ChatRequest) -> Prepared:
@@ -174,15 +180,16 @@ class Engine:
         return self._pass_through(self._new_decision(request), request, "bypass requested", time.perf_counter())
 
     def fail_open(self, request: ChatRequest, reason: str) -> Prepared:
-        """The request goes to the model it named, unchanged; the decision says why (best effort)."""
+        """The request goes to the model it named, unchanged. Nothing is written: see `keep_quietly`."""
         decision = self._new_decision(request)
         decision.action = "fail_open"
         decision.reason = reason
-        try:
-            self.decisions.put(decision)
-        except Exception:  # the log itself may be what failed; the request must still go out
-            pass
         return Prepared(decision=decision, model=request.model, messages=[dict(m) for m in request.messages])
+
+    def keep_quietly(self, decision: Decision) -> None:
+        """Keep a decision for `explain` if the log works; the log itself may be what failed."""
+        with contextlib.suppress(Exception):
+            self.decisions.put(decision)
 
     async def aprepare(self, request: ChatRequest) -> Prepared:
         return await asyncio.to_thread(self.prepare, request)
@@ -238,9 +245,7 @@ class Engine:
             with self._lock:
                 weights = self._weights
                 for trace in decision.examples:
-                    weights = selection.fit_step(
-                        weights, trace.features, score, self.settings.retrieval.learning_rate
-                    )
+                    weights = selection.fit_step(weights, trace.features, score, self.settings.retrieval.learning_rate)
                 self._weights = weights
             self.stats.save_weights(weights)
 

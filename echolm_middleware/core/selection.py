@@ -60,9 +60,7 @@ def _near_duplicate(a: ScoredExample, b: ScoredExample, limit: float) -> bool:
     ea, eb = a.candidate.embedding, b.candidate.embedding
     if ea is not None and eb is not None:
         return _cosine(ea, eb) >= limit
-    return " ".join(a.candidate.example.prompt.lower().split()) == " ".join(
-        b.candidate.example.prompt.lower().split()
-    )
+    return " ".join(a.candidate.example.prompt.lower().split()) == " ".join(b.candidate.example.prompt.lower().split())
 
 
 def select_examples(

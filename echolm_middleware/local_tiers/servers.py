@@ -87,9 +87,7 @@ def start_tiers(specs: Sequence[TierSpec], run_dir: Path, *, timeout_s: float = 
 
 
 @contextlib.contextmanager
-def running_tiers(
-    specs: Sequence[TierSpec], run_dir: Path, *, timeout_s: float = 120.0
-) -> Iterator[list[RunningTier]]:
+def running_tiers(specs: Sequence[TierSpec], run_dir: Path, *, timeout_s: float = 120.0) -> Iterator[list[RunningTier]]:
     """Serve `specs` for the duration of the block; stop, on any exit, the servers this block started."""
     started: list[RunningTier] = []
     try:
@@ -221,9 +219,7 @@ def _wait_until_healthy(tier: RunningTier, pid: int, timeout_s: float) -> None:
         if tier.alias in _served_models(tier.host, tier.port):
             return
         time.sleep(0.2)
-    raise ServerStartFailed(
-        f"{tier.alias} server gave no answer in {timeout_s:.0f} s; log tail:\n{_tail(tier)}"
-    )
+    raise ServerStartFailed(f"{tier.alias} server gave no answer in {timeout_s:.0f} s; log tail:\n{_tail(tier)}")
 
 
 def _served_models(host: str, port: int) -> list[str]:

@@ -16,7 +16,9 @@ from echolm_middleware.core.ports import ExampleStore
 
 
 def chroma_store(path: Path) -> ChromaExampleStore:
-    return ChromaExampleStore(StoreSettings(backend="chroma", path=path, collection_prefix="test", batch_size=2))
+    return ChromaExampleStore(
+        StoreSettings(backend="chroma", path=path, collection_prefix="test", batch_size=2)
+    )
 
 
 @pytest.fixture(params=["memory", "chroma"])

@@ -19,10 +19,8 @@ CLOSE = 1e-5  # Chroma keeps float32 vectors
 
 
 def _example(id_: str, **fields: object) -> Example:
-    values: dict[str, object] = {
-        "id": id_, "prompt": f"prompt {id_}", "answer": f"answer {id_}", "source_tier": "strong", "quality": 0.8,
-        "created_at": 1_700_000_000.5,
-    }  # fmt: skip
+    values: dict[str, object] = {"id": id_, "prompt": f"prompt {id_}", "answer": f"answer {id_}"}
+    values |= {"source_tier": "strong", "quality": 0.8, "created_at": 1_700_000_000.5}
     values.update(fields)
     return Example(**values)  # type: ignore[arg-type]
 
@@ -46,7 +44,12 @@ def test_an_empty_store_finds_nothing(store: ExampleStore) -> None:
 
 
 def test_nearest_returns_cosine_similarity_best_first(store: ExampleStore) -> None:
-    vectors = {"same": X, "close": [0.9, 0.1, 0.0, 0.0], "far": [0.2, 0.9, 0.1, 0.0], "opposite": [-1.0, 0, 0, 0]}
+    vectors = {
+        "same": X,
+        "close": [0.9, 0.1, 0.0, 0.0],
+        "far": [0.2, 0.9, 0.1, 0.0],
+        "opposite": [-1.0, 0, 0, 0],
+    }
     store.upsert("A", [_example(name) for name in vectors], list(vectors.values()))
 
     found = store.nearest("A", X, 10)
@@ -78,9 +81,15 @@ def test_similarity_ignores_vector_length(store: ExampleStore) -> None:
 
 def test_every_field_of_an_example_round_trips(store: ExampleStore) -> None:
     example = Example(
-        id="e1", prompt="Wie heißt die Hauptstadt? 🇫🇷", answer='Paris — "la ville lumière"\nsecond line',
-        source_tier="strong-v2", quality=0.375, created_at=1_700_000_123.25, uses=7, offload_successes=2.5,
-    )  # fmt: skip
+        id="e1",
+        prompt="Wie heißt die Hauptstadt? 🇫🇷",
+        answer='Paris — "la ville lumière"\nsecond line',
+        source_tier="strong-v2",
+        quality=0.375,
+        created_at=1_700_000_123.25,
+        uses=7,
+        offload_successes=2.5,
+    )
     store.upsert("A", [example], [Y])
 
     found = store.nearest("A", Y, 1)

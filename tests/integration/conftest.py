@@ -114,7 +114,9 @@ def start_proxy_for(local_tiers: LocalTiers, tmp_path_factory: pytest.TempPathFa
         proxy.stop()
 
 
-def ask(proxy: ProxyUnderTest, content: Any, *, model: str = STRONG, api_key: str | None = None, **extra: Any) -> tuple[Any, Mapping[str, str]]:
+def ask(
+    proxy: ProxyUnderTest, content: Any, *, model: str = STRONG, api_key: str | None = None, **extra: Any
+) -> tuple[Any, Mapping[str, str]]:
     """One chat completion through the proxy with the openai client: (completion, response headers)."""
     raw = proxy.client(api_key).chat.completions.with_raw_response.create(
         model=model,

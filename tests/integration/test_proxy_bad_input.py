@@ -16,9 +16,7 @@ pytestmark = pytest.mark.integration
 
 QUESTION = "In which country is the city of Kyoto?"
 PARAPHRASE = "in which country is kyoto"
-TINY_PNG = (
-    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
-)
+TINY_PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 
 # (name, request body fields, the pass-through reason our hook must give, or None when LiteLLM rejects first)
 BAD_REQUESTS: list[tuple[str, dict[str, Any], str | None]] = [
@@ -77,7 +75,10 @@ def test_bad_inputs_get_a_clear_answer_and_leave_the_store_intact(
         response = _post(proxy, body)
         outcomes[name] = (response.status_code, response.headers.get("x-echolm-reason", ""), response.text[:200])
         # Either a clean pass-through or a clear client error; never a crash of the proxy.
-        assert response.status_code < 500 or response.headers.get("x-echolm-action") == "pass_through", (name, outcomes[name])
+        assert response.status_code < 500 or response.headers.get("x-echolm-action") == "pass_through", (
+            name,
+            outcomes[name],
+        )
         if response.status_code >= 400:
             assert response.json().get("error", {}).get("message"), (name, outcomes[name])
         if reason is not None and "x-echolm-action" in response.headers:

@@ -83,9 +83,7 @@ def test_load_above_capacity_shifts_requests_to_the_cheap_tier(proxy: ProxyUnder
     assert "'strong' -> 'cheap'" in explained.stdout
 
 
-def test_streamed_request_is_recorded_once_after_it_completes(
-    proxy: ProxyUnderTest, local_tiers: LocalTiers
-) -> None:
+def test_streamed_request_is_recorded_once_after_it_completes(proxy: ProxyUnderTest, local_tiers: LocalTiers) -> None:
     client = proxy.client()
     raw = client.chat.completions.with_raw_response.create(
         model=STRONG,

@@ -84,9 +84,14 @@ RETRIEVAL = RetrievalSettings(
     candidates=20, k=3, threshold=0.5, max_example_tokens=600, near_duplicate_similarity=0.97, weights=WEIGHTS
 )
 ROUTING = RoutingSettings(
-    policy="mean", cost_weight=0.1, load_lambda=0.5, load_gamma=1.0, load_window_s=2.0, prior_strength=10.0,
+    policy="mean",
+    cost_weight=0.1,
+    load_lambda=0.5,
+    load_gamma=1.0,
+    load_window_s=2.0,
+    prior_strength=10.0,
     example_uplift=0.9,
-)  # fmt: skip
+)
 ADMISSION = AdmissionSettings(initial_quality=0.8, min_quality=0.5)
 
 

@@ -57,7 +57,9 @@ def test_the_repository_config_loads_and_names_existing_model_groups() -> None:
 
 
 def test_relative_paths_resolve_against_the_config_files_folder(tmp_path: Path) -> None:
-    path = _write(tmp_path / "echolm.yaml", {"echolm": {"tiers": TWO_TIERS, "store": {"path": "data/chroma"}}})
+    path = _write(
+        tmp_path / "echolm.yaml", {"echolm": {"tiers": TWO_TIERS, "store": {"path": "data/chroma"}}}
+    )
 
     settings, _ = load_settings(path)
 
@@ -70,11 +72,13 @@ def test_relative_paths_resolve_against_the_config_files_folder(tmp_path: Path) 
     [
         ({"tiers": TWO_TIERS, "routing": {"cost_weigth": 0.2}}, "echolm.routing.cost_weigth: unknown key"),
         ({"tiers": TWO_TIERS, "retrival": {"k": 3}}, "echolm.retrival: unknown key"),
-        ({"tiers": TWO_TIERS, "retrieval": {"weights": {"simlarity": 1}}},
-         "echolm.retrieval.weights.simlarity: unknown key"),
+        (
+            {"tiers": TWO_TIERS, "retrieval": {"weights": {"simlarity": 1}}},
+            "echolm.retrieval.weights.simlarity: unknown key",
+        ),
         ({"tiers": [{"name": "cheap", "capasity": 3}]}, "echolm.tiers.0.capasity: unknown key"),
     ],
-)  # fmt: skip
+)
 def test_an_unknown_key_is_refused_with_its_dotted_path(section: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as raised:
         settings_from_mapping(section)
@@ -120,7 +124,10 @@ def test_a_section_that_is_not_a_mapping_is_refused() -> None:
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("echolm: [unclosed", "is not valid YAML"), ("- a list\n- at the top\n", "the top level must be a mapping")],
+    [
+        ("echolm: [unclosed", "is not valid YAML"),
+        ("- a list\n- at the top\n", "the top level must be a mapping"),
+    ],
 )
 def test_unreadable_config_files_are_config_errors(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bad.yaml"
@@ -205,7 +212,9 @@ def _tiers(*specs: tuple[str, float | None]) -> tuple[TierSettings, ...]:
 
 
 def test_tier_profiles_scale_costs_by_the_dearest_tier() -> None:
-    profiles = tier_profiles(_tiers(("cheap", 0.1), ("mid", 0.5), ("strong", 2.0)), price_lookup=lambda m: None)
+    profiles = tier_profiles(
+        _tiers(("cheap", 0.1), ("mid", 0.5), ("strong", 2.0)), price_lookup=lambda m: None
+    )
 
     assert [(p.name, p.rank) for p in profiles] == [("cheap", 0), ("mid", 1), ("strong", 2)]
     assert [p.cost for p in profiles] == pytest.approx([0.05, 0.25, 1.0])
@@ -246,7 +255,9 @@ def test_a_tier_without_a_cost_takes_the_price_of_its_deployments_model() -> Non
         ([], "no deployment found"),
     ],
 )
-def test_a_tier_with_no_cost_and_no_known_price_is_refused(model_list: list[dict[str, Any]], detail: str) -> None:
+def test_a_tier_with_no_cost_and_no_known_price_is_refused(
+    model_list: list[dict[str, Any]], detail: str
+) -> None:
     with pytest.raises(ConfigError) as raised:
         tier_profiles(_tiers(("cheap", 0.1), ("strong", None)), model_list, price_lookup=lambda model: None)
 

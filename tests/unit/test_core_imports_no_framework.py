@@ -45,7 +45,12 @@ def test_the_core_imports_with_every_framework_blocked() -> None:
     script = _BLOCKED_IMPORT.format(blocked=set(FRAMEWORKS))
 
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False, cwd=CORE.parents[1]
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=CORE.parents[1],
     )
 
     assert result.returncode == 0, result.stderr
@@ -57,7 +62,12 @@ def test_the_blocker_really_blocks() -> None:
     script = _BLOCKED_IMPORT.format(blocked=set(FRAMEWORKS)) + "\nimport chromadb\n"
 
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False, cwd=CORE.parents[1]
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=CORE.parents[1],
     )
 
     assert result.returncode != 0

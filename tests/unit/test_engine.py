@@ -1,4 +1,4 @@
-"""The engine end to end over in-memory ports: what reaches which tier, what gets admitted, what feedback does."""
+"""The engine over in-memory ports: what reaches which tier, what gets admitted, what feedback does."""
 
 from __future__ import annotations
 
@@ -39,7 +39,9 @@ def _content(messages: list[dict[str, Any]]) -> str:
 # ---- request path -----------------------------------------------------------------------------
 
 
-def test_a_paraphrase_of_an_admitted_question_goes_to_the_cheap_tier_with_the_example(make_engine: Any) -> None:
+def test_a_paraphrase_of_an_admitted_question_goes_to_the_cheap_tier_with_the_example(
+    make_engine: Any,
+) -> None:
     kit = make_engine()
     assert kit.engine.admit("A", QUESTION, ANSWER, "strong") is True
 
@@ -202,16 +204,21 @@ def test_a_prompt_too_long_for_the_cheap_tier_only_is_kept_off_it(make_engine: A
 
 
 def test_a_short_prompt_is_routed_without_counting_its_tokens(make_engine: Any) -> None:
-    # 33 characters × 4 bytes + 600 < 2048: the byte bound alone proves it fits.
+    # 33 characters * 4 bytes + 600 < 2048: the byte bound alone proves it fits.
     class CountingRefused:
         def count(self, text: str) -> int:
             raise AssertionError(f"counted {text!r}")
 
     kit = make_engine()
     engine = Engine(
-        kit.engine.settings, kit.engine.tiers, embedder=kit.embedder, store=kit.store, tokens=CountingRefused(),
-        decisions=kit.state, stats=kit.state,
-    )  # fmt: skip
+        kit.engine.settings,
+        kit.engine.tiers,
+        embedder=kit.embedder,
+        store=kit.store,
+        tokens=CountingRefused(),
+        decisions=kit.state,
+        stats=kit.state,
+    )
 
     assert engine.prepare(_ask(UNRELATED)).decision.action == "route"
 
@@ -325,7 +332,10 @@ def test_a_truncated_cheap_answer_counts_a_use_without_a_success(make_engine: An
     kit.engine.admit("A", QUESTION, ANSWER, "strong")
     prepared = kit.engine.prepare(_ask(PARAPHRASE))
 
-    assert kit.engine.record(Outcome(prepared.decision.request_id, "cheap", "Par", "length")) == "offload_counted"
+    assert (
+        kit.engine.record(Outcome(prepared.decision.request_id, "cheap", "Par", "length"))
+        == "offload_counted"
+    )
 
     example = _stored(kit)[QUESTION]
     assert (example.uses, example.offload_successes) == (1, 0.0)
@@ -407,7 +417,7 @@ def test_feedback_on_a_cheap_answer_updates_the_posterior_the_weights_and_the_of
     assert utility(trace.features, weights_after) < utility(trace.features, weights_before)
     example = _stored(kit)[QUESTION]
     assert example.uses == 1
-    assert example.offload_successes == pytest.approx(0.2)  # counted 1.0 at record, corrected by 0.2 − 1
+    assert example.offload_successes == pytest.approx(0.2)  # counted 1.0 at record, corrected by 0.2 - 1
 
 
 def test_feedback_accumulates_and_a_restarted_engine_reads_it_back(make_engine: Any, tmp_path: Any) -> None:
@@ -525,9 +535,14 @@ def test_fail_open_still_answers_when_the_decision_log_itself_fails(make_engine:
             raise StateUnavailable("disk full")
 
     engine = Engine(
-        kit.engine.settings, kit.engine.tiers, embedder=kit.embedder, store=kit.store, tokens=kit.engine.tokens,
-        decisions=BrokenLog(), stats=kit.state,
-    )  # fmt: skip
+        kit.engine.settings,
+        kit.engine.tiers,
+        embedder=kit.embedder,
+        store=kit.store,
+        tokens=kit.engine.tokens,
+        decisions=BrokenLog(),
+        stats=kit.state,
+    )
 
     prepared = engine.fail_open(_ask(QUESTION), "state unavailable")
 

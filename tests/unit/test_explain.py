@@ -15,11 +15,21 @@ def _ask(text: str, model: str = "strong") -> ChatRequest:
     return ChatRequest(tenant="A", model=model, messages=[{"role": "user", "content": text}])
 
 
-def _score(tier: str, score: float, *, load: float = 0.0, capacity: float = 1.0, load_penalty: float = 0.0) -> TierScore:
+def _score(
+    tier: str, score: float, *, load: float = 0.0, capacity: float = 1.0, load_penalty: float = 0.0
+) -> TierScore:
     return TierScore(
-        tier=tier, quality=score, alpha=8.0, beta=2.0, cost=1.0 if tier == "strong" else 0.05, load=load,
-        capacity=capacity, cost_penalty=0.0, load_penalty=load_penalty, score=score,
-    )  # fmt: skip
+        tier=tier,
+        quality=score,
+        alpha=8.0,
+        beta=2.0,
+        cost=1.0 if tier == "strong" else 0.05,
+        load=load,
+        capacity=capacity,
+        cost_penalty=0.0,
+        load_penalty=load_penalty,
+        score=score,
+    )
 
 
 def _decision(**overrides: Any) -> Decision:
@@ -72,7 +82,9 @@ def test_the_outcome_line_names_who_served_a_recorded_request(make_engine: Any) 
     decision = kit.engine.prepare(_ask(QUESTION)).decision
     kit.engine.record(Outcome(decision.request_id, "strong", "Paris.", "stop"))
 
-    report = format_decision(kit.engine.explain(decision.request_id), kit.state.recorded_by(decision.request_id))
+    report = format_decision(
+        kit.engine.explain(decision.request_id), kit.state.recorded_by(decision.request_id)
+    )
 
     assert report.splitlines()[-1] == "outcome: recorded, served by strong"
     assert "no example cleared the utility threshold" in report
@@ -112,8 +124,9 @@ def test_pass_through_and_fail_open_reports_skip_the_routing_detail() -> None:
 
 
 def test_a_decision_survives_the_round_trip_through_its_dict() -> None:
-    trace = ExampleTrace(id="e1", prompt=QUESTION, similarity=0.93, utility=0.88, features={"similarity": 0.93},
-                         tokens=12)  # fmt: skip
+    trace = ExampleTrace(
+        id="e1", prompt=QUESTION, similarity=0.93, utility=0.88, features={"similarity": 0.93}, tokens=12
+    )
     decision = _decision(chosen_tier="cheap", examples=[trace], bucket="high", best_similarity=0.93)
 
     again = Decision.from_dict(decision.to_dict())

@@ -56,7 +56,9 @@ def test_inline_augmentation_rewrites_only_the_last_user_turn() -> None:
 
 
 def test_inline_augmentation_reads_a_question_given_as_text_parts() -> None:
-    messages = [{"role": "user", "content": [{"type": "text", "text": "Height of"}, {"type": "text", "text": "it?"}]}]
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "Height of"}, {"type": "text", "text": "it?"}]}
+    ]
 
     augmented = augment(messages, [BEST], fmt="inline", max_answer_chars=100)
 

@@ -15,7 +15,12 @@ NQ_DEV = Path("/work/shared/data/nq_open/NQ-open.dev.jsonl")
 
 @pytest.mark.parametrize(
     ("text", "normalized"),
-    [("The Eiffel Tower!", "eiffel tower"), ("  An   apple, a day ", "apple day"), ("Theatre", "theatre"), ("", "")],
+    [
+        ("The Eiffel Tower!", "eiffel tower"),
+        ("  An   apple, a day ", "apple day"),
+        ("Theatre", "theatre"),
+        ("", ""),
+    ],
 )
 def test_normalize_answer(text: str, normalized: str) -> None:
     assert normalize_answer(text) == normalized
@@ -35,7 +40,9 @@ def test_normalize_answer(text: str, normalized: str) -> None:
         ("Paris", [], 0.0, 0.0, 0.0),
     ],
 )
-def test_squad_style_metrics(prediction: str, golds: list[str], em: float, f1: float, contains: float) -> None:
+def test_squad_style_metrics(
+    prediction: str, golds: list[str], em: float, f1: float, contains: float
+) -> None:
     assert exact_match(prediction, golds) == em
     assert token_f1(prediction, golds) == pytest.approx(f1)
     assert contains_gold(prediction, golds) == contains
@@ -52,13 +59,17 @@ def test_the_nq_open_dev_file_loads_all_its_records() -> None:
     records = load_records(NQ_DEV)
 
     assert len(records) == 3610
-    assert records[0] == QARecord("when was the last time anyone was on the moon", ("14 December 1972 UTC", "December 1972"))
+    assert records[0] == QARecord(
+        "when was the last time anyone was on the moon", ("14 December 1972 UTC", "December 1972")
+    )
     assert all(record.prompt and record.references for record in records)
 
 
 def test_a_csv_with_prompt_and_reference_columns_loads(tmp_path: Path) -> None:
     path = tmp_path / "requests.csv"
-    path.write_text('prompt,reference\n"Who wrote Hamlet?",Shakespeare\n  Capital of France? ,Paris\n', encoding="utf-8")
+    path.write_text(
+        'prompt,reference\n"Who wrote Hamlet?",Shakespeare\n  Capital of France? ,Paris\n', encoding="utf-8"
+    )
 
     assert load_records(path) == [
         QARecord("Who wrote Hamlet?", ("Shakespeare",)),
@@ -87,10 +98,15 @@ def test_jsonl_with_prompt_and_blank_lines_loads(tmp_path: Path) -> None:
         ('{"question": "unterminated', r":2: not JSON"),
         ('["a", "list"]', r":2: each line must be a JSON object"),
         ('{"answer": ["no question"]}', r":2: no `question` or `prompt` text"),
-        ('{"question": "q", "answer": [1, 2]}', r":2: `answer`/`reference` must be a string or a list of strings"),
+        (
+            '{"question": "q", "answer": [1, 2]}',
+            r":2: `answer`/`reference` must be a string or a list of strings",
+        ),
     ],
 )
-def test_a_malformed_jsonl_line_is_an_error_naming_the_line(tmp_path: Path, second_line: str, message: str) -> None:
+def test_a_malformed_jsonl_line_is_an_error_naming_the_line(
+    tmp_path: Path, second_line: str, message: str
+) -> None:
     path = tmp_path / "requests.jsonl"
     path.write_text('{"question": "fine", "answer": ["yes"]}\n' + second_line + "\n", encoding="utf-8")
 

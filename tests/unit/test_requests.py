@@ -19,7 +19,9 @@ USER = {"role": "user", "content": "What is the capital of France?"}
 
 PASS_THROUGH = [
     pytest.param([], {}, "empty messages", id="empty-messages"),
-    pytest.param([USER, USER, USER], {"max_messages": 2}, "too many messages (3 > 2)", id="too-many-messages"),
+    pytest.param(
+        [USER, USER, USER], {"max_messages": 2}, "too many messages (3 > 2)", id="too-many-messages"
+    ),
     pytest.param([USER], {"has_tools": True}, "request offers tools", id="tools-offered"),
     pytest.param(
         [USER, {"role": "tool", "tool_call_id": "c1", "content": "42"}, USER],
@@ -39,7 +41,9 @@ PASS_THROUGH = [
             {
                 "role": "assistant",
                 "content": None,
-                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                ],
             },
             USER,
         ],
@@ -62,7 +66,10 @@ PASS_THROUGH = [
         id="image-url-part",
     ),
     pytest.param(
-        [USER, {"role": "assistant", "content": "Paris."}], {}, "last turn is not from the user", id="assistant-last"
+        [USER, {"role": "assistant", "content": "Paris."}],
+        {},
+        "last turn is not from the user",
+        id="assistant-last",
     ),
     pytest.param(
         [{"role": "system", "content": "Be brief."}], {}, "last turn is not from the user", id="system-only"
@@ -76,7 +83,9 @@ PASS_THROUGH = [
         "text is not valid UTF-8",
         id="lone-surrogate-in-part",
     ),
-    pytest.param([{"role": "user", "content": 42}], {}, "non-text content in a user message", id="number-content"),
+    pytest.param(
+        [{"role": "user", "content": 42}], {}, "non-text content in a user message", id="number-content"
+    ),
     pytest.param(["just a string"], {}, "a message is not an object", id="message-not-mapping"),
 ]
 
@@ -112,7 +121,10 @@ def test_a_plain_text_chat_is_routable_with_the_last_user_turn_as_query() -> Non
 
 def test_text_content_parts_are_joined_into_the_question() -> None:
     messages = [
-        {"role": "user", "content": [{"type": "text", "text": "Capital of"}, {"type": "text", "text": "France?"}]}
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "Capital of"}, {"type": "text", "text": "France?"}],
+        }
     ]
 
     view = _inspect(messages)
@@ -140,7 +152,9 @@ def test_a_falsy_tool_calls_key_is_not_a_tool_conversation() -> None:
         (5, "capital of France\ncapital of Italy\nand of Spain?"),
     ],
 )
-def test_query_context_turns_prepends_the_latest_earlier_user_turns(context_turns: int, expected: str) -> None:
+def test_query_context_turns_prepends_the_latest_earlier_user_turns(
+    context_turns: int, expected: str
+) -> None:
     messages = [
         {"role": "user", "content": "capital of France"},
         {"role": "assistant", "content": "Paris"},

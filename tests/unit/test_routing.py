@@ -1,4 +1,4 @@
-"""Tier choice: quality priors by context bucket, the cost and load terms, Thompson draws, the load tracker."""
+"""Tier choice: priors by context bucket, the cost and load terms, Thompson draws, the load tracker."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from echolm_middleware.core.routing import (
     score_tiers,
 )
 from echolm_middleware.core.types import Candidate, Example, ScoredExample, TierScore
+
 CHEAP = TierProfile(name="cheap", rank=0, cost=0.05, capacity=2.0, quality_prior=0.3, max_input_tokens=2048)
 STRONG = TierProfile(name="strong", rank=1, cost=1.0, capacity=1.0, quality_prior=0.8, max_input_tokens=2048)
 
@@ -74,9 +75,16 @@ def _chosen(tiers: Sequence[TierProfile] = (CHEAP, STRONG), **kwargs: object) ->
 
 @pytest.mark.parametrize(
     ("utilities", "bucket"),
-    [([], NO_EXAMPLES), ([0.3], "low"), ([0.69, 0.5], "low"), ([0.7], "mid"), ([0.6, 0.84], "mid"),
-     ([0.85], "high"), ([0.5, 0.99, 0.7], "high")],
-)  # fmt: skip
+    [
+        ([], NO_EXAMPLES),
+        ([0.3], "low"),
+        ([0.69, 0.5], "low"),
+        ([0.7], "mid"),
+        ([0.6, 0.84], "mid"),
+        ([0.85], "high"),
+        ([0.5, 0.99, 0.7], "high"),
+    ],
+)
 def test_the_context_bucket_follows_the_best_example(utilities: list[float], bucket: str) -> None:
     assert context_bucket([_scored(u) for u in utilities]) == bucket
 

