@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 models: install
-	$(BIN)/echolm tiers fetch smollm2-135m qwen2.5-1.5b
+	$(BIN)/echolm tiers fetch qwen2.5-0.5b qwen2.5-1.5b
 
 demo: models
 	$(BIN)/echolm demo $(DEMO_ARGS)

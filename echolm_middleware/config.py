@@ -40,7 +40,7 @@ class TierSettings(_Strict):
 class UtilityWeights(_Strict):
     """Logistic weights of the stage-2 utility score; fitted online from feedback."""
 
-    bias: float = -10.0
+    bias: float = -10.3
     similarity: float = 11.0
     quality: float = 1.0
     source: float = 0.5
@@ -74,6 +74,9 @@ class RoutingSettings(_Strict):
     load_lambda: float = Field(default=0.5, ge=0, description="λ0 of the load bias λ0·tanh(γ·(L−cap))·C.")
     load_gamma: float = Field(default=1.0, gt=0, description="γ of the load bias.")
     load_window_s: float = Field(default=2.0, gt=0, description="Time constant of the in-flight moving average.")
+    load_stale_after_s: float = Field(
+        default=600.0, gt=0, description="A request whose end was never reported stops counting as load after this."
+    )
     prior_strength: float = Field(default=10.0, gt=0, description="Pseudo-observations behind each prior.")
     example_uplift: float = Field(
         default=0.9, ge=0, le=1, description="Share of a tier's quality gap closed by a perfect example."
@@ -104,6 +107,7 @@ class EmbedderSettings(_Strict):
 class StateSettings(_Strict):
     backend: Literal["sqlite", "memory"] = "sqlite"
     path: Path = Path(".echolm/state.db")
+    retention_days: float = Field(default=7.0, gt=0, description="Decisions older than this are deleted.")
 
 
 class ProxySettings(_Strict):

@@ -13,13 +13,12 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from echolm_middleware.backends.sqlite_state import SQLiteState
 from echolm_middleware.config import Settings, load_settings
 from echolm_middleware.datasets import QARecord
 from echolm_middleware.proxy_process import ProxyProcess, running_proxy
@@ -49,14 +48,19 @@ class RequestResult:
     latency_s: float
     request_id: str
     error: str | None = None
+    overhead_ms: float | None = None
 
 
 @dataclass
 class PassReport:
     name: str
     results: list[RequestResult]
-    overhead_ms: list[float] = field(default_factory=list)
     wall_s: float = 0.0
+
+    @property
+    def overhead_ms(self) -> list[float]:
+        """What our pre-call hook added to each routed request (the x-echolm-overhead-ms header)."""
+        return [r.overhead_ms for r in self.results if r.action == "route" and r.overhead_ms is not None]
 
 
 def _percentile(values: Sequence[float], q: float) -> float | None:
@@ -95,6 +99,7 @@ def ask(client: Any, model: str, record: QARecord, max_tokens: int, bypass: bool
             examples=int(headers.get("x-echolm-examples", "0")),
             latency_s=time.perf_counter() - started,
             request_id=headers.get("x-echolm-request-id", ""),
+            overhead_ms=float(headers["x-echolm-overhead-ms"]) if "x-echolm-overhead-ms" in headers else None,
         )
     except Exception as exc:  # a failed request is reported in the table, not fatal to the run
         return RequestResult(record, "", model, "error", 0, time.perf_counter() - started, "", str(exc)[:200])
@@ -126,15 +131,6 @@ def _proxy_env(run_dir: Path, **overrides: str) -> dict[str, str]:
     return env
 
 
-def _overheads(state_path: Path, results: Sequence[RequestResult]) -> list[float]:
-    state = SQLiteState(state_path)
-    try:
-        kept = (state.get(result.request_id) for result in results if result.request_id)
-        return [decision.overhead_ms for decision in kept if decision is not None and decision.action == "route"]
-    finally:
-        state.close()
-
-
 def run_demo(options: DemoOptions, settings: Settings, log: Callable[[str], None] = print) -> list[PassReport]:
     """Warm, then measure each augmentation format and the strong-only baseline on the same requests."""
     strongest = settings.tiers[-1].name
@@ -159,7 +155,6 @@ def run_demo(options: DemoOptions, settings: Settings, log: Callable[[str], None
                                     max_tokens=options.max_tokens, bypass=True, label="strong only")  # fmt: skip
             report = send_all(proxy, strongest, options.records_requests, concurrency=options.concurrency,
                               max_tokens=options.max_tokens, bypass=False, label=f"echolm {fmt}")  # fmt: skip
-        report.overhead_ms = _overheads(pass_dir / "state.db", report.results)
         reports.append(report)
     reports.append(baseline)
     return reports

@@ -25,7 +25,7 @@ EMBEDDERS: dict[str, Callable[[Settings], Embedder]] = {
     "minilm": lambda s: MiniLMEmbedder(s.embedder),
 }
 STATES: dict[str, Callable[[Settings], SQLiteState]] = {
-    "sqlite": lambda s: SQLiteState(s.state.path),
+    "sqlite": lambda s: SQLiteState(s.state.path, retention_s=s.state.retention_days * 86400),
     "memory": lambda s: SQLiteState(":memory:"),
 }
 

@@ -45,6 +45,11 @@ def decision_summary(decision: Decision) -> dict[str, Any]:
     }
 
 
+def summary_without_decision(model: str, action: str, reason: str) -> dict[str, Any]:
+    """The summary when no decision could be kept (the engine is not up yet)."""
+    return {"request_id": "", "action": action, "tier": model, "examples": 0, "best_similarity": None, "reason": reason}
+
+
 def response_headers(summary: Mapping[str, Any]) -> dict[str, str]:
     """HTTP headers that show the caller what we decided."""
     headers = {
@@ -53,6 +58,8 @@ def response_headers(summary: Mapping[str, Any]) -> dict[str, str]:
         "x-echolm-tier": str(summary["tier"]),
         "x-echolm-examples": str(summary["examples"]),
     }
+    if summary.get("overhead_ms") is not None:
+        headers["x-echolm-overhead-ms"] = f"{summary['overhead_ms']:.2f}"
     if summary.get("best_similarity") is not None:
         headers["x-echolm-best-similarity"] = f"{summary['best_similarity']:.4f}"
     if summary["action"] != "route":
@@ -162,8 +169,7 @@ class RecordingCallback(CustomLogger):
         engine = self.handle.ready()
         if summary is None or engine is None:
             return
-        if summary["action"] == "route":
-            engine.load.finish(str(summary["tier"]))
+        engine.load.finish(str(summary["request_id"]))
         answer, finish_reason = answer_of(response_obj)
         try:
             latency = (end_time - start_time).total_seconds()
@@ -184,5 +190,5 @@ class RecordingCallback(CustomLogger):
     async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         summary = summary_from_kwargs(kwargs)
         engine = self.handle.ready()
-        if summary is not None and engine is not None and summary["action"] == "route":
-            engine.load.finish(str(summary["tier"]))
+        if summary is not None and engine is not None:
+            engine.load.finish(str(summary["request_id"]))

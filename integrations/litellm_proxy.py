@@ -11,8 +11,10 @@ model it named, unchanged (fail open), and is counted and logged.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from echolm_middleware.integrations.litellm_common import (
     decision_summary,
     prepare_or_fail_open,
     response_headers,
+    summary_without_decision,
 )
 
 _CHAT_CALL_TYPES = frozenset({"acompletion", "completion"})
@@ -94,6 +97,7 @@ class EchoLMProxyHandler(RecordingCallback):
     ) -> dict[str, Any]:
         if call_type not in _CHAT_CALL_TYPES or not isinstance(data, dict):
             return data
+        started = time.perf_counter()
         metadata = data.get("metadata")
         if not isinstance(metadata, dict):
             metadata = {}
@@ -107,27 +111,31 @@ class EchoLMProxyHandler(RecordingCallback):
             has_tools=bool(data.get("tools") or data.get("functions")),
         )
         if metadata.pop(BYPASS_KEY, False):
-            engine = self.handle.ready()
-            if engine is not None:
-                metadata[METADATA_KEY] = decision_summary(engine.bypass(request).decision)
-            return data
-        prepared, engine = await prepare_or_fail_open(self.handle, self.fail_open, self._timeout(), request)
-        if prepared is None or engine is None:
-            metadata[METADATA_KEY] = {
-                "request_id": "",
-                "action": "fail_open",
-                "tier": request.model,
-                "examples": 0,
-                "best_similarity": None,
-                "reason": "engine not ready",
-            }
-            return data
-        if prepared.routed:
-            data["model"] = prepared.model
-            data["messages"] = prepared.messages
-            engine.load.begin(prepared.model)
-        metadata[METADATA_KEY] = decision_summary(prepared.decision)
+            summary = await self._bypass(request)
+        else:
+            prepared, engine = await prepare_or_fail_open(self.handle, self.fail_open, self._timeout(), request)
+            if prepared is None or engine is None:
+                summary = summary_without_decision(request.model, "fail_open", "engine not ready")
+            else:
+                if prepared.routed:
+                    data["model"] = prepared.model
+                    data["messages"] = prepared.messages
+                    engine.load.begin(prepared.model, prepared.decision.request_id)
+                summary = decision_summary(prepared.decision)
+        # What this hook added to the request's latency, end to end (thread hop and waits included).
+        summary["overhead_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        metadata[METADATA_KEY] = summary
         return data
+
+    async def _bypass(self, request: ChatRequest) -> dict[str, Any]:
+        """The caller opted out: the request goes unchanged; the decision is kept if the engine is up."""
+        engine = self.handle.ready()
+        if engine is not None:
+            try:
+                return decision_summary((await asyncio.to_thread(engine.bypass, request)).decision)
+            except Exception as exc:
+                self.fail_open.add("bypass: could not keep the decision", exc)
+        return summary_without_decision(request.model, "pass_through", "bypass requested")
 
     async def async_post_call_response_headers_hook(
         self,

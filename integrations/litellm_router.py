@@ -102,7 +102,7 @@ class EchoLMRoutingStrategy(CustomRoutingStrategyBase):
                 metadata[METADATA_KEY] = decision_summary(prepared.decision)
         if prepared.routed:
             messages[:] = prepared.messages
-            engine.load.begin(prepared.model)
+            engine.load.begin(prepared.model, prepared.decision.request_id)
             return prepared.model
         return model
 

@@ -39,8 +39,13 @@ CREATE TABLE IF NOT EXISTS utility_weights (name TEXT PRIMARY KEY, value REAL NO
 class SQLiteState:
     """Implements both DecisionLog and RouterStatsStore over one database file."""
 
-    def __init__(self, path: Path | str) -> None:
+    # Pruning old decisions on every write would cost a scan; once per this many writes is enough.
+    _PRUNE_EVERY = 1000
+
+    def __init__(self, path: Path | str, retention_s: float | None = None) -> None:
         self._path = str(path)
+        self._retention_s = retention_s
+        self._writes = 0
         if self._path != ":memory:":
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -82,6 +87,9 @@ class SQLiteState:
                 "INSERT OR REPLACE INTO decisions (request_id, tenant, created_at, body) VALUES (?, ?, ?, ?)",
                 (decision.request_id, decision.tenant, decision.created_at, body),
             )
+            self._writes += 1
+            if self._retention_s is not None and self._writes % self._PRUNE_EVERY == 0:
+                db.execute("DELETE FROM decisions WHERE created_at < ?", (decision.created_at - self._retention_s,))
 
     def get(self, request_id: str) -> Decision | None:
         rows = self._query("SELECT body FROM decisions WHERE request_id = ?", (request_id,))

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 Handler = Callable[[argparse.Namespace], int]
 
-DEFAULT_START = ("smollm2-135m", "qwen2.5-1.5b")
+DEFAULT_START = ("qwen2.5-0.5b", "qwen2.5-1.5b")
 DEFAULT_RUN_DIR = Path(".echolm/run")
 
 

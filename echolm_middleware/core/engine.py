@@ -99,7 +99,7 @@ class Engine:
         self.tokens = tokens
         self.decisions = decisions
         self.stats = stats
-        self.load = LoadTracker(settings.routing.load_window_s)
+        self.load = LoadTracker(settings.routing.load_window_s, settings.routing.load_stale_after_s)
         self._now = clock or time.time
         self._rng = rng or random.Random()
         self._lock = threading.Lock()

@@ -20,12 +20,17 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
+def _fenced(text: str) -> str:
+    """Cached text cannot open or close the fence: a zero-width space breaks any tag it carries."""
+    return text.replace("<examples", "<\u200bexamples").replace("</examples", "<\u200b/examples")
+
+
 def inline_block(examples: Sequence[Example], question: str, max_answer_chars: int) -> str:
     """One user message: the examples in a fenced block, the best match last, then the question."""
     lines = [_INLINE_HEADER, "<examples>"]
     for example in examples:
-        lines.append(f"Question: {example.prompt}")
-        lines.append(f"Answer: {_clip(example.answer, max_answer_chars)}")
+        lines.append(f"Question: {_fenced(example.prompt)}")
+        lines.append(f"Answer: {_fenced(_clip(example.answer, max_answer_chars))}")
         lines.append("")
     lines[-1] = "</examples>"
     lines += ["", _INLINE_FOOTER, f"Question: {question}"]

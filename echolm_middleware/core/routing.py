@@ -107,44 +107,59 @@ def choose_tier(scores: Sequence[TierScore]) -> TierScore:
 
 
 class LoadTracker:
-    """Per-tier in-flight counts and their exponential moving average over time (this process only).
+    """Per-tier in-flight requests and their exponential moving average over time (this process only).
 
-    The average follows the in-flight count with time constant `window_s`: a burst raises it at once
-    in proportion to its length, and an idle tier decays back to zero between requests.
+    The average follows the in-flight count with time constant `window_s`: a burst raises it in
+    proportion to its length, and an idle tier decays back to zero. Requests are tracked by key, so
+    one whose end is never reported (a client that vanished mid-stream) stops counting after
+    `stale_after_s` instead of holding the tier "busy" for ever.
     """
 
-    def __init__(self, window_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, window_s: float, stale_after_s: float = 600.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._window_s = window_s
+        self._stale_after_s = stale_after_s
         self._clock = clock
-        self._in_flight: dict[str, int] = {}
+        self._open: dict[str, tuple[str, float]] = {}
         self._ema: dict[str, float] = {}
         self._updated: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def _advance(self, tier: str, now: float) -> float:
-        current = self._in_flight.get(tier, 0)
-        elapsed = now - self._updated.get(tier, now)
-        ema = current + (self._ema.get(tier, 0.0) - current) * math.exp(-elapsed / self._window_s)
-        self._ema[tier] = ema
-        self._updated[tier] = now
-        return ema
+    def _counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(self._ema, 0)
+        for tier, _ in self._open.values():
+            counts[tier] = counts.get(tier, 0) + 1
+        return counts
 
-    def _change(self, tier: str, delta: int) -> None:
+    def _advance(self, now: float) -> None:
+        for key, (_, started) in list(self._open.items()):
+            if now - started > self._stale_after_s:
+                del self._open[key]
+        for tier, current in self._counts().items():
+            elapsed = now - self._updated.get(tier, now)
+            self._ema[tier] = current + (self._ema.get(tier, 0.0) - current) * math.exp(-elapsed / self._window_s)
+            self._updated[tier] = now
+
+    def begin(self, tier: str, key: str) -> None:
         with self._lock:
-            self._advance(tier, self._clock())
-            self._in_flight[tier] = max(0, self._in_flight.get(tier, 0) + delta)
+            now = self._clock()
+            self._advance(now)
+            self._open[key] = (tier, now)
+            self._ema.setdefault(tier, 0.0)
+            self._updated.setdefault(tier, now)
 
-    def begin(self, tier: str) -> None:
-        self._change(tier, +1)
-
-    def finish(self, tier: str) -> None:
-        self._change(tier, -1)
+    def finish(self, key: str) -> None:
+        """The request `key` ended; an unknown or already finished key is ignored."""
+        with self._lock:
+            self._advance(self._clock())
+            self._open.pop(key, None)
 
     def loads(self) -> dict[str, float]:
         with self._lock:
-            now = self._clock()
-            return {tier: self._advance(tier, now) for tier in list(self._in_flight)}
+            self._advance(self._clock())
+            return dict(self._ema)
 
     def in_flight(self) -> dict[str, int]:
         with self._lock:
-            return dict(self._in_flight)
+            return self._counts()

@@ -16,9 +16,7 @@ from echolm_middleware.core.ports import ExampleStore
 
 
 def chroma_store(path: Path) -> ChromaExampleStore:
-    return ChromaExampleStore(
-        StoreSettings(backend="chroma", path=path, collection_prefix="test", batch_size=2)
-    )
+    return ChromaExampleStore(StoreSettings(backend="chroma", path=path, collection_prefix="test", batch_size=2))
 
 
 @pytest.fixture(params=["memory", "chroma"])
@@ -41,5 +39,5 @@ def state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLiteStat
 def embedder() -> MiniLMEmbedder:
     """The real all-MiniLM-L6-v2 from its PyPI package, loaded once per module."""
     loaded = MiniLMEmbedder(EmbedderSettings(threads=1))
-    loaded.warm_up()
+    loaded.embed(["warm up"])
     return loaded

@@ -182,3 +182,13 @@ def test_a_closed_state_raises_state_unavailable(tmp_path: Path) -> None:
         closed.get("r1")
     with pytest.raises(StateUnavailable):
         closed.put(_decision())
+
+
+def test_decisions_older_than_the_retention_are_pruned(tmp_path: Path) -> None:
+    state = SQLiteState(tmp_path / "state.db", retention_s=3600.0)
+    old = Decision("old", "t", 1_000.0, "strong", "route", "routed", "strong")
+    state.put(old)
+    for n in range(SQLiteState._PRUNE_EVERY - 1):
+        state.put(Decision(f"new{n}", "t", 1_000_000.0 + n, "strong", "route", "routed", "strong"))
+    assert state.get("old") is None
+    assert state.get("new0") is not None

@@ -50,7 +50,11 @@ class WordHashEmbedder:
 class WordCounter:
     """A TokenCounter that charges one token per whitespace-separated word."""
 
+    def __init__(self) -> None:
+        self.counted: list[str] = []
+
     def count(self, text: str) -> int:
+        self.counted.append(text)
         return len(text.split())
 
 

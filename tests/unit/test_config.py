@@ -57,9 +57,7 @@ def test_the_repository_config_loads_and_names_existing_model_groups() -> None:
 
 
 def test_relative_paths_resolve_against_the_config_files_folder(tmp_path: Path) -> None:
-    path = _write(
-        tmp_path / "echolm.yaml", {"echolm": {"tiers": TWO_TIERS, "store": {"path": "data/chroma"}}}
-    )
+    path = _write(tmp_path / "echolm.yaml", {"echolm": {"tiers": TWO_TIERS, "store": {"path": "data/chroma"}}})
 
     settings, _ = load_settings(path)
 
@@ -212,9 +210,7 @@ def _tiers(*specs: tuple[str, float | None]) -> tuple[TierSettings, ...]:
 
 
 def test_tier_profiles_scale_costs_by_the_dearest_tier() -> None:
-    profiles = tier_profiles(
-        _tiers(("cheap", 0.1), ("mid", 0.5), ("strong", 2.0)), price_lookup=lambda m: None
-    )
+    profiles = tier_profiles(_tiers(("cheap", 0.1), ("mid", 0.5), ("strong", 2.0)), price_lookup=lambda m: None)
 
     assert [(p.name, p.rank) for p in profiles] == [("cheap", 0), ("mid", 1), ("strong", 2)]
     assert [p.cost for p in profiles] == pytest.approx([0.05, 0.25, 1.0])
@@ -255,9 +251,7 @@ def test_a_tier_without_a_cost_takes_the_price_of_its_deployments_model() -> Non
         ([], "no deployment found"),
     ],
 )
-def test_a_tier_with_no_cost_and_no_known_price_is_refused(
-    model_list: list[dict[str, Any]], detail: str
-) -> None:
+def test_a_tier_with_no_cost_and_no_known_price_is_refused(model_list: list[dict[str, Any]], detail: str) -> None:
     with pytest.raises(ConfigError) as raised:
         tier_profiles(_tiers(("cheap", 0.1), ("strong", None)), model_list, price_lookup=lambda model: None)
 

@@ -226,8 +226,8 @@ def test_a_short_prompt_is_routed_without_counting_its_tokens(make_engine: Any) 
 def test_load_above_capacity_on_the_strong_tier_sends_a_plain_request_to_cheap(make_engine: Any) -> None:
     kit = make_engine()
     kit.engine.load = LoadTracker(window_s=2.0, clock=kit.clock)
-    for _ in range(5):
-        kit.engine.load.begin("strong")
+    for n in range(5):
+        kit.engine.load.begin("strong", f"r{n}")
     kit.clock.advance(10.0)
 
     prepared = kit.engine.prepare(_ask(UNRELATED))
@@ -332,10 +332,7 @@ def test_a_truncated_cheap_answer_counts_a_use_without_a_success(make_engine: An
     kit.engine.admit("A", QUESTION, ANSWER, "strong")
     prepared = kit.engine.prepare(_ask(PARAPHRASE))
 
-    assert (
-        kit.engine.record(Outcome(prepared.decision.request_id, "cheap", "Par", "length"))
-        == "offload_counted"
-    )
+    assert kit.engine.record(Outcome(prepared.decision.request_id, "cheap", "Par", "length")) == "offload_counted"
 
     example = _stored(kit)[QUESTION]
     assert (example.uses, example.offload_successes) == (1, 0.0)
@@ -508,7 +505,7 @@ def test_bypass_sends_the_request_unchanged_and_explain_says_so(make_engine: Any
     assert kit.engine.record(Outcome(prepared.decision.request_id, "strong", ANSWER)) == "skipped"
 
 
-def test_fail_open_sends_the_request_unchanged_and_explain_says_why(make_engine: Any) -> None:
+def test_fail_open_sends_the_request_unchanged_and_explain_reads_the_kept_decision(make_engine: Any) -> None:
     kit = make_engine()
     request = _ask(QUESTION, model="cheap")
 
@@ -516,12 +513,19 @@ def test_fail_open_sends_the_request_unchanged_and_explain_says_why(make_engine:
 
     assert prepared.model == "cheap"
     assert prepared.messages == list(request.messages)
+    assert (prepared.decision.action, prepared.decision.reason) == ("fail_open", "embedder timed out")
+    with pytest.raises(UnknownRequest):  # nothing is written on the request path
+        kit.engine.explain(prepared.decision.request_id)
+
+    kit.engine.keep_quietly(prepared.decision)
+
     kept = kit.engine.explain(prepared.decision.request_id)
     assert (kept.action, kept.reason) == ("fail_open", "embedder timed out")
     assert "why: fail open: embedder timed out" in format_decision(kept)
+    assert kit.engine.record(Outcome(prepared.decision.request_id, "cheap", ANSWER)) == "skipped"
 
 
-def test_fail_open_still_answers_when_the_decision_log_itself_fails(make_engine: Any) -> None:
+def test_fail_open_and_keeping_its_decision_never_raise_when_the_decision_log_fails(make_engine: Any) -> None:
     kit = make_engine()
 
     class BrokenLog:
@@ -545,9 +549,19 @@ def test_fail_open_still_answers_when_the_decision_log_itself_fails(make_engine:
     )
 
     prepared = engine.fail_open(_ask(QUESTION), "state unavailable")
+    engine.keep_quietly(prepared.decision)
 
     assert prepared.model == "strong"
     assert prepared.decision.action == "fail_open"
+
+
+def test_warm_up_loads_the_embedder_and_the_tokenizer(make_engine: Any) -> None:
+    kit = make_engine()
+
+    kit.engine.warm_up()
+
+    assert kit.embedder.calls == [["warm up"]]
+    assert kit.engine.tokens.counted == ["warm up"]
 
 
 def test_explain_of_an_unknown_id_raises(make_engine: Any) -> None:

@@ -82,9 +82,7 @@ def test_the_outcome_line_names_who_served_a_recorded_request(make_engine: Any) 
     decision = kit.engine.prepare(_ask(QUESTION)).decision
     kit.engine.record(Outcome(decision.request_id, "strong", "Paris.", "stop"))
 
-    report = format_decision(
-        kit.engine.explain(decision.request_id), kit.state.recorded_by(decision.request_id)
-    )
+    report = format_decision(kit.engine.explain(decision.request_id), kit.state.recorded_by(decision.request_id))
 
     assert report.splitlines()[-1] == "outcome: recorded, served by strong"
     assert "no example cleared the utility threshold" in report

@@ -48,9 +48,7 @@ def make_wheel(directory: Path, project: str, version: str, members: dict[str, b
     with zipfile.ZipFile(wheel, "w") as archive:
         for name, data in members.items():
             archive.writestr(name, data)
-        archive.writestr(
-            f"{dist_info}/METADATA", f"Metadata-Version: 2.1\nName: {project}\nVersion: {version}\n"
-        )
+        archive.writestr(f"{dist_info}/METADATA", f"Metadata-Version: 2.1\nName: {project}\nVersion: {version}\n")
         archive.writestr(
             f"{dist_info}/WHEEL",
             "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
@@ -339,9 +337,7 @@ def test_every_option_is_explained_in_help() -> None:
                 assert action.help, f"tiers {name}: {action.dest} has no help"
 
 
-def test_fetch_of_an_unknown_alias_exits_1_with_a_message(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_fetch_of_an_unknown_alias_exits_1_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = _parser().parse_args(["tiers", "fetch", "gpt-4o", "--model-dir", str(tmp_path)])
     assert args.func(args) == 1
     assert "unknown local model 'gpt-4o'" in capsys.readouterr().err

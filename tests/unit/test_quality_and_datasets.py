@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from echolm_middleware.datasets import QARecord, load_records, split_records
+from echolm_middleware.datasets import QARecord, load_records, split_records, split_with_neighbours
 from echolm_middleware.errors import EchoLMError
 from echolm_middleware.quality import contains_gold, exact_match, normalize_answer, token_f1
 
@@ -40,9 +40,7 @@ def test_normalize_answer(text: str, normalized: str) -> None:
         ("Paris", [], 0.0, 0.0, 0.0),
     ],
 )
-def test_squad_style_metrics(
-    prediction: str, golds: list[str], em: float, f1: float, contains: float
-) -> None:
+def test_squad_style_metrics(prediction: str, golds: list[str], em: float, f1: float, contains: float) -> None:
     assert exact_match(prediction, golds) == em
     assert token_f1(prediction, golds) == pytest.approx(f1)
     assert contains_gold(prediction, golds) == contains
@@ -77,6 +75,21 @@ def test_a_csv_with_prompt_and_reference_columns_loads(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("excel.csv", "prompt,reference\r\nWho wrote Hamlet?,Shakespeare\r\n"),
+        ("bom.jsonl", '{"prompt": "Who wrote Hamlet?", "reference": "Shakespeare"}\n'),
+    ],
+)
+def test_a_file_starting_with_a_utf8_byte_order_mark_loads(tmp_path: Path, name: str, text: str) -> None:
+    # Spreadsheet programs and Windows editors write a BOM at the start of UTF-8 files.
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+
+    assert load_records(path) == [QARecord("Who wrote Hamlet?", ("Shakespeare",))]
+
+
 def test_a_csv_row_without_a_prompt_names_its_line(tmp_path: Path) -> None:
     path = tmp_path / "requests.csv"
     path.write_text("prompt,reference\nok?,yes\n,missing\n", encoding="utf-8")
@@ -104,9 +117,7 @@ def test_jsonl_with_prompt_and_blank_lines_loads(tmp_path: Path) -> None:
         ),
     ],
 )
-def test_a_malformed_jsonl_line_is_an_error_naming_the_line(
-    tmp_path: Path, second_line: str, message: str
-) -> None:
+def test_a_malformed_jsonl_line_is_an_error_naming_the_line(tmp_path: Path, second_line: str, message: str) -> None:
     path = tmp_path / "requests.jsonl"
     path.write_text('{"question": "fine", "answer": ["yes"]}\n' + second_line + "\n", encoding="utf-8")
 
@@ -143,3 +154,38 @@ def test_split_records_is_seeded_and_disjoint() -> None:
 def test_split_records_refuses_more_than_the_file_has() -> None:
     with pytest.raises(EchoLMError, match="asked for 60 warm-up \\+ 50 requests but the file has 100"):
         split_records(_numbered(100), warm=60, requests=50, seed=0)
+
+
+def _twins(pairs: int) -> tuple[list[QARecord], list[list[float]]]:
+    """Records 2i and 2i+1 share a direction of their own: each is the other's only close neighbour."""
+    records, vectors = [], []
+    for i in range(pairs):
+        for twin in (0, 1):
+            records.append(QARecord(f"question {i}.{twin}", (f"answer {i}",)))
+            vector = [0.0] * pairs
+            vector[i] = 1.0
+            vectors.append(vector)
+    return records, vectors
+
+
+def test_split_with_neighbours_puts_the_asked_share_of_requests_next_to_a_warm_twin() -> None:
+    records, vectors = _twins(20)
+
+    warm, requests, paired = split_with_neighbours(records, 10, 10, 3, share=0.4, vectors=vectors, min_similarity=0.9)
+
+    assert (len(warm), len(requests), paired) == (10, 10, 4)
+    assert not {r.prompt for r in warm} & {r.prompt for r in requests}
+    warm_pairs = {r.references for r in warm}
+    assert sum(r.references in warm_pairs for r in requests) >= 4
+    again = split_with_neighbours(records, 10, 10, 3, share=0.4, vectors=vectors, min_similarity=0.9)
+    assert again == (warm, requests, paired)
+
+
+def test_split_with_neighbours_pairs_nothing_below_the_similarity_floor() -> None:
+    records, vectors = _twins(10)
+
+    warm, requests, paired = split_with_neighbours(records, 5, 5, 0, share=1.0, vectors=vectors, min_similarity=1.01)
+
+    assert paired == 0
+    assert (len(warm), len(requests)) == (5, 5)
+    assert not {r.prompt for r in warm} & {r.prompt for r in requests}

@@ -19,9 +19,7 @@ USER = {"role": "user", "content": "What is the capital of France?"}
 
 PASS_THROUGH = [
     pytest.param([], {}, "empty messages", id="empty-messages"),
-    pytest.param(
-        [USER, USER, USER], {"max_messages": 2}, "too many messages (3 > 2)", id="too-many-messages"
-    ),
+    pytest.param([USER, USER, USER], {"max_messages": 2}, "too many messages (3 > 2)", id="too-many-messages"),
     pytest.param([USER], {"has_tools": True}, "request offers tools", id="tools-offered"),
     pytest.param(
         [USER, {"role": "tool", "tool_call_id": "c1", "content": "42"}, USER],
@@ -41,9 +39,7 @@ PASS_THROUGH = [
             {
                 "role": "assistant",
                 "content": None,
-                "tool_calls": [
-                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
-                ],
+                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
             },
             USER,
         ],
@@ -71,9 +67,7 @@ PASS_THROUGH = [
         "last turn is not from the user",
         id="assistant-last",
     ),
-    pytest.param(
-        [{"role": "system", "content": "Be brief."}], {}, "last turn is not from the user", id="system-only"
-    ),
+    pytest.param([{"role": "system", "content": "Be brief."}], {}, "last turn is not from the user", id="system-only"),
     pytest.param([{"role": "user", "content": "   \n\t"}], {}, "empty question", id="blank-question"),
     pytest.param([{"role": "user", "content": ""}], {}, "empty question", id="empty-question"),
     pytest.param([{"role": "user", "content": "\ud800"}], {}, "text is not valid UTF-8", id="lone-surrogate"),
@@ -83,9 +77,7 @@ PASS_THROUGH = [
         "text is not valid UTF-8",
         id="lone-surrogate-in-part",
     ),
-    pytest.param(
-        [{"role": "user", "content": 42}], {}, "non-text content in a user message", id="number-content"
-    ),
+    pytest.param([{"role": "user", "content": 42}], {}, "non-text content in a user message", id="number-content"),
     pytest.param(["just a string"], {}, "a message is not an object", id="message-not-mapping"),
 ]
 
@@ -152,9 +144,7 @@ def test_a_falsy_tool_calls_key_is_not_a_tool_conversation() -> None:
         (5, "capital of France\ncapital of Italy\nand of Spain?"),
     ],
 )
-def test_query_context_turns_prepends_the_latest_earlier_user_turns(
-    context_turns: int, expected: str
-) -> None:
+def test_query_context_turns_prepends_the_latest_earlier_user_turns(context_turns: int, expected: str) -> None:
     messages = [
         {"role": "user", "content": "capital of France"},
         {"role": "assistant", "content": "Paris"},

@@ -221,8 +221,8 @@ def test_thompson_draws_concentrate_around_the_posterior_mean() -> None:
 def test_load_ema_rises_with_in_flight_requests_and_decays_to_zero_when_idle(clock: FakeClock) -> None:
     tracker = LoadTracker(window_s=2.0, clock=clock)
 
-    for _ in range(3):
-        tracker.begin("strong")
+    for n in range(3):
+        tracker.begin("strong", f"r{n}")
     assert tracker.in_flight() == {"strong": 3}
     assert tracker.loads()["strong"] == pytest.approx(0.0)
 
@@ -235,8 +235,8 @@ def test_load_ema_rises_with_in_flight_requests_and_decays_to_zero_when_idle(clo
     assert after_one_window < busy < 3.0
     assert busy == pytest.approx(3.0, abs=0.03)
 
-    for _ in range(3):
-        tracker.finish("strong")
+    for n in range(3):
+        tracker.finish(f"r{n}")
     assert tracker.in_flight() == {"strong": 0}
 
     clock.advance(2.0)
@@ -249,9 +249,11 @@ def test_load_ema_rises_with_in_flight_requests_and_decays_to_zero_when_idle(clo
 def test_load_is_tracked_per_tier_and_finish_never_goes_negative(clock: FakeClock) -> None:
     tracker = LoadTracker(window_s=1.0, clock=clock)
 
-    tracker.begin("cheap")
-    tracker.finish("strong")
-    tracker.finish("strong")
+    tracker.begin("cheap", "c1")
+    tracker.begin("strong", "s1")
+    tracker.finish("s1")
+    tracker.finish("s1")
+    tracker.finish("never-begun")
     clock.advance(5.0)
 
     assert tracker.in_flight() == {"cheap": 1, "strong": 0}
@@ -260,9 +262,23 @@ def test_load_is_tracked_per_tier_and_finish_never_goes_negative(clock: FakeCloc
     assert loads["strong"] == 0.0
 
 
+def test_a_request_whose_end_is_never_reported_stops_counting_as_load(clock: FakeClock) -> None:
+    tracker = LoadTracker(window_s=1.0, stale_after_s=60.0, clock=clock)
+    tracker.begin("strong", "vanished")
+    clock.advance(30.0)
+    assert tracker.in_flight() == {"strong": 1}
+    assert tracker.loads()["strong"] == pytest.approx(1.0, abs=0.01)
+
+    clock.advance(31.0)
+    assert tracker.loads()["strong"] < 0.5
+    assert tracker.in_flight() == {"strong": 0}
+    clock.advance(20.0)
+    assert tracker.loads()["strong"] == pytest.approx(0.0, abs=1e-6)
+
+
 def test_reading_loads_twice_at_the_same_time_gives_the_same_value(clock: FakeClock) -> None:
     tracker = LoadTracker(window_s=2.0, clock=clock)
-    tracker.begin("strong")
+    tracker.begin("strong", "r1")
     clock.advance(1.0)
 
     assert tracker.loads() == tracker.loads()

@@ -20,9 +20,7 @@ DAY = 86400.0
 WEIGHTS = UtilityWeights().model_dump()
 
 
-def _example(
-    prompt: str, *, quality: float = 0.8, created_at: float = 0.0, source: str = "strong"
-) -> Example:
+def _example(prompt: str, *, quality: float = 0.8, created_at: float = 0.0, source: str = "strong") -> Example:
     return Example(
         id=prompt,
         prompt=prompt,
@@ -76,9 +74,7 @@ def test_utility_features_read_the_candidate_and_its_example() -> None:
     )
     candidate = Candidate(example, similarity=0.9)
 
-    features = utility_features(
-        candidate, now=15 * DAY, tier_strength={"mid": 0.5, "strong": 1.0}, half_life_days=30
-    )
+    features = utility_features(candidate, now=15 * DAY, tier_strength={"mid": 0.5, "strong": 1.0}, half_life_days=30)
 
     assert features == pytest.approx(
         {"similarity": 0.9, "quality": 0.7, "source": 0.5, "offload": (1.0 + 1) / (2 + 2), "age": -0.5}
@@ -99,9 +95,7 @@ def test_utility_rises_strictly_with_similarity() -> None:
     similarities = [0.0, 0.5, 0.8, 0.85, 0.9, 0.95, 1.0]
     utilities = [
         utility(
-            utility_features(
-                Candidate(_example("p"), s), now=0.0, tier_strength={"strong": 1.0}, half_life_days=30
-            ),
+            utility_features(Candidate(_example("p"), s), now=0.0, tier_strength={"strong": 1.0}, half_life_days=30),
             WEIGHTS,
         )
         for s in similarities

@@ -1,0 +1,81 @@
+"""The `echolm` command line: every subcommand documents itself; a bad config stops the proxy start."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from echolm_middleware.cli.main import SUBCOMMANDS, build_parser
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _echolm(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "echolm_middleware.cli.main", *args], capture_output=True, text=True, cwd=cwd
+    )
+
+
+@pytest.mark.parametrize("command", sorted(SUBCOMMANDS))
+def test_every_subcommand_has_help_that_describes_each_option(command: str) -> None:
+    result = _echolm(command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage: echolm " + command in result.stdout
+    subparsers = build_parser()._subparsers._group_actions[0]  # type: ignore[union-attr]
+    _assert_documented(subparsers.choices[command], f"echolm {command}")
+
+
+def _assert_documented(parser: argparse.ArgumentParser, name: str) -> None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub_parser in action.choices.items():
+                _assert_documented(sub_parser, f"{name} {sub_name}")
+        else:
+            assert action.help, f"{name}: option {action.option_strings or action.dest} has no help"
+
+
+def test_proxy_check_accepts_the_repository_config() -> None:
+    result = _echolm("proxy", "--check", "--config", str(ROOT / "config.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert "is valid (2 tiers: cheap, strong)" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c["echolm"]["routing"].update(cost_weigth=0.2), "echolm.routing.cost_weigth: unknown key"),
+        (lambda c: c["echolm"].update(colour="blue"), "echolm.colour: unknown key"),
+        (
+            lambda c: c["echolm"]["tiers"][1].update(name="strnog"),
+            "echolm.tiers[1].name: 'strnog' names no model group",
+        ),
+        (lambda c: c["echolm"]["tiers"][0].update(capacity=-1), "echolm.tiers.0.capacity"),
+    ],
+)
+def test_proxy_refuses_to_start_on_a_bad_echolm_section(tmp_path: Path, change: object, message: str) -> None:
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["echolm"].setdefault("routing", {})
+    change(config)  # type: ignore[operator]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = _echolm("proxy", "--config", str(path))
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_explain_names_an_unknown_request_id(tmp_path: Path) -> None:
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["echolm"]["state"] = {"path": str(tmp_path / "state.db")}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    from echolm_middleware.backends.sqlite_state import SQLiteState
+
+    SQLiteState(tmp_path / "state.db").close()
+    result = _echolm("explain", "no-such-id", "--config", str(path))
+    assert result.returncode == 1
+    assert "no decision with request id 'no-such-id'" in result.stderr
