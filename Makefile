@@ -39,13 +39,13 @@ test-integration: install models
 	$(BIN)/python -m pytest tests/integration -q
 
 lint: install
-	$(BIN)/ruff check echolm_middleware integrations tests
-	$(BIN)/ruff format --check echolm_middleware integrations tests
+	$(BIN)/ruff check echolm_middleware integrations tests examples benchmarks
+	$(BIN)/ruff format --check echolm_middleware integrations tests examples benchmarks
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff format echolm_middleware integrations tests
-	$(BIN)/ruff check --fix echolm_middleware integrations tests
+	$(BIN)/ruff format echolm_middleware integrations tests examples benchmarks
+	$(BIN)/ruff check --fix echolm_middleware integrations tests examples benchmarks
 
 clean:
 	rm -rf .echolm build dist *.egg-info

@@ -121,6 +121,25 @@ def send_all(
     return PassReport(label, results, wall_s=time.perf_counter() - started)
 
 
+def wait_for_engine(proxy: ProxyProcess, model: str, timeout_s: float = 180.0) -> None:
+    """Block until the proxy's engine is built, so that a pass measures steady state, not start-up.
+
+    A bypassed request carries a request id only once the engine is up; it is never recorded.
+    """
+    client = _client(proxy)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        raw = client.chat.completions.with_raw_response.create(
+            model=model, messages=[{"role": "user", "content": "ping"}], max_tokens=1,
+            extra_body={"metadata": {"echolm_bypass": True}},
+        )  # fmt: skip
+        if raw.headers.get("x-echolm-request-id"):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the proxy's EchoLM engine was not ready after {timeout_s:.0f} s; see its log")
+        time.sleep(1.0)
+
+
 def _proxy_env(run_dir: Path, **overrides: str) -> dict[str, str]:
     import os
 
@@ -150,6 +169,7 @@ def run_demo(options: DemoOptions, settings: Settings, log: Callable[[str], None
         shutil.copytree(warm_dir, pass_dir, dirs_exist_ok=False)
         env = _proxy_env(pass_dir, ECHOLM_AUGMENTATION__FORMAT=fmt)
         with running_proxy(options.config, env=env, log_path=options.run_dir / f"proxy-{fmt}.log") as proxy:
+            wait_for_engine(proxy, settings.tiers[0].name)
             if index == 0:
                 baseline = send_all(proxy, strongest, options.records_requests, concurrency=options.concurrency,
                                     max_tokens=options.max_tokens, bypass=True, label="strong only")  # fmt: skip

@@ -22,16 +22,18 @@ from echolm_middleware.config import check_tiers_exist, config_path_from_env, lo
 from echolm_middleware.core.engine import Engine
 from echolm_middleware.core.types import ChatRequest
 from echolm_middleware.factory import build_engine
+from echolm_middleware.integrations.engine_access import (
+    EngineHandle,
+    FailOpenCounter,
+    decision_summary,
+    prepare_or_fail_open,
+    summary_without_decision,
+)
 from echolm_middleware.integrations.litellm_common import (
     BYPASS_KEY,
     METADATA_KEY,
-    EngineHandle,
-    FailOpenCounter,
     RecordingCallback,
-    decision_summary,
-    prepare_or_fail_open,
     response_headers,
-    summary_without_decision,
 )
 
 _CHAT_CALL_TYPES = frozenset({"acompletion", "completion"})

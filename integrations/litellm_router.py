@@ -19,16 +19,17 @@ from litellm.types.router import CustomRoutingStrategyBase
 
 from echolm_middleware.core.engine import Engine
 from echolm_middleware.core.types import ChatRequest
-from echolm_middleware.integrations.litellm_common import (
-    METADATA_KEY,
+from echolm_middleware.integrations.engine_access import (
+    TENANT_KEY,
     EngineHandle,
     FailOpenCounter,
-    RecordingCallback,
     decision_summary,
     prepare_or_fail_open,
 )
-
-TENANT_KEY = "echolm_tenant"
+from echolm_middleware.integrations.litellm_common import (
+    METADATA_KEY,
+    RecordingCallback,
+)
 
 
 def _tenant(request_kwargs: Mapping[str, Any] | None) -> str:
@@ -66,7 +67,7 @@ class EchoLMRoutingStrategy(CustomRoutingStrategyBase):
             messages=messages,
             input=input,
             specific_deployment=specific_deployment,
-            request_kwargs=request_kwargs,
+            request_kwargs=request_kwargs if request_kwargs is not None else {},  # the Router requires a dict
         )
 
     def get_available_deployment(

@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
                     "system": report.name, "prompt": result.record.prompt, "gold": result.record.references,
                     "answer": result.answer, "tier": result.tier, "action": result.action,
                     "examples": result.examples, "latency_s": round(result.latency_s, 3),
-                    "request_id": result.request_id, "error": result.error,
+                    "request_id": result.request_id, "overhead_ms": result.overhead_ms, "error": result.error,
                 }) + "\n")  # fmt: skip
     (run_dir / "summary.txt").write_text(table + "\n")
     print()

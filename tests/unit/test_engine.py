@@ -555,13 +555,17 @@ def test_fail_open_and_keeping_its_decision_never_raise_when_the_decision_log_fa
     assert prepared.decision.action == "fail_open"
 
 
-def test_warm_up_loads_the_embedder_and_the_tokenizer(make_engine: Any) -> None:
+def test_warm_up_loads_the_embedder_the_tokenizer_and_the_store(make_engine: Any) -> None:
     kit = make_engine()
+    opened: list[str] = []
+    count = kit.store.count
+    kit.store.count = lambda tenant: opened.append(tenant) or count(tenant)
 
     kit.engine.warm_up()
 
     assert kit.embedder.calls == [["warm up"]]
     assert kit.engine.tokens.counted == ["warm up"]
+    assert opened == ["echolm-warm-up"]  # a tenant that holds nothing: no one's data is read
 
 
 def test_explain_of_an_unknown_id_raises(make_engine: Any) -> None:

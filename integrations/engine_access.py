@@ -1,0 +1,140 @@
+"""How every door reaches the engine: built once in the background, bounded in time, failing open.
+
+Framework-free, so the LiteLLM doors and the LangChain door share one copy of these rules. Integration
+modules import each other by absolute `echolm_middleware.integrations.*` names only: LiteLLM loads
+`integrations/litellm_proxy.py` by file path next to config.yaml, where relative imports would not resolve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from echolm_middleware.core.engine import Engine
+from echolm_middleware.core.types import ChatRequest, Decision, Prepared
+
+logger = logging.getLogger("echolm")
+
+# The metadata key an in-process caller (Router, LangChain) uses to say whom a request serves.
+TENANT_KEY = "echolm_tenant"
+
+# Synchronous callers wait on these threads so that a hung store cannot hold them past the budget.
+_PREPARE_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="echolm-prepare")
+
+
+def decision_summary(decision: Decision) -> dict[str, Any]:
+    """The part of a decision the caller sees (response headers and metadata)."""
+    return {
+        "request_id": decision.request_id,
+        "action": decision.action,
+        "tier": decision.chosen_tier,
+        "examples": len(decision.examples),
+        "best_similarity": None if decision.best_similarity is None else round(decision.best_similarity, 4),
+        "reason": decision.reason,
+    }
+
+
+def summary_without_decision(model: str, action: str, reason: str) -> dict[str, Any]:
+    """The summary when no decision could be kept (the engine is not up yet)."""
+    return {"request_id": "", "action": action, "tier": model, "examples": 0, "best_similarity": None, "reason": reason}
+
+
+class EngineHandle:
+    """Builds the engine once, in a background thread, so the first requests fail open instead of waiting."""
+
+    def __init__(self, build: Callable[[], Engine]) -> None:
+        self._build = build
+        self._future: Future[Engine] | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> Future[Engine]:
+        with self._lock:
+            if self._future is None or (self._future.done() and self._future.exception() is not None):
+                # A failed build (say, Chroma's server was down) is retried on a later request.
+                future: Future[Engine] = Future()
+                self._future = future
+                threading.Thread(target=self._run, args=(future,), name="echolm-engine-build", daemon=True).start()
+            return self._future
+
+    def _run(self, future: Future[Engine]) -> None:
+        try:
+            future.set_result(self._build())
+        except BaseException as exc:
+            logger.error("echolm: building the engine failed: %s", exc)
+            future.set_exception(exc)
+
+    async def get(self, timeout: float) -> Engine:
+        """The engine, waiting at most `timeout` seconds (raises TimeoutError or the build's error)."""
+        return await asyncio.wait_for(asyncio.wrap_future(self.start()), timeout)
+
+    def get_sync(self, timeout: float) -> Engine:
+        return self.start().result(timeout=timeout)
+
+    def ready(self) -> Engine | None:
+        future = self.start()
+        return future.result() if future.done() and future.exception() is None else None
+
+
+class FailOpenCounter:
+    """Counts decisions that failed open, by reason, and logs each one."""
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def add(self, reason: str, exc: BaseException | None = None) -> None:
+        with self._lock:
+            self.counts[reason] += 1
+        logger.warning("echolm failed open (%s): %s", reason, exc if exc is not None else "")
+
+
+def fail_open_reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return "timeout"
+    return type(exc).__name__
+
+
+def _failed_open(
+    counter: FailOpenCounter, engine: Engine | None, request: ChatRequest, exc: Exception
+) -> tuple[Prepared | None, Engine | None]:
+    reason = fail_open_reason(exc) if engine is not None else f"engine not ready: {fail_open_reason(exc)}"
+    counter.add(reason, exc)
+    if engine is None:
+        return None, None
+    return engine.fail_open(request, f"{reason}: {exc}"[:300]), engine
+
+
+async def prepare_or_fail_open(
+    handle: EngineHandle, counter: FailOpenCounter, timeout_s: float, request: ChatRequest
+) -> tuple[Prepared | None, Engine | None]:
+    """Run the engine within the time budget; on any failure, a fail-open decision (or None)."""
+    engine: Engine | None = None
+    try:
+        engine = await handle.get(timeout_s)
+        return await asyncio.wait_for(engine.aprepare(request), timeout_s), engine
+    except Exception as exc:
+        prepared, engine = _failed_open(counter, engine, request, exc)
+        if prepared is not None and engine is not None:
+            # Off the event loop and not awaited: a hung state database must not delay the request.
+            asyncio.get_running_loop().run_in_executor(None, engine.keep_quietly, prepared.decision)
+        return prepared, engine
+
+
+def prepare_or_fail_open_sync(
+    handle: EngineHandle, counter: FailOpenCounter, timeout_s: float, request: ChatRequest
+) -> tuple[Prepared | None, Engine | None]:
+    """The same as `prepare_or_fail_open` for callers without an event loop."""
+    engine: Engine | None = None
+    try:
+        engine = handle.get_sync(timeout_s)
+        return _PREPARE_THREADS.submit(engine.prepare, request).result(timeout=timeout_s), engine
+    except Exception as exc:
+        prepared, engine = _failed_open(counter, engine, request, exc)
+        if prepared is not None and engine is not None:
+            _PREPARE_THREADS.submit(engine.keep_quietly, prepared.decision)
+        return prepared, engine

@@ -1,0 +1,292 @@
+"""The LangChain door's own logic over the fake engine parts and fake tier models.
+
+The real tiers, MiniLM and Chroma drive the same door in tests/integration/test_langchain_door.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from typing import Any
+from uuid import UUID
+
+import pytest
+from langchain_core.callbacks import BaseCallbackHandler, CallbackManagerForLLMRun
+from langchain_core.globals import set_llm_cache
+from langchain_core.language_models.chat_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import BaseModel, PrivateAttr
+
+from echolm_middleware.core.engine import Engine
+from echolm_middleware.errors import UnknownRequest
+from echolm_middleware.integrations.langchain_chat import EchoLMChatModel, default_settings
+from tests.unit.conftest import EngineFactory, EngineKit
+
+QUESTION = "What is the capital of France?"
+PARAPHRASE = "What is the capital city of France?"  # similarity 0.93 under the word-hash embedder
+ANSWER = "Paris is the capital of France."
+
+
+class ScriptedTier(BaseChatModel):
+    """A tier that answers with a fixed text (in word chunks when streamed) and keeps what it was sent."""
+
+    answer: str
+    _seen: list[list[BaseMessage]] = PrivateAttr(default_factory=list)
+    _tools: list[dict[str, Any]] = PrivateAttr(default_factory=list)
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted"
+
+    @property
+    def seen(self) -> list[list[BaseMessage]]:
+        return self._seen
+
+    def _message(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:
+        self._seen.append(list(messages))
+        tools = kwargs.get("tools")
+        if tools:
+            name = tools[0]["function"]["name"]
+            return AIMessage(content="", tool_calls=[{"name": name, "args": {"city": "Paris"}, "id": "call-1"}])
+        return AIMessage(content=self.answer, response_metadata={"finish_reason": "stop"})
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return ChatResult(generations=[ChatGeneration(message=self._message(messages, **kwargs))])
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        self._seen.append(list(messages))
+        words = self.answer.split(" ")
+        for index, word in enumerate(words):
+            last = index == len(words) - 1
+            yield ChatGenerationChunk(
+                message=AIMessageChunk(
+                    content=word + ("" if last else " "),
+                    response_metadata={"finish_reason": "stop"} if last else {},
+                )
+            )
+
+    def bind_tools(self, tools: Sequence[Any], *, tool_choice: str | None = None, **kwargs: Any) -> Runnable[Any, Any]:
+        formatted = [convert_to_openai_tool(tool) for tool in tools]
+        return self.bind(tools=formatted, tool_choice=tool_choice, **kwargs)
+
+
+class Door:
+    def __init__(self, kit: EngineKit) -> None:
+        self.kit = kit
+        self.cheap = ScriptedTier(answer="cheap answer")
+        self.strong = ScriptedTier(answer=ANSWER)
+        self.model = EchoLMChatModel(tiers=[self.cheap, self.strong], engine=kit.engine)
+
+    @property
+    def engine(self) -> Engine:
+        return self.kit.engine
+
+
+@pytest.fixture
+def door(make_engine: EngineFactory) -> Door:
+    return Door(make_engine())
+
+
+def _echolm(message: BaseMessage) -> dict[str, Any]:
+    return dict(message.response_metadata["echolm"])
+
+
+def _text(messages: Sequence[BaseMessage]) -> str:
+    return "\n".join(str(m.content) for m in messages)
+
+
+def test_second_paraphrase_goes_to_the_cheap_tier_with_the_first_answer(door: Door) -> None:
+    first = door.model.invoke(QUESTION)
+    second = door.model.invoke(PARAPHRASE)
+
+    assert first.content == ANSWER
+    assert _echolm(first)["tier"] == "strong" and _echolm(first)["examples"] == 0
+    meta = _echolm(second)
+    assert meta["tier"] == "cheap" and meta["examples"] == 1 and meta["best_similarity"] > 0.9
+    assert second.content == "cheap answer"
+    assert ANSWER in _text(door.cheap.seen[-1])  # the example reached the cheap tier's prompt
+    assert door.kit.state.recorded_by(meta["request_id"]) == "cheap"
+
+
+def test_stream_yields_chunks_with_the_decision_first_and_records_once(door: Door) -> None:
+    chunks = list(door.model.stream(QUESTION))
+
+    # One chunk per word, then LangChain's empty closing chunk.
+    assert [str(c.content) for c in chunks if c.content] == [w + " " for w in ANSWER.split(" ")[:-1]] + ["France."]
+    assert "".join(str(c.content) for c in chunks) == ANSWER
+    request_id = _echolm(chunks[0])["request_id"]
+    assert all("echolm" not in c.response_metadata for c in chunks[1:])
+    assert door.kit.state.recorded_by(request_id) == "strong"
+    # The whole streamed answer was admitted, and only once.
+    stored = door.kit.store.nearest("default", door.kit.embedder.embed([QUESTION])[0], 10)
+    assert [c.example.answer for c in stored] == [ANSWER]
+
+
+def test_abandoned_stream_is_not_recorded(door: Door) -> None:
+    stream = door.model.stream(QUESTION)
+    first = next(stream)
+    stream.close()
+
+    assert door.kit.state.recorded_by(_echolm(first)["request_id"]) is None
+    assert door.engine.load.loads().get("strong", 0.0) < 1.0  # the load it began was finished
+
+
+def test_async_paths_route_and_record(door: Door) -> None:
+    async def scenario() -> tuple[BaseMessage, list[BaseMessage]]:
+        first = await door.model.ainvoke(QUESTION)
+        chunks = [chunk async for chunk in door.model.astream(PARAPHRASE)]
+        return first, chunks
+
+    first, chunks = asyncio.run(scenario())
+    assert _echolm(first)["tier"] == "strong"
+    assert _echolm(chunks[0])["tier"] == "cheap"
+    assert [str(c.content) for c in chunks if c.content] == ["cheap ", "answer"]
+    assert door.kit.state.recorded_by(_echolm(chunks[0])["request_id"]) == "cheap"
+
+
+def test_async_batch_of_twenty_records_each_request_exactly_once(door: Door) -> None:
+    questions = [f"What is fact number {n} about the river Nile?" for n in range(20)]
+    results = asyncio.run(door.model.abatch(questions))
+
+    ids = [_echolm(r)["request_id"] for r in results]
+    assert len(set(ids)) == 20
+    assert all(door.kit.state.recorded_by(i) for i in ids)
+    assert not door.kit.state.mark_recorded(ids[0], "strong")  # a second record of the same id is refused
+
+
+def test_tenants_never_see_each_others_examples(door: Door) -> None:
+    door.model.invoke(QUESTION, config={"metadata": {"echolm_tenant": "acme"}})
+    other = door.model.invoke(PARAPHRASE, config={"metadata": {"echolm_tenant": "globex"}})
+    same = door.model.invoke(PARAPHRASE, config={"metadata": {"echolm_tenant": "acme"}})
+
+    assert _echolm(other)["examples"] == 0 and _echolm(other)["best_similarity"] is None
+    assert _echolm(same)["examples"] == 1
+    assert ANSWER not in _text(door.strong.seen[-2])
+
+
+def test_constructor_tenant_is_the_default_namespace(make_engine: EngineFactory) -> None:
+    kit = make_engine()
+    acme = EchoLMChatModel(tiers=[ScriptedTier(answer="x"), ScriptedTier(answer=ANSWER)], engine=kit.engine,
+                           tenant="acme")  # fmt: skip
+    acme.invoke(QUESTION)
+    vector = kit.embedder.embed([QUESTION])[0]
+    assert kit.store.nearest("acme", vector, 5) and not kit.store.nearest("default", vector, 5)
+
+
+def test_bound_tools_pass_through_to_the_requested_tier_untouched(door: Door) -> None:
+    class GetWeather(BaseModel):
+        """Weather in a city."""
+
+        city: str
+
+    door.model.invoke(QUESTION)  # an example exists, yet tool requests must not get it
+    result = door.model.bind_tools([GetWeather]).invoke(PARAPHRASE)
+
+    assert isinstance(result, AIMessage)
+    assert result.tool_calls and result.tool_calls[0]["name"] == "GetWeather"
+    meta = _echolm(result)
+    assert meta["action"] == "pass_through" and meta["tier"] == "strong"
+    assert _text(door.strong.seen[-1]) == PARAPHRASE
+
+
+def test_with_structured_output_parses_through_the_tools_path(door: Door) -> None:
+    class GetWeather(BaseModel):
+        """Weather in a city."""
+
+        city: str
+
+    parsed = door.model.with_structured_output(GetWeather).invoke("Weather in Paris?")
+    assert parsed == GetWeather(city="Paris")
+
+
+def test_a_failing_engine_part_fails_open_to_the_requested_tier(door: Door) -> None:
+    def broken(texts: Sequence[str]) -> list[list[float]]:
+        raise RuntimeError("embedder down")
+
+    door.kit.embedder.embed = broken  # type: ignore[method-assign]
+    result = door.model.invoke(QUESTION)
+
+    assert result.content == ANSWER
+    assert _echolm(result)["action"] == "fail_open"
+    assert door.model.fail_open_counts == {"RuntimeError": 1}
+    assert _text(door.strong.seen[-1]) == QUESTION
+
+
+def test_an_engine_that_never_builds_fails_open(make_engine: EngineFactory) -> None:
+    from echolm_middleware.config import Settings, StoreSettings
+
+    settings = default_settings(["cheap", "strong"]).model_copy(
+        update={"store": StoreSettings(backend="chroma", server_url="http://127.0.0.1:9")}
+    )
+    assert isinstance(settings, Settings)
+    strong = ScriptedTier(answer=ANSWER)
+    model = EchoLMChatModel(tiers=[ScriptedTier(answer="x"), strong], settings=settings, startup_wait_s=5)
+    result = model.invoke(QUESTION)
+
+    assert result.content == ANSWER and _echolm(result)["action"] == "fail_open"
+    assert next(iter(model.fail_open_counts)).startswith("engine not ready")
+
+
+def test_child_callbacks_reach_the_tier(door: Door) -> None:
+    class Starts(BaseCallbackHandler):
+        def __init__(self) -> None:
+            self.parents: list[UUID | None] = []
+
+        def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: UUID, **kwargs: Any) -> None:
+            self.parents.append(kwargs.get("parent_run_id"))
+
+    handler = Starts()
+    door.model.invoke(QUESTION, config={"callbacks": [handler]})
+    assert len(handler.parents) == 2  # ours, then the tier's as our child
+    assert handler.parents[0] is None and handler.parents[1] is not None
+
+
+def test_langchain_cache_cannot_short_circuit_the_door(door: Door) -> None:
+    from langchain_core.caches import InMemoryCache
+
+    set_llm_cache(InMemoryCache())
+    try:
+        first = door.model.invoke(QUESTION)
+        second = door.model.invoke(QUESTION)
+    finally:
+        set_llm_cache(None)
+    assert _echolm(first)["request_id"] != _echolm(second)["request_id"]
+
+
+def test_feedback_reaches_the_engine_and_rejects_bad_input(door: Door) -> None:
+    door.model.invoke(QUESTION)
+    routed = door.model.invoke(PARAPHRASE)
+    door.model.feedback(_echolm(routed)["request_id"], 1.0)
+
+    with pytest.raises(ValueError, match="score"):
+        door.model.feedback(_echolm(routed)["request_id"], 3.0)
+    with pytest.raises(UnknownRequest):
+        door.model.feedback("no-such-request", 0.5)
+
+
+def test_tier_names_must_match_the_models() -> None:
+    with pytest.raises(ValueError, match="one unique name per tier"):
+        EchoLMChatModel(tiers=[ScriptedTier(answer="a")], tier_names=["a", "b"])
+    with pytest.raises(ValueError, match="requested_tier"):
+        EchoLMChatModel(tiers=[ScriptedTier(answer="a")], tier_names=["a"], requested_tier="b")
+
+
+def test_default_settings_rank_the_tiers_cheapest_first() -> None:
+    settings = default_settings(["small", "medium", "large"])
+    assert [t.quality_prior for t in settings.tiers] == [0.3, 0.55, 0.8]
+    assert all(t.cost_per_1k_tokens == 0.0 for t in settings.tiers)
