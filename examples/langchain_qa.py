@@ -87,7 +87,7 @@ def main() -> None:
                     f"{question!r} -> {str(reply.content).strip()!r}"
                 )
         print()
-        print(format_decision(engine.explain(last_id)))
+        print(format_decision(engine.explain(last_id), engine.decisions.recorded_by(last_id)))
         print(f"\nstore and decisions: {store_dir}")
 
 

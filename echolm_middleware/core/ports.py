@@ -47,6 +47,10 @@ class DecisionLog(Protocol):
         """Mark once; False when the request was already recorded (so a record happens once)."""
         ...
 
+    def recorded_by(self, request_id: str) -> str | None:
+        """The tier whose outcome was recorded for the request, or None if none was."""
+        ...
+
 
 class RouterStatsStore(Protocol):
     """Persists the router's Beta posteriors and the fitted utility weights across restarts."""
