@@ -27,5 +27,9 @@ class UnknownRequest(EchoLMError):
     """A request id that no kept decision carries."""
 
 
+class FeedbackAlreadyGiven(EchoLMError):
+    """A request's response was already scored; a second score would count it twice."""
+
+
 class MissingExtra(EchoLMError):
     """An optional dependency is not installed; the message says which extra provides it."""

@@ -22,7 +22,8 @@ CREATE TABLE IF NOT EXISTS decisions (
     tenant TEXT NOT NULL,
     created_at REAL NOT NULL,
     body TEXT NOT NULL,
-    recorded_by TEXT
+    recorded_by TEXT,
+    feedback REAL
 );
 CREATE INDEX IF NOT EXISTS decisions_created ON decisions(created_at);
 CREATE TABLE IF NOT EXISTS posteriors (
@@ -54,6 +55,9 @@ class SQLiteState:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(decisions)")}
+            if "feedback" not in columns:  # a database written before feedback was kept once per request
+                self._db.execute("ALTER TABLE decisions ADD COLUMN feedback REAL")
         except sqlite3.Error as exc:
             raise StateUnavailable(f"cannot open state database {self._path}: {exc}") from exc
 
@@ -100,6 +104,13 @@ class SQLiteState:
             cursor = db.execute(
                 "UPDATE decisions SET recorded_by = ? WHERE request_id = ? AND recorded_by IS NULL",
                 (outcome, request_id),
+            )
+            return cursor.rowcount == 1
+
+    def mark_feedback(self, request_id: str, score: float) -> bool:
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE decisions SET feedback = ? WHERE request_id = ? AND feedback IS NULL", (score, request_id)
             )
             return cursor.rowcount == 1
 

@@ -49,7 +49,7 @@ from echolm_middleware.core.types import (
     RecordResult,
     ScoredExample,
 )
-from echolm_middleware.errors import UnknownRequest
+from echolm_middleware.errors import FeedbackAlreadyGiven, UnknownRequest
 
 _QUERY_VECTOR_CACHE = 4096
 _WARM_UP_TENANT = "echolm-warm-up"
@@ -227,12 +227,18 @@ class Engine:
         return self._admit(tenant, prompt, answer, source_tier, vector=None)
 
     def feedback(self, request_id: str, score: float) -> None:
-        """A quality score (0-1) for a past response: updates the router and the examples it used."""
+        """A quality score (0-1) for a past response: updates the router and the examples it used.
+
+        Each response is scored at most once (marked before the updates): a repeat raises
+        FeedbackAlreadyGiven rather than counting the same response twice.
+        """
         if not 0.0 <= score <= 1.0:
             raise ValueError("score must lie in [0, 1]")
         decision = self.decisions.get(request_id)
         if decision is None or decision.action != "route":
             raise UnknownRequest(f"no routed decision with request id {request_id!r}")
+        if not self.decisions.mark_feedback(request_id, score):
+            raise FeedbackAlreadyGiven(f"request {request_id!r} already has feedback; it counts once")
         strongest = decision.chosen_tier == self.strongest
         bucket = tier_bucket(decision.bucket, strongest=strongest)
         self.stats.add_to_posterior(decision.chosen_tier, bucket, score, 1.0 - score)

@@ -47,6 +47,10 @@ class DecisionLog(Protocol):
         """Mark once; False when the request was already recorded (so a record happens once)."""
         ...
 
+    def mark_feedback(self, request_id: str, score: float) -> bool:
+        """Keep the score once; False when the request already has feedback (so it counts once)."""
+        ...
+
     def recorded_by(self, request_id: str) -> str | None:
         """The tier whose outcome was recorded for the request, or None if none was."""
         ...

@@ -82,6 +82,33 @@ def test_mark_recorded_is_true_once_then_false(state: SQLiteState) -> None:
     assert state.mark_recorded("never-put", "strong") is False
 
 
+def test_mark_feedback_is_true_once_then_false(state: SQLiteState) -> None:
+    state.put(_decision())
+
+    assert state.mark_feedback("r1", 0.5) is True
+    assert state.mark_feedback("r1", 1.0) is False
+    assert state.mark_feedback("never-put", 1.0) is False
+
+
+def test_a_database_from_before_feedback_was_kept_gains_the_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE decisions (request_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, "
+            "created_at REAL NOT NULL, body TEXT NOT NULL, recorded_by TEXT)"
+        )
+    db.close()
+    state = SQLiteState(path)
+    try:
+        state.put(_decision())
+        assert state.mark_feedback("r1", 0.5) is True
+        assert state.get("r1") == _decision()
+    finally:
+        state.close()
+
+
 def test_mark_recorded_is_true_for_exactly_one_of_many_threads(state: SQLiteState) -> None:
     state.put(_decision())
     results: list[bool] = []

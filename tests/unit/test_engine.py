@@ -13,7 +13,7 @@ from echolm_middleware.core.engine import Engine, example_id
 from echolm_middleware.core.routing import LoadTracker, TierProfile
 from echolm_middleware.core.selection import utility
 from echolm_middleware.core.types import ChatRequest, Decision, Example, Outcome
-from echolm_middleware.errors import StateUnavailable, UnknownRequest
+from echolm_middleware.errors import FeedbackAlreadyGiven, StateUnavailable, UnknownRequest
 from echolm_middleware.explain import format_decision
 
 QUESTION = "What is the capital of France?"
@@ -440,10 +440,17 @@ def test_feedback_accumulates_and_a_restarted_engine_reads_it_back(make_engine: 
 def test_repeated_bad_feedback_on_the_cheap_tier_moves_routing_back_to_strong(make_engine: Any) -> None:
     kit = make_engine()
     decision = _cheap_with_example(kit)
+    kit.engine.feedback(decision.request_id, 0.0)
 
-    for _ in range(10):
-        kit.engine.feedback(decision.request_id, 0.0)
+    cheap_answers_scored = 1
+    while cheap_answers_scored < 10:
+        prepared = kit.engine.prepare(_ask(PARAPHRASE))
+        if prepared.model != "cheap":
+            break
+        kit.engine.feedback(prepared.decision.request_id, 0.0)
+        cheap_answers_scored += 1
 
+    assert cheap_answers_scored < 10
     prepared = kit.engine.prepare(_ask(PARAPHRASE))
     assert prepared.model == "strong"
     assert prepared.messages == [{"role": "user", "content": PARAPHRASE}]
@@ -475,6 +482,17 @@ def test_feedback_on_an_unknown_or_pass_through_request_raises_unknown_request(m
     with pytest.raises(UnknownRequest):
         kit.engine.feedback(passed.decision.request_id, 1.0)
     assert kit.state.load_posteriors() == {}
+
+
+def test_feedback_counts_once_per_request(make_engine: Any) -> None:
+    kit = make_engine()
+    decision = _cheap_with_example(kit)
+    kit.engine.feedback(decision.request_id, 0.0)
+    after_first = kit.state.load_posteriors()
+
+    with pytest.raises(FeedbackAlreadyGiven, match=decision.request_id):
+        kit.engine.feedback(decision.request_id, 0.0)
+    assert kit.state.load_posteriors() == after_first
 
 
 @pytest.mark.parametrize("score", [-0.1, 1.1])
