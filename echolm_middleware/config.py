@@ -116,6 +116,29 @@ class ProxySettings(_Strict):
     query_context_turns: int = Field(default=0, ge=0, description="Earlier user turns added to the query.")
 
 
+class UpkeepSettings(_Strict):
+    """Cost-aware replay, coverage of misses and eviction (see README "Keeping the cache useful")."""
+
+    gain_alpha: float = Field(default=0.2, gt=0, le=1, description="Step of the replay gain's moving average.")
+    schedule_minutes: float | None = Field(
+        default=None, gt=0, description="Run a pass every so many minutes in the proxy; None = only `echolm replay`."
+    )
+    budget_tokens: int = Field(default=20_000, ge=0, description="Strong-tier tokens one pass may spend.")
+    budget_usd: float | None = Field(
+        default=None, ge=0, description="Money one pass may spend, priced by litellm's cost data; None = tokens only."
+    )
+    samples: int = Field(default=1, ge=1, le=5, description="Strong-tier answers per replayed request; best kept.")
+    max_replays: int = Field(default=5, ge=1, description="An example replayed this often is not replayed again.")
+    horizon_days: float = Field(default=7.0, gt=0, description="How far ahead a replay must pay back its cost.")
+    max_answer_tokens: int = Field(default=256, ge=1, description="Answer length asked of the strong tier.")
+    coverage_window_hours: float = Field(default=24.0, gt=0, description="How far back misses are gathered.")
+    coverage_similarity: float = Field(default=0.8, gt=0, le=1, description="Misses this close form one cluster.")
+    coverage_min_cluster: int = Field(default=2, ge=1, description="Smallest cluster of misses worth answering.")
+    ttl_days: float | None = Field(default=30.0, gt=0, description="Examples older than this are evicted.")
+    max_entries: int | None = Field(default=100_000, ge=1, description="Entry budget per tenant.")
+    max_bytes: int | None = Field(default=None, ge=1, description="Byte budget per tenant (texts + vector).")
+
+
 class Settings(BaseSettings):
     """Everything echolm-middleware reads; defaults suit a single embedded-Chroma proxy."""
 
@@ -130,6 +153,7 @@ class Settings(BaseSettings):
     embedder: EmbedderSettings = EmbedderSettings()
     state: StateSettings = StateSettings()
     proxy: ProxySettings = ProxySettings()
+    upkeep: UpkeepSettings = UpkeepSettings()
 
     @model_validator(mode="after")
     def _unique_tier_names(self) -> Settings:

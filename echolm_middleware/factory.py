@@ -103,6 +103,7 @@ def build_engine(
             routing=settings.routing,
             admission=settings.admission,
             requests=settings.proxy,
+            upkeep=settings.upkeep,
         ),
         tier_profiles(settings.tiers, model_list),
         embedder=embedder or EMBEDDERS[settings.embedder.backend](settings),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 from echolm_middleware.backends._lazy import require
 from echolm_middleware.config import StoreSettings
-from echolm_middleware.core.types import Candidate, Example, Vector
+from echolm_middleware.core.types import Candidate, Example, InvalidChange, Vector, checked_change
 from echolm_middleware.errors import StoreUnavailable
 
 _METADATA_FIELDS = ("answer", "source_tier", "quality", "created_at", "uses", "offload_successes")
@@ -35,6 +35,10 @@ def _to_metadata(example: Example) -> dict[str, Any]:
         "created_at": float(example.created_at),
         "uses": int(example.uses),
         "offload_successes": float(example.offload_successes),
+        "gain": float(example.gain),
+        "replays": int(example.replays),
+        "value": float(example.value),
+        "value_at": float(example.value_at),
     }
 
 
@@ -48,6 +52,11 @@ def _to_example(example_id: str, document: str, metadata: Mapping[str, Any]) -> 
         created_at=float(metadata["created_at"]),
         uses=int(metadata.get("uses", 0)),
         offload_successes=float(metadata.get("offload_successes", 0.0)),
+        # Entries written before replay existed have none of these.
+        gain=float(metadata.get("gain", 0.0)),
+        replays=int(metadata.get("replays", 0)),
+        value=float(metadata.get("value", 0.0)),
+        value_at=float(metadata.get("value_at", 0.0)),
     )
 
 
@@ -65,8 +74,8 @@ class ChromaExampleStore:
     def _translated(self, action: str) -> Iterator[None]:
         try:
             yield
-        except StoreUnavailable:
-            raise
+        except (StoreUnavailable, InvalidChange):
+            raise  # ours already, or the caller's mistake rather than the store's
         except Exception as exc:
             # A dead server or a broken disk: forget the client so the next call reconnects.
             self._client = None
@@ -158,30 +167,54 @@ class ChromaExampleStore:
                     embeddings=[list(v) for v in vectors[start : start + batch]],
                 )
 
-    def _update_metadata(self, tenant: str, ids: Sequence[str], change: Any) -> None:
+    def modify(self, tenant: str, ids: Sequence[str], change: Callable[[Example], Example]) -> int:
         with self._lock, self._translated("update"):
             collection = self._collection(tenant, create=False)
-            if collection is None:
-                return
-            found = collection.get(ids=list(ids), include=["metadatas"])
+            if collection is None or not ids:
+                return 0
+            found = collection.get(ids=list(dict.fromkeys(ids)), include=["documents", "metadatas"])
             if not found["ids"]:
-                return
-            metadatas = [
-                change(found_id, dict(meta)) for found_id, meta in zip(found["ids"], found["metadatas"], strict=True)
+                return 0
+            changed = [
+                checked_change(_to_example(i, d, m), change)
+                for i, d, m in zip(found["ids"], found["documents"], found["metadatas"], strict=True)
             ]
-            collection.update(ids=found["ids"], metadatas=metadatas)
+            # One call, one write: each entry holds either its old or its new metadata, never a mix.
+            collection.update(ids=found["ids"], metadatas=[_to_metadata(e) for e in changed])
+            return len(changed)
 
-    def add_offload_outcomes(self, tenant: str, outcomes: Mapping[str, tuple[int, float]]) -> None:
-        def change(example_id: str, meta: dict[str, Any]) -> dict[str, Any]:
-            uses, successes = outcomes[example_id]
-            meta["uses"] = int(meta.get("uses", 0)) + uses
-            meta["offload_successes"] = max(0.0, float(meta.get("offload_successes", 0.0)) + successes)
-            return meta
+    def examples(self, tenant: str) -> list[Example]:
+        with self._lock, self._translated("scan"):
+            collection = self._collection(tenant, create=False)
+            if collection is None:
+                return []
+            found: list[Example] = []
+            while True:
+                page = collection.get(
+                    limit=self._settings.batch_size * 16, offset=len(found), include=["documents", "metadatas"]
+                )
+                if not page["ids"]:
+                    return found
+                found += [
+                    _to_example(i, d, m)
+                    for i, d, m in zip(page["ids"], page["documents"], page["metadatas"], strict=True)
+                ]
 
-        self._update_metadata(tenant, list(outcomes), change)
+    def delete(self, tenant: str, ids: Sequence[str]) -> None:
+        with self._lock, self._translated("delete"):
+            collection = self._collection(tenant, create=False)
+            if collection is not None and ids:
+                collection.delete(ids=list(ids))
 
-    def set_quality(self, tenant: str, example_id: str, quality: float) -> None:
-        self._update_metadata(tenant, [example_id], lambda _id, meta: {**meta, "quality": float(quality)})
+    def tenants(self) -> list[str]:
+        prefix = f"{self._settings.collection_prefix}-"
+        with self._lock, self._translated("list"):
+            collections = self._connect().list_collections()
+            return sorted(
+                str(c.metadata["echolm_tenant"])
+                for c in collections
+                if c.name.startswith(prefix) and c.metadata and "echolm_tenant" in c.metadata
+            )
 
     def count(self, tenant: str) -> int:
         with self._translated("count"):

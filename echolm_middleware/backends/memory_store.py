@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
 
-from echolm_middleware.core.types import Candidate, Example, Vector
+from echolm_middleware.core.types import Candidate, Example, Vector, checked_change
 
 
 def _unit(vector: Vector) -> list[float]:
@@ -41,25 +40,30 @@ class InMemoryExampleStore:
             for example, vector in zip(examples, vectors, strict=True):
                 partition[example.id] = (example, _unit(vector))
 
-    def add_offload_outcomes(self, tenant: str, outcomes: Mapping[str, tuple[int, float]]) -> None:
+    def modify(self, tenant: str, ids: Sequence[str], change: Callable[[Example], Example]) -> int:
         with self._lock:
             partition = self._examples.get(tenant, {})
-            for example_id, (uses, successes) in outcomes.items():
+            changed = 0
+            for example_id in dict.fromkeys(ids):
                 if example_id in partition:
                     example, vector = partition[example_id]
-                    updated = replace(
-                        example,
-                        uses=example.uses + uses,
-                        offload_successes=max(0.0, example.offload_successes + successes),
-                    )
-                    partition[example_id] = (updated, vector)
+                    partition[example_id] = (checked_change(example, change), vector)
+                    changed += 1
+            return changed
 
-    def set_quality(self, tenant: str, example_id: str, quality: float) -> None:
+    def examples(self, tenant: str) -> list[Example]:
+        with self._lock:
+            return [example for example, _ in self._examples.get(tenant, {}).values()]
+
+    def delete(self, tenant: str, ids: Sequence[str]) -> None:
         with self._lock:
             partition = self._examples.get(tenant, {})
-            if example_id in partition:
-                example, vector = partition[example_id]
-                partition[example_id] = (replace(example, quality=quality), vector)
+            for example_id in ids:
+                partition.pop(example_id, None)
+
+    def tenants(self) -> list[str]:
+        with self._lock:
+            return sorted(self._examples)
 
     def count(self, tenant: str) -> int:
         with self._lock:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,6 +34,14 @@ CREATE TABLE IF NOT EXISTS posteriors (
     PRIMARY KEY (tier, bucket)
 );
 CREATE TABLE IF NOT EXISTS utility_weights (name TEXT PRIMARY KEY, value REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS upkeep_steps (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    step TEXT NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, seq)
+);
 """
 
 
@@ -117,6 +125,58 @@ class SQLiteState:
     def recorded_by(self, request_id: str) -> str | None:
         rows = self._query("SELECT recorded_by FROM decisions WHERE request_id = ?", (request_id,))
         return str(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def recent(self, since: float) -> list[Decision]:
+        """Decisions made at or after `since`, oldest first (what coverage reads its misses from)."""
+        rows = self._query("SELECT body FROM decisions WHERE created_at >= ? ORDER BY created_at", (since,))
+        return [Decision.from_dict(json.loads(str(row[0]))) for row in rows]
+
+    # ---- Lease: one holder at a time across processes that share this file --------------------
+
+    def try_lease(self, name: str, holder: str, ttl_s: float, now: float) -> bool:
+        """Take or renew the lease unless another holder has it and it has not expired."""
+        with self._transaction() as db:
+            row = db.execute("SELECT holder, expires_at FROM leases WHERE name = ?", (name,)).fetchone()
+            if row is not None and row[0] != holder and float(row[1]) > now:
+                return False
+            db.execute(
+                "INSERT OR REPLACE INTO leases (name, holder, expires_at) VALUES (?, ?, ?)", (name, holder, now + ttl_s)
+            )
+            return True
+
+    def lease_holder(self, name: str, now: float) -> str | None:
+        rows = self._query("SELECT holder FROM leases WHERE name = ? AND expires_at > ?", (name, now))
+        return str(rows[0][0]) if rows else None
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+
+    # ---- Upkeep journal: a pass's planned steps, so a killed pass is finished by the next one ---
+
+    def journal_open_run(self) -> tuple[str, list[tuple[int, str]]] | None:
+        """The unfinished run, if any, and its steps not yet done (seq, step JSON), in order."""
+        rows = self._query("SELECT run_id FROM upkeep_steps WHERE done = 0 ORDER BY rowid LIMIT 1")
+        if not rows:
+            return None
+        run_id = str(rows[0][0])
+        steps = self._query("SELECT seq, step FROM upkeep_steps WHERE run_id = ? AND done = 0 ORDER BY seq", (run_id,))
+        return run_id, [(int(seq), str(step)) for seq, step in steps]  # type: ignore[call-overload]
+
+    def journal_plan(self, run_id: str, steps: Sequence[str]) -> None:
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO upkeep_steps (run_id, seq, step) VALUES (?, ?, ?)",
+                [(run_id, seq, step) for seq, step in enumerate(steps)],
+            )
+
+    def journal_done(self, run_id: str, seq: int) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE upkeep_steps SET done = 1 WHERE run_id = ? AND seq = ?", (run_id, seq))
+
+    def journal_forget(self, run_id: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM upkeep_steps WHERE run_id = ?", (run_id,))
 
     # ---- RouterStatsStore ---------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from echolm_middleware.config import (
     AdmissionSettings,
@@ -19,6 +19,7 @@ from echolm_middleware.config import (
     ProxySettings,
     RetrievalSettings,
     RoutingSettings,
+    UpkeepSettings,
 )
 from echolm_middleware.core import selection
 from echolm_middleware.core.ports import (
@@ -49,6 +50,7 @@ from echolm_middleware.core.types import (
     RecordResult,
     ScoredExample,
 )
+from echolm_middleware.core.upkeep import after_cheap_use, after_feedback, after_passed_over
 from echolm_middleware.errors import FeedbackAlreadyGiven, UnknownRequest
 
 _QUERY_VECTOR_CACHE = 4096
@@ -64,6 +66,12 @@ class EngineSettings:
     routing: RoutingSettings
     admission: AdmissionSettings
     requests: ProxySettings
+    upkeep: UpkeepSettings = field(default_factory=UpkeepSettings)
+
+
+def _expected_quality(decision: Decision, tier: str) -> float:
+    """The router's quality estimate for the tier that served, when it decided (0.5 if it has none)."""
+    return next((score.quality for score in decision.scores if score.tier == tier), 0.5)
 
 
 def example_id(tenant: str, prompt: str) -> str:
@@ -176,6 +184,8 @@ class Engine:
         decision.best_similarity = max((c.similarity for c in candidates), default=None)
         decision.example_tokens = sum(item.tokens for item in chosen) if gets_examples else 0
         decision.scores = scores
+        if chosen and not gets_examples:
+            decision.passed_over = [item.candidate.example.id for item in chosen]
         decision.overhead_ms = (time.perf_counter() - started) * 1000
         self.decisions.put(decision)
         self._remember_vector(decision.request_id, vector)
@@ -210,11 +220,24 @@ class Engine:
         if not self.decisions.mark_recorded(outcome.request_id, outcome.served_by):
             return "duplicate"
         clean = outcome.finish_reason in (None, "stop") and bool(outcome.answer.strip())
+        now, alpha = self._now(), self.settings.upkeep.gain_alpha
+        cost = self._cost_of(outcome.served_by)
         if outcome.served_by == self.strongest:
+            if decision.passed_over:
+                quality = self.settings.admission.initial_quality
+                self.store.modify(
+                    decision.tenant,
+                    decision.passed_over,
+                    lambda e: after_passed_over(e, quality=quality, served_cost=cost, now=now, alpha=alpha),
+                )
             return "admitted" if clean and self._admit_from(decision, outcome) else "skipped"
         if decision.examples:
-            self.store.add_offload_outcomes(
-                decision.tenant, {trace.id: (1, 1.0 if clean else 0.0) for trace in decision.examples}
+            success = 1.0 if clean else 0.0
+            quality = success * _expected_quality(decision, outcome.served_by)
+            self.store.modify(
+                decision.tenant,
+                [trace.id for trace in decision.examples],
+                lambda e: after_cheap_use(e, success=success, quality=quality, served_cost=cost, now=now, alpha=alpha),
             )
             return "offload_counted"
         return "skipped"
@@ -247,12 +270,26 @@ class Engine:
             self._posteriors[(decision.chosen_tier, bucket)] = (successes + score, failures + 1.0 - score)
         if strongest:
             # The answer this request admitted is only as good as the feedback says.
-            self.store.set_quality(decision.tenant, example_id(decision.tenant, decision.query), score)
+            self.store.modify(
+                decision.tenant, [example_id(decision.tenant, decision.query)], lambda e: replace(e, quality=score)
+            )
             return
         if decision.examples:
             # The use was counted as a success when it completed; the feedback corrects that guess.
-            self.store.add_offload_outcomes(
-                decision.tenant, {trace.id: (0, score - 1.0) for trace in decision.examples}
+            now, alpha, cost = self._now(), self.settings.upkeep.gain_alpha, self._cost_of(decision.chosen_tier)
+            expected = _expected_quality(decision, decision.chosen_tier)
+            self.store.modify(
+                decision.tenant,
+                [trace.id for trace in decision.examples],
+                lambda e: after_feedback(
+                    e,
+                    score=score,
+                    assumed_success=1.0,
+                    assumed_quality=expected,
+                    served_cost=cost,
+                    now=now,
+                    alpha=alpha,
+                ),
             )
             with self._lock:
                 weights = self._weights
@@ -266,6 +303,11 @@ class Engine:
         if decision is None:
             raise UnknownRequest(f"no decision with request id {request_id!r}")
         return decision
+
+    def _cost_of(self, tier: str) -> float:
+        """A tier's relative cost (the strongest's when the tier is unknown, e.g. renamed since)."""
+        profile = self._by_name.get(tier)
+        return profile.cost if profile is not None else 1.0
 
     def utility_weights(self) -> dict[str, float]:
         with self._lock:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
-from echolm_middleware.core.types import Candidate, Decision, Example, Vector
+from echolm_middleware.core.types import Candidate, Completion, Decision, Example, Vector
 
 
 class Embedder(Protocol):
@@ -21,12 +21,23 @@ class ExampleStore(Protocol):
 
     def upsert(self, tenant: str, examples: Sequence[Example], vectors: Sequence[Vector]) -> None: ...
 
-    def add_offload_outcomes(self, tenant: str, outcomes: Mapping[str, tuple[int, float]]) -> None:
-        """Add (uses, successes) to each example id's offload record; unknown ids are ignored."""
+    def modify(self, tenant: str, ids: Sequence[str], change: Callable[[Example], Example]) -> int:
+        """Read, change and write back each listed example under one lock; unknown ids are ignored.
+
+        `change` may not alter an example's id or prompt. Returns how many examples were changed.
+        """
         ...
 
-    def set_quality(self, tenant: str, example_id: str, quality: float) -> None:
-        """Set the quality of one example; an unknown id is ignored."""
+    def examples(self, tenant: str) -> list[Example]:
+        """Every example the tenant holds (for upkeep: replay, coverage and eviction)."""
+        ...
+
+    def delete(self, tenant: str, ids: Sequence[str]) -> None:
+        """Remove the listed examples; unknown ids are ignored."""
+        ...
+
+    def tenants(self) -> list[str]:
+        """Every tenant that holds a collection."""
         ...
 
     def count(self, tenant: str) -> int: ...
@@ -66,3 +77,9 @@ class RouterStatsStore(Protocol):
     def load_weights(self) -> dict[str, float] | None: ...
 
     def save_weights(self, weights: Mapping[str, float]) -> None: ...
+
+
+class Completer(Protocol):
+    """Asks one tier one question outside any user request (the upkeep asks the strongest)."""
+
+    def complete(self, tier: str, prompt: str, *, max_tokens: int, temperature: float) -> Completion: ...

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -22,11 +22,30 @@ class Example:
     created_at: float
     uses: int = 0
     offload_successes: float = 0.0
+    # Replay priority G: moving average of (1 − quality of a request it served) × relative cost of the
+    # tier that served it. High G: reused often, yet the big model or poor answers were still needed.
+    gain: float = 0.0
+    replays: int = 0
+    # Successful offloads it enabled, decayed ×0.9 per hour; `value_at` is when it was last brought up to date.
+    value: float = 0.0
+    value_at: float = 0.0
 
     @property
     def offload_rate(self) -> float:
         """Laplace-smoothed share of cheap-tier answers that went well when this example was shown."""
         return (self.offload_successes + 1.0) / (self.uses + 2.0)
+
+
+class InvalidChange(ValueError):
+    """A store `modify` change that would move an example to another id or prompt (a caller's bug)."""
+
+
+def checked_change(example: Example, change: Callable[[Example], Example]) -> Example:
+    """Apply a store `modify` change, refusing one that would move the example to another id or prompt."""
+    changed = change(example)
+    if (changed.id, changed.prompt) != (example.id, example.prompt):
+        raise InvalidChange("modify may change an example's answer and counters, not its id or prompt")
+    return changed
 
 
 @dataclass(frozen=True)
@@ -109,6 +128,8 @@ class Decision:
     best_similarity: float | None = None
     example_tokens: int = 0
     overhead_ms: float = 0.0
+    # Examples selected for a cheaper tier, but the request went to the strongest: their replay gain grows.
+    passed_over: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -146,3 +167,13 @@ class Outcome:
 
 
 RecordResult = Literal["admitted", "offload_counted", "skipped", "duplicate"]
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One answer a tier gave the upkeep (not a user request), with what it cost."""
+
+    text: str
+    finish_reason: str | None
+    tokens: int  # prompt + completion, as the tier reported them
+    cost_usd: float | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,10 @@ def test_every_field_of_an_example_round_trips(store: ExampleStore) -> None:
         created_at=1_700_000_123.25,
         uses=7,
         offload_successes=2.5,
+        gain=0.125,
+        replays=3,
+        value=4.5,
+        value_at=1_700_000_200.5,
     )
     store.upsert("A", [example], [Y])
 
@@ -113,7 +118,7 @@ def test_tenants_never_see_each_other(store: ExampleStore) -> None:
 def test_the_same_id_in_two_tenants_is_two_examples(store: ExampleStore) -> None:
     store.upsert("A", [_example("e", answer="for A")], [X])
     store.upsert("B", [_example("e", answer="for B")], [X])
-    store.set_quality("A", "e", 0.1)
+    store.modify("A", ["e"], lambda e: replace(e, quality=0.1))
 
     assert _everything(store, "A")["e"].answer == "for A"
     assert _everything(store, "A")["e"].quality == pytest.approx(0.1)
@@ -148,45 +153,59 @@ def test_one_vector_per_example_is_required(store: ExampleStore) -> None:
     assert store.count("A") == 0
 
 
-def test_offload_outcomes_accumulate_and_unknown_ids_are_ignored(store: ExampleStore) -> None:
+def test_modify_changes_the_listed_examples_and_ignores_unknown_ids(store: ExampleStore) -> None:
     store.upsert("A", [_example("a"), _example("b")], [X, Y])
 
-    store.add_offload_outcomes("A", {"a": (1, 1.0), "missing": (5, 5.0)})
-    store.add_offload_outcomes("A", {"a": (2, 0.5), "b": (1, 0.0)})
+    changed = store.modify("A", ["a", "missing", "a"], lambda e: replace(e, uses=e.uses + 1, gain=0.25))
 
     stored = _everything(store, "A")
-    assert (stored["a"].uses, stored["a"].offload_successes) == (3, pytest.approx(1.5))
-    assert (stored["b"].uses, stored["b"].offload_successes) == (1, 0.0)
-    assert stored["a"].answer == "answer a" and stored["a"].quality == pytest.approx(0.8)
+    assert changed == 1
+    assert (stored["a"].uses, stored["a"].gain) == (1, pytest.approx(0.25))
+    assert stored["b"] == _example("b")
     assert store.count("A") == 2
 
 
-def test_offload_successes_never_go_below_zero(store: ExampleStore) -> None:
+def test_modify_can_replace_an_answer_but_not_an_id_or_prompt(store: ExampleStore) -> None:
     store.upsert("A", [_example("a")], [X])
 
-    store.add_offload_outcomes("A", {"a": (1, 0.5)})
-    store.add_offload_outcomes("A", {"a": (0, -2.0)})
+    store.modify("A", ["a"], lambda e: replace(e, answer="a better answer", source_tier="strong", replays=1))
+    with pytest.raises(ValueError, match="not its id or prompt"):
+        store.modify("A", ["a"], lambda e: replace(e, prompt="another question"))
 
     stored = _everything(store, "A")["a"]
-    assert (stored.uses, stored.offload_successes) == (1, 0.0)
+    assert (stored.answer, stored.replays, stored.prompt) == ("a better answer", 1, "prompt a")
+    assert store.nearest("A", X, 1)[0].similarity == pytest.approx(1.0, abs=CLOSE)  # the vector is kept
 
 
-def test_set_quality_changes_only_that_example(store: ExampleStore) -> None:
+def test_examples_lists_every_example_of_one_tenant(store: ExampleStore) -> None:
+    many = [_example(f"e{n:03d}") for n in range(150)]
+    store.upsert("A", many, [X] * len(many))
+    store.upsert("B", [_example("other")], [Y])
+
+    assert sorted(e.id for e in store.examples("A")) == [e.id for e in many]
+    assert store.examples("nobody") == []
+
+
+def test_delete_removes_only_the_listed_examples(store: ExampleStore) -> None:
     store.upsert("A", [_example("a"), _example("b")], [X, Y])
+    store.upsert("B", [_example("a")], [X])
 
-    store.set_quality("A", "a", 0.05)
-    store.set_quality("A", "missing", 0.0)
+    store.delete("A", ["a", "missing"])
+    store.delete("nobody", ["a"])
 
-    stored = _everything(store, "A")
-    assert stored["a"].quality == pytest.approx(0.05)
-    assert stored["b"].quality == pytest.approx(0.8)
-    assert stored["a"].answer == "answer a"
-    assert set(stored) == {"a", "b"}
+    assert set(_everything(store, "A")) == {"b"}
+    assert set(_everything(store, "B")) == {"a"}
+
+
+def test_tenants_lists_those_holding_examples(store: ExampleStore) -> None:
+    store.upsert("team:acme", [_example("a")], [X])
+    store.upsert("user:bob@example.com", [_example("a")], [X])
+
+    assert store.tenants() == ["team:acme", "user:bob@example.com"]
 
 
 def test_updates_for_a_tenant_with_no_examples_are_ignored(store: ExampleStore) -> None:
-    store.add_offload_outcomes("nobody", {"a": (1, 1.0)})
-    store.set_quality("nobody", "a", 0.0)
+    assert store.modify("nobody", ["a"], lambda e: replace(e, quality=0.0)) == 0
 
     assert store.count("nobody") == 0
 
@@ -201,13 +220,19 @@ def _chroma(path: Path) -> ChromaExampleStore:
 def test_chroma_examples_survive_a_new_store_on_the_same_directory(tmp_path: Path) -> None:
     first = _chroma(tmp_path / "chroma")
     first.upsert("A", [_example("a")], [X])
-    first.add_offload_outcomes("A", {"a": (2, 1.0)})
+    first.modify("A", ["a"], lambda e: replace(e, uses=2, offload_successes=1.0, gain=0.3, value=1.0, value_at=5.0))
 
     reopened = _chroma(tmp_path / "chroma")
 
     assert reopened.count("A") == 1
     stored = reopened.nearest("A", X, 1)[0].example
-    assert (stored.uses, stored.offload_successes) == (2, 1.0)
+    assert (stored.uses, stored.offload_successes, stored.gain, stored.value, stored.value_at) == (
+        2,
+        1.0,
+        0.3,
+        1.0,
+        5.0,
+    )
 
 
 def test_chroma_failures_surface_as_store_unavailable(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from echolm_middleware.core.selection import utility
 from echolm_middleware.core.types import ChatRequest, Decision, Example, Outcome
 from echolm_middleware.errors import FeedbackAlreadyGiven, StateUnavailable, UnknownRequest
 from echolm_middleware.explain import format_decision
+from tests.unit.conftest import CHEAP, ROUTING, STRONG
 
 QUESTION = "What is the capital of France?"
 PARAPHRASE = "What is the capital city of France?"  # similarity 0.93 under the word-hash embedder
@@ -482,6 +483,32 @@ def test_feedback_on_an_unknown_or_pass_through_request_raises_unknown_request(m
     with pytest.raises(UnknownRequest):
         kit.engine.feedback(passed.decision.request_id, 1.0)
     assert kit.state.load_posteriors() == {}
+
+
+def test_a_cheap_use_moves_the_examples_gain_and_value(make_engine: Any) -> None:
+    kit = make_engine()
+    decision = _cheap_with_example(kit)
+
+    kit.engine.record(Outcome(decision.request_id, "cheap", "Paris", "length"))  # cut short: not a success
+
+    stored = _stored(kit)[QUESTION]
+    assert (stored.uses, stored.offload_successes, stored.value) == (1, 0.0, 0.0)
+    assert stored.gain == pytest.approx(CHEAP.cost)  # (1 − 0) × the cheap tier's relative cost
+    assert stored.value_at == kit.clock.now
+
+
+def test_a_strong_answer_despite_selected_examples_raises_their_gain(make_engine: Any) -> None:
+    kit = make_engine(routing=ROUTING.model_copy(update={"example_uplift": 0.0}))  # examples never tip it
+    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+
+    prepared = kit.engine.prepare(_ask(PARAPHRASE))
+    assert prepared.model == "strong" and prepared.decision.examples == []
+    assert prepared.decision.passed_over == [example_id("A", QUESTION)]
+    kit.engine.record(Outcome(prepared.decision.request_id, "strong", "Paris.", "stop"))
+
+    stored = _stored(kit)[QUESTION]
+    assert stored.gain == pytest.approx((1 - 0.8) * STRONG.cost)  # initial quality 0.8 on the strongest tier
+    assert stored.uses == 0  # not a cheap use
 
 
 def test_feedback_counts_once_per_request(make_engine: Any) -> None:

@@ -1,0 +1,346 @@
+"""One upkeep pass over the cache: cost-aware replay, coverage of misses, then eviction.
+
+The pass is planned first (every strong-tier call it will make, each priced at an upper bound) and the
+plan is journalled in the state database; each step is marked done after its single store write. A
+pass killed at any point leaves every example with its old or its new answer, and the next pass
+finishes the journalled steps before planning anew. Budgets hold by construction: a step runs only if
+what was spent plus the step's upper bound still fits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from echolm_middleware.backends.sqlite_state import SQLiteState
+from echolm_middleware.config import UpkeepSettings
+from echolm_middleware.core.engine import Engine
+from echolm_middleware.core.ports import Completer
+from echolm_middleware.core.types import Example
+from echolm_middleware.core.upkeep import Miss, cluster_misses, plan_eviction, plan_replay
+
+LEASE = "echolm-upkeep"
+# The chat template and role markers a server adds around a prompt, beyond its own tokens.
+_TEMPLATE_TOKENS = 32
+# A pass holding the running lease longer than this is presumed dead (its process was killed).
+_RUNNING_TTL_S = 3600.0
+
+
+@dataclass
+class StepReport:
+    kind: str  # "replay" or "coverage"
+    tenant: str
+    prompt: str
+    outcome: str = "pending"  # "upgraded", "admitted" or "skipped: why"
+    gain_before: float = 0.0
+    gain_after: float = 0.0
+    tokens: int = 0
+    cost_usd: float = 0.0
+    cluster_size: int = 0
+
+
+@dataclass
+class PassReport:
+    run_id: str
+    resumed: bool
+    budget_tokens: int
+    budget_usd: float | None
+    steps: list[StepReport] = field(default_factory=list)
+    evicted: dict[str, int] = field(default_factory=dict)
+    expired: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def tokens_spent(self) -> int:
+        return sum(step.tokens for step in self.steps)
+
+    @property
+    def usd_spent(self) -> float:
+        return sum(step.cost_usd for step in self.steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["tokens_spent"], data["usd_spent"] = self.tokens_spent, round(self.usd_spent, 6)
+        return data
+
+
+class Upkeep:
+    """Runs passes over one engine's store with the strongest tier, within the configured budgets."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        state: SQLiteState,
+        completer: Completer,
+        settings: UpkeepSettings,
+        *,
+        price_per_token_usd: float = 0.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.state = state
+        self.completer = completer
+        self.settings = settings
+        self.price_per_token_usd = price_per_token_usd
+        self.now = clock
+        self.strongest = engine.strongest
+
+    # ---- planning -------------------------------------------------------------------------------
+
+    def _estimate_tokens(self, prompt: str) -> int:
+        """An upper bound on one call's tokens: the prompt, the template around it, the longest answer."""
+        return int(self.engine.tokens.count(prompt) * 1.1) + _TEMPLATE_TOKENS + self.settings.max_answer_tokens
+
+    def _plan(self, tenants: Sequence[str]) -> list[dict[str, Any]]:
+        budget = float(self.settings.budget_tokens)
+        now, samples = self.now(), self.settings.samples
+        owner: dict[str, str] = {}
+        pooled: list[Example] = []
+        for tenant in tenants:
+            for example in self.engine.store.examples(tenant):
+                owner[example.id] = tenant
+                pooled.append(example)
+        replay = plan_replay(
+            pooled,
+            cost_of=lambda e: float(samples * self._estimate_tokens(e.prompt)),
+            strong_request_cost=lambda e: float(
+                self.engine.tokens.count(e.prompt) + self.engine.tokens.count(e.answer)
+            ),
+            budget=budget,
+            now=now,
+            horizon_days=self.settings.horizon_days,
+            max_replays=self.settings.max_replays,
+        )
+        steps: list[dict[str, Any]] = [
+            {
+                "kind": "replay",
+                "tenant": owner[c.example.id],
+                "prompt": c.example.prompt,
+                "example_id": c.example.id,
+                "replays_after": c.example.replays + 1,
+                "gain_before": c.example.gain,
+                "estimate": int(c.cost),
+            }
+            for c in replay
+        ]
+        left = budget - sum(int(step["estimate"]) for step in steps)
+        for tenant in tenants:
+            for cluster in self._miss_clusters(tenant, now):
+                estimate = samples * self._estimate_tokens(cluster[0].query)
+                if estimate > left:
+                    continue
+                steps.append(
+                    {
+                        "kind": "coverage",
+                        "tenant": tenant,
+                        "prompt": cluster[0].query,
+                        "cluster_size": len(cluster),
+                        "gain_before": 0.0,
+                        "estimate": estimate,
+                    }
+                )
+                left -= estimate
+        return steps
+
+    def _miss_clusters(self, tenant: str, now: float) -> list[list[Miss]]:
+        """Clusters of recent requests that found no useful example and that no cached answer covers yet."""
+        since = now - self.settings.coverage_window_hours * 3600.0
+        queries: dict[str, None] = {}
+        for decision in self.state.recent(since):
+            if decision.tenant != tenant or decision.action != "route" or not decision.query:
+                continue
+            if decision.examples or decision.passed_over:
+                continue  # it found examples: not a miss
+            if self.state.recorded_by(decision.request_id) == self.strongest:
+                continue  # the strongest tier answered it, and that answer was offered for admission
+            queries[decision.query] = None
+        if not queries:
+            return []
+        vectors = self.engine.embedder.embed(list(queries))
+        misses = [Miss(query, vector) for query, vector in zip(queries, vectors, strict=True)]
+        clusters = cluster_misses(misses, min_similarity=self.settings.coverage_similarity)
+        covered = []
+        for cluster in clusters:
+            if len(cluster) < self.settings.coverage_min_cluster:
+                continue
+            nearest = self.engine.store.nearest(tenant, cluster[0].vector, 1)
+            if nearest and nearest[0].similarity >= self.settings.coverage_similarity:
+                continue  # an example close enough exists by now
+            covered.append(cluster)
+        return covered
+
+    # ---- running ----------------------------------------------------------------------------------
+
+    def run_pass(
+        self, tenants: Sequence[str] | None = None, progress: Callable[[int], Any] | None = None
+    ) -> PassReport:
+        """Finish an interrupted pass if the journal holds one; else plan and run a new one, then evict."""
+        open_run = self.state.journal_open_run()
+        if open_run is not None:
+            run_id, pending = open_run
+            resumed = True
+        else:
+            run_id, resumed = uuid.uuid4().hex, False
+            planned = self._plan(tenants if tenants is not None else self._tenants())
+            self.state.journal_plan(run_id, [json.dumps(step) for step in planned])
+            pending = list(enumerate(json.dumps(step) for step in planned))
+        report = PassReport(run_id, resumed, self.settings.budget_tokens, self.settings.budget_usd)
+        if progress is not None:
+            progress(len(pending))
+        for seq, raw in pending:
+            step = json.loads(raw)
+            report.steps.append(self._run_step(step, report))
+            self.state.journal_done(run_id, seq)
+            if progress is not None:
+                progress(-1)
+        self._evict(tenants if tenants is not None else self._tenants(), report)
+        self.state.journal_forget(run_id)
+        return report
+
+    def _tenants(self) -> list[str]:
+        """Tenants with examples, and those whose recent requests may hold misses to cover."""
+        since = self.now() - self.settings.coverage_window_hours * 3600.0
+        return sorted(set(self.engine.store.tenants()) | {d.tenant for d in self.state.recent(since)})
+
+    def _fits(self, report: PassReport, estimate: int) -> bool:
+        if report.tokens_spent + estimate > self.settings.budget_tokens:
+            return False
+        budget_usd = self.settings.budget_usd
+        return budget_usd is None or report.usd_spent + estimate * self.price_per_token_usd <= budget_usd
+
+    def _run_step(self, step: dict[str, Any], report: PassReport) -> StepReport:
+        result = StepReport(
+            kind=step["kind"],
+            tenant=step["tenant"],
+            prompt=step["prompt"],
+            gain_before=float(step.get("gain_before", 0.0)),
+            cluster_size=int(step.get("cluster_size", 0)),
+        )
+        if not self._fits(report, int(step["estimate"])):
+            result.outcome = "skipped: budget"
+            return result
+        answer = self._best_answer(step["prompt"], result)
+        if answer is None:
+            result.outcome = "skipped: no clean answer"
+            return result
+        if step["kind"] == "replay":
+            quality = self.engine.settings.admission.initial_quality
+            replays_after = int(step["replays_after"])
+            changed = self.engine.store.modify(
+                step["tenant"],
+                [step["example_id"]],
+                lambda e: replace(
+                    e,
+                    answer=answer,
+                    source_tier=self.strongest,
+                    quality=quality,
+                    gain=0.0,  # its shortfall was the old answer's; the new one starts clean
+                    replays=max(e.replays, replays_after),  # idempotent when a resumed pass repeats it
+                ),
+            )
+            result.outcome = "upgraded" if changed else "skipped: example gone"
+        else:
+            admitted = self.engine.admit(step["tenant"], step["prompt"], answer, self.strongest)
+            result.outcome = "admitted" if admitted else "skipped: below the admission bar"
+        result.gain_after = 0.0 if result.outcome in ("upgraded", "admitted") else result.gain_before
+        return result
+
+    def _best_answer(self, prompt: str, result: StepReport) -> str | None:
+        """Ask the strongest tier `samples` times; keep the clean answer closest to the others."""
+        answers = []
+        for index in range(self.settings.samples):
+            completion = self.completer.complete(
+                self.strongest,
+                prompt,
+                max_tokens=self.settings.max_answer_tokens,
+                temperature=0.0 if index == 0 else 0.7,
+            )
+            result.tokens += completion.tokens
+            result.cost_usd += (
+                completion.cost_usd if completion.cost_usd is not None else completion.tokens * self.price_per_token_usd
+            )
+            if completion.finish_reason in (None, "stop") and completion.text.strip():
+                answers.append(completion.text.strip())
+        if len(answers) <= 1:
+            return answers[0] if answers else None
+        # Self-consistency: the medoid answer agrees most with the other samples.
+        vectors = self.engine.embedder.embed(answers)
+        agreement = [sum(sum(a * b for a, b in zip(v, w, strict=True)) for w in vectors) for v in vectors]
+        return answers[max(range(len(answers)), key=agreement.__getitem__)]
+
+    def _evict(self, tenants: Sequence[str], report: PassReport) -> None:
+        for tenant in tenants:
+            plan = plan_eviction(
+                self.engine.store.examples(tenant),
+                now=self.now(),
+                ttl_days=self.settings.ttl_days,
+                max_entries=self.settings.max_entries,
+                max_bytes=self.settings.max_bytes,
+            )
+            if plan.ids:
+                self.engine.store.delete(tenant, plan.ids)
+            report.evicted[tenant] = len(plan.over_budget)
+            report.expired[tenant] = len(plan.expired)
+
+
+def process_holder() -> str:
+    """This process as a lease holder: host and pid, so a dead holder on this host can be recognised."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def holder_alive(holder: str) -> bool:
+    """False only for a holder on this host whose process no longer exists; other hosts count as alive."""
+    host, _, pid = holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Busy(Exception):
+    """Another process is running a pass on this state database right now."""
+
+
+def run_now(upkeep: Upkeep, holder: str, *, tenants: Sequence[str] | None = None) -> PassReport:
+    """Run one pass now (the CLI's `echolm replay`), unless another one is running (raises Busy)."""
+    running = f"{LEASE}:running"
+    now = upkeep.now()
+    if not upkeep.state.try_lease(running, holder, ttl_s=_RUNNING_TTL_S, now=now):
+        current = upkeep.state.lease_holder(running, now)
+        if current is None or holder_alive(current):
+            raise Busy(f"another upkeep pass is running on this state database ({current})")
+        # Its process on this host is gone (killed mid-pass): take over; the journal says what is left.
+        upkeep.state.release_lease(running, current)
+        if not upkeep.state.try_lease(running, holder, ttl_s=_RUNNING_TTL_S, now=now):
+            raise Busy("another upkeep pass took over first")
+    try:
+        return upkeep.run_pass(tenants)
+    finally:
+        upkeep.state.release_lease(running, holder)
+
+
+def run_exclusive(
+    upkeep: Upkeep, holder: str, *, period_s: float, tenants: Sequence[str] | None = None
+) -> PassReport | None:
+    """The scheduled job: run this period's pass unless another process ran or runs it (None then).
+
+    The period's lease is never released early, so workers whose schedulers fire moments apart still
+    run one pass per period between them.
+    """
+    now = upkeep.now()
+    if not upkeep.state.try_lease(f"{LEASE}:{int(now // period_s)}", holder, ttl_s=period_s, now=now):
+        return None
+    try:
+        return run_now(upkeep, holder, tenants=tenants)
+    except Busy:
+        return None

@@ -1,0 +1,212 @@
+"""An upkeep pass over the fake engine parts and a scripted strongest tier.
+
+Real Chroma, MiniLM and the local tiers drive the same pass in tests/integration/test_upkeep.py.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from echolm_middleware.backends.sqlite_state import SQLiteState
+from echolm_middleware.config import UpkeepSettings
+from echolm_middleware.core.engine import example_id
+from echolm_middleware.core.types import Completion, Decision, Example
+from echolm_middleware.upkeep import Busy, Upkeep, run_exclusive, run_now
+from tests.unit.conftest import EngineFactory, EngineKit
+
+QUESTION = "What is the capital of France?"
+
+
+class ScriptedStrongTier:
+    """Answers every prompt with `answer for: <prompt>`; counts tokens as words, like the fake counter."""
+
+    def __init__(self, fail_on_call: int | None = None) -> None:
+        self.prompts: list[str] = []
+        self.fail_on_call = fail_on_call
+
+    def complete(self, tier: str, prompt: str, *, max_tokens: int, temperature: float) -> Completion:
+        self.prompts.append(prompt)
+        if self.fail_on_call is not None and len(self.prompts) == self.fail_on_call:
+            raise RuntimeError("killed mid-pass")
+        text = f"answer for: {prompt}"
+        return Completion(text=text, finish_reason="stop", tokens=len(prompt.split()) + len(text.split()))
+
+
+def _settings(**overrides: Any) -> UpkeepSettings:
+    values: dict[str, Any] = {"budget_tokens": 10_000, "max_answer_tokens": 20, "ttl_days": None, "max_entries": None}
+    values.update(overrides)
+    return UpkeepSettings(**values)
+
+
+def _upkeep(kit: EngineKit, completer: ScriptedStrongTier, **overrides: Any) -> Upkeep:
+    return Upkeep(kit.engine, kit.state, completer, _settings(**overrides), clock=kit.clock)
+
+
+def _degraded(kit: EngineKit, prompt: str, *, gain: float = 0.5, uses: int = 30, tenant: str = "A") -> str:
+    """A cheap-tier answer that was reused often and still needed the big model: worth replaying."""
+    kit.engine.admit(tenant, prompt, "a poor answer", "cheap")
+    key = example_id(tenant, prompt)
+    kit.store.modify(tenant, [key], lambda e: replace(e, gain=gain, uses=uses, created_at=kit.clock.now - 86400 * 10))
+    return key
+
+
+def _stored(kit: EngineKit, key: str, tenant: str = "A") -> Example:
+    (example,) = [e for e in kit.store.examples(tenant) if e.id == key]
+    return example
+
+
+def test_a_pass_upgrades_a_degraded_example_to_the_strongest_tiers_answer(make_engine: EngineFactory) -> None:
+    kit = make_engine()
+    key = _degraded(kit, QUESTION)
+
+    report = _upkeep(kit, ScriptedStrongTier()).run_pass()
+
+    upgraded = _stored(kit, key)
+    assert (upgraded.answer, upgraded.source_tier, upgraded.replays, upgraded.gain) == (
+        f"answer for: {QUESTION}", "strong", 1, 0.0,
+    )  # fmt: skip
+    assert upgraded.uses == 30  # its record of use stays
+    (step,) = report.steps
+    assert (step.kind, step.outcome, step.gain_before, step.gain_after) == ("replay", "upgraded", 0.5, 0.0)
+    assert report.tokens_spent == step.tokens > 0
+
+
+def test_the_token_budget_is_never_exceeded(make_engine: EngineFactory) -> None:
+    kit = make_engine()
+    for n in range(30):
+        _degraded(kit, f"Question number {n} about rivers and their sources?", gain=0.3 + n / 100)
+    tier = ScriptedStrongTier()
+
+    report = _upkeep(kit, tier, budget_tokens=200).run_pass()
+
+    upgraded = [s for s in report.steps if s.outcome == "upgraded"]
+    assert 0 < len(upgraded) < 30
+    assert report.tokens_spent <= 200
+    # Highest gain first: the upgraded ones are the last-admitted (largest n).
+    assert [s.gain_before for s in upgraded] == sorted((s.gain_before for s in upgraded), reverse=True)
+
+
+def test_an_example_replayed_five_times_is_left_alone(make_engine: EngineFactory) -> None:
+    kit = make_engine()
+    key = _degraded(kit, QUESTION)
+    kit.store.modify("A", [key], lambda e: replace(e, replays=5))
+
+    report = _upkeep(kit, ScriptedStrongTier()).run_pass()
+
+    assert report.steps == [] and _stored(kit, key).answer == "a poor answer"
+
+
+def _miss(kit: EngineKit, query: str, *, tenant: str = "A", tier: str = "cheap") -> None:
+    kit.state.put(
+        Decision(
+            request_id=f"r-{query}", tenant=tenant, created_at=kit.clock.now, requested_model="strong",
+            action="route", reason="routed", chosen_tier=tier, query=query,
+        )
+    )  # fmt: skip
+
+
+def test_coverage_answers_a_cluster_of_misses_and_admits_it(make_engine: EngineFactory) -> None:
+    kit = make_engine()
+    for query in ["How tall is Mount Everest?", "How tall is Mount Everest today?", "how tall is mount everest"]:
+        _miss(kit, query)
+    _miss(kit, "Who painted the Mona Lisa?")  # alone: below the smallest cluster worth answering
+    _miss(kit, "How deep is the Mariana Trench?", tier="strong")
+    kit.state.mark_recorded("r-How deep is the Mariana Trench?", "strong")  # answered by the strongest: not a miss
+
+    tier = ScriptedStrongTier()
+    report = _upkeep(kit, tier, coverage_similarity=0.7).run_pass()
+
+    assert tier.prompts == ["How tall is Mount Everest?"]
+    (step,) = report.steps
+    assert (step.kind, step.outcome, step.cluster_size) == ("coverage", "admitted", 3)
+    stored = {e.prompt: e.answer for e in kit.store.examples("A")}
+    assert stored == {"How tall is Mount Everest?": "answer for: How tall is Mount Everest?"}
+
+
+def test_misses_of_one_tenant_are_answered_into_that_tenant_only(make_engine: EngineFactory) -> None:
+    kit = make_engine()
+    for query in ["How tall is Mount Everest?", "how tall is mount everest"]:
+        _miss(kit, query, tenant="B")
+    kit.engine.admit("A", "unrelated", "x", "strong")  # A exists, with nothing to cover
+
+    _upkeep(kit, ScriptedStrongTier(), coverage_similarity=0.7).run_pass(tenants=["A", "B"])
+
+    assert [e.prompt for e in kit.store.examples("B")] == ["How tall is Mount Everest?"]
+    assert [e.prompt for e in kit.store.examples("A")] == ["unrelated"]
+
+
+def test_eviction_keeps_the_most_valuable_entries_under_the_entry_budget(make_engine: EngineFactory) -> None:
+    kit = make_engine()
+    for name, value in [("low", 0.1), ("high", 5.0), ("mid", 1.0)]:
+        kit.engine.admit("A", f"question {name}", f"answer {name}", "strong")
+        kit.store.modify(
+            "A", [example_id("A", f"question {name}")], lambda e, v=value: replace(e, value=v, value_at=kit.clock.now)
+        )
+
+    report = _upkeep(kit, ScriptedStrongTier(), max_entries=2).run_pass()
+
+    assert sorted(e.prompt for e in kit.store.examples("A")) == ["question high", "question mid"]
+    assert report.evicted == {"A": 1}
+
+
+def test_a_pass_killed_midway_is_finished_by_the_next_without_redoing_steps(make_engine: EngineFactory) -> None:
+    kit = make_engine()
+    keys = [_degraded(kit, f"Question {n} on tides?", gain=0.9 - n / 10) for n in range(3)]
+
+    with pytest.raises(RuntimeError, match="killed mid-pass"):
+        _upkeep(kit, ScriptedStrongTier(fail_on_call=2)).run_pass()
+    assert [_stored(kit, k).replays for k in keys] == [1, 0, 0]  # the first step landed whole
+
+    tier = ScriptedStrongTier()
+    report = _upkeep(kit, tier).run_pass()
+
+    assert report.resumed
+    assert tier.prompts == ["Question 1 on tides?", "Question 2 on tides?"]
+    assert [_stored(kit, k).replays for k in keys] == [1, 1, 1]
+    assert kit.state.journal_open_run() is None
+
+
+def test_two_workers_in_one_period_run_one_pass(make_engine: EngineFactory, tmp_path: Path) -> None:
+    state_path = tmp_path / "state.db"
+    first = make_engine(state=SQLiteState(state_path))
+    second = make_engine(state=SQLiteState(state_path))
+    _degraded(first, QUESTION)
+
+    ran = [
+        run_exclusive(_upkeep(kit, ScriptedStrongTier()), holder, period_s=3600.0)
+        for kit, holder in [(first, "host:1"), (second, "host:2")]
+    ]
+
+    assert ran[0] is not None and ran[1] is None
+    first.clock.advance(3600.0)
+    second.clock.advance(3600.0)
+    assert run_exclusive(_upkeep(second, ScriptedStrongTier()), "host:2", period_s=3600.0) is not None
+
+
+def test_run_now_refuses_while_a_live_pass_runs_and_takes_over_from_a_dead_one(make_engine: EngineFactory) -> None:
+    import os
+    import socket
+
+    kit = make_engine()
+    upkeep = _upkeep(kit, ScriptedStrongTier())
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    kit.state.try_lease("echolm-upkeep:running", me, ttl_s=3600, now=kit.clock.now)
+    with pytest.raises(Busy):
+        run_now(upkeep, f"{socket.gethostname()}:1")
+
+    kit.state.release_lease("echolm-upkeep:running", me)
+    dead = f"{socket.gethostname()}:{2**22 + 12345}"  # beyond Linux's pid range: no such process
+    kit.state.try_lease("echolm-upkeep:running", dead, ttl_s=3600, now=kit.clock.now)
+    assert run_now(upkeep, me).steps == []
+
+
+def test_the_report_serialises_for_the_cli(make_engine: EngineFactory) -> None:
+    kit = make_engine()
+    _degraded(kit, QUESTION)
+    data = _upkeep(kit, ScriptedStrongTier()).run_pass().to_dict()
+    assert json.loads(json.dumps(data))["tokens_spent"] == data["steps"][0]["tokens"] > 0
