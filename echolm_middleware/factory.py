@@ -13,9 +13,10 @@ from echolm_middleware.backends.minilm import MiniLMEmbedder
 from echolm_middleware.backends.sqlite_state import SQLiteState
 from echolm_middleware.config import Settings, TierSettings
 from echolm_middleware.core.engine import Engine, EngineSettings
-from echolm_middleware.core.ports import Embedder, ExampleStore, TokenCounter
+from echolm_middleware.core.ports import Completer, Embedder, ExampleStore, TokenCounter
 from echolm_middleware.core.routing import TierProfile
 from echolm_middleware.errors import ConfigError
+from echolm_middleware.upkeep import Upkeep
 
 STORES: dict[str, Callable[[Settings], ExampleStore]] = {
     "chroma": lambda s: ChromaExampleStore(s.store),
@@ -111,4 +112,33 @@ def build_engine(
         tokens=tokens or LiteLLMTokenCounter(),
         decisions=state,
         stats=state,
+    )
+
+
+def build_upkeep(
+    settings: Settings,
+    model_list: Sequence[Mapping[str, Any]],
+    *,
+    engine: Engine | None = None,
+    completer: Completer | None = None,
+) -> Upkeep:
+    """The upkeep over an engine (built here unless given) and the strongest tier from the model list."""
+    from echolm_middleware.backends.litellm_completer import LiteLLMCompleter
+    from echolm_middleware.backends.sqlite_state import SQLiteState
+
+    engine = engine or build_engine(settings, model_list)
+    state = engine.decisions
+    if not isinstance(state, SQLiteState):
+        raise ConfigError("upkeep needs the SQLite state (state.backend: sqlite or memory)")
+    strongest = settings.tiers[-1]
+    price_per_1k = strongest.cost_per_1k_tokens
+    if price_per_1k is None:
+        model = _deployment_model(strongest.name, model_list)
+        price_per_1k = (litellm_price_per_1k(model) if model else None) or 0.0
+    return Upkeep(
+        engine,
+        state,
+        completer or LiteLLMCompleter(model_list),
+        settings.upkeep,
+        price_per_token_usd=price_per_1k / 1000,
     )

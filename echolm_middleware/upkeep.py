@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from echolm_middleware.backends.sqlite_state import SQLiteState
 from echolm_middleware.config import UpkeepSettings
@@ -67,6 +67,14 @@ class PassReport:
         data = asdict(self)
         data["tokens_spent"], data["usd_spent"] = self.tokens_spent, round(self.usd_spent, 6)
         return data
+
+
+class Progress(Protocol):
+    """Told how many steps a pass will run, then of each step as it finishes (a progress bar)."""
+
+    def start(self, total: int) -> None: ...
+
+    def advance(self, step: StepReport) -> None: ...
 
 
 class Upkeep:
@@ -191,13 +199,12 @@ class Upkeep:
             pending = list(enumerate(json.dumps(step) for step in planned))
         report = PassReport(run_id, resumed, self.settings.budget_tokens, self.settings.budget_usd)
         if progress is not None:
-            progress(len(pending))
+            progress.start(len(pending))
         for seq, raw in pending:
-            step = json.loads(raw)
-            report.steps.append(self._run_step(step, report))
+            report.steps.append(self._run_step(json.loads(raw), report))
             self.state.journal_done(run_id, seq)
             if progress is not None:
-                progress(-1)
+                progress.advance(report.steps[-1])
         self._evict(tenants if tenants is not None else self._tenants(), report)
         self.state.journal_forget(run_id)
         return report
@@ -311,7 +318,9 @@ class Busy(Exception):
     """Another process is running a pass on this state database right now."""
 
 
-def run_now(upkeep: Upkeep, holder: str, *, tenants: Sequence[str] | None = None) -> PassReport:
+def run_now(
+    upkeep: Upkeep, holder: str, *, tenants: Sequence[str] | None = None, progress: Progress | None = None
+) -> PassReport:
     """Run one pass now (the CLI's `echolm replay`), unless another one is running (raises Busy)."""
     running = f"{LEASE}:running"
     now = upkeep.now()
@@ -324,7 +333,7 @@ def run_now(upkeep: Upkeep, holder: str, *, tenants: Sequence[str] | None = None
         if not upkeep.state.try_lease(running, holder, ttl_s=_RUNNING_TTL_S, now=now):
             raise Busy("another upkeep pass took over first")
     try:
-        return upkeep.run_pass(tenants)
+        return upkeep.run_pass(tenants, progress)
     finally:
         upkeep.state.release_lease(running, holder)
 

@@ -68,6 +68,11 @@ def engine_from_proxy_config() -> Engine:
     model_list = raw.get("model_list") or []
     engine = build_engine(settings, model_list)
     engine.warm_up()
+    if settings.upkeep.schedule_minutes is not None:
+        from echolm_middleware.factory import build_upkeep
+        from echolm_middleware.scheduling import start_upkeep_scheduler
+
+        start_upkeep_scheduler(build_upkeep(settings, model_list, engine=engine), settings.upkeep.schedule_minutes)
     return engine
 
 

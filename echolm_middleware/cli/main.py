@@ -13,6 +13,7 @@ SUBCOMMANDS: dict[str, str] = {
     "demo": "echolm_middleware.cli.demo",
     "explain": "echolm_middleware.cli.explain",
     "proxy": "echolm_middleware.cli.proxy",
+    "replay": "echolm_middleware.cli.replay",
     "tiers": "echolm_middleware.cli.tiers",
 }
 
@@ -20,7 +21,7 @@ SUBCOMMANDS: dict[str, str] = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="echolm",
-        description="EchoLM in-context caching for LLM serving: demo, inspection and local tiers.",
+        description="EchoLM in-context caching for LLM serving: demo, inspection, cache upkeep and local tiers.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in SUBCOMMANDS.values():
