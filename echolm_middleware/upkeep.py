@@ -184,9 +184,11 @@ class Upkeep:
 
     # ---- running ----------------------------------------------------------------------------------
 
-    def run_pass(
-        self, tenants: Sequence[str] | None = None, progress: Callable[[int], Any] | None = None
-    ) -> PassReport:
+    def plan(self, tenants: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """The steps a new pass would take now, without running or journalling them (`--dry-run`)."""
+        return self._plan(tenants if tenants is not None else self._tenants())
+
+    def run_pass(self, tenants: Sequence[str] | None = None, progress: Progress | None = None) -> PassReport:
         """Finish an interrupted pass if the journal holds one; else plan and run a new one, then evict."""
         open_run = self.state.journal_open_run()
         if open_run is not None:

@@ -5,6 +5,7 @@ Real Chroma, MiniLM and the local tiers drive the same pass in tests/integration
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import replace
@@ -238,5 +239,5 @@ def test_two_schedulers_on_one_state_run_one_pass_per_period(make_engine: Engine
     # Both schedulers fire every second within milliseconds of each other; with one pass per period
     # the passes that ran are about a second apart, never two at once.
     assert len(started) >= 2
-    gaps = [b - a for a, b in zip(started, started[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(started)]
     assert min(gaps) > 0.5, gaps
