@@ -70,7 +70,6 @@ def run(args: argparse.Namespace) -> int:
         if overrides:
             settings = settings.model_copy(update={"upkeep": settings.upkeep.model_copy(update=overrides)})
         upkeep = build_upkeep(settings, raw.get("model_list") or [])
-        upkeep.engine.warm_up()
         if args.dry_run:
             steps = upkeep.plan(args.tenants)
             print(json.dumps(steps, indent=2) if args.json else format_plan(steps))
