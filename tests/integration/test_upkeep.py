@@ -177,7 +177,7 @@ def test_two_replays_at_once_run_one_pass(local_tiers: LocalTiers, tmp_path: Pat
         time.sleep(0.2)  # the first pass holds the running lease by now
     second = _replay(tmp_path)
 
-    second_out, second_err = second.communicate(timeout=300)
+    _, second_err = second.communicate(timeout=300)
     first_out, _ = first.communicate(timeout=600)
 
     assert second.returncode == 3 and "another upkeep pass is running" in second_err
