@@ -100,9 +100,13 @@ class Upkeep:
 
     # ---- planning -------------------------------------------------------------------------------
 
-    def _estimate_tokens(self, prompt: str) -> int:
-        """An upper bound on one call's tokens: the prompt, the template around it, the longest answer."""
-        return int(self.engine.tokens.count(prompt) * 1.1) + _TEMPLATE_TOKENS + self.settings.max_answer_tokens
+    def _call_tokens(self, prompt: str, answer_tokens: int) -> int:
+        """One strong-tier call: the prompt (with a margin for tokenizers that differ), its template, an answer."""
+        return int(self.engine.tokens.count(prompt) * 1.1) + _TEMPLATE_TOKENS + answer_tokens
+
+    def _reserve(self, prompt: str) -> int:
+        """The most a step can spend: every sample at the longest answer allowed."""
+        return self.settings.samples * self._call_tokens(prompt, self.settings.max_answer_tokens)
 
     def _plan(self, tenants: Sequence[str]) -> list[dict[str, Any]]:
         budget = float(self.settings.budget_tokens)
@@ -113,12 +117,15 @@ class Upkeep:
             for example in self.engine.store.examples(tenant):
                 owner[example.id] = tenant
                 pooled.append(example)
+
+        def answer_tokens(example: Example) -> int:
+            return min(self.settings.max_answer_tokens, self.engine.tokens.count(example.answer))
+
         replay = plan_replay(
             pooled,
-            cost_of=lambda e: float(samples * self._estimate_tokens(e.prompt)),
-            strong_request_cost=lambda e: float(
-                self.engine.tokens.count(e.prompt) + self.engine.tokens.count(e.answer)
-            ),
+            expected_cost=lambda e: float(samples * self._call_tokens(e.prompt, answer_tokens(e))),
+            reserve=lambda e: float(self._reserve(e.prompt)),
+            saving_per_use=lambda e: float(self._call_tokens(e.prompt, answer_tokens(e))),
             budget=budget,
             now=now,
             horizon_days=self.settings.horizon_days,
@@ -132,14 +139,14 @@ class Upkeep:
                 "example_id": c.example.id,
                 "replays_after": c.example.replays + 1,
                 "gain_before": c.example.gain,
-                "estimate": int(c.cost),
+                "estimate": int(c.reserved),
             }
             for c in replay
         ]
         left = budget - sum(int(step["estimate"]) for step in steps)
         for tenant in tenants:
             for cluster in self._miss_clusters(tenant, now):
-                estimate = samples * self._estimate_tokens(cluster[0].query)
+                estimate = self._reserve(cluster[0].query)
                 if estimate > left:
                     continue
                 steps.append(

@@ -37,6 +37,7 @@ def _to_metadata(example: Example) -> dict[str, Any]:
         "offload_successes": float(example.offload_successes),
         "gain": float(example.gain),
         "replays": int(example.replays),
+        "selected": int(example.selected),
         "value": float(example.value),
         "value_at": float(example.value_at),
     }
@@ -55,6 +56,7 @@ def _to_example(example_id: str, document: str, metadata: Mapping[str, Any]) -> 
         # Entries written before replay existed have none of these.
         gain=float(metadata.get("gain", 0.0)),
         replays=int(metadata.get("replays", 0)),
+        selected=int(metadata.get("selected", 0)),
         value=float(metadata.get("value", 0.0)),
         value_at=float(metadata.get("value_at", 0.0)),
     )

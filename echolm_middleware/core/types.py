@@ -26,6 +26,8 @@ class Example:
     # tier that served it. High G: reused often, yet the big model or poor answers were still needed.
     gain: float = 0.0
     replays: int = 0
+    # Times it was selected for a request, shown to a cheaper tier or passed over: how often it matters.
+    selected: int = 0
     # Successful offloads it enabled, decayed ×0.9 per hour; `value_at` is when it was last brought up to date.
     value: float = 0.0
     value_at: float = 0.0

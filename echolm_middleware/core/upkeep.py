@@ -45,6 +45,7 @@ def after_cheap_use(
     return replace(
         example,
         uses=example.uses + 1,
+        selected=example.selected + 1,
         offload_successes=example.offload_successes + success,
         gain=_moving_average(example.gain, (1.0 - quality) * served_cost, alpha, first),
         value=decayed_value(example, now) + success,
@@ -55,7 +56,11 @@ def after_cheap_use(
 def after_passed_over(example: Example, *, quality: float, served_cost: float, now: float, alpha: float) -> Example:
     """The example was selected, yet the request still went to a dearer tier: only its gain moves."""
     first = example.uses == 0 and example.gain == 0.0
-    return replace(example, gain=_moving_average(example.gain, (1.0 - quality) * served_cost, alpha, first))
+    return replace(
+        example,
+        selected=example.selected + 1,
+        gain=_moving_average(example.gain, (1.0 - quality) * served_cost, alpha, first),
+    )
 
 
 def after_feedback(
@@ -89,21 +94,23 @@ def after_feedback(
 @dataclass(frozen=True)
 class ReplayCandidate:
     example: Example
-    expected_saving: float  # strong-tier requests' worth of cost the replay should save over the horizon
-    cost: float  # what replaying it costs, in the budget's unit
+    expected_saving: float  # what the replay should save over the horizon, in the budget's unit
+    expected_cost: float  # what replaying it should cost
+    reserved: float  # the most it can cost: what the budget holds back for it
 
 
-def uses_per_day(example: Example, now: float) -> float:
-    """How often the example is shown, over its life so far (at least one day, so new ones are not inflated)."""
+def selections_per_day(example: Example, now: float) -> float:
+    """How often the example is selected, over its life so far (at least one day, so new ones are not inflated)."""
     age_days = max(1.0, (now - example.created_at) / 86400.0)
-    return example.uses / age_days
+    return example.selected / age_days
 
 
 def plan_replay(
     examples: Sequence[Example],
     *,
-    cost_of: Callable[[Example], float],
-    strong_request_cost: Callable[[Example], float],
+    expected_cost: Callable[[Example], float],
+    reserve: Callable[[Example], float],
+    saving_per_use: Callable[[Example], float],
     budget: float,
     now: float,
     horizon_days: float,
@@ -111,22 +118,23 @@ def plan_replay(
 ) -> list[ReplayCandidate]:
     """Examples to replay, highest G first, within `budget`; stop at the first that would not pay back.
 
-    A replay pays back when what it should save over the horizon (G × uses per day × horizon × the
-    strongest tier's cost per request) is at least what it costs now.
+    A replay pays back when what it should save over the horizon (G × selections per day × horizon ×
+    what one request on the strongest tier costs) is at least what it should cost. The budget holds
+    back each replay's upper bound (`reserve`), so the pass cannot overspend.
     """
     eligible = [e for e in examples if e.replays < max_replays and e.gain > 0.0]
-    eligible.sort(key=lambda e: (e.gain, e.uses), reverse=True)
+    eligible.sort(key=lambda e: (e.gain, e.selected), reverse=True)
     plan: list[ReplayCandidate] = []
-    spent = 0.0
+    held = 0.0
     for example in eligible:
-        cost = cost_of(example)
-        saving = example.gain * uses_per_day(example, now) * horizon_days * strong_request_cost(example)
+        cost, upper = expected_cost(example), reserve(example)
+        saving = example.gain * selections_per_day(example, now) * horizon_days * saving_per_use(example)
         if saving < cost:
-            break  # G order: no later example pays back better per use than this one
-        if spent + cost > budget:
+            break  # G order: no later example pays back better per selection than this one
+        if held + upper > budget:
             continue  # a cheaper one further down may still fit
-        plan.append(ReplayCandidate(example, saving, cost))
-        spent += cost
+        plan.append(ReplayCandidate(example, saving, cost, upper))
+        held += upper
     return plan
 
 

@@ -92,6 +92,7 @@ def test_every_field_of_an_example_round_trips(store: ExampleStore) -> None:
         offload_successes=2.5,
         gain=0.125,
         replays=3,
+        selected=9,
         value=4.5,
         value_at=1_700_000_200.5,
     )

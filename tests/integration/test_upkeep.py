@@ -55,7 +55,9 @@ def _degrade(upkeep: Any, prompt: str, gain: float, tenant: str = "default") -> 
     upkeep.engine.admit(tenant, prompt, DEGRADED, "cheap")
     key = example_id(tenant, prompt)
     upkeep.engine.store.modify(
-        tenant, [key], lambda e: replace(e, gain=gain, uses=40, quality=0.3, created_at=time.time() - 10 * 86400)
+        tenant,
+        [key],
+        lambda e: replace(e, gain=gain, uses=40, selected=40, quality=0.3, created_at=time.time() - 10 * 86400),
     )
     return key
 

@@ -40,7 +40,9 @@ def seed(config: Path, count: int, tenant: str = "default") -> list[str]:
         engine.store.modify(
             tenant,
             [example_id(tenant, prompt)],
-            lambda e, g=0.9 - rank * 0.05: replace(e, gain=g, uses=40, quality=0.3, created_at=now - 10 * 86400),
+            lambda e, g=0.9 - rank * 0.05: replace(
+                e, gain=g, uses=40, selected=40, quality=0.3, created_at=now - 10 * 86400
+            ),
         )
     return prompts
 

@@ -53,7 +53,9 @@ def _degraded(kit: EngineKit, prompt: str, *, gain: float = 0.5, uses: int = 30,
     """A cheap-tier answer that was reused often and still needed the big model: worth replaying."""
     kit.engine.admit(tenant, prompt, "a poor answer", "cheap")
     key = example_id(tenant, prompt)
-    kit.store.modify(tenant, [key], lambda e: replace(e, gain=gain, uses=uses, created_at=kit.clock.now - 86400 * 10))
+    kit.store.modify(
+        tenant, [key], lambda e: replace(e, gain=gain, uses=uses, selected=uses, created_at=kit.clock.now - 86400 * 10)
+    )
     return key
 
 

@@ -57,7 +57,8 @@ def test_gain_is_a_moving_average_of_shortfall_times_cost() -> None:
     assert example.gain == pytest.approx(0.4)  # 0.8·0.5 + 0.2·0
     example = after_passed_over(example, quality=0.8, served_cost=1.0, now=NOW, alpha=0.2)
     assert example.gain == pytest.approx(0.8 * 0.4 + 0.2 * 0.2)
-    assert example.uses == 2  # passing an example over is not a cheap use
+    assert example.uses == 2  # passing an example over is not a cheap use...
+    assert example.selected == 3  # ...but it was selected
 
 
 def test_feedback_replaces_the_assumed_success() -> None:
@@ -81,8 +82,9 @@ def test_feedback_replaces_the_assumed_success() -> None:
 
 def _plan(examples: list[Example], budget: float, **overrides: object) -> list[str]:
     settings: dict[str, object] = {
-        "cost_of": lambda e: 1.0,
-        "strong_request_cost": lambda e: 1.0,
+        "expected_cost": lambda e: 1.0,
+        "reserve": lambda e: 1.0,
+        "saving_per_use": lambda e: 1.0,
         "budget": budget,
         "now": NOW,
         "horizon_days": 7.0,
@@ -93,24 +95,24 @@ def _plan(examples: list[Example], budget: float, **overrides: object) -> list[s
 
 
 def test_replay_goes_in_gain_order_within_the_budget() -> None:
-    examples = [_example(str(g), gain=g / 10, uses=20) for g in range(1, 10)]
+    examples = [_example(str(g), gain=g / 10, selected=20) for g in range(1, 10)]
     assert _plan(examples, budget=3.0) == ["9", "8", "7"]
 
 
 def test_replay_skips_what_does_not_fit_and_takes_a_cheaper_one_below() -> None:
-    examples = [_example("big", gain=0.9, uses=50, answer="x" * 900), _example("small", gain=0.5, uses=50)]
-    planned = _plan(examples, budget=2.0, cost_of=lambda e: 3.0 if e.id == "big" else 1.0)
+    examples = [_example("big", gain=0.9, selected=50, answer="x" * 900), _example("small", gain=0.5, selected=50)]
+    planned = _plan(examples, budget=2.0, reserve=lambda e: 3.0 if e.id == "big" else 1.0)
     assert planned == ["small"]
 
 
 def test_replay_stops_at_the_first_example_that_would_not_pay_back() -> None:
-    # 10 uses over 10 days = 1 a day; over 7 days G·7 must reach the cost of 1: G ≥ 1/7.
-    examples = [_example("pays", gain=0.2, uses=10), _example("no", gain=0.1, uses=10), _example("z", gain=0.0)]
+    # 10 selections over 10 days = 1 a day; over 7 days G·7 must reach the cost of 1: G ≥ 1/7.
+    examples = [_example("pays", gain=0.2, selected=10), _example("no", gain=0.1, selected=10), _example("z")]
     assert _plan(examples, budget=100.0) == ["pays"]
 
 
 def test_examples_replayed_five_times_are_skipped() -> None:
-    examples = [_example("done", gain=0.9, uses=50, replays=5), _example("next", gain=0.5, uses=50)]
+    examples = [_example("done", gain=0.9, selected=50, replays=5), _example("next", gain=0.5, selected=50)]
     assert _plan(examples, budget=10.0) == ["next"]
 
 
@@ -183,3 +185,9 @@ def test_eviction_under_a_byte_budget_keeps_the_most_value_per_the_knapsack() ->
     plan = plan_eviction(examples, now=NOW, ttl_days=None, max_entries=None, max_bytes=budget)
     assert plan.over_budget == ["long"]
     assert plan.expired == []
+
+
+def test_the_budget_holds_back_upper_bounds_while_payback_uses_expected_costs() -> None:
+    # Expected cost 1 pays back; each reserves 4 of the budget of 10: two fit, the third does not.
+    examples = [_example(str(n), gain=0.5, selected=10) for n in range(3)]
+    assert len(_plan(examples, budget=10.0, reserve=lambda e: 4.0)) == 2
