@@ -99,7 +99,7 @@ def serve(
 
 
 def run_workload(name: str, args: argparse.Namespace, settings: Settings, model_list: list[Any]) -> dict[str, Any]:
-    import litellm
+    from litellm.router import Router
 
     records, system, score = WORKLOADS[name]()
     store_dir = Path(tempfile.mkdtemp(prefix=f"echolm-upkeep-{name}-"))
@@ -123,7 +123,7 @@ def run_workload(name: str, args: argparse.Namespace, settings: Settings, model_
         records, args.warm, args.traffic + args.held_out, args.seed, share=1.0, vectors=vectors, min_similarity=0.8
     )
     traffic, held_out = rest[: args.traffic], rest[args.traffic :]
-    router = litellm.Router(model_list=model_list, num_retries=0)
+    router = Router(model_list=model_list, num_retries=0)
     cheap = settings.tiers[0].name
     for item in tqdm(warm, desc=f"{name} warm (cheap tier)", unit="req", file=sys.stderr):
         messages = [{"role": "system", "content": system}, {"role": "user", "content": item.prompt}]

@@ -26,6 +26,7 @@ from echolm_middleware.integrations.engine_access import (
     EngineHandle,
     FailOpenCounter,
     decision_summary,
+    logger,
     prepare_or_fail_open,
     summary_without_decision,
 )
@@ -72,7 +73,10 @@ def engine_from_proxy_config() -> Engine:
         from echolm_middleware.factory import build_upkeep
         from echolm_middleware.scheduling import start_upkeep_scheduler
 
-        start_upkeep_scheduler(build_upkeep(settings, model_list, engine=engine), settings.upkeep.schedule_minutes)
+        try:
+            start_upkeep_scheduler(build_upkeep(settings, model_list, engine=engine), settings.upkeep.schedule_minutes)
+        except Exception as exc:  # the cache's upkeep is optional; routing must not go down with it
+            logger.error("echolm: the upkeep scheduler did not start: %s", exc)
     return engine
 
 
