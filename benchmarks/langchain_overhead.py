@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from echolm_middleware.config import load_settings
 from echolm_middleware.datasets import default_nq_path, load_records, split_with_neighbours
+from echolm_middleware.demo import percentile as nearest_rank
 from echolm_middleware.factory import build_engine
 from echolm_middleware.integrations.langchain_chat import EchoLMChatModel
 
@@ -33,8 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+    value = nearest_rank(values, q)
+    assert value is not None, "no measurements"
+    return value
 
 
 def timed_ms(call: Any, argument: Any) -> tuple[float, Any]:
@@ -53,12 +55,7 @@ def main() -> None:
 
     settings, _ = load_settings(ROOT / "config.yaml")
     store_dir = Path(tempfile.mkdtemp(prefix="echolm-overhead-"))
-    settings = settings.model_copy(
-        update={
-            "store": settings.store.model_copy(update={"path": store_dir / "chroma"}),
-            "state": settings.state.model_copy(update={"path": store_dir / "state.db"}),
-        }
-    )
+    settings = settings.stored_under(store_dir)
     engine = build_engine(settings)
     engine.warm_up()
     records = load_records(default_nq_path())

@@ -103,12 +103,7 @@ def run_workload(name: str, args: argparse.Namespace, settings: Settings, model_
 
     records, system, score = WORKLOADS[name]()
     store_dir = Path(tempfile.mkdtemp(prefix=f"echolm-upkeep-{name}-"))
-    settings = settings.model_copy(
-        update={
-            "store": settings.store.model_copy(update={"path": store_dir / "chroma"}),
-            "state": settings.state.model_copy(update={"path": store_dir / "state.db"}),
-        }
-    )
+    settings = settings.stored_under(store_dir)
     engine = build_engine(settings, model_list)
     engine.warm_up()
     evaluation = build_engine(

@@ -175,6 +175,12 @@ class Settings(BaseSettings):
         # The file's values arrive as init kwargs; the environment must win over the file.
         return (env_settings, init_settings)
 
+    def stored_under(self, directory: Path) -> Settings:
+        """The same settings with the store at `directory`/chroma and the state at `directory`/state.db."""
+        store = self.store.model_copy(update={"path": directory / "chroma"})
+        state = self.state.model_copy(update={"path": directory / "state.db"})
+        return self.model_copy(update={"store": store, "state": state})
+
     def resolve_paths(self, base: Path) -> Settings:
         """Relative store/state paths are relative to the config file, not the process's cwd."""
         store = self.store.model_copy(update={"path": _under(base, self.store.path)})

@@ -63,7 +63,8 @@ class PassReport:
         return [r.overhead_ms for r in self.results if r.action == "route" and r.overhead_ms is not None]
 
 
-def _percentile(values: Sequence[float], q: float) -> float | None:
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (None for no values): the figure reported for p50/p95/p99."""
     if not values:
         return None
     ordered = sorted(values)
@@ -193,12 +194,12 @@ def summarize(report: PassReport, tiers: Sequence[str]) -> dict[str, Any]:
         "exact_match": statistics.fmean([exact_match(r.answer, r.record.references) for r in ok]) if ok else 0.0,
         "token_f1": statistics.fmean([token_f1(r.answer, r.record.references) for r in ok]) if ok else 0.0,
         "throughput_rps": len(ok) / report.wall_s if report.wall_s else 0.0,
-        "overhead_p50_ms": _percentile(report.overhead_ms, 50),
-        "overhead_p99_ms": _percentile(report.overhead_ms, 99),
+        "overhead_p50_ms": percentile(report.overhead_ms, 50),
+        "overhead_p99_ms": percentile(report.overhead_ms, 99),
     }
     for tier in [*tiers, "all"]:
         latencies = [r.latency_s for r in ok if tier in ("all", r.tier)]
-        row["latency"][tier] = {"p50": _percentile(latencies, 50), "p95": _percentile(latencies, 95)}
+        row["latency"][tier] = {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95)}
     return row
 
 

@@ -22,7 +22,7 @@ from echolm_middleware.backends.sqlite_state import SQLiteState
 from echolm_middleware.config import UpkeepSettings
 from echolm_middleware.core.engine import Engine
 from echolm_middleware.core.ports import Completer
-from echolm_middleware.core.types import Example
+from echolm_middleware.core.types import Decision, Example
 from echolm_middleware.core.upkeep import Miss, cluster_misses, plan_eviction, plan_replay
 
 LEASE = "echolm-upkeep"
@@ -108,7 +108,7 @@ class Upkeep:
         """The most a step can spend: every sample at the longest answer allowed."""
         return self.settings.samples * self._call_tokens(prompt, self.settings.max_answer_tokens)
 
-    def _plan(self, tenants: Sequence[str]) -> list[dict[str, Any]]:
+    def _plan(self, tenants: Sequence[str], recent: Sequence[Decision]) -> list[dict[str, Any]]:
         budget = float(self.settings.budget_tokens)
         now, samples = self.now(), self.settings.samples
         owner: dict[str, str] = {}
@@ -145,7 +145,7 @@ class Upkeep:
         ]
         left = budget - sum(int(step["estimate"]) for step in steps)
         for tenant in tenants:
-            for cluster in self._miss_clusters(tenant, now):
+            for cluster in self._miss_clusters(tenant, [d for d in recent if d.tenant == tenant]):
                 estimate = self._reserve(cluster[0].query)
                 if estimate > left:
                     continue
@@ -162,12 +162,11 @@ class Upkeep:
                 left -= estimate
         return steps
 
-    def _miss_clusters(self, tenant: str, now: float) -> list[list[Miss]]:
-        """Clusters of recent requests that found no useful example and that no cached answer covers yet."""
-        since = now - self.settings.coverage_window_hours * 3600.0
+    def _miss_clusters(self, tenant: str, recent: Sequence[Decision]) -> list[list[Miss]]:
+        """Clusters of the tenant's recent requests that found no useful example and no cached answer covers yet."""
         queries: dict[str, None] = {}
-        for decision in self.state.recent(since):
-            if decision.tenant != tenant or decision.action != "route" or not decision.query:
+        for decision in recent:
+            if decision.action != "route" or not decision.query:
                 continue
             if decision.examples or decision.passed_over:
                 continue  # it found examples: not a miss
@@ -193,17 +192,20 @@ class Upkeep:
 
     def plan(self, tenants: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """The steps a new pass would take now, without running or journalling them (`--dry-run`)."""
-        return self._plan(tenants if tenants is not None else self._tenants())
+        recent = self._recent()
+        return self._plan(self._tenants(tenants, recent), recent)
 
     def run_pass(self, tenants: Sequence[str] | None = None, progress: Progress | None = None) -> PassReport:
         """Finish an interrupted pass if the journal holds one; else plan and run a new one, then evict."""
+        recent = self._recent()
+        chosen = self._tenants(tenants, recent)
         open_run = self.state.journal_open_run()
         if open_run is not None:
             run_id, pending = open_run
             resumed = True
         else:
             run_id, resumed = uuid.uuid4().hex, False
-            planned = self._plan(tenants if tenants is not None else self._tenants())
+            planned = self._plan(chosen, recent)
             self.state.journal_plan(run_id, [json.dumps(step) for step in planned])
             pending = list(enumerate(json.dumps(step) for step in planned))
         report = PassReport(run_id, resumed, self.settings.budget_tokens, self.settings.budget_usd)
@@ -214,14 +216,19 @@ class Upkeep:
             self.state.journal_done(run_id, seq)
             if progress is not None:
                 progress.advance(report.steps[-1])
-        self._evict(tenants if tenants is not None else self._tenants(), report)
+        self._evict(chosen, report)
         self.state.journal_forget(run_id)
         return report
 
-    def _tenants(self) -> list[str]:
-        """Tenants with examples, and those whose recent requests may hold misses to cover."""
-        since = self.now() - self.settings.coverage_window_hours * 3600.0
-        return sorted(set(self.engine.store.tenants()) | {d.tenant for d in self.state.recent(since)})
+    def _recent(self) -> list[Decision]:
+        """The decisions coverage looks at for misses, read once per pass."""
+        return self.state.recent(self.now() - self.settings.coverage_window_hours * 3600.0)
+
+    def _tenants(self, asked: Sequence[str] | None, recent: Sequence[Decision]) -> list[str]:
+        """The tenants asked for; by default those with examples and those with recent requests."""
+        if asked is not None:
+            return list(asked)
+        return sorted(set(self.engine.store.tenants()) | {d.tenant for d in recent})
 
     def _fits(self, report: PassReport, estimate: int) -> bool:
         if report.tokens_spent + estimate > self.settings.budget_tokens:

@@ -59,12 +59,7 @@ def main() -> None:
 
     settings, raw = load_settings(args.config)
     store_dir = args.store or Path(tempfile.mkdtemp(prefix="echolm-langchain-"))
-    settings = settings.model_copy(
-        update={
-            "store": settings.store.model_copy(update={"path": store_dir / "chroma"}),
-            "state": settings.state.model_copy(update={"path": store_dir / "state.db"}),
-        }
-    )
+    settings = settings.stored_under(store_dir)
     specs = specs_for_config(read_config_file(args.config), default_model_dir())
     with running_tiers(specs, ROOT / ".echolm" / "run"):
         model = EchoLMChatModel(

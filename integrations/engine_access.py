@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from echolm_middleware.core.engine import Engine
-from echolm_middleware.core.types import ChatRequest, Decision, Prepared
+from echolm_middleware.core.types import ChatRequest, Decision, Outcome, Prepared
 
 logger = logging.getLogger("echolm")
 
@@ -138,3 +138,19 @@ def prepare_or_fail_open_sync(
         if prepared is not None and engine is not None:
             _PREPARE_THREADS.submit(engine.keep_quietly, prepared.decision)
         return prepared, engine
+
+
+def record_or_count(engine: Engine, outcome: Outcome, counter: FailOpenCounter) -> None:
+    """Record an outcome; a failure is counted and logged, never raised (the caller has its answer)."""
+    try:
+        engine.record(outcome)
+    except Exception as exc:
+        counter.add(f"record: {fail_open_reason(exc)}", exc)
+
+
+async def arecord_or_count(engine: Engine, outcome: Outcome, counter: FailOpenCounter) -> None:
+    """`record_or_count` off the event loop."""
+    try:
+        await engine.arecord(outcome)
+    except Exception as exc:
+        counter.add(f"record: {fail_open_reason(exc)}", exc)

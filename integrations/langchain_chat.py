@@ -40,10 +40,11 @@ from echolm_middleware.integrations.engine_access import (
     TENANT_KEY,
     EngineHandle,
     FailOpenCounter,
+    arecord_or_count,
     decision_summary,
-    fail_open_reason,
     prepare_or_fail_open,
     prepare_or_fail_open_sync,
+    record_or_count,
     summary_without_decision,
 )
 
@@ -254,21 +255,13 @@ class EchoLMChatModel(BaseChatModel):
 
     def _record(self, call: _Call, answer: str, finish_reason: str | None) -> None:
         outcome = self._outcome(call, answer, finish_reason)
-        if outcome is None or call.engine is None:
-            return
-        try:
-            call.engine.record(outcome)
-        except Exception as exc:  # recording is ours; the caller already has the answer
-            self._counter.add(f"record: {fail_open_reason(exc)}", exc)
+        if outcome is not None and call.engine is not None:
+            record_or_count(call.engine, outcome, self._counter)
 
     async def _arecord(self, call: _Call, answer: str, finish_reason: str | None) -> None:
         outcome = self._outcome(call, answer, finish_reason)
-        if outcome is None or call.engine is None:
-            return
-        try:
-            await call.engine.arecord(outcome)
-        except Exception as exc:
-            self._counter.add(f"record: {fail_open_reason(exc)}", exc)
+        if outcome is not None and call.engine is not None:
+            await arecord_or_count(call.engine, outcome, self._counter)
 
     def _finish_load(self, call: _Call) -> None:
         if call.records and call.engine is not None and call.prepared is not None:

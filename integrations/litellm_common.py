@@ -18,7 +18,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from litellm.integrations.custom_logger import CustomLogger
 
 from echolm_middleware.core.types import Outcome
-from echolm_middleware.integrations.engine_access import EngineHandle, FailOpenCounter, fail_open_reason
+from echolm_middleware.integrations.engine_access import EngineHandle, FailOpenCounter, arecord_or_count
 
 # Where a request carries our summary between the pre-call hook and the log events. The hook always
 # overwrites it, so a caller cannot plant one.
@@ -87,10 +87,7 @@ class RecordingCallback(CustomLogger):
             finish_reason=finish_reason,
             latency_s=latency,
         )
-        try:
-            await engine.arecord(outcome)
-        except Exception as exc:  # recording is ours; the caller already has the answer
-            self.fail_open.add(f"record: {fail_open_reason(exc)}", exc)
+        await arecord_or_count(engine, outcome, self.fail_open)
 
     async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         summary = summary_from_kwargs(kwargs)

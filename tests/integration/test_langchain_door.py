@@ -14,16 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field
 
-from echolm_middleware.config import Settings, settings_from_mapping
+from echolm_middleware.config import Settings
 from echolm_middleware.factory import build_engine
 from echolm_middleware.integrations.langchain_chat import EchoLMChatModel
-from tests.integration.conftest import CHEAP, CONFIG, ROOT, STRONG, LocalTiers
+from tests.integration.conftest import CHEAP, ROOT, STRONG, LocalTiers, settings_for_tests
 
 pytestmark = pytest.mark.integration
 
@@ -32,10 +31,8 @@ PARAPHRASE = "what's the tallest mountain on earth"
 
 
 def _settings(tmp_path: Path) -> Settings:
-    section = yaml.safe_load(CONFIG.read_text())["echolm"]
-    section["store"] = {"backend": "chroma", "path": str(tmp_path / "chroma")}
-    section["state"] = {"backend": "sqlite", "path": str(tmp_path / "state.db")}
-    return settings_from_mapping(section)
+    settings: Settings = settings_for_tests().stored_under(tmp_path)
+    return settings
 
 
 def _chat_model(local_tiers: LocalTiers, group: str, max_tokens: int = 32) -> ChatOpenAI:

@@ -8,10 +8,9 @@ from pathlib import Path
 import litellm
 import pytest
 
-from echolm_middleware.config import settings_from_mapping
 from echolm_middleware.factory import build_engine
 from echolm_middleware.integrations.litellm_router import install_echolm
-from tests.integration.conftest import CHEAP, CONFIG, STRONG, LocalTiers
+from tests.integration.conftest import CHEAP, STRONG, LocalTiers, settings_for_tests
 
 pytestmark = pytest.mark.integration
 
@@ -24,12 +23,7 @@ def test_pinned_litellm_is_the_version_this_door_registers_for() -> None:
 
 
 def test_router_routes_a_paraphrase_to_the_cheap_tier_with_the_example(local_tiers: LocalTiers, tmp_path: Path) -> None:
-    import yaml
-
-    section = yaml.safe_load(CONFIG.read_text())["echolm"]
-    section["store"] = {"backend": "chroma", "path": str(tmp_path / "chroma")}
-    section["state"] = {"backend": "sqlite", "path": str(tmp_path / "state.db")}
-    settings = settings_from_mapping(section)
+    settings = settings_for_tests().stored_under(tmp_path)
     router = litellm.Router(model_list=local_tiers.model_list)
     engine = build_engine(settings, router.model_list)
     door = install_echolm(router, engine)

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from echolm_middleware.config import Settings, load_settings
+from echolm_middleware.config import Settings
 from echolm_middleware.core.engine import example_id
 from echolm_middleware.core.types import Decision
 from echolm_middleware.factory import build_engine, build_upkeep
-from tests.integration.conftest import CONFIG, ROOT, STRONG, LocalTiers
+from tests.integration.conftest import CONFIG, ROOT, STRONG, LocalTiers, settings_for_tests
 from tests.integration.upkeep_seed import DEGRADED
 
 pytestmark = pytest.mark.integration
@@ -35,13 +35,9 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def _settings(tmp_path: Path, **upkeep: Any) -> Settings:
-    settings, _ = load_settings(CONFIG)
+    settings: Settings = settings_for_tests().stored_under(tmp_path)
     return settings.model_copy(
-        update={
-            "store": settings.store.model_copy(update={"path": tmp_path / "chroma"}),
-            "state": settings.state.model_copy(update={"path": tmp_path / "state.db"}),
-            "upkeep": settings.upkeep.model_copy(update={"max_answer_tokens": 48, **upkeep}),
-        }
+        update={"upkeep": settings.upkeep.model_copy(update={"max_answer_tokens": 48, **upkeep})}
     )
 
 
