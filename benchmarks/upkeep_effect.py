@@ -76,25 +76,34 @@ def ask(router: Any, tier: str, messages: list[dict[str, Any]], max_tokens: int)
 
 def serve(
     engine: Engine, router: Any, records: Sequence[QARecord], system: str, *, record: bool, label: str,
-    score: Callable[[str, QARecord], float], max_tokens: int,
+    score: Callable[[str, QARecord], float], max_tokens: int, requested: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Route and answer each request; record outcomes only when asked. Returns the pass's figures."""
+    """Route and answer each request; record outcomes only when asked. Returns the pass's figures.
+
+    `requested` names the tier the client asks for (the strongest by default). Naming the cheap tier
+    pins every request there, with whatever examples the engine selects: that isolates what better
+    examples do for the cheap tier from how many requests the router sends it.
+    """
     tiers: list[str] = []
     scores: list[float] = []
+    with_examples = 0
     for item in tqdm(records, desc=label, unit="req", file=sys.stderr):
         messages = [{"role": "system", "content": system}, {"role": "user", "content": item.prompt}]
-        prepared = engine.prepare(ChatRequest(tenant=TENANT, model=engine.strongest, messages=messages))
+        model = requested or engine.strongest
+        prepared = engine.prepare(ChatRequest(tenant=TENANT, model=model, messages=messages))
         answer, finish = ask(router, prepared.model, prepared.messages, max_tokens)
         if record:
             engine.record(Outcome(prepared.decision.request_id, prepared.model, answer, finish))
         tiers.append(prepared.model)
         scores.append(score(answer, item))
+        with_examples += bool(prepared.decision.examples)
     cheap = [s for t, s in zip(tiers, scores, strict=True) if t != engine.strongest]
     return {
         "requests": len(records),
         "offload_share": round(len(cheap) / len(records), 3),
         "cheap_quality": round(sum(cheap) / len(cheap), 3) if cheap else None,
         "quality": round(sum(scores) / len(scores), 3),
+        "with_examples": round(with_examples / len(records), 3),
     }
 
 
@@ -128,9 +137,12 @@ def run_workload(name: str, args: argparse.Namespace, settings: Settings, model_
     common = {"score": score, "max_tokens": args.max_tokens}
     serve(engine, router, traffic, system, record=True, label=f"{name} traffic", **common)
     before = serve(evaluation, router, held_out, system, record=False, label=f"{name} before", **common)
+    pinned = {"record": False, "requested": cheap, **common}
+    cheap_before = serve(evaluation, router, held_out, system, label=f"{name} before, cheap tier", **pinned)
     upkeep = build_upkeep(settings, model_list, engine=engine)
     report = upkeep.run_pass([TENANT])
     after = serve(evaluation, router, held_out, system, record=False, label=f"{name} after", **common)
+    cheap_after = serve(evaluation, router, held_out, system, label=f"{name} after, cheap tier", **pinned)
     outcomes: dict[str, int] = {}
     for step in report.steps:
         outcomes[f"{step.kind}: {step.outcome}"] = outcomes.get(f"{step.kind}: {step.outcome}", 0) + 1
@@ -141,6 +153,7 @@ def run_workload(name: str, args: argparse.Namespace, settings: Settings, model_
         "requests_with_a_warm_neighbour": paired,
         "before": before,
         "after": after,
+        "cheap_tier_pinned": {"before": cheap_before, "after": cheap_after},
         "pass": {
             "steps": outcomes,
             "strong_tier_tokens": report.tokens_spent,
@@ -191,6 +204,20 @@ def format_report(results: dict[str, Any]) -> str:
             f"| {name} | {w['held_out']} | {b['offload_share']:.0%} → {a['offload_share']:.0%} | "
             f"{b['cheap_quality']} → {a['cheap_quality']} | {b['quality']} → {a['quality']} | "
             f"{p['strong_tier_tokens']} of {p['budget_tokens']} | {steps} |"
+        )
+    lines += [
+        "",
+        "Every held-out request pinned to the cheap tier (the client names it), with the examples the engine",
+        "selects: what the pass did to the examples themselves, apart from the router's share.",
+        "",
+        "| workload | held-out | with examples before → after | cheap-tier quality before → after |",
+        "|---|---|---|---|",
+    ]
+    for name, w in results["workloads"].items():
+        b, a = w["cheap_tier_pinned"]["before"], w["cheap_tier_pinned"]["after"]
+        lines.append(
+            f"| {name} | {w['held_out']} | {b['with_examples']:.0%} → {a['with_examples']:.0%} | "
+            f"{b['quality']} → {a['quality']} |"
         )
     lines += [
         "",

@@ -34,6 +34,7 @@ def decision_summary(decision: Decision) -> dict[str, Any]:
         "action": decision.action,
         "tier": decision.chosen_tier,
         "examples": len(decision.examples),
+        "example_tokens": decision.example_tokens,
         "best_similarity": None if decision.best_similarity is None else round(decision.best_similarity, 4),
         "reason": decision.reason,
     }
@@ -41,7 +42,15 @@ def decision_summary(decision: Decision) -> dict[str, Any]:
 
 def summary_without_decision(model: str, action: str, reason: str) -> dict[str, Any]:
     """The summary when no decision could be kept (the engine is not up yet)."""
-    return {"request_id": "", "action": action, "tier": model, "examples": 0, "best_similarity": None, "reason": reason}
+    return {
+        "request_id": "",
+        "action": action,
+        "tier": model,
+        "examples": 0,
+        "example_tokens": 0,
+        "best_similarity": None,
+        "reason": reason,
+    }
 
 
 class EngineHandle:

@@ -33,6 +33,7 @@ def response_headers(summary: Mapping[str, Any]) -> dict[str, str]:
         "x-echolm-action": str(summary["action"]),
         "x-echolm-tier": str(summary["tier"]),
         "x-echolm-examples": str(summary["examples"]),
+        "x-echolm-example-tokens": str(summary.get("example_tokens", 0)),
     }
     if summary.get("overhead_ms") is not None:
         headers["x-echolm-overhead-ms"] = f"{summary['overhead_ms']:.2f}"

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 # name -> module that defines `register(subparsers)`; modules import their heavy parts lazily so
 # `echolm --help` stays fast.
 SUBCOMMANDS: dict[str, str] = {
+    "bench": "echolm_middleware.cli.bench",
     "demo": "echolm_middleware.cli.demo",
     "explain": "echolm_middleware.cli.explain",
     "proxy": "echolm_middleware.cli.proxy",
@@ -21,7 +22,9 @@ SUBCOMMANDS: dict[str, str] = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="echolm",
-        description="EchoLM in-context caching for LLM serving: demo, inspection, cache upkeep and local tiers.",
+        description=(
+            "EchoLM in-context caching for LLM serving: demo, benchmark, inspection, cache upkeep and local tiers."
+        ),
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in SUBCOMMANDS.values():

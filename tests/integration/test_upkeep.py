@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,16 @@ from echolm_middleware.config import Settings
 from echolm_middleware.core.engine import example_id
 from echolm_middleware.core.types import Decision
 from echolm_middleware.factory import build_engine, build_upkeep
-from tests.integration.conftest import CONFIG, ROOT, STRONG, LocalTiers, settings_for_tests
+from tests.integration.conftest import (
+    CONFIG,
+    ROOT,
+    STRONG,
+    LocalTiers,
+    ProxyFactory,
+    ProxyUnderTest,
+    ask,
+    settings_for_tests,
+)
 from tests.integration.upkeep_seed import DEGRADED
 
 pytestmark = pytest.mark.integration
@@ -126,10 +136,10 @@ def test_eviction_keeps_the_highest_value_set_in_real_chroma(local_tiers: LocalT
 # ---- `echolm replay` as processes --------------------------------------------------------------------
 
 
-def _seed(tmp_path: Path, count: int) -> list[str]:
+def _seed(tmp_path: Path, count: int, env: dict[str, str] | None = None) -> list[str]:
     done = subprocess.run(
         [sys.executable, "-m", "tests.integration.upkeep_seed", str(CONFIG), str(count)],
-        env=_env(tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
+        env=env or _env(tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
     )  # fmt: skip
     return list(json.loads(done.stdout.strip().splitlines()[-1]))
 
@@ -141,7 +151,7 @@ def _replay(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
-def _answers(tmp_path: Path, prompts: list[str]) -> dict[str, str]:
+def _answers(tmp_path: Path, prompts: list[str], env: dict[str, str] | None = None) -> dict[str, str]:
     """Read every seeded example's answer in a process of its own (Chroma's embedded client is per process)."""
     script = (
         "import json,sys\n"
@@ -151,7 +161,7 @@ def _answers(tmp_path: Path, prompts: list[str]) -> dict[str, str]:
         "print(json.dumps({e.prompt: e.answer for e in STORES[s.store.backend](s).examples('default')}))\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", script, str(CONFIG)], env=_env(tmp_path), cwd=ROOT, capture_output=True, text=True,
+        [sys.executable, "-c", script, str(CONFIG)], env=env or _env(tmp_path), cwd=ROOT, capture_output=True, text=True,
         timeout=300, check=True,
     )  # fmt: skip
     answers: dict[str, str] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -211,3 +221,65 @@ def test_a_replay_killed_midway_leaves_a_whole_store_and_a_rerun_finishes_it(
     assert all(answer != DEGRADED for answer in _answers(tmp_path, prompts).values())
     with sqlite3.connect(tmp_path / "state.db") as db:
         assert db.execute("SELECT COUNT(*) FROM upkeep_steps").fetchone()[0] == 0  # the journal is closed
+
+
+# ---- the scheduled job in two proxy workers ---------------------------------------------------------
+
+
+def _engine_ready(proxy: ProxyUnderTest, timeout_s: float = 120.0) -> float:
+    """Wait until the proxy's engine (and with it the upkeep scheduler) is built; returns when it was seen."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        _, headers = ask(proxy, "ping", max_tokens=1, extra_body={"metadata": {"echolm_bypass": True}})
+        if headers.get("x-echolm-request-id"):
+            return time.time()
+        time.sleep(0.5)
+    raise AssertionError(f"the engine never came up:\n{proxy.process.log_tail()}")
+
+
+def test_two_proxy_workers_run_one_scheduled_pass_per_period(start_proxy_for: ProxyFactory, tmp_path: Path) -> None:
+    """Two proxy processes with `upkeep.schedule_minutes` on one state database: one pass per period.
+
+    Each worker has a Chroma directory of its own (embedded Chroma is one process's at a time), seeded
+    with the same degraded examples, and both share the state database that holds the period's lease.
+    Whichever worker wins the period upgrades its own store; the other's store must stay untouched.
+    """
+    period_s = 45.0
+    envs: dict[str, dict[str, str]] = {}
+    for name in ("a", "b"):
+        envs[name] = _env(
+            tmp_path,
+            ECHOLM_STORE__PATH=str(tmp_path / name / "chroma"),
+            ECHOLM_UPKEEP__SCHEDULE_MINUTES=str(period_s / 60),
+        )
+    prompts = {name: _seed(tmp_path, 2, env) for name, env in envs.items()}
+
+    workers = {name: start_proxy_for(state_dir=tmp_path / name, extra_env=env) for name, env in envs.items()}
+    # Build both engines (which start the schedulers) just after a period begins, so that both first
+    # firings, one period later, fall into the same period whatever the start-up skew.
+    while time.time() % period_s > 1.0:
+        time.sleep(0.2)
+    period_start = time.time() - time.time() % period_s
+    with ThreadPoolExecutor(2) as pool:
+        ready = list(pool.map(_engine_ready, workers.values()))
+    assert max(ready) + period_s < period_start + 2 * period_s - 15, "start-up too slow to fit one period"
+
+    def passes_logged(name: str) -> int:
+        log = (tmp_path / name / "proxy.log").read_text(errors="replace")
+        assert "echolm upkeep pass failed" not in log
+        return log.count("strong-tier tokens, evicted")  # the line a finished scheduled pass logs
+
+    # Both schedulers have fired once the later one's interval is up; give the winner's pass time to end,
+    # and stop before the next period begins.
+    next_period = period_start + 2 * period_s
+    while time.time() < min(max(ready) + period_s + 12, next_period - 2):
+        time.sleep(0.5)
+    for worker in workers.values():
+        worker.stop()
+
+    logged = {name: passes_logged(name) for name in workers}
+    assert sorted(logged.values()) == [0, 1], logged
+    winner = next(name for name, count in logged.items() if count == 1)
+    loser = next(name for name in workers if name != winner)
+    assert all(a != DEGRADED for a in _answers(tmp_path, prompts[winner], envs[winner]).values())
+    assert all(a == DEGRADED for a in _answers(tmp_path, prompts[loser], envs[loser]).values())

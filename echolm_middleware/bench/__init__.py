@@ -1,0 +1,1 @@
+"""`echolm bench`: EchoLM against the systems users would pick instead, on real requests through the real stack."""

@@ -1,0 +1,109 @@
+"""Load for `echolm bench`: closed loop (N clients, each sends its next request when one ends) and open
+loop (Poisson arrivals at a given rate, latency counted from the arrival, queueing included)."""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import NoReturn
+
+from tqdm import tqdm
+
+from echolm_middleware.bench.systems import Answered, System
+from echolm_middleware.bench.workloads import Workload
+from echolm_middleware.datasets import QARecord
+
+# Open-loop senders: enough threads that arrivals are never held back by the client itself.
+_OPEN_LOOP_THREADS = 64
+
+
+@dataclass(frozen=True)
+class LoadPass:
+    """A system's answers to a request set, index-aligned with it, and how long the pass took."""
+
+    system: str
+    load: str
+    answers: list[Answered]
+    wall_s: float
+    rate_rps: float | None = None  # the Poisson arrival rate of an open-loop pass
+
+    @property
+    def throughput_rps(self) -> float:
+        done = sum(1 for a in self.answers if a.error is None)
+        return done / self.wall_s if self.wall_s > 0 else 0.0
+
+
+def closed_loop(system: System, workload: Workload, items: Sequence[QARecord], *, clients: int, label: str) -> LoadPass:
+    """`clients` concurrent clients work through the items in order."""
+    results: list[Answered | None] = [None] * len(items)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool, _bar(len(items), label) as bar:
+
+        def one(index: int) -> None:
+            results[index] = system.answer(workload.messages(items[index]), workload.max_tokens)
+            bar.update(1)
+
+        list(pool.map(one, range(len(items))))
+    return LoadPass(system.name, f"closed loop, {clients} clients", _complete(results), time.perf_counter() - started)
+
+
+def open_loop(
+    system: System, workload: Workload, items: Sequence[QARecord], *, rate_rps: float, seed: int, label: str
+) -> LoadPass:
+    """Poisson arrivals at `rate_rps`; each request's latency runs from its arrival, so queueing shows."""
+    rng = random.Random(seed)
+    arrivals, clock = [], 0.0
+    for _ in items:
+        clock += rng.expovariate(rate_rps)
+        arrivals.append(clock)
+    results: list[Answered | None] = [None] * len(items)
+    lock = threading.Lock()
+    started = time.perf_counter()
+    with ThreadPoolExecutor(_OPEN_LOOP_THREADS) as pool, _bar(len(items), label) as bar:
+
+        def one(index: int) -> None:
+            arrived = started + arrivals[index]
+            served = system.answer(workload.messages(items[index]), workload.max_tokens)
+            queued = max(0.0, time.perf_counter() - arrived - served.latency_s)
+            with lock:
+                results[index] = _with_queueing(served, queued)
+                bar.update(1)
+
+        futures = []
+        for index, offset in enumerate(arrivals):
+            time.sleep(max(0.0, started + offset - time.perf_counter()))
+            futures.append(pool.submit(one, index))
+        for future in futures:
+            future.result()
+    wall_s = time.perf_counter() - started
+    return LoadPass(system.name, f"Poisson, {rate_rps:g} req/s", _complete(results), wall_s, rate_rps)
+
+
+def _with_queueing(served: Answered, queued_s: float) -> Answered:
+    ttft = None if served.ttft_s is None else served.ttft_s + queued_s
+    return Answered(
+        served.answer,
+        served.tier,
+        served.latency_s + queued_s,
+        ttft,
+        served.overhead_ms,
+        served.examples,
+        served.example_tokens,
+        served.error,
+    )
+
+
+def _complete(results: list[Answered | None]) -> list[Answered]:
+    missing = [index for index, result in enumerate(results) if result is None]
+    if missing:
+        raise RuntimeError(f"requests {missing[:5]} got no result")
+    return [result for result in results if result is not None]
+
+
+def _bar(total: int, label: str) -> tqdm[NoReturn]:
+    return tqdm(total=total, desc=label, unit="req", file=sys.stderr, leave=False)

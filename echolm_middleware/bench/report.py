@@ -1,0 +1,251 @@
+"""What `echolm bench` writes: summary.json (figures per workload and system), report.md and PNG plots."""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from echolm_middleware.bench.load import LoadPass
+from echolm_middleware.bench.runner import SystemRun, WorkloadRun
+from echolm_middleware.demo import percentile
+
+SYSTEMS = ("strong_only", "small_only", "semantic_cache", "difficulty_router", "echolm")
+# Targets from the issue: (workload, least throughput ratio to strong-only, most quality points lost).
+THROUGHPUT_TARGETS = {"banking77": (2.5, 0.01), "nq_open": (1.5, 0.01)}
+OVERHEAD_TARGET_MS = (20.0, 50.0)  # p50, p99 at 100k cached entries
+
+
+def _round(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def pass_figures(load_pass: LoadPass) -> dict[str, Any]:
+    """Latency, throughput and tier shares of one pass (errors are counted, not timed)."""
+    ok = [a for a in load_pass.answers if a.error is None]
+    latencies = [a.latency_s for a in ok]
+    ttfts = [a.ttft_s for a in ok if a.ttft_s is not None]
+    overheads = [a.overhead_ms for a in ok if a.overhead_ms is not None]
+    tiers = sorted({a.tier for a in ok})
+    return {
+        "load": load_pass.load,
+        "requests": len(load_pass.answers),
+        "errors": len(load_pass.answers) - len(ok),
+        "wall_s": round(load_pass.wall_s, 2),
+        "throughput_rps": round(load_pass.throughput_rps, 4),
+        "latency_p50_s": _round(percentile(latencies, 50)),
+        "latency_p95_s": _round(percentile(latencies, 95)),
+        "latency_p99_s": _round(percentile(latencies, 99)),
+        "ttft_p50_s": _round(percentile(ttfts, 50)),
+        "ttft_p95_s": _round(percentile(ttfts, 95)),
+        "share_by_tier": {tier: round(sum(a.tier == tier for a in ok) / len(ok), 3) for tier in tiers},
+        "examples_per_request": round(statistics.fmean([a.examples for a in ok]), 3) if ok else 0.0,
+        "example_tokens_per_request": round(statistics.fmean([a.example_tokens for a in ok]), 1) if ok else 0.0,
+        "overhead_p50_ms": _round(percentile(overheads, 50), 2),
+        "overhead_p99_ms": _round(percentile(overheads, 99), 2),
+    }
+
+
+def run_figures(run: SystemRun, p95_bound_s: float) -> dict[str, Any]:
+    figures = pass_figures(run.passes[0])
+    figures.update(
+        operating_point=run.point,
+        deployment=run.deployment,
+        quality=_round(run.quality),
+        **{name: _round(value) for name, value in run.secondary.items()},
+    )
+    if run.verdicts:
+        outcomes = [v.outcome for v in run.verdicts]
+        figures["judge"] = {o: outcomes.count(o) for o in ("win", "tie", "loss", "unparsed")}
+    open_loop = [p for p in run.passes[1:] if p.rate_rps is not None]
+    if open_loop:
+        figures["open_loop"] = [{"rate_rps": p.rate_rps, **pass_figures(p)} for p in open_loop]
+        held = [
+            f["rate_rps"]
+            for f in figures["open_loop"]
+            if f["latency_p95_s"] is not None and f["latency_p95_s"] <= p95_bound_s
+        ]
+        figures["sustained_rate_rps"] = max(held) if held else None
+    return figures
+
+
+def summarize(results: Sequence[WorkloadRun], command: str, p95_bound_s: float) -> dict[str, Any]:
+    """summary.json: per workload, each system's default point under `systems`, every point under `sweeps`."""
+    workloads: dict[str, Any] = {}
+    for result in results:
+        systems: dict[str, Any] = {}
+        sweeps: dict[str, list[dict[str, Any]]] = {}
+        for run in result.runs:
+            figures = run_figures(run, p95_bound_s)
+            sweeps.setdefault(run.system, []).append(figures)
+            systems.setdefault(run.system, figures)  # the first point of each system is its default
+        workloads[result.workload.name] = {
+            "metric": result.workload.metric,
+            "warm_up": len(result.split.warm),
+            "requests": len(result.split.requests),
+            "systems": systems,
+            "sweeps": sweeps,
+            "notes": result.notes,
+        }
+    return {"workloads": workloads, "command": command, "p95_bound_s": p95_bound_s}
+
+
+def _interpolate(points: Sequence[tuple[float, float]], x: float) -> float | None:
+    """Piecewise-linear y at x over (x, y) points; None outside their range."""
+    ordered = sorted(points)
+    for (x0, y0), (x1, y1) in itertools.pairwise(ordered):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    if len(ordered) == 1 and abs(ordered[0][0] - x) < 1e-9:
+        return ordered[0][1]
+    return None
+
+
+def target_lines(summary: dict[str, Any], overhead: dict[str, Any] | None) -> list[str]:
+    """Each target: met or missed, by how much."""
+    lines = []
+    for name, workload in summary["workloads"].items():
+        systems = workload["systems"]
+        if "echolm" not in systems or "strong_only" not in systems:
+            continue
+        echolm, strong = systems["echolm"], systems["strong_only"]
+        ratio = echolm["throughput_rps"] / strong["throughput_rps"] if strong["throughput_rps"] else float("nan")
+        quality_gap = (strong["quality"] or 0) - (echolm["quality"] or 0)
+        if name in THROUGHPUT_TARGETS:
+            least, most_lost = THROUGHPUT_TARGETS[name]
+            met = ratio >= least and quality_gap <= most_lost
+            lines.append(
+                f"- {name}: EchoLM throughput {ratio:.2f}x strong-only (target ≥ {least}x), quality "
+                f"{echolm['quality']} vs {strong['quality']} ({-quality_gap:+.3f}; target within {most_lost}): "
+                f"**{'met' if met else 'missed'}**"
+            )
+        curve = [(p["throughput_rps"], p["quality"]) for p in workload["sweeps"]["echolm"] if p["quality"] is not None]
+        for baseline in ("semantic_cache", "difficulty_router"):
+            for point in workload["sweeps"].get(baseline, []):
+                ours = _interpolate(curve, point["throughput_rps"])
+                if ours is None:
+                    lines.append(
+                        f"- {name}: {baseline} ({point['operating_point']}) at {point['throughput_rps']:.3f} req/s "
+                        f"is outside EchoLM's measured throughput range: no equal-throughput comparison"
+                    )
+                    continue
+                verdict = "beats" if ours > (point["quality"] or 0) else "does not beat"
+                lines.append(
+                    f"- {name}: at {point['throughput_rps']:.3f} req/s EchoLM's quality {ours:.3f} {verdict} "
+                    f"{baseline} ({point['operating_point']}) {point['quality']}"
+                )
+    if overhead:
+        largest = max(overhead["sizes"], key=lambda s: s["entries"])
+        p50, p99 = largest["prepare_ms"]["p50"], largest["prepare_ms"]["p99"]
+        met = p50 <= OVERHEAD_TARGET_MS[0] and p99 <= OVERHEAD_TARGET_MS[1]
+        lines.append(
+            f"- overhead at {largest['entries']:,} entries: p50 {p50:.1f} ms / p99 {p99:.1f} ms "
+            f"(target ≤ {OVERHEAD_TARGET_MS[0]:.0f} / ≤ {OVERHEAD_TARGET_MS[1]:.0f}): **{'met' if met else 'missed'}**"
+        )
+    return lines
+
+
+def _cell(value: Any, fmt: str = "{}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def format_report(summary: dict[str, Any], overhead: dict[str, Any] | None, plots: Sequence[str]) -> str:
+    lines = [
+        "# echolm bench",
+        "",
+        f"Command: `{summary['command']}`",
+        "",
+        "Every system served the same requests under the same load (closed loop, the throughput is completed "
+        "requests per second). Strong-only and small-only ran on two servers of their tier, the others on one "
+        "cheap and one strong server: the same cores for all. "
+        f"Sustained rate (open loop, when run): the largest Poisson rate whose p95 latency stayed under "
+        f"{summary['p95_bound_s']:g} s.",
+        "",
+        "## Targets",
+        "",
+        *target_lines(summary, overhead),
+        "",
+    ]
+    for name, workload in summary["workloads"].items():
+        lines += [
+            f"## {name}",
+            "",
+            f"{workload['warm_up']} warm-up requests (answered by the strong tier, admitted), {workload['requests']} "
+            f"requests; quality: {workload['metric']}.",
+            "",
+            "| system | point | req/s | p50 / p95 / p99 s | TTFT p50 s | quality | share by tier | ex/req | "
+            "ex tokens/req | overhead p50 / p99 ms | errors |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for system, points in workload["sweeps"].items():
+            for p in points:
+                shares = ", ".join(f"{tier} {share:.0%}" for tier, share in p["share_by_tier"].items())
+                lines.append(
+                    f"| {system} | {p['operating_point']} | {p['throughput_rps']:.3f} | "
+                    f"{_cell(p['latency_p50_s'])} / {_cell(p['latency_p95_s'])} / {_cell(p['latency_p99_s'])} | "
+                    f"{_cell(p['ttft_p50_s'])} | {_cell(p['quality'])} | {shares} | {p['examples_per_request']} | "
+                    f"{p['example_tokens_per_request']} | {_cell(p['overhead_p50_ms'])} / "
+                    f"{_cell(p['overhead_p99_ms'])} | {p['errors']} |"
+                )
+        lines += [f"- {note}" for note in workload["notes"]]
+        lines.append("")
+    if overhead:
+        from echolm_middleware.bench.overhead import format_overhead_markdown
+
+        lines += ["## Overhead against cache size", "", format_overhead_markdown(overhead), ""]
+    lines += [f"![{Path(plot).stem}]({Path(plot).name})" for plot in plots]
+    return "\n".join(lines) + "\n"
+
+
+def plot_quality_vs_throughput(summary: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary["workloads"])
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.2), squeeze=False)
+    for axis, name in zip(axes[0], names, strict=True):
+        workload = summary["workloads"][name]
+        for system, points in workload["sweeps"].items():
+            xy = sorted((p["throughput_rps"], p["quality"]) for p in points if p["quality"] is not None)
+            if xy:
+                axis.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=system)
+        axis.set_title(f"{name} ({workload['metric']})")
+        axis.set_xlabel("throughput (req/s)")
+        axis.set_ylabel("quality")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_latency_cdf(results: Sequence[WorkloadRun], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.2), squeeze=False)
+    for axis, result in zip(axes[0], results, strict=True):
+        seen: set[str] = set()
+        for run in result.runs:
+            if run.system in seen:
+                continue  # the default point of each system
+            seen.add(run.system)
+            latencies = sorted(a.latency_s for a in run.passes[0].answers if a.error is None)
+            if latencies:
+                axis.step(latencies, [(i + 1) / len(latencies) for i in range(len(latencies))], label=run.system)
+        axis.set_title(result.workload.name)
+        axis.set_xlabel("latency (s)")
+        axis.set_ylabel("share of requests")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,120 @@
+"""`echolm bench`: EchoLM against strong-only, small-only, a semantic cache and a difficulty router."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from echolm_middleware.errors import EchoLMError
+
+DEFAULT_WORKLOADS = ["nq_open", "banking77", "arena_hard"]
+
+
+def _default_data_dir() -> Path:
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="compare EchoLM with strong-only, small-only, a semantic cache and a difficulty router",
+        description=(
+            "Serve the same requests with every system through a LiteLLM proxy on the config's tiers "
+            "(local tiers are started; strong-only and small-only get two servers of their tier, the same "
+            "cores as the others), score the answers by the workload's metric or a pairwise judge, measure "
+            "our overhead against cache size, and write summary.json, report.md and PNG plots to "
+            "RESULTS/RUN. Workloads: nq_open, banking77, arena_hard, or a JSONL/CSV file with `prompt` "
+            "and optional `reference`."
+        ),
+    )
+    parser.add_argument("--config", type=Path, default=Path("config.yaml"), help="proxy config (default: %(default)s)")
+    parser.add_argument(
+        "--workloads", nargs="*", default=DEFAULT_WORKLOADS, metavar="NAME_OR_FILE",
+        help="built-in names or request files (default: %(default)s; none: overhead only)",
+    )  # fmt: skip
+    parser.add_argument("--data-dir", type=Path, default=_default_data_dir(), help="shared data (default: %(default)s)")
+    parser.add_argument("--results", type=Path, default=Path("benchmarks/results"), help="(default: %(default)s)")
+    parser.add_argument("--run", help="name of this run's folder (default: bench-<UTC time>)")
+    parser.add_argument("--warm", type=int, help="warm-up pool size for every workload (default: per workload)")
+    parser.add_argument("--requests", type=int, help="request set size for every workload (default: per workload)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--clients", type=int, default=2, help="closed-loop concurrent clients (default: 2)")
+    parser.add_argument("--rates", type=float, nargs="*", default=[], help="Poisson rates (req/s) also run")
+    parser.add_argument("--p95-bound", type=float, default=10.0, help="latency bound for a sustained rate (s)")
+    parser.add_argument("--semantic-thresholds", type=float, nargs="+", default=[0.9, 0.8], metavar="T")
+    parser.add_argument("--difficulty-thresholds", type=float, nargs="+", default=[0.5, 0.8], metavar="T")
+    parser.add_argument(
+        "--cost-weights", type=float, nargs="*", default=[], metavar="W",
+        help="EchoLM operating points (routing.cost_weight); default: the config's value only",
+    )  # fmt: skip
+    parser.add_argument(
+        "--overhead-sizes", type=int, nargs="*", default=[1000, 10000, 100000], metavar="N",
+        help="cache sizes for the overhead microbenchmark (none: skip it)",
+    )  # fmt: skip
+    parser.add_argument("--overhead-queries", type=int, default=300)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from echolm_middleware.bench import report
+    from echolm_middleware.bench.runner import Bench, BenchOptions
+
+    command = "echolm " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else "echolm bench"
+    command = "echolm bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    out = args.results / (args.run or time.strftime("bench-%Y%m%d-%H%M%S", time.gmtime()))
+    out.mkdir(parents=True, exist_ok=True)
+    run_dir = out / "work"
+    sizes = {}
+    for name in args.workloads:
+        if args.warm is not None or args.requests is not None:
+            from echolm_middleware.bench.runner import DEFAULT_SIZES, USER_FILE_SIZES
+
+            warm, requests = DEFAULT_SIZES.get(name, USER_FILE_SIZES)
+            sizes[Path(name).stem] = (args.warm or warm, args.requests or requests)
+    options = BenchOptions(
+        config=args.config.resolve(),
+        workloads=list(args.workloads),
+        data_dir=args.data_dir,
+        run_dir=run_dir,
+        seed=args.seed,
+        clients=args.clients,
+        sizes=sizes,
+        rates=list(args.rates),
+        semantic_thresholds=args.semantic_thresholds,
+        difficulty_thresholds=args.difficulty_thresholds,
+        echolm_cost_weights=list(args.cost_weights),
+    )
+    try:
+        results = Bench(options, log=lambda line: print(line, file=sys.stderr)).run()
+        overhead: dict[str, Any] | None = None
+        if args.overhead_sizes:
+            from echolm_middleware.bench.overhead import run_overhead
+
+            overhead = run_overhead(
+                args.overhead_sizes, args.overhead_queries, config=args.config.resolve(), data_dir=args.data_dir,
+                seed=args.seed, work_dir=run_dir / "overhead",
+            )  # fmt: skip
+    except EchoLMError as exc:
+        print(f"echolm bench: {exc}", file=sys.stderr)
+        return 2
+    summary = report.summarize(results, command, args.p95_bound)
+    if overhead is not None:
+        summary["overhead"] = overhead
+    plots = []
+    if results:
+        plots.append(report.plot_quality_vs_throughput(summary, out / "quality_vs_throughput.png"))
+        plots.append(report.plot_latency_cdf(results, out / "latency_cdf.png"))
+    if overhead is not None:
+        from echolm_middleware.bench.overhead import plot_overhead
+
+        plot_overhead(overhead, out / "overhead_vs_cache_size.png")
+        plots.append(out / "overhead_vs_cache_size.png")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (out / "report.md").write_text(report.format_report(summary, overhead, [str(p) for p in plots]), encoding="utf-8")
+    print(f"wrote {out / 'report.md'}")
+    return 0

@@ -1,0 +1,256 @@
+"""`echolm bench`'s own logic: workloads and splits, the two baselines, load generation and the summary."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from echolm_middleware.bench import report
+from echolm_middleware.bench.load import LoadPass, closed_loop, open_loop
+from echolm_middleware.bench.runner import SystemRun, WorkloadRun
+from echolm_middleware.bench.systems import CACHE_TIER, Answered, DifficultyRouter, ModelSystem, SemanticCache
+from echolm_middleware.bench.workloads import (
+    JUDGED,
+    Split,
+    Workload,
+    banking77,
+    intent_of,
+    load_workload,
+    split_workload,
+    user_file,
+)
+from echolm_middleware.datasets import QARecord
+from echolm_middleware.errors import EchoLMError
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+# ---- workloads --------------------------------------------------------------------------------------
+
+
+def test_split_is_seeded_disjoint_and_free_of_repeated_prompts() -> None:
+    items = [QARecord(f"q{i % 30}", ()) for i in range(60)]  # every prompt twice
+    first = split_workload(items, warm=10, requests=15, seed=3)
+    again = split_workload(items, warm=10, requests=15, seed=3)
+    other = split_workload(items, warm=10, requests=15, seed=4)
+    assert first == again and first != other
+    warm, requests = {i.prompt for i in first.warm}, {i.prompt for i in first.requests}
+    assert len(warm) == 10 and len(requests) == 15 and not warm & requests
+
+
+def test_split_larger_than_the_workload_is_a_clear_error() -> None:
+    with pytest.raises(EchoLMError, match="has 30"):
+        split_workload([QARecord(f"q{i}", ()) for i in range(30)], warm=20, requests=11, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("answer", "intent"),
+    [
+        ("card_arrival", "card_arrival"),
+        ("Card Arrival.", "card_arrival"),
+        ("`lost_or_stolen_card`\nBecause the customer...", "lost_or_stolen_card"),
+        ("", ""),
+    ],
+)
+def test_intent_of_reads_the_first_line_as_a_label(answer: str, intent: str) -> None:
+    assert intent_of(answer) == intent
+
+
+def test_banking77_scores_intent_accuracy_on_the_real_file() -> None:
+    workload = banking77(DATA)
+    item = workload.items[0]
+    assert len(workload.items) == 10003 and workload.score is not None
+    assert workload.score(item.references[0], item) == 1.0
+    assert workload.score("something_else", item) == 0.0
+    assert "card_arrival" in (workload.system_prompt or "")
+
+
+def test_a_user_file_with_references_is_scored_by_token_f1(tmp_path: Path) -> None:
+    path = tmp_path / "mine.jsonl"
+    path.write_text(json.dumps({"prompt": "capital of France?", "reference": "Paris"}) + "\n")
+    workload = load_workload(str(path), DATA)
+    assert workload.name == "mine" and workload.metric == "token_f1" and workload.score is not None
+    assert workload.score("Paris", workload.items[0]) == 1.0
+    assert workload.secondary["exact_match"]("the city of Paris", workload.items[0]) == 0.0
+
+
+def test_a_user_file_without_references_is_judged(tmp_path: Path) -> None:
+    path = tmp_path / "chat.csv"
+    path.write_text("prompt\nwrite a haiku about rain\n")
+    workload = user_file(path)
+    assert workload.judged and workload.metric == JUDGED
+
+
+def test_an_unknown_workload_name_is_a_clear_error() -> None:
+    with pytest.raises(EchoLMError, match="neither a built-in workload"):
+        load_workload("no_such_workload", DATA)
+
+
+# ---- baselines --------------------------------------------------------------------------------------
+
+
+class TableEmbedder:
+    """Unit vectors from a table: similarities are exactly what a test writes down."""
+
+    def __init__(self, table: dict[str, list[float]]) -> None:
+        self.table = {k: [x / math.sqrt(sum(y * y for y in v)) for x in v] for k, v in table.items()}
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        return [self.table[text] for text in texts]
+
+
+class RecordingChat:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, model: str, messages: list[dict[str, str]], max_tokens: int) -> Answered:
+        with self.lock:
+            self.calls.append((model, messages[-1]["content"]))
+        return Answered(f"{model} answer to {messages[-1]['content']}", model, 0.01, 0.005)
+
+
+def _user(text: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": "be brief"}, {"role": "user", "content": text}]
+
+
+def test_the_semantic_cache_answers_near_duplicates_itself_and_caches_what_it_missed() -> None:
+    embedder = TableEmbedder({"warm": [1, 0, 0], "near": [0.95, 0.31, 0], "far": [0, 0, 1]})
+    chat = RecordingChat()
+    cache = SemanticCache("semantic_cache", embedder, 0.9, ModelSystem("strong", chat, "strong"), [("warm", "W")])  # type: ignore[arg-type]
+
+    hit = cache.answer(_user("near"), 16)
+    miss = cache.answer(_user("far"), 16)
+    again = cache.answer(_user("far"), 16)
+
+    assert (hit.answer, hit.tier) == ("W", CACHE_TIER) and hit.overhead_ms is not None
+    assert miss.tier == "strong" and chat.calls == [("strong", "far")]
+    assert (again.answer, again.tier) == (miss.answer, CACHE_TIER)  # the miss's answer was cached
+
+
+def test_the_difficulty_router_sends_predicted_easy_requests_to_the_cheap_tier() -> None:
+    embedder = TableEmbedder(
+        {
+            "easy1": [1, 0],
+            "easy2": [0.99, 0.14],
+            "hard1": [0, 1],
+            "hard2": [0.14, 0.99],
+            "q-easy": [0.98, 0.2],
+            "q-hard": [0.2, 0.98],
+        }
+    )
+    chat = RecordingChat()
+    router = DifficultyRouter(
+        "difficulty_router", embedder, 0.5, ModelSystem("cheap", chat, "cheap"), ModelSystem("strong", chat, "strong"),  # type: ignore[arg-type]
+        [("easy1", 1.0), ("easy2", 1.0), ("hard1", 0.0), ("hard2", 0.0)], k=4,
+    )  # fmt: skip
+
+    assert (
+        router.predicted_easy(embedder.embed(["q-easy"])[0])
+        > 0.5
+        > router.predicted_easy(embedder.embed(["q-hard"])[0])
+    )
+    assert router.answer(_user("q-easy"), 8).tier == "cheap"
+    assert router.answer(_user("q-hard"), 8).tier == "strong"
+    assert [model for model, _ in chat.calls] == ["cheap", "strong"]
+
+
+# ---- load -------------------------------------------------------------------------------------------
+
+
+class SleepySystem:
+    name = "sleepy"
+
+    def __init__(self, service_s: float) -> None:
+        self.service_s = service_s
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    def answer(self, messages: list[dict[str, str]], max_tokens: int) -> Answered:
+        with self.lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        time.sleep(self.service_s)
+        with self.lock:
+            self.in_flight -= 1
+        return Answered(messages[-1]["content"], "strong", self.service_s, self.service_s / 2)
+
+
+WORKLOAD = Workload("w", [], None, "exact_match", lambda a, i: 1.0, 8)
+
+
+def test_closed_loop_keeps_answers_in_request_order_with_at_most_n_in_flight() -> None:
+    items = [QARecord(f"q{i}", ()) for i in range(12)]
+    system = SleepySystem(0.02)
+    result = closed_loop(system, WORKLOAD, items, clients=3, label="t")
+    assert [a.answer for a in result.answers] == [i.prompt for i in items]
+    assert system.most_in_flight == 3
+    assert 12 / result.wall_s == pytest.approx(result.throughput_rps)
+
+
+def test_open_loop_spaces_arrivals_by_the_rate() -> None:
+    items = [QARecord(f"q{i}", ()) for i in range(20)]
+    result = open_loop(SleepySystem(0.001), WORKLOAD, items, rate_rps=100.0, seed=1, label="t")
+    assert [a.answer for a in result.answers] == [i.prompt for i in items]
+    assert result.rate_rps == 100.0
+    assert 0.05 < result.wall_s < 1.5  # 20 arrivals at 100/s take about 0.2 s, not 0
+
+
+# ---- summary and targets ----------------------------------------------------------------------------
+
+
+def _pass(tiers: Sequence[str], latency: float, wall_s: float) -> LoadPass:
+    return LoadPass(
+        "s", "closed loop, 2 clients", [Answered("a", t, latency, latency / 2, 10.0) for t in tiers], wall_s
+    )
+
+
+def _result(name: str) -> WorkloadRun:
+    items = [QARecord("q", ("a",))] * 4
+    workload = Workload(name, items, None, "exact_match", lambda a, i: 1.0, 8)
+    return WorkloadRun(
+        workload,
+        Split(items, items),
+        [
+            SystemRun("strong_only", "-", "two strong servers", [_pass(["strong"] * 4, 2.0, 8.0)], quality=0.50),
+            SystemRun(
+                "echolm", "cost weight 0.1", "mixed", [_pass(["cheap"] * 3 + ["strong"], 1.0, 3.0)], quality=0.495
+            ),
+            SystemRun("echolm", "cost weight 0.3", "mixed", [_pass(["cheap"] * 4, 0.5, 2.0)], quality=0.40),
+            SystemRun(
+                "semantic_cache", "threshold 0.9", "mixed", [_pass(["cache"] * 3 + ["strong"], 0.8, 2.5)], quality=0.42
+            ),
+        ],
+    )
+
+
+def test_the_summary_reports_each_systems_first_point_as_its_default() -> None:
+    summary = report.summarize([_result("banking77")], "echolm bench", p95_bound_s=10.0)
+    workload = summary["workloads"]["banking77"]
+    assert workload["systems"]["echolm"]["operating_point"] == "cost weight 0.1"
+    assert len(workload["sweeps"]["echolm"]) == 2
+    assert workload["systems"]["echolm"]["share_by_tier"] == {"cheap": 0.75, "strong": 0.25}
+    assert workload["systems"]["strong_only"]["throughput_rps"] == 0.5
+    assert workload["systems"]["echolm"]["overhead_p50_ms"] == 10.0
+
+
+def test_targets_say_met_or_missed_with_the_figures() -> None:
+    summary = report.summarize([_result("banking77")], "echolm bench", p95_bound_s=10.0)
+    lines = report.target_lines(summary, None)
+    # 1.333 / 0.5 = 2.67x with 0.005 lost: the Banking77 target is met.
+    assert any("banking77: EchoLM throughput 2.67x" in line and "**met**" in line for line in lines)
+    # The semantic cache's 1.6 req/s lies between EchoLM's points (1.333, 0.495) and (2.0, 0.40): 0.457 > 0.42.
+    assert any("EchoLM's quality 0.457 beats semantic_cache" in line for line in lines)
+
+
+def test_interpolation_is_piecewise_linear_and_refuses_to_extrapolate() -> None:
+    points = [(1.0, 0.5), (2.0, 0.3)]
+    assert report._interpolate(points, 1.5) == pytest.approx(0.4)
+    assert report._interpolate(points, 2.5) is None
