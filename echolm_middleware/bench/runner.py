@@ -15,14 +15,23 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from echolm_middleware.bench.deployments import Deployment, deployments, serving, write_proxy_config
+from echolm_middleware.bench.deployments import bench_deployment, serving, write_proxy_config
 from echolm_middleware.bench.judge import PairVerdict, judge_pair, win_rate
 from echolm_middleware.bench.load import LoadPass, closed_loop, open_loop
-from echolm_middleware.bench.systems import DifficultyRouter, Embed, ModelSystem, ProxyChat, SemanticCache, System
+from echolm_middleware.bench.systems import (
+    Answered,
+    DifficultyRouter,
+    Embed,
+    ModelSystem,
+    ProxyChat,
+    SemanticCache,
+    System,
+)
 from echolm_middleware.bench.workloads import Split, Workload, load_workload, split_workload
 from echolm_middleware.config import load_settings
 from echolm_middleware.datasets import QARecord
@@ -47,9 +56,11 @@ class BenchOptions:
     rates: list[float] = field(default_factory=list)  # Poisson rates run for strong-only and EchoLM
     # Operating points; the first of each list is the system's default, reported under its own name.
     semantic_thresholds: list[float] = field(default_factory=lambda: [0.9, 0.8])
-    difficulty_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.8])
+    # The difficulty router's points as the share of requests it sends to the strong tier; its threshold is
+    # calibrated on the request set's predictions, as RouteLLM calibrates for a target share of strong calls.
+    difficulty_strong_shares: list[float] = field(default_factory=lambda: [0.5, 0.25])
     echolm_cost_weights: list[float] = field(default_factory=list)  # empty: the config's value only
-    replica_port: int = 8103
+    replica_ports: tuple[int, int] = (8103, 8104)  # the second cheap and the second strong server
 
 
 @dataclass
@@ -82,7 +93,7 @@ class Bench:
         self.log = log
         self.settings, self.raw = load_settings(options.config)
         self.cheap, self.strong = self.settings.tiers[0].name, self.settings.tiers[-1].name
-        self.deployments = deployments(self.raw, self.cheap, self.strong, replica_port=options.replica_port)
+        self.deployment = bench_deployment(self.raw, self.cheap, self.strong, replica_ports=options.replica_ports)
         self.master_key = "sk-echolm-bench-" + secrets.token_hex(12)
         self._embedder: Embed | None = None
 
@@ -107,9 +118,9 @@ class Bench:
         env.update(overrides)
         return env
 
-    def _proxy(self, deployment: Deployment, folder: Path, *, echolm: bool, env: dict[str, str]) -> Any:
+    def _proxy(self, folder: Path, *, echolm: bool, env: dict[str, str]) -> Any:
         config = write_proxy_config(
-            self.raw, deployment, folder / ("proxy-echolm.yaml" if echolm else "proxy.yaml"), with_echolm=echolm
+            self.raw, self.deployment, folder / ("proxy-echolm.yaml" if echolm else "proxy.yaml"), with_echolm=echolm
         )
         return running_proxy(config, env=env, log_path=folder / ("proxy-echolm.log" if echolm else "proxy.log"))
 
@@ -133,63 +144,58 @@ class Bench:
     # ---- the run ----------------------------------------------------------------------------------
 
     def run(self) -> list[WorkloadRun]:
-        return [self.run_workload(name) for name in self.options.workloads]
+        """Every workload on one set of servers and one plain proxy; EchoLM's proxies come and go per point."""
+        with (
+            serving(self.deployment, self.options.run_dir / "tiers"),
+            self._proxy(self.options.run_dir, echolm=False, env=self._env()) as proxy,
+        ):
+            chat = self._chat(proxy)
+            return [self.run_workload(name, chat) for name in self.options.workloads]
 
-    def run_workload(self, name: str) -> WorkloadRun:
+    def _where(self, servers: str) -> str:
+        return servers if self.deployment.local else "tiers as configured"
+
+    def run_workload(self, name: str, chat: ProxyChat) -> WorkloadRun:
         workload = load_workload(name, self.options.data_dir)
         warm_n, request_n = self.options.sizes.get(workload.name) or DEFAULT_SIZES.get(workload.name, USER_FILE_SIZES)
         split = split_workload(workload.items, warm=warm_n, requests=request_n, seed=self.options.seed)
         result = WorkloadRun(workload, split)
         folder = self.options.run_dir / workload.name
         self.log(f"{workload.name}: {len(split.warm)} warm-up, {len(split.requests)} requests, {workload.metric}")
+        mixed = self._where("one cheap + one strong server")
 
-        mixed = self.deployments["mixed"]
-        with serving(mixed, folder):
-            warm_answers = self._warm(workload, split, mixed, folder / "warm")
-            with self._proxy(mixed, folder, echolm=False, env=self._env()) as proxy:
-                chat = self._chat(proxy)
-                cheap, strong = ModelSystem("cheap", chat, self.cheap), ModelSystem("strong", chat, self.strong)
-                labels = self._difficulty_labels(workload, split, warm_answers, cheap, chat)
-                for threshold in self.options.semantic_thresholds:
-                    cache = SemanticCache(
-                        "semantic_cache", self.embedder(), threshold, strong, list(warm_answers.items())
-                    )
-                    result.runs.append(
-                        SystemRun("semantic_cache", f"threshold {threshold:g}", mixed.name,
-                                  self._serve(cache, workload, split.requests, f"semantic cache {threshold:g}"))
-                    )  # fmt: skip
-                for threshold in self.options.difficulty_thresholds:
-                    router = DifficultyRouter("difficulty_router", self.embedder(), threshold, cheap, strong, labels)
-                    result.runs.append(
-                        SystemRun("difficulty_router", f"threshold {threshold:g}", mixed.name,
-                                  self._serve(router, workload, split.requests, f"difficulty router {threshold:g}"))
-                    )  # fmt: skip
-            for weight in self.options.echolm_cost_weights or [self.settings.routing.cost_weight]:
-                result.runs.append(self._echolm(workload, split, mixed, folder, weight))
+        warm_answers = self._warm(workload, split, folder / "warm")
+        cheap, strong = ModelSystem("cheap", chat, self.cheap), ModelSystem("strong", chat, self.strong)
+        labels = self._difficulty_labels(workload, split, warm_answers, cheap, chat)
+        for threshold in self.options.semantic_thresholds:
+            cache = SemanticCache("semantic_cache", self.embedder(), threshold, strong, list(warm_answers.items()))
+            passes = self._serve(cache, workload, split.requests, f"semantic cache {threshold:g}")
+            result.runs.append(SystemRun("semantic_cache", f"threshold {threshold:g}", mixed, passes))
+        for share in self.options.difficulty_strong_shares:
+            router = DifficultyRouter("difficulty_router", self.embedder(), 0.0, cheap, strong, labels)
+            threshold = router.calibrate([item.prompt for item in split.requests], strong_share=share)
+            passes = self._serve(router, workload, split.requests, f"difficulty router {share:g}")
+            point = f"strong share {share:g} (threshold {threshold:.3f})"
+            result.runs.append(SystemRun("difficulty_router", point, mixed, passes))
+        for weight in self.options.echolm_cost_weights or [self.settings.routing.cost_weight]:
+            passes = self._echolm(workload, split, folder, weight)
+            result.runs.append(SystemRun("echolm", f"cost weight {weight:g}", mixed, passes))
 
-        small = self.deployments["cheap_x2"]
-        with serving(small, folder / "cheap_x2"), self._proxy(small, folder / "cheap_x2", echolm=False,
-                                                              env=self._env()) as proxy:  # fmt: skip
-            system = ModelSystem("small_only", self._chat(proxy), self.cheap)
-            passes = self._serve(system, workload, split.requests, "small only")
-            result.runs.append(SystemRun("small_only", "-", small.name, passes))
-
-        big = self.deployments["strong_x2"]
-        with serving(big, folder / "strong_x2"), self._proxy(big, folder / "strong_x2", echolm=False,
-                                                             env=self._env()) as proxy:  # fmt: skip
-            chat = self._chat(proxy)
-            passes = self._serve_with_rates(ModelSystem("strong_only", chat, self.strong), workload, split.requests,
-                                            "strong only")  # fmt: skip
-            result.runs.append(SystemRun("strong_only", "-", big.name, passes))
-            self._score(result, judge=chat)
-        if not big.local:
-            result.notes.append("tiers are not local: every system ran on the configured deployment")
+        small = ModelSystem("small_only", chat, self.deployment.cheap_x2)
+        passes = self._serve(small, workload, split.requests, "small only")
+        result.runs.append(SystemRun("small_only", "-", self._where("two cheap servers"), passes))
+        strong_only = ModelSystem("strong_only", chat, self.deployment.strong_x2)
+        passes = self._serve_with_rates(strong_only, workload, split.requests, "strong only")
+        result.runs.append(SystemRun("strong_only", "-", self._where("two strong servers"), passes))
+        self._score(result, chat)
+        if not self.deployment.local:
+            result.notes.append("tiers are not local: every system ran on the tiers as configured")
         return result
 
-    def _warm(self, workload: Workload, split: Split, mixed: Deployment, store_dir: Path) -> dict[str, str]:
+    def _warm(self, workload: Workload, split: Split, store_dir: Path) -> dict[str, str]:
         """The strong tier answers the warm-up pool through EchoLM with no examples: all admitted."""
         env = self._env(store_dir, ECHOLM_RETRIEVAL__K="0")
-        with self._proxy(mixed, store_dir, echolm=True, env=env) as proxy:
+        with self._proxy(store_dir, echolm=True, env=env) as proxy:
             wait_for_engine(proxy, self.strong)
             system = ModelSystem("warm-up", self._chat(proxy), self.strong)
             warm = closed_loop(system, workload, split.warm, clients=self.options.clients, label="warm-up (strong)")
@@ -217,18 +223,19 @@ class Bench:
             labels.append((item.prompt, label))
         return labels
 
-    def _echolm(self, workload: Workload, split: Split, mixed: Deployment, folder: Path, weight: float) -> SystemRun:
+    def _echolm(self, workload: Workload, split: Split, folder: Path, weight: float) -> list[LoadPass]:
+        """One operating point on a copy of the warm store, so every point starts from the same cache."""
         store_dir = folder / f"echolm-cost-{weight:g}"
         shutil.rmtree(store_dir, ignore_errors=True)
         shutil.copytree(folder / "warm", store_dir, ignore=shutil.ignore_patterns("*.log", "*.yaml"))
         env = self._env(store_dir, ECHOLM_ROUTING__COST_WEIGHT=str(weight))
-        with self._proxy(mixed, store_dir, echolm=True, env=env) as proxy:
+        with self._proxy(store_dir, echolm=True, env=env) as proxy:
             wait_for_engine(proxy, self.cheap)
             system = ModelSystem("echolm", self._chat(proxy), self.strong)
-            passes = self._serve_with_rates(system, workload, split.requests, f"echolm cost weight {weight:g}")
-        return SystemRun("echolm", f"cost weight {weight:g}", mixed.name, passes)
+            return self._serve_with_rates(system, workload, split.requests, f"echolm cost weight {weight:g}")
 
-    def _score(self, result: WorkloadRun, judge: ProxyChat) -> None:
+    def _score(self, result: WorkloadRun, chat: ProxyChat) -> None:
+        """Reference metric per answer, or the judge (on both strong servers) against strong-only's answer."""
         workload, items = result.workload, result.split.requests
         baseline = next(r for r in result.runs if r.system == "strong_only").passes[0].answers
         for run in result.runs:
@@ -243,12 +250,19 @@ class Bench:
             if run.system == "strong_only":
                 run.quality = 0.5  # strong-only against itself: every pair identical, a tie
                 continue
-            call = _judge_call(judge, self.strong)
-            run.verdicts = [
-                judge_pair(call, item.prompt, a.answer, b.answer)
-                for a, b, item in zip(answers, baseline, items, strict=True)
-            ]
+            run.verdicts = self._judge_all(chat, items, answers, baseline)
             run.quality = win_rate(run.verdicts).rate
+
+    def _judge_all(
+        self, chat: ProxyChat, items: Sequence[QARecord], answers: Sequence[Answered], baseline: Sequence[Answered]
+    ) -> list[PairVerdict]:
+        call = _judge_call(chat, self.deployment.strong_x2)
+
+        def one(index: int) -> PairVerdict:
+            return judge_pair(call, items[index].prompt, answers[index].answer, baseline[index].answer)
+
+        with ThreadPoolExecutor(self.options.clients) as pool:
+            return list(pool.map(one, range(len(items))))
 
 
 def _judge_call(chat: ProxyChat, model: str) -> Callable[[list[dict[str, str]]], str]:

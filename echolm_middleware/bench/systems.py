@@ -190,6 +190,21 @@ class DifficultyRouter:
         weights = np.clip(similarities[nearest], 1e-6, None)
         return float((weights * self._labels[nearest]).sum() / weights.sum())
 
+    def calibrate(self, queries: Sequence[str], *, strong_share: float) -> float:
+        """Set the threshold so that about `strong_share` of these queries go to the strong tier.
+
+        RouteLLM picks its threshold the same way, for a target share of strong-model calls; calibrating
+        on the very requests served is the baseline's best case. Ties in the prediction can make the
+        share reached differ; the report shows the share each point actually sent.
+        """
+        predictions = sorted(self.predicted_easy(v) for v in self._embedder.embed(list(queries)))
+        if not predictions:
+            return self._threshold
+        index = min(len(predictions) - 1, max(0, round(strong_share * len(predictions))))
+        # Requests predicted below the threshold go strong: the lowest `index` of them.
+        self._threshold = predictions[index] if index > 0 else float("-inf")
+        return self._threshold
+
     def answer(self, messages: list[dict[str, str]], max_tokens: int) -> Answered:
         started = time.perf_counter()
         vector = self._embedder.embed([query_of(messages)])[0]

@@ -19,6 +19,13 @@ def _default_data_dir() -> Path:
     return Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "bench",
@@ -46,8 +53,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--clients", type=int, default=2, help="closed-loop concurrent clients (default: 2)")
     parser.add_argument("--rates", type=float, nargs="*", default=[], help="Poisson rates (req/s) also run")
     parser.add_argument("--p95-bound", type=float, default=10.0, help="latency bound for a sustained rate (s)")
-    parser.add_argument("--semantic-thresholds", type=float, nargs="+", default=[0.9, 0.8], metavar="T")
-    parser.add_argument("--difficulty-thresholds", type=float, nargs="+", default=[0.5, 0.8], metavar="T")
+    parser.add_argument("--semantic-thresholds", type=_share, nargs="+", default=[0.9, 0.8], metavar="T")
+    parser.add_argument(
+        "--difficulty-strong-shares", type=_share, nargs="+", default=[0.5, 0.25], metavar="S",
+        help="difficulty router points: share of requests sent to the strong tier (default: %(default)s)",
+    )  # fmt: skip
     parser.add_argument(
         "--cost-weights", type=float, nargs="*", default=[], metavar="W",
         help="EchoLM operating points (routing.cost_weight); default: the config's value only",
@@ -64,7 +74,6 @@ def run(args: argparse.Namespace) -> int:
     from echolm_middleware.bench import report
     from echolm_middleware.bench.runner import Bench, BenchOptions
 
-    command = "echolm " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else "echolm bench"
     command = "echolm bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     out = args.results / (args.run or time.strftime("bench-%Y%m%d-%H%M%S", time.gmtime()))
     out.mkdir(parents=True, exist_ok=True)
@@ -86,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         sizes=sizes,
         rates=list(args.rates),
         semantic_thresholds=args.semantic_thresholds,
-        difficulty_thresholds=args.difficulty_thresholds,
+        difficulty_strong_shares=args.difficulty_strong_shares,
         echolm_cost_weights=list(args.cost_weights),
     )
     try:

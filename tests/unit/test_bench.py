@@ -161,6 +161,22 @@ def test_the_difficulty_router_sends_predicted_easy_requests_to_the_cheap_tier()
     assert [model for model, _ in chat.calls] == ["cheap", "strong"]
 
 
+def test_the_difficulty_router_calibrates_its_threshold_for_a_share_of_strong_calls() -> None:
+    queries = {f"q{i}": [1.0, i / 10] for i in range(10)}  # similarity to "easy" falls as i grows
+    embedder = TableEmbedder({"easy": [1, 0], "hard": [0, 1], **queries})
+    chat = RecordingChat()
+    router = DifficultyRouter(
+        "difficulty_router", embedder, 0.0, ModelSystem("cheap", chat, "cheap"), ModelSystem("strong", chat, "strong"),  # type: ignore[arg-type]
+        [("easy", 1.0), ("hard", 0.0)], k=2,
+    )  # fmt: skip
+    router.calibrate(list(queries), strong_share=0.3)
+    tiers = [router.answer(_user(q), 8).tier for q in queries]
+    assert tiers == ["cheap"] * 7 + ["strong"] * 3  # the three predicted hardest go strong
+
+    router.calibrate(list(queries), strong_share=0.0)
+    assert {router.answer(_user(q), 8).tier for q in queries} == {"cheap"}
+
+
 # ---- load -------------------------------------------------------------------------------------------
 
 
