@@ -8,7 +8,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export OMP_NUM_THREADS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install models demo test test-unit test-integration lint format clean
+.PHONY: install models demo bench test test-unit test-integration lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ models: install
 
 demo: models
 	$(BIN)/echolm demo $(DEMO_ARGS)
+
+bench: models
+	$(BIN)/echolm bench $(BENCH_ARGS)
 
 test: install models
 	$(BIN)/python -m pytest tests -q
