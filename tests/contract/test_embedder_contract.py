@@ -53,6 +53,16 @@ def test_embedding_is_deterministic_and_independent_of_the_batch(embedder: MiniL
     assert batched == pytest.approx(alone, abs=1e-5)
 
 
+@pytest.mark.parametrize(
+    "text", ["how do I top up by cheque", "a long request that runs past the window " * 60, "東京 ✓", " "]
+)
+def test_the_single_text_path_gives_the_batch_path_vector(embedder: MiniLMEmbedder, text: str) -> None:
+    alone = embedder.embed([text])[0]
+    assert embedder._single is not None  # the request path really takes the single-text route
+    batched = embedder.embed([text, "another text to make a batch"])[0]
+    assert alone == pytest.approx(batched, abs=1e-5)
+
+
 def test_an_empty_batch_gives_no_vectors(embedder: MiniLMEmbedder) -> None:
     assert embedder.embed([]) == []
 
