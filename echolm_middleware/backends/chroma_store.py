@@ -133,12 +133,11 @@ class ChromaExampleStore:
             collection = self._collection(tenant, create=False)
             if collection is None:
                 return []
-            size = collection.count()
-            if size == 0:
-                return []
+            # chromadb 1.5 returns what there is when asked for more, and nothing from an empty collection,
+            # so no count() first: that was a second read on every request.
             result = collection.query(
                 query_embeddings=[list(vector)],
-                n_results=min(n, size),
+                n_results=n,
                 include=["documents", "metadatas", "distances", "embeddings"],
             )
         # Results are nested per query; cosine space returns distances, 1 − cos.
