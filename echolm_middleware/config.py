@@ -66,6 +66,21 @@ class AugmentationSettings(_Strict):
     max_answer_chars: int = Field(default=1200, ge=1, description="Longer cached answers are cut when prepended.")
 
 
+class QualityTargetSettings(_Strict):
+    """Hold the cheap tiers' answers at `target` of the strongest's, measured on a sampled share of them."""
+
+    target: float = Field(ge=0, le=1, description="Least comparison score to hold (0-1).")
+    metric: Literal["agreement", "judge"] = Field(
+        default="agreement",
+        description="agreement: token F1 against the strongest's answer (short answers); judge: pairwise "
+        "win rate with the strongest tier as judge (open-ended answers).",
+    )
+    sample_share: float = Field(default=0.05, gt=0, le=1, description="Cheap-tier answers also asked of the strongest.")
+    step: float = Field(default=0.05, gt=0, le=1, description="Bias moved per comparison point of shortfall.")
+    max_bias: float = Field(default=0.5, gt=0, le=2, description="Largest bias either way on the strongest's score.")
+    max_answer_tokens: int = Field(default=256, ge=1, description="Answer length asked of the strongest tier.")
+
+
 class RoutingSettings(_Strict):
     policy: Literal["mean", "thompson"] = "mean"
     cost_weight: float = Field(
@@ -80,6 +95,9 @@ class RoutingSettings(_Strict):
     prior_strength: float = Field(default=10.0, gt=0, description="Pseudo-observations behind each prior.")
     example_uplift: float = Field(
         default=0.9, ge=0, le=1, description="Share of a tier's quality gap closed by a perfect example."
+    )
+    quality_target: QualityTargetSettings | None = Field(
+        default=None, description="Adjust the operating point on live traffic to hold this quality (off: None)."
     )
 
 

@@ -13,7 +13,7 @@ from echolm_middleware.backends.minilm import MiniLMEmbedder
 from echolm_middleware.backends.sqlite_state import SQLiteState
 from echolm_middleware.config import Settings, TierSettings
 from echolm_middleware.core.engine import Engine, EngineSettings
-from echolm_middleware.core.ports import Completer, Embedder, ExampleStore, TokenCounter
+from echolm_middleware.core.ports import Completer, Embedder, ExampleStore, Shadow, TokenCounter
 from echolm_middleware.core.routing import TierProfile
 from echolm_middleware.errors import ConfigError
 from echolm_middleware.upkeep import Upkeep
@@ -94,9 +94,12 @@ def build_engine(
     embedder: Embedder | None = None,
     store: ExampleStore | None = None,
     tokens: TokenCounter | None = None,
+    shadow: Shadow | None = None,
 ) -> Engine:
     """Build the engine from settings; tests pass their own ports to inject faults."""
     state = STATES[settings.state.backend](settings)
+    if shadow is None and settings.routing.quality_target is not None and model_list:
+        shadow = build_shadow(settings, model_list)
     return Engine(
         EngineSettings(
             retrieval=settings.retrieval,
@@ -112,6 +115,23 @@ def build_engine(
         tokens=tokens or LiteLLMTokenCounter(),
         decisions=state,
         stats=state,
+        shadow=shadow,
+    )
+
+
+def build_shadow(settings: Settings, model_list: Sequence[Mapping[str, Any]]) -> Shadow:
+    """The quality target's comparisons: the strongest tier called directly from the config's model_list."""
+    from echolm_middleware.backends.litellm_completer import LiteLLMCompleter
+    from echolm_middleware.shadow import ShadowComparisons
+
+    target = settings.routing.quality_target
+    if target is None:
+        raise ValueError("no quality target configured")
+    return ShadowComparisons(
+        LiteLLMCompleter(model_list),
+        settings.tiers[-1].name,
+        metric=target.metric,
+        max_tokens=target.max_answer_tokens,
     )
 
 

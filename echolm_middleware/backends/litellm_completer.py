@@ -18,9 +18,15 @@ class LiteLLMCompleter:
         self._router = litellm.Router(model_list=[dict(entry) for entry in model_list], num_retries=0)
 
     def complete(self, tier: str, prompt: str, *, max_tokens: int, temperature: float) -> Completion:
+        return self.chat(tier, [{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=temperature)
+
+    def chat(
+        self, tier: str, messages: Sequence[Mapping[str, Any]], *, max_tokens: int, temperature: float
+    ) -> Completion:
+        """One chat completion from a tier; the whole conversation as given."""
         response = self._router.completion(
             model=tier,
-            messages=[{"role": "user", "content": prompt}],
+            messages=[dict(message) for message in messages],
             max_tokens=max_tokens,
             temperature=temperature,
         )

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from echolm_middleware.bench.deployments import bench_deployment, serving, write_proxy_config
-from echolm_middleware.bench.judge import PairVerdict, judge_pair, win_rate
 from echolm_middleware.bench.load import LoadPass, closed_loop, open_loop
 from echolm_middleware.bench.systems import (
     Answered,
@@ -36,12 +35,16 @@ from echolm_middleware.bench.workloads import Split, Workload, load_workload, sp
 from echolm_middleware.config import load_settings
 from echolm_middleware.datasets import QARecord
 from echolm_middleware.demo import wait_for_engine
+from echolm_middleware.judge import PairVerdict, judge_pair, win_rate
 from echolm_middleware.proxy_process import ProxyProcess, running_proxy
 
 # (warm-up pool, requests) per built-in workload: sized so a full run of every system stays under
 # 40 minutes on 2 cores; Arena-Hard's long answers and judge calls make it the dearest per request.
-DEFAULT_SIZES: dict[str, tuple[int, int]] = {"nq_open": (150, 60), "banking77": (150, 60), "arena_hard": (16, 12)}
+DEFAULT_SIZES: dict[str, tuple[int, int]] = {"nq_open": (150, 60), "banking77": (150, 60), "arena_hard": (12, 8)}
 USER_FILE_SIZES = (100, 40)
+# The judge prompt's character budget: about 800 tokens, so a judgement costs seconds, not half a minute,
+# on a 1-thread 1.5B judge; both answers and the prompt are cut to share it.
+JUDGE_MAX_CHARS = 3200
 
 
 @dataclass
@@ -143,14 +146,22 @@ class Bench:
 
     # ---- the run ----------------------------------------------------------------------------------
 
-    def run(self) -> list[WorkloadRun]:
-        """Every workload on one set of servers and one plain proxy; EchoLM's proxies come and go per point."""
+    def run(self, after_each: Callable[[list[WorkloadRun]], None] | None = None) -> list[WorkloadRun]:
+        """Every workload on one set of servers and one plain proxy; EchoLM's proxies come and go per point.
+
+        `after_each` sees the results so far after every workload, so a long run keeps what it measured.
+        """
+        results: list[WorkloadRun] = []
         with (
             serving(self.deployment, self.options.run_dir / "tiers"),
             self._proxy(self.options.run_dir, echolm=False, env=self._env()) as proxy,
         ):
             chat = self._chat(proxy)
-            return [self.run_workload(name, chat) for name in self.options.workloads]
+            for name in self.options.workloads:
+                results.append(self.run_workload(name, chat))
+                if after_each is not None:
+                    after_each(results)
+        return results
 
     def _where(self, servers: str) -> str:
         return servers if self.deployment.local else "tiers as configured"
@@ -212,16 +223,17 @@ class Bench:
         """1 where the cheap tier did as well as the strong one on a warm-up prompt (RouteLLM's label)."""
         items = [item for item in split.warm if item.prompt in warm_answers]
         answers = closed_loop(cheap, workload, items, clients=self.options.clients, label="labels (cheap)").answers
-        labels = []
-        for item, answer in zip(items, answers, strict=True):
-            strong_answer = warm_answers[item.prompt]
-            if workload.score is not None:
-                label = float(workload.score(answer.answer, item) >= workload.score(strong_answer, item))
-            else:
-                verdict = judge_pair(_judge_call(chat, self.strong), item.prompt, answer.answer, strong_answer)
-                label = float(verdict.outcome in ("win", "tie"))
-            labels.append((item.prompt, label))
-        return labels
+        strong_answers = [warm_answers[item.prompt] for item in items]
+        if workload.score is not None:
+            good_enough = [
+                workload.score(cheap.answer, item) >= workload.score(strong_answer, item)
+                for item, cheap, strong_answer in zip(items, answers, strong_answers, strict=True)
+            ]
+        else:
+            baseline = [Answered(a, self.strong, 0.0, None) for a in strong_answers]
+            verdicts = self._judge_all(chat, items, answers, baseline, judge_model=self.strong)
+            good_enough = [verdict.outcome in ("win", "tie") for verdict in verdicts]
+        return [(item.prompt, float(label)) for item, label in zip(items, good_enough, strict=True)]
 
     def _echolm(self, workload: Workload, split: Split, folder: Path, weight: float) -> list[LoadPass]:
         """One operating point on a copy of the warm store, so every point starts from the same cache."""
@@ -254,12 +266,21 @@ class Bench:
             run.quality = win_rate(run.verdicts).rate
 
     def _judge_all(
-        self, chat: ProxyChat, items: Sequence[QARecord], answers: Sequence[Answered], baseline: Sequence[Answered]
+        self,
+        chat: ProxyChat,
+        items: Sequence[QARecord],
+        answers: Sequence[Answered],
+        baseline: Sequence[Answered],
+        *,
+        judge_model: str | None = None,
     ) -> list[PairVerdict]:
-        call = _judge_call(chat, self.deployment.strong_x2)
+        """Judge every pair, `clients` at a time, on the strong servers (both of them unless told otherwise)."""
+        call = _judge_call(chat, judge_model or self.deployment.strong_x2)
 
         def one(index: int) -> PairVerdict:
-            return judge_pair(call, items[index].prompt, answers[index].answer, baseline[index].answer)
+            return judge_pair(
+                call, items[index].prompt, answers[index].answer, baseline[index].answer, max_chars=JUDGE_MAX_CHARS
+            )
 
         with ThreadPoolExecutor(self.options.clients) as pool:
             return list(pool.map(one, range(len(items))))

@@ -47,13 +47,19 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--data-dir", type=Path, default=_default_data_dir(), help="shared data (default: %(default)s)")
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results"), help="(default: %(default)s)")
     parser.add_argument("--run", help="name of this run's folder (default: bench-<UTC time>)")
+    parser.add_argument(
+        "--work", type=Path, default=Path(".echolm/bench"), help="stores, logs of the run (default: %(default)s)"
+    )
     parser.add_argument("--warm", type=int, help="warm-up pool size for every workload (default: per workload)")
     parser.add_argument("--requests", type=int, help="request set size for every workload (default: per workload)")
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=7, help="split and arrival seed (default: %(default)s)")
     parser.add_argument("--clients", type=int, default=2, help="closed-loop concurrent clients (default: 2)")
     parser.add_argument("--rates", type=float, nargs="*", default=[], help="Poisson rates (req/s) also run")
     parser.add_argument("--p95-bound", type=float, default=10.0, help="latency bound for a sustained rate (s)")
-    parser.add_argument("--semantic-thresholds", type=_share, nargs="+", default=[0.9, 0.8], metavar="T")
+    parser.add_argument(
+        "--semantic-thresholds", type=_share, nargs="+", default=[0.9, 0.8], metavar="T",
+        help="semantic cache points: least similarity for a cached answer (default: %(default)s)",
+    )  # fmt: skip
     parser.add_argument(
         "--difficulty-strong-shares", type=_share, nargs="+", default=[0.5, 0.25], metavar="S",
         help="difficulty router points: share of requests sent to the strong tier (default: %(default)s)",
@@ -66,7 +72,9 @@ def register(subparsers: Any) -> None:
         "--overhead-sizes", type=int, nargs="*", default=[1000, 10000, 100000], metavar="N",
         help="cache sizes for the overhead microbenchmark (none: skip it)",
     )  # fmt: skip
-    parser.add_argument("--overhead-queries", type=int, default=300)
+    parser.add_argument(
+        "--overhead-queries", type=int, default=300, help="timed queries per cache size (default: %(default)s)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -75,9 +83,12 @@ def run(args: argparse.Namespace) -> int:
     from echolm_middleware.bench.runner import Bench, BenchOptions
 
     command = "echolm bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-    out = args.results / (args.run or time.strftime("bench-%Y%m%d-%H%M%S", time.gmtime()))
+    name = args.run or time.strftime("bench-%Y%m%d-%H%M%S", time.gmtime())
+    out = args.results / name
     out.mkdir(parents=True, exist_ok=True)
-    run_dir = out / "work"
+    # Stores, state databases and logs: kept for a look afterwards, apart from the report's folder.
+    run_dir = args.work / name
+    (run_dir / "overhead").mkdir(parents=True, exist_ok=True)
     sizes = {}
     for name in args.workloads:
         if args.warm is not None or args.requests is not None:
@@ -98,8 +109,28 @@ def run(args: argparse.Namespace) -> int:
         difficulty_strong_shares=args.difficulty_strong_shares,
         echolm_cost_weights=list(args.cost_weights),
     )
+
+    def write(results: list[Any], overhead: dict[str, Any] | None) -> None:
+        summary = report.summarize(results, command, args.p95_bound)
+        if overhead is not None:
+            summary["overhead"] = overhead
+        plots = []
+        if results:
+            plots.append(report.plot_quality_vs_throughput(summary, out / "quality_vs_throughput.png"))
+            plots.append(report.plot_latency_cdf(results, out / "latency_cdf.png"))
+        if overhead is not None:
+            from echolm_middleware.bench.overhead import plot_overhead
+
+            plot_overhead(overhead, out / "overhead_vs_cache_size.png")
+            plots.append(out / "overhead_vs_cache_size.png")
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        (out / "report.md").write_text(
+            report.format_report(summary, overhead, [str(p) for p in plots]), encoding="utf-8"
+        )
+
     try:
-        results = Bench(options, log=lambda line: print(line, file=sys.stderr)).run()
+        # Written after every workload too: a run cut short keeps what it measured.
+        results = Bench(options, log=lambda line: print(line, file=sys.stderr)).run(lambda done: write(done, None))
         overhead: dict[str, Any] | None = None
         if args.overhead_sizes:
             from echolm_middleware.bench.overhead import run_overhead
@@ -111,19 +142,6 @@ def run(args: argparse.Namespace) -> int:
     except EchoLMError as exc:
         print(f"echolm bench: {exc}", file=sys.stderr)
         return 2
-    summary = report.summarize(results, command, args.p95_bound)
-    if overhead is not None:
-        summary["overhead"] = overhead
-    plots = []
-    if results:
-        plots.append(report.plot_quality_vs_throughput(summary, out / "quality_vs_throughput.png"))
-        plots.append(report.plot_latency_cdf(results, out / "latency_cdf.png"))
-    if overhead is not None:
-        from echolm_middleware.bench.overhead import plot_overhead
-
-        plot_overhead(overhead, out / "overhead_vs_cache_size.png")
-        plots.append(out / "overhead_vs_cache_size.png")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    (out / "report.md").write_text(report.format_report(summary, overhead, [str(p) for p in plots]), encoding="utf-8")
+    write(results, overhead)
     print(f"wrote {out / 'report.md'}")
     return 0

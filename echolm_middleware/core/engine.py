@@ -12,6 +12,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from echolm_middleware.config import (
     AdmissionSettings,
@@ -27,9 +28,11 @@ from echolm_middleware.core.ports import (
     Embedder,
     ExampleStore,
     RouterStatsStore,
+    Shadow,
     TokenCounter,
 )
 from echolm_middleware.core.prompting import augment
+from echolm_middleware.core.quality_target import QualityTarget
 from echolm_middleware.core.requests import RequestView, inspect_request
 from echolm_middleware.core.routing import (
     LoadTracker,
@@ -45,6 +48,7 @@ from echolm_middleware.core.types import (
     Decision,
     Example,
     ExampleTrace,
+    Message,
     Outcome,
     Prepared,
     RecordResult,
@@ -95,6 +99,7 @@ class Engine:
         stats: RouterStatsStore,
         clock: Callable[[], float] | None = None,
         rng: random.Random | None = None,
+        shadow: Shadow | None = None,
     ) -> None:
         self.settings = settings
         self.tiers = sorted(tiers, key=lambda t: t.rank)
@@ -115,6 +120,21 @@ class Engine:
         self._posteriors = stats.load_posteriors()
         self._weights = stats.load_weights() or settings.retrieval.weights.model_dump()
         self._vectors: OrderedDict[str, list[float]] = OrderedDict()
+        # The quality target: sampled cheap-tier answers compared with the strongest's move its bias.
+        target = settings.routing.quality_target
+        self.quality_target = (
+            QualityTarget(
+                target.target,
+                step=target.step,
+                max_bias=target.max_bias,
+                sample_share=target.sample_share,
+                rng=self._rng,
+            )
+            if target is not None and shadow is not None
+            else None
+        )
+        self._shadow = shadow
+        self._to_compare: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
 
     def warm_up(self) -> None:
         """Load the embedder, the tokenizer and the store's client now, so the first request does not pay.
@@ -161,6 +181,7 @@ class Engine:
             loads=self.load.loads(),
             settings=self.settings.routing,
             rng=self._rng,
+            strongest_bias=self.quality_target.bias if self.quality_target is not None else 0.0,
         )
         best = choose_tier(scores)
         gets_examples = best.tier != self.strongest and bool(chosen)
@@ -189,6 +210,8 @@ class Engine:
         decision.overhead_ms = (time.perf_counter() - started) * 1000
         self.decisions.put(decision)
         self._remember_vector(decision.request_id, vector)
+        if best.tier != self.strongest and self.quality_target is not None and self.quality_target.should_compare():
+            self._remember_for_comparison(decision.request_id, request.messages)
         return Prepared(decision=decision, model=best.tier, messages=messages)
 
     def bypass(self, request: ChatRequest) -> Prepared:
@@ -220,6 +243,7 @@ class Engine:
         if not self.decisions.mark_recorded(outcome.request_id, outcome.served_by):
             return "duplicate"
         clean = outcome.finish_reason in (None, "stop") and bool(outcome.answer.strip())
+        self._compare_if_sampled(outcome, comparable=clean and outcome.served_by != self.strongest)
         now, alpha = self._now(), self.settings.upkeep.gain_alpha
         cost = self._cost_of(outcome.served_by)
         if outcome.served_by == self.strongest:
@@ -385,6 +409,25 @@ class Engine:
             self._vectors[request_id] = vector
             while len(self._vectors) > _QUERY_VECTOR_CACHE:
                 self._vectors.popitem(last=False)
+
+    def _remember_for_comparison(self, request_id: str, messages: Sequence[Message]) -> None:
+        with self._lock:
+            self._to_compare[request_id] = [dict(message) for message in messages]
+            while len(self._to_compare) > _QUERY_VECTOR_CACHE:
+                self._to_compare.popitem(last=False)
+
+    def _compare_if_sampled(self, outcome: Outcome, *, comparable: bool) -> None:
+        """Hand a sampled cheap-tier answer to the shadow comparison (the original request, no examples)."""
+        with self._lock:
+            messages = self._to_compare.pop(outcome.request_id, None)
+        if messages is None or not comparable or self._shadow is None or self.quality_target is None:
+            return
+        target = self.quality_target
+
+        def observe(score: float) -> None:
+            target.observe(score)
+
+        self._shadow.submit(messages, outcome.answer, observe)
 
     def _admit_from(self, decision: Decision, outcome: Outcome) -> bool:
         with self._lock:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
-from echolm_middleware.core.types import Candidate, Completion, Decision, Example, Vector
+from echolm_middleware.core.types import Candidate, Completion, Decision, Example, Message, Vector
 
 
 class Embedder(Protocol):
@@ -83,3 +83,11 @@ class Completer(Protocol):
     """Asks one tier one question outside any user request (the upkeep asks the strongest)."""
 
     def complete(self, tier: str, prompt: str, *, max_tokens: int, temperature: float) -> Completion: ...
+
+
+class Shadow(Protocol):
+    """Asks the strongest tier a sampled cheap-tier request again, off the request path, and scores the pair."""
+
+    def submit(self, messages: Sequence[Message], cheap_answer: str, done: Callable[[float], None]) -> bool:
+        """Queue one comparison; `done` gets its score (0-1) later. False when it was dropped."""
+        ...

@@ -69,8 +69,9 @@ def score_tiers(
     loads: Mapping[str, float],
     settings: RoutingSettings,
     rng: random.Random,
+    strongest_bias: float = 0.0,
 ) -> list[TierScore]:
-    """Score every eligible tier for one request."""
+    """Score every eligible tier for one request; `strongest_bias` is the quality target's correction."""
     scores = []
     for tier in tiers:
         is_strongest = tier.name == strongest
@@ -84,6 +85,7 @@ def score_tiers(
         excess = max(0.0, load - tier.capacity)
         cost_penalty = settings.cost_weight * tier.cost
         load_penalty = settings.load_lambda * math.tanh(settings.load_gamma * excess) * tier.cost
+        bias = strongest_bias if is_strongest else 0.0
         scores.append(
             TierScore(
                 tier=tier.name,
@@ -95,7 +97,8 @@ def score_tiers(
                 capacity=tier.capacity,
                 cost_penalty=cost_penalty,
                 load_penalty=load_penalty,
-                score=quality - cost_penalty - load_penalty,
+                score=quality - cost_penalty - load_penalty + bias,
+                target_bias=bias,
             )
         )
     return scores

@@ -93,6 +93,8 @@ class TierScore:
     cost_penalty: float
     load_penalty: float
     score: float
+    # The quality target's bias on the strongest tier's score (0 without a target; older decisions lack it).
+    target_bias: float = 0.0
 
 
 @dataclass(frozen=True)

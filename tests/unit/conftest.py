@@ -7,6 +7,7 @@ import math
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -139,6 +140,7 @@ def make_engine() -> Iterator[EngineFactory]:
         tiers: Sequence[TierProfile] = (CHEAP, STRONG),
         *,
         state: SQLiteState | None = None,
+        shadow: Any = None,
         **settings: object,
     ) -> EngineKit:
         store = InMemoryExampleStore()
@@ -156,6 +158,7 @@ def make_engine() -> Iterator[EngineFactory]:
             decisions=state,
             stats=state,
             clock=clock,
+            shadow=shadow,
         )
         return EngineKit(engine, store, state, embedder, clock)
 
