@@ -71,7 +71,9 @@ def run_figures(run: SystemRun, p95_bound_s: float) -> dict[str, Any]:
     return figures
 
 
-def summarize(results: Sequence[WorkloadRun], command: str, p95_bound_s: float) -> dict[str, Any]:
+def summarize(
+    results: Sequence[WorkloadRun], command: str, p95_bound_s: float, strongest: str = "strong"
+) -> dict[str, Any]:
     """summary.json: per workload, each system's default point under `systems`, every point under `sweeps`."""
     workloads: dict[str, Any] = {}
     for result in results:
@@ -89,7 +91,7 @@ def summarize(results: Sequence[WorkloadRun], command: str, p95_bound_s: float) 
             "sweeps": sweeps,
             "notes": result.notes,
         }
-    return {"workloads": workloads, "command": command, "p95_bound_s": p95_bound_s}
+    return {"workloads": workloads, "command": command, "p95_bound_s": p95_bound_s, "strongest_tier": strongest}
 
 
 def _interpolate(points: Sequence[tuple[float, float]], x: float) -> float | None:
@@ -136,6 +138,7 @@ def target_lines(summary: dict[str, Any], overhead: dict[str, Any] | None) -> li
                     f"- {name}: at {point['throughput_rps']:.3f} req/s EchoLM's quality {ours:.3f} {verdict} "
                     f"{baseline} ({point['operating_point']}) {point['quality']}"
                 )
+        lines += quality_target_lines(name, workload, summary.get("strongest_tier", "strong"))
     if overhead:
         largest = max(overhead["sizes"], key=lambda s: s["entries"])
         p50, p99 = largest["prepare_ms"]["p50"], largest["prepare_ms"]["p99"]
@@ -143,6 +146,25 @@ def target_lines(summary: dict[str, Any], overhead: dict[str, Any] | None) -> li
         lines.append(
             f"- overhead at {largest['entries']:,} entries: p50 {p50:.1f} ms / p99 {p99:.1f} ms "
             f"(target ≤ {OVERHEAD_TARGET_MS[0]:.0f} / ≤ {OVERHEAD_TARGET_MS[1]:.0f}): **{'met' if met else 'missed'}**"
+        )
+    return lines
+
+
+def quality_target_lines(name: str, workload: dict[str, Any], strongest: str) -> list[str]:
+    """Each quality-target point: the level it held against strong-only, and the offload that bought."""
+    lines = []
+    for point in workload["sweeps"].get("echolm", []):
+        if not point["operating_point"].startswith("quality target "):
+            continue
+        target = float(point["operating_point"].removeprefix("quality target "))
+        judged = workload["metric"] == "win_rate_vs_strong_only"
+        held = point["quality"] if judged else point.get("agreement_with_strong_only")
+        measure = "win rate against strong-only" if judged else "agreement with strong-only's answers (token F1)"
+        offload = 1.0 - point["share_by_tier"].get(strongest, 0.0)
+        verdict = "held" if held is not None and held >= target else "not held"
+        lines.append(
+            f"- {name}: quality target {target:g} ({measure}): {held} — **{verdict}**; offload {offload:.0%}, "
+            f"{workload['metric']} {point['quality']}"
         )
     return lines
 

@@ -37,6 +37,7 @@ from echolm_middleware.datasets import QARecord
 from echolm_middleware.demo import wait_for_engine
 from echolm_middleware.judge import PairVerdict, judge_pair, win_rate
 from echolm_middleware.proxy_process import ProxyProcess, running_proxy
+from echolm_middleware.shadow import agreement
 
 # (warm-up pool, requests) per built-in workload: sized so a full run of every system stays under
 # 40 minutes on 2 cores; Arena-Hard's long answers and judge calls make it the dearest per request.
@@ -63,6 +64,10 @@ class BenchOptions:
     # calibrated on the request set's predictions, as RouteLLM calibrates for a target share of strong calls.
     difficulty_strong_shares: list[float] = field(default_factory=lambda: [0.5, 0.25])
     echolm_cost_weights: list[float] = field(default_factory=list)  # empty: the config's value only
+    # EchoLM points that hold a quality target on the fly; the share of cheap answers compared is raised
+    # from the product's 5% so that a few dozen requests give the controller something to act on.
+    quality_targets: list[float] = field(default_factory=list)
+    target_sample_share: float = 0.3
     replica_ports: tuple[int, int] = (8103, 8104)  # the second cheap and the second strong server
 
 
@@ -189,8 +194,19 @@ class Bench:
             point = f"strong share {share:g} (threshold {threshold:.3f})"
             result.runs.append(SystemRun("difficulty_router", point, mixed, passes))
         for weight in self.options.echolm_cost_weights or [self.settings.routing.cost_weight]:
-            passes = self._echolm(workload, split, folder, weight)
-            result.runs.append(SystemRun("echolm", f"cost weight {weight:g}", mixed, passes))
+            point = f"cost weight {weight:g}"
+            passes = self._echolm(workload, split, folder, point, ECHOLM_ROUTING__COST_WEIGHT=str(weight))
+            result.runs.append(SystemRun("echolm", point, mixed, passes))
+        for target in self.options.quality_targets:
+            point = f"quality target {target:g}"
+            passes = self._echolm(
+                workload, split, folder, point,
+                ECHOLM_ROUTING__QUALITY_TARGET__TARGET=str(target),
+                ECHOLM_ROUTING__QUALITY_TARGET__METRIC="judge" if workload.judged else "agreement",
+                ECHOLM_ROUTING__QUALITY_TARGET__SAMPLE_SHARE=str(self.options.target_sample_share),
+                ECHOLM_ROUTING__QUALITY_TARGET__MAX_ANSWER_TOKENS=str(workload.max_tokens),
+            )  # fmt: skip
+            result.runs.append(SystemRun("echolm", point, mixed, passes))
 
         small = ModelSystem("small_only", chat, self.deployment.cheap_x2)
         passes = self._serve(small, workload, split.requests, "small only")
@@ -235,16 +251,16 @@ class Bench:
             good_enough = [verdict.outcome in ("win", "tie") for verdict in verdicts]
         return [(item.prompt, float(label)) for item, label in zip(items, good_enough, strict=True)]
 
-    def _echolm(self, workload: Workload, split: Split, folder: Path, weight: float) -> list[LoadPass]:
-        """One operating point on a copy of the warm store, so every point starts from the same cache."""
-        store_dir = folder / f"echolm-cost-{weight:g}"
+    def _echolm(self, workload: Workload, split: Split, folder: Path, point: str, **settings: str) -> list[LoadPass]:
+        """One operating point (settings as ECHOLM_ overrides) on a copy of the warm store, so every
+        point starts from the same cache."""
+        store_dir = folder / ("echolm-" + point.replace(" ", "-"))
         shutil.rmtree(store_dir, ignore_errors=True)
         shutil.copytree(folder / "warm", store_dir, ignore=shutil.ignore_patterns("*.log", "*.yaml"))
-        env = self._env(store_dir, ECHOLM_ROUTING__COST_WEIGHT=str(weight))
-        with self._proxy(store_dir, echolm=True, env=env) as proxy:
+        with self._proxy(store_dir, echolm=True, env=self._env(store_dir, **settings)) as proxy:
             wait_for_engine(proxy, self.cheap)
             system = ModelSystem("echolm", self._chat(proxy), self.strong)
-            return self._serve_with_rates(system, workload, split.requests, f"echolm cost weight {weight:g}")
+            return self._serve_with_rates(system, workload, split.requests, f"echolm {point}")
 
     def _score(self, result: WorkloadRun, chat: ProxyChat) -> None:
         """Reference metric per answer, or the judge (on both strong servers) against strong-only's answer."""
@@ -258,6 +274,10 @@ class Bench:
                     name: _mean([metric(a.answer, item) for a, item in zip(answers, items, strict=True)])
                     for name, metric in workload.secondary.items()
                 }
+                # What a quality target on "agreement" holds: token F1 against strong-only's own answer.
+                run.secondary["agreement_with_strong_only"] = _mean(
+                    [agreement(a.answer, b.answer) for a, b in zip(answers, baseline, strict=True)]
+                )
                 continue
             if run.system == "strong_only":
                 run.quality = 0.5  # strong-only against itself: every pair identical, a tie

@@ -69,6 +69,11 @@ def register(subparsers: Any) -> None:
         help="EchoLM operating points (routing.cost_weight); default: the config's value only",
     )  # fmt: skip
     parser.add_argument(
+        "--quality-targets", type=_share, nargs="*", default=[], metavar="Q",
+        help="EchoLM points holding routing.quality_target Q (agreement with the strong tier, or judged win "
+        "rate on open-ended workloads), with 30%% of cheap answers compared",
+    )  # fmt: skip
+    parser.add_argument(
         "--overhead-sizes", type=int, nargs="*", default=[1000, 10000, 100000], metavar="N",
         help="cache sizes for the overhead microbenchmark (none: skip it)",
     )  # fmt: skip
@@ -108,10 +113,17 @@ def run(args: argparse.Namespace) -> int:
         semantic_thresholds=args.semantic_thresholds,
         difficulty_strong_shares=args.difficulty_strong_shares,
         echolm_cost_weights=list(args.cost_weights),
+        quality_targets=list(args.quality_targets),
     )
 
+    try:
+        bench = Bench(options, log=lambda line: print(line, file=sys.stderr))
+    except EchoLMError as exc:
+        print(f"echolm bench: {exc}", file=sys.stderr)
+        return 2
+
     def write(results: list[Any], overhead: dict[str, Any] | None) -> None:
-        summary = report.summarize(results, command, args.p95_bound)
+        summary = report.summarize(results, command, args.p95_bound, strongest=bench.strong)
         if overhead is not None:
             summary["overhead"] = overhead
         plots = []
@@ -130,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         # Written after every workload too: a run cut short keeps what it measured.
-        results = Bench(options, log=lambda line: print(line, file=sys.stderr)).run(lambda done: write(done, None))
+        results = bench.run(lambda done: write(done, None))
         overhead: dict[str, Any] | None = None
         if args.overhead_sizes:
             from echolm_middleware.bench.overhead import run_overhead

@@ -270,3 +270,20 @@ def test_interpolation_is_piecewise_linear_and_refuses_to_extrapolate() -> None:
     points = [(1.0, 0.5), (2.0, 0.3)]
     assert report._interpolate(points, 1.5) == pytest.approx(0.4)
     assert report._interpolate(points, 2.5) is None
+
+
+def test_a_quality_target_point_reports_the_level_held_and_the_offload_it_bought() -> None:
+    result = _result("nq_open")
+    target = SystemRun(
+        "echolm", "quality target 0.8", "mixed", [_pass(["cheap"] * 3 + ["strong"], 1.0, 3.0)], quality=0.45
+    )
+    target.secondary = {"agreement_with_strong_only": 0.85}
+    missed = SystemRun(
+        "echolm", "quality target 0.9", "mixed", [_pass(["cheap"] * 2 + ["strong"] * 2, 1.0, 3.0)], quality=0.45
+    )
+    missed.secondary = {"agreement_with_strong_only": 0.7}
+    result.runs += [target, missed]
+    summary = report.summarize([result], "echolm bench", p95_bound_s=10.0, strongest="strong")
+    lines = report.quality_target_lines("nq_open", summary["workloads"]["nq_open"], "strong")
+    assert lines[0].startswith("- nq_open: quality target 0.8") and "**held**; offload 75%" in lines[0]
+    assert "0.7 — **not held**; offload 50%" in lines[1]
