@@ -13,12 +13,15 @@ from __future__ import annotations
 import secrets
 import shutil
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 from echolm_middleware.bench.deployments import bench_deployment, serving, write_proxy_config
 from echolm_middleware.bench.load import LoadPass, closed_loop, open_loop
@@ -41,7 +44,7 @@ from echolm_middleware.shadow import agreement
 
 # (warm-up pool, requests) per built-in workload: sized so a full run of every system stays under
 # 40 minutes on 2 cores; Arena-Hard's long answers and judge calls make it the dearest per request.
-DEFAULT_SIZES: dict[str, tuple[int, int]] = {"nq_open": (150, 60), "banking77": (150, 60), "arena_hard": (12, 8)}
+DEFAULT_SIZES: dict[str, tuple[int, int]] = {"nq_open": (150, 60), "banking77": (150, 60), "arena_hard": (10, 6)}
 USER_FILE_SIZES = (100, 40)
 # The judge prompt's character budget: about 800 tokens, so a judgement costs seconds, not half a minute,
 # on a 1-thread 1.5B judge; both answers and the prompt are cut to share it.
@@ -68,6 +71,7 @@ class BenchOptions:
     # from the product's 5% so that a few dozen requests give the controller something to act on.
     quality_targets: list[float] = field(default_factory=list)
     target_sample_share: float = 0.3
+    sweep_judged: bool = False
     replica_ports: tuple[int, int] = (8103, 8104)  # the second cheap and the second strong server
 
 
@@ -183,17 +187,20 @@ class Bench:
         warm_answers = self._warm(workload, split, folder / "warm")
         cheap, strong = ModelSystem("cheap", chat, self.cheap), ModelSystem("strong", chat, self.strong)
         labels = self._difficulty_labels(workload, split, warm_answers, cheap, chat)
-        for threshold in self.options.semantic_thresholds:
+        # Every point of an open-ended workload costs 2 judge calls per request: the sweeps stop at each
+        # system's default point there unless asked (`sweep_judged`).
+        semantic, difficulty, weights = self._points(workload)
+        for threshold in semantic:
             cache = SemanticCache("semantic_cache", self.embedder(), threshold, strong, list(warm_answers.items()))
             passes = self._serve(cache, workload, split.requests, f"semantic cache {threshold:g}")
             result.runs.append(SystemRun("semantic_cache", f"threshold {threshold:g}", mixed, passes))
-        for share in self.options.difficulty_strong_shares:
+        for share in difficulty:
             router = DifficultyRouter("difficulty_router", self.embedder(), 0.0, cheap, strong, labels)
             threshold = router.calibrate([item.prompt for item in split.requests], strong_share=share)
             passes = self._serve(router, workload, split.requests, f"difficulty router {share:g}")
             point = f"strong share {share:g} (threshold {threshold:.3f})"
             result.runs.append(SystemRun("difficulty_router", point, mixed, passes))
-        for weight in self.options.echolm_cost_weights or [self.settings.routing.cost_weight]:
+        for weight in weights:
             point = f"cost weight {weight:g}"
             passes = self._echolm(workload, split, folder, point, ECHOLM_ROUTING__COST_WEIGHT=str(weight))
             result.runs.append(SystemRun("echolm", point, mixed, passes))
@@ -218,6 +225,17 @@ class Bench:
         if not self.deployment.local:
             result.notes.append("tiers are not local: every system ran on the tiers as configured")
         return result
+
+    def _points(self, workload: Workload) -> tuple[list[float], list[float], list[float]]:
+        options = self.options
+        points = (
+            list(options.semantic_thresholds),
+            list(options.difficulty_strong_shares),
+            list(options.echolm_cost_weights or [self.settings.routing.cost_weight]),
+        )
+        if workload.judged and not options.sweep_judged:
+            return points[0][:1], points[1][:1], points[2][:1]
+        return points
 
     def _warm(self, workload: Workload, split: Split, store_dir: Path) -> dict[str, str]:
         """The strong tier answers the warm-up pool through EchoLM with no examples: all admitted."""
@@ -247,7 +265,7 @@ class Bench:
             ]
         else:
             baseline = [Answered(a, self.strong, 0.0, None) for a in strong_answers]
-            verdicts = self._judge_all(chat, items, answers, baseline, judge_model=self.strong)
+            verdicts = self._judge_all(chat, items, answers, baseline, label="labels (judge)", judge_model=self.strong)
             good_enough = [verdict.outcome in ("win", "tie") for verdict in verdicts]
         return [(item.prompt, float(label)) for item, label in zip(items, good_enough, strict=True)]
 
@@ -282,7 +300,7 @@ class Bench:
             if run.system == "strong_only":
                 run.quality = 0.5  # strong-only against itself: every pair identical, a tie
                 continue
-            run.verdicts = self._judge_all(chat, items, answers, baseline)
+            run.verdicts = self._judge_all(chat, items, answers, baseline, label=f"judge {run.system} {run.point}")
             run.quality = win_rate(run.verdicts).rate
 
     def _judge_all(
@@ -292,6 +310,7 @@ class Bench:
         answers: Sequence[Answered],
         baseline: Sequence[Answered],
         *,
+        label: str,
         judge_model: str | None = None,
     ) -> list[PairVerdict]:
         """Judge every pair, `clients` at a time, on the strong servers (both of them unless told otherwise)."""
@@ -302,8 +321,17 @@ class Bench:
                 call, items[index].prompt, answers[index].answer, baseline[index].answer, max_chars=JUDGE_MAX_CHARS
             )
 
-        with ThreadPoolExecutor(self.options.clients) as pool:
-            return list(pool.map(one, range(len(items))))
+        with (
+            ThreadPoolExecutor(self.options.clients) as pool,
+            tqdm(total=len(items), desc=label, unit="pair", file=sys.stderr, leave=False) as bar,
+        ):
+
+            def counted(index: int) -> PairVerdict:
+                verdict = one(index)
+                bar.update(1)
+                return verdict
+
+            return list(pool.map(counted, range(len(items))))
 
 
 def _judge_call(chat: ProxyChat, model: str) -> Callable[[list[dict[str, str]]], str]:

@@ -9,6 +9,7 @@ embedder as EchoLM, in the benchmark's process, so their own time counts as thei
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Sequence
@@ -173,7 +174,7 @@ class DifficultyRouter:
 
         self.name = name
         self._embedder = embedder
-        self._threshold = threshold
+        self._threshold_key: tuple[float, str] = (threshold, "")
         self._cheap, self._strong = cheap, strong
         self._k = k
         self._matrix = np.asarray(embedder.embed([prompt for prompt, _ in labelled]), dtype=np.float32)
@@ -190,25 +191,30 @@ class DifficultyRouter:
         weights = np.clip(similarities[nearest], 1e-6, None)
         return float((weights * self._labels[nearest]).sum() / weights.sum())
 
+    def _rank_key(self, query: str, vector: Sequence[float]) -> tuple[float, str]:
+        # Ties in the prediction (a few labels give few distinct values) are broken by a stable hash of
+        # the text, so a share of strong calls can be hit whatever the ties.
+        return self.predicted_easy(vector), hashlib.sha256(query.encode()).hexdigest()
+
     def calibrate(self, queries: Sequence[str], *, strong_share: float) -> float:
-        """Set the threshold so that about `strong_share` of these queries go to the strong tier.
+        """Set the threshold so that `strong_share` of these queries go to the strong tier.
 
         RouteLLM picks its threshold the same way, for a target share of strong-model calls; calibrating
-        on the very requests served is the baseline's best case. Ties in the prediction can make the
-        share reached differ; the report shows the share each point actually sent.
+        on the very requests served is the baseline's best case. Returns the threshold's prediction.
         """
-        predictions = sorted(self.predicted_easy(v) for v in self._embedder.embed(list(queries)))
-        if not predictions:
-            return self._threshold
-        index = min(len(predictions) - 1, max(0, round(strong_share * len(predictions))))
-        # Requests predicted below the threshold go strong: the lowest `index` of them.
-        self._threshold = predictions[index] if index > 0 else float("-inf")
-        return self._threshold
+        keys = sorted(self._rank_key(q, v) for q, v in zip(queries, self._embedder.embed(list(queries)), strict=True))
+        if not keys:
+            return 0.0
+        count = min(len(keys), max(0, round(strong_share * len(keys))))
+        # Requests ranked below the threshold go strong: the lowest `count` of them.
+        self._threshold_key = keys[count] if count < len(keys) else (float("inf"), "")
+        return self._threshold_key[0]
 
     def answer(self, messages: list[dict[str, str]], max_tokens: int) -> Answered:
         started = time.perf_counter()
         vector = self._embedder.embed([query_of(messages)])[0]
-        target = self._cheap if self.predicted_easy(vector) >= self._threshold else self._strong
+        query = query_of(messages)
+        target = self._cheap if self._rank_key(query, vector) >= self._threshold_key else self._strong
         overhead_ms = (time.perf_counter() - started) * 1000
         served = target.answer(messages, max_tokens)
         return Answered(

@@ -74,6 +74,10 @@ def register(subparsers: Any) -> None:
         "rate on open-ended workloads), with 30%% of cheap answers compared",
     )  # fmt: skip
     parser.add_argument(
+        "--sweep-judged", action="store_true",
+        help="every operating point on open-ended workloads too (default: each system's first; judge calls are dear)",
+    )  # fmt: skip
+    parser.add_argument(
         "--overhead-sizes", type=int, nargs="*", default=[1000, 10000, 100000], metavar="N",
         help="cache sizes for the overhead microbenchmark (none: skip it)",
     )  # fmt: skip
@@ -114,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         difficulty_strong_shares=args.difficulty_strong_shares,
         echolm_cost_weights=list(args.cost_weights),
         quality_targets=list(args.quality_targets),
+        sweep_judged=args.sweep_judged,
     )
 
     try:

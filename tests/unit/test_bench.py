@@ -177,6 +177,18 @@ def test_the_difficulty_router_calibrates_its_threshold_for_a_share_of_strong_ca
     assert {router.answer(_user(q), 8).tier for q in queries} == {"cheap"}
 
 
+def test_calibration_hits_the_share_even_when_every_prediction_ties() -> None:
+    queries = {f"q{i}": [1.0, i / 10] for i in range(10)}
+    embedder = TableEmbedder({"easy": [1, 0], **queries})
+    chat = RecordingChat()
+    router = DifficultyRouter(
+        "difficulty_router", embedder, 0.0, ModelSystem("cheap", chat, "cheap"), ModelSystem("strong", chat, "strong"),  # type: ignore[arg-type]
+        [("easy", 1.0)], k=1,
+    )  # fmt: skip
+    router.calibrate(list(queries), strong_share=0.5)  # one label: every query is predicted 1.0
+    assert [router.answer(_user(q), 8).tier for q in queries].count("strong") == 5
+
+
 # ---- load -------------------------------------------------------------------------------------------
 
 
