@@ -133,7 +133,7 @@ def run_workload(name: str, args: argparse.Namespace, settings: Settings, model_
         messages = [{"role": "system", "content": system}, {"role": "user", "content": item.prompt}]
         answer, finish = ask(router, cheap, messages, args.max_tokens)
         if finish in (None, "stop") and answer.strip():
-            engine.admit(TENANT, item.prompt, answer.strip(), cheap)
+            engine.admit(TENANT, item.prompt, answer.strip(), cheap, instructions=system)
     common = {"score": score, "max_tokens": args.max_tokens}
     serve(engine, router, traffic, system, record=True, label=f"{name} traffic", **common)
     before = serve(evaluation, router, held_out, system, record=False, label=f"{name} before", **common)

@@ -100,13 +100,14 @@ class Upkeep:
 
     # ---- planning -------------------------------------------------------------------------------
 
-    def _call_tokens(self, prompt: str, answer_tokens: int) -> int:
-        """One strong-tier call: the prompt (with a margin for tokenizers that differ), its template, an answer."""
-        return int(self.engine.tokens.count(prompt) * 1.1) + _TEMPLATE_TOKENS + answer_tokens
+    def _call_tokens(self, prompt: str, answer_tokens: int, instructions: str = "") -> int:
+        """One strong-tier call: the request (with a margin for tokenizers that differ), its template, an answer."""
+        asked = f"{instructions}\n{prompt}" if instructions else prompt
+        return int(self.engine.tokens.count(asked) * 1.1) + _TEMPLATE_TOKENS + answer_tokens
 
-    def _reserve(self, prompt: str) -> int:
+    def _reserve(self, prompt: str, instructions: str = "") -> int:
         """The most a step can spend: every sample at the longest answer allowed."""
-        return self.settings.samples * self._call_tokens(prompt, self.settings.max_answer_tokens)
+        return self.settings.samples * self._call_tokens(prompt, self.settings.max_answer_tokens, instructions)
 
     def _plan(self, tenants: Sequence[str], recent: Sequence[Decision]) -> list[dict[str, Any]]:
         budget = float(self.settings.budget_tokens)
@@ -123,9 +124,9 @@ class Upkeep:
 
         replay = plan_replay(
             pooled,
-            expected_cost=lambda e: float(samples * self._call_tokens(e.prompt, answer_tokens(e))),
-            reserve=lambda e: float(self._reserve(e.prompt)),
-            saving_per_use=lambda e: float(self._call_tokens(e.prompt, answer_tokens(e))),
+            expected_cost=lambda e: float(samples * self._call_tokens(e.prompt, answer_tokens(e), e.instructions)),
+            reserve=lambda e: float(self._reserve(e.prompt, e.instructions)),
+            saving_per_use=lambda e: float(self._call_tokens(e.prompt, answer_tokens(e), e.instructions)),
             budget=budget,
             now=now,
             horizon_days=self.settings.horizon_days,
@@ -136,6 +137,7 @@ class Upkeep:
                 "kind": "replay",
                 "tenant": owner[c.example.id],
                 "prompt": c.example.prompt,
+                "instructions": c.example.instructions,
                 "example_id": c.example.id,
                 "replays_after": c.example.replays + 1,
                 "gain_before": c.example.gain,
@@ -146,7 +148,7 @@ class Upkeep:
         left = budget - sum(int(step["estimate"]) for step in steps)
         for tenant in tenants:
             for cluster in self._miss_clusters(tenant, [d for d in recent if d.tenant == tenant]):
-                estimate = self._reserve(cluster[0].query)
+                estimate = self._reserve(cluster[0].query, cluster[0].instructions)
                 if estimate > left:
                     continue
                 steps.append(
@@ -154,6 +156,7 @@ class Upkeep:
                         "kind": "coverage",
                         "tenant": tenant,
                         "prompt": cluster[0].query,
+                        "instructions": cluster[0].instructions,
                         "cluster_size": len(cluster),
                         "gain_before": 0.0,
                         "estimate": estimate,
@@ -164,7 +167,7 @@ class Upkeep:
 
     def _miss_clusters(self, tenant: str, recent: Sequence[Decision]) -> list[list[Miss]]:
         """Clusters of the tenant's recent requests that found no useful example and no cached answer covers yet."""
-        queries: dict[str, None] = {}
+        queries: dict[str, str] = {}  # query -> the instructions it came with
         for decision in recent:
             if decision.action != "route" or not decision.query:
                 continue
@@ -172,11 +175,11 @@ class Upkeep:
                 continue  # it found examples: not a miss
             if self.state.recorded_by(decision.request_id) == self.strongest:
                 continue  # the strongest tier answered it, and that answer was offered for admission
-            queries[decision.query] = None
+            queries[decision.query] = decision.instructions
         if not queries:
             return []
         vectors = self.engine.embedder.embed(list(queries))
-        misses = [Miss(query, vector) for query, vector in zip(queries, vectors, strict=True)]
+        misses = [Miss(query, vector, queries[query]) for query, vector in zip(queries, vectors, strict=True)]
         clusters = cluster_misses(misses, min_similarity=self.settings.coverage_similarity)
         covered = []
         for cluster in clusters:
@@ -247,7 +250,8 @@ class Upkeep:
         if not self._fits(report, int(step["estimate"])):
             result.outcome = "skipped: budget"
             return result
-        answer = self._best_answer(step["prompt"], result)
+        instructions = str(step.get("instructions", ""))  # journals written before it was kept have none
+        answer = self._best_answer(step["prompt"], instructions, result)
         if answer is None:
             result.outcome = "skipped: no clean answer"
             return result
@@ -268,12 +272,12 @@ class Upkeep:
             )
             result.outcome = "upgraded" if changed else "skipped: example gone"
         else:
-            admitted = self.engine.admit(step["tenant"], step["prompt"], answer, self.strongest)
+            admitted = self.engine.admit(step["tenant"], step["prompt"], answer, self.strongest, instructions)
             result.outcome = "admitted" if admitted else "skipped: below the admission bar"
         result.gain_after = 0.0 if result.outcome in ("upgraded", "admitted") else result.gain_before
         return result
 
-    def _best_answer(self, prompt: str, result: StepReport) -> str | None:
+    def _best_answer(self, prompt: str, instructions: str, result: StepReport) -> str | None:
         """Ask the strongest tier `samples` times; keep the clean answer closest to the others."""
         answers = []
         for index in range(self.settings.samples):
@@ -282,6 +286,7 @@ class Upkeep:
                 prompt,
                 max_tokens=self.settings.max_answer_tokens,
                 temperature=0.0 if index == 0 else 0.7,
+                instructions=instructions,
             )
             result.tokens += completion.tokens
             result.cost_usd += (

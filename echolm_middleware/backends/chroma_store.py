@@ -40,6 +40,7 @@ def _to_metadata(example: Example) -> dict[str, Any]:
         "selected": int(example.selected),
         "value": float(example.value),
         "value_at": float(example.value_at),
+        "instructions": example.instructions,
     }
 
 
@@ -59,6 +60,7 @@ def _to_example(example_id: str, document: str, metadata: Mapping[str, Any]) -> 
         selected=int(metadata.get("selected", 0)),
         value=float(metadata.get("value", 0.0)),
         value_at=float(metadata.get("value_at", 0.0)),
+        instructions=str(metadata.get("instructions", "")),  # entries written before it was kept have none
     )
 
 

@@ -17,8 +17,12 @@ class LiteLLMCompleter:
         self._litellm = litellm
         self._router = litellm.Router(model_list=[dict(entry) for entry in model_list], num_retries=0)
 
-    def complete(self, tier: str, prompt: str, *, max_tokens: int, temperature: float) -> Completion:
-        return self.chat(tier, [{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=temperature)
+    def complete(
+        self, tier: str, prompt: str, *, max_tokens: int, temperature: float, instructions: str = ""
+    ) -> Completion:
+        system = [{"role": "system", "content": instructions}] if instructions else []
+        messages = [*system, {"role": "user", "content": prompt}]
+        return self.chat(tier, messages, max_tokens=max_tokens, temperature=temperature)
 
     def chat(
         self, tier: str, messages: Sequence[Mapping[str, Any]], *, max_tokens: int, temperature: float

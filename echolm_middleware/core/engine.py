@@ -163,6 +163,7 @@ class Engine:
         if not view.routable:
             return self._pass_through(decision, request, view.reason, started)
         decision.query = view.query
+        decision.instructions = view.instructions
         eligible = self._fitting_tiers(requested, view)
         if not eligible:
             return self._pass_through(decision, request, "prompt exceeds the requested tier's context", started)
@@ -269,9 +270,12 @@ class Engine:
     async def arecord(self, outcome: Outcome) -> RecordResult:
         return await asyncio.to_thread(self.record, outcome)
 
-    def admit(self, tenant: str, prompt: str, answer: str, source_tier: str) -> bool:
-        """Admit one (prompt, answer) pair directly, e.g. to warm a cache from known strong answers."""
-        return self._admit(tenant, prompt, answer, source_tier, vector=None)
+    def admit(self, tenant: str, prompt: str, answer: str, source_tier: str, instructions: str = "") -> bool:
+        """Admit one (prompt, answer) pair directly, e.g. to warm a cache from known strong answers.
+
+        `instructions`: the system message the answer was given under, if any (replay asks with it).
+        """
+        return self._admit(tenant, prompt, answer, source_tier, vector=None, instructions=instructions)
 
     def feedback(self, request_id: str, score: float) -> None:
         """A quality score (0-1) for a past response: updates the router and the examples it used.
@@ -432,9 +436,19 @@ class Engine:
     def _admit_from(self, decision: Decision, outcome: Outcome) -> bool:
         with self._lock:
             vector = self._vectors.pop(decision.request_id, None)
-        return self._admit(decision.tenant, decision.query, outcome.answer, outcome.served_by, vector)
+        return self._admit(
+            decision.tenant, decision.query, outcome.answer, outcome.served_by, vector, decision.instructions
+        )
 
-    def _admit(self, tenant: str, prompt: str, answer: str, source_tier: str, vector: list[float] | None) -> bool:
+    def _admit(
+        self,
+        tenant: str,
+        prompt: str,
+        answer: str,
+        source_tier: str,
+        vector: list[float] | None,
+        instructions: str = "",
+    ) -> bool:
         admission = self.settings.admission
         prompt, answer = prompt.strip(), answer.strip()
         if not prompt or not answer or len(prompt) > admission.max_prompt_chars:
@@ -452,6 +466,7 @@ class Engine:
             source_tier=source_tier,
             quality=admission.initial_quality,
             created_at=self._now(),
+            instructions=instructions.strip(),
         )
         self.store.upsert(tenant, [example], [vector])
         return True

@@ -82,7 +82,11 @@ class RouterStatsStore(Protocol):
 class Completer(Protocol):
     """Asks one tier one question outside any user request (the upkeep asks the strongest)."""
 
-    def complete(self, tier: str, prompt: str, *, max_tokens: int, temperature: float) -> Completion: ...
+    def complete(
+        self, tier: str, prompt: str, *, max_tokens: int, temperature: float, instructions: str = ""
+    ) -> Completion:
+        """One answer to `prompt`, under `instructions` as the system message when given."""
+        ...
 
 
 class Shadow(Protocol):

@@ -24,6 +24,9 @@ class RequestView:
     query: str = ""
     text: str = ""
     chars: int = 0
+    # The system (and developer) messages: the framing an answer was given under, kept with an example
+    # so that a replay asks the strongest tier the same request, not the bare question.
+    instructions: str = ""
 
 
 def message_text(content: Any) -> str | None:
@@ -67,6 +70,7 @@ def inspect_request(request: ChatRequest, *, max_messages: int, context_turns: i
         return _pass("request offers tools")
     user_turns: list[str] = []
     texts: list[str] = []
+    instructions: list[str] = []
     for message in messages:
         if not isinstance(message, Mapping):
             return _pass("a message is not an object")
@@ -81,6 +85,8 @@ def inspect_request(request: ChatRequest, *, max_messages: int, context_turns: i
         texts.append(text)
         if role == "user":
             user_turns.append(text)
+        elif role in ("system", "developer") and text.strip():
+            instructions.append(text.strip())
     last = messages[-1]
     if last.get("role") != "user":
         return _pass("last turn is not from the user")
@@ -91,4 +97,12 @@ def inspect_request(request: ChatRequest, *, max_messages: int, context_turns: i
     context = earlier[-context_turns:] if context_turns else []
     query = "\n".join([*context, question])
     text = "\n".join(texts)
-    return RequestView(routable=True, reason="text chat", question=question, query=query, text=text, chars=len(text))
+    return RequestView(
+        routable=True,
+        reason="text chat",
+        question=question,
+        query=query,
+        text=text,
+        chars=len(text),
+        instructions="\n\n".join(instructions),
+    )

@@ -31,6 +31,8 @@ class Example:
     # Successful offloads it enabled, decayed ×0.9 per hour; `value_at` is when it was last brought up to date.
     value: float = 0.0
     value_at: float = 0.0
+    # The system messages it was answered under ("" for none): replay and coverage ask with them.
+    instructions: str = ""
 
     @property
     def offload_rate(self) -> float:
@@ -134,6 +136,7 @@ class Decision:
     overhead_ms: float = 0.0
     # Examples selected for a cheaper tier, but the request went to the strongest: their replay gain grows.
     passed_over: list[str] = field(default_factory=list)
+    instructions: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -147,6 +147,7 @@ class Miss:
 
     query: str
     vector: Vector
+    instructions: str = ""
 
 
 def _cosine(a: Vector, b: Vector) -> float:
@@ -177,7 +178,9 @@ def cluster_misses(misses: Sequence[Miss], *, min_similarity: float) -> list[lis
 
 def stored_bytes(example: Example) -> int:
     """What an entry weighs in the store: its texts in UTF-8 and its vector."""
-    return len(example.prompt.encode()) + len(example.answer.encode()) + VECTOR_BYTES
+    return (
+        len(example.prompt.encode()) + len(example.answer.encode()) + len(example.instructions.encode()) + VECTOR_BYTES
+    )
 
 
 def knapsack_keep(

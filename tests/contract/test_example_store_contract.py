@@ -95,6 +95,7 @@ def test_every_field_of_an_example_round_trips(store: ExampleStore) -> None:
         selected=9,
         value=4.5,
         value_at=1_700_000_200.5,
+        instructions="Réponds en français.\nUne ligne.",
     )
     store.upsert("A", [example], [Y])
 

@@ -17,7 +17,7 @@ import pytest
 from echolm_middleware.backends.sqlite_state import SQLiteState
 from echolm_middleware.config import UpkeepSettings
 from echolm_middleware.core.engine import example_id
-from echolm_middleware.core.types import Completion, Decision, Example
+from echolm_middleware.core.types import ChatRequest, Completion, Decision, Example, Outcome
 from echolm_middleware.upkeep import Busy, Upkeep, run_exclusive, run_now
 from tests.unit.conftest import EngineFactory, EngineKit
 
@@ -29,10 +29,14 @@ class ScriptedStrongTier:
 
     def __init__(self, fail_on_call: int | None = None) -> None:
         self.prompts: list[str] = []
+        self.instructions: list[str] = []
         self.fail_on_call = fail_on_call
 
-    def complete(self, tier: str, prompt: str, *, max_tokens: int, temperature: float) -> Completion:
+    def complete(
+        self, tier: str, prompt: str, *, max_tokens: int, temperature: float, instructions: str = ""
+    ) -> Completion:
         self.prompts.append(prompt)
+        self.instructions.append(instructions)
         if self.fail_on_call is not None and len(self.prompts) == self.fail_on_call:
             raise RuntimeError("killed mid-pass")
         text = f"answer for: {prompt}"
@@ -105,11 +109,11 @@ def test_an_example_replayed_five_times_is_left_alone(make_engine: EngineFactory
     assert report.steps == [] and _stored(kit, key).answer == "a poor answer"
 
 
-def _miss(kit: EngineKit, query: str, *, tenant: str = "A", tier: str = "cheap") -> None:
+def _miss(kit: EngineKit, query: str, *, tenant: str = "A", tier: str = "cheap", instructions: str = "") -> None:
     kit.state.put(
         Decision(
             request_id=f"r-{query}", tenant=tenant, created_at=kit.clock.now, requested_model="strong",
-            action="route", reason="routed", chosen_tier=tier, query=query,
+            action="route", reason="routed", chosen_tier=tier, query=query, instructions=instructions,
         )
     )  # fmt: skip
 
@@ -243,3 +247,45 @@ def test_two_schedulers_on_one_state_run_one_pass_per_period(make_engine: Engine
     assert len(started) >= 2
     gaps = [b - a for a, b in itertools.pairwise(started)]
     assert min(gaps) > 0.5, gaps
+
+
+# ---- the request's framing goes with it ------------------------------------------------------------
+
+SYSTEM = "Classify the query into one intent name: card_arrival, lost_or_stolen_card."
+
+
+def test_an_admitted_answer_keeps_the_system_message_it_was_given_under(make_engine: EngineFactory) -> None:
+    kit = make_engine()
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "my card has not come yet"}]
+    prepared = kit.engine.prepare(ChatRequest(tenant="A", model="strong", messages=messages))
+    assert prepared.model == "strong" and prepared.decision.instructions == SYSTEM
+    kit.engine.record(Outcome(prepared.decision.request_id, "strong", "card_arrival", "stop"))
+    (stored,) = kit.store.examples("A")
+    assert (stored.prompt, stored.instructions) == ("my card has not come yet", SYSTEM)
+
+
+def test_a_replay_asks_the_strongest_tier_under_the_examples_system_message(make_engine: EngineFactory) -> None:
+    kit = make_engine()
+    kit.engine.admit("A", "my card has not come yet", "I am not sure.", "cheap", instructions=SYSTEM)
+    kit.store.modify(
+        "A", [example_id("A", "my card has not come yet")], lambda e: replace(e, gain=0.6, uses=30, selected=30)
+    )
+    tier = ScriptedStrongTier()
+
+    report = _upkeep(kit, tier).run_pass()
+
+    assert [s.outcome for s in report.steps] == ["upgraded"]
+    assert tier.prompts == ["my card has not come yet"] and tier.instructions == [SYSTEM]
+
+
+def test_coverage_asks_under_the_misses_system_message(make_engine: EngineFactory) -> None:
+    kit = make_engine()
+    for query in ["How tall is Mount Everest?", "How tall is Mount Everest today?"]:
+        _miss(kit, query, instructions="Answer in metres.")
+    tier = ScriptedStrongTier()
+
+    _upkeep(kit, tier, coverage_similarity=0.7, coverage_min_cluster=2).run_pass()
+
+    assert tier.instructions == ["Answer in metres."]
+    (stored,) = kit.store.examples("A")
+    assert stored.instructions == "Answer in metres."
