@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.results / name
     out.mkdir(parents=True, exist_ok=True)
     # Stores, state databases and logs: kept for a look afterwards, apart from the report's folder.
-    run_dir = args.work / name
+    run_dir = args.work.resolve() / name  # absolute: each proxy starts in its config's folder
     (run_dir / "overhead").mkdir(parents=True, exist_ok=True)
     sizes = {}
     for name in args.workloads:
