@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -121,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
         sweep_judged=args.sweep_judged,
     )
 
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the servers and proxies this run started stop.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         bench = Bench(options, log=lambda line: print(line, file=sys.stderr))
     except EchoLMError as exc:
