@@ -79,6 +79,10 @@ def register(subparsers: Any) -> None:
         help="every operating point on open-ended workloads too (default: each system's first; judge calls are dear)",
     )  # fmt: skip
     parser.add_argument(
+        "--replica-ports", type=int, nargs=2, default=[8103, 8104], metavar=("CHEAP", "STRONG"),
+        help="ports of the second cheap and second strong server (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
         "--overhead-sizes", type=int, nargs="*", default=[1000, 10000, 100000], metavar="N",
         help="cache sizes for the overhead microbenchmark (none: skip it)",
     )  # fmt: skip
@@ -120,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         echolm_cost_weights=list(args.cost_weights),
         quality_targets=list(args.quality_targets),
         sweep_judged=args.sweep_judged,
+        replica_ports=(args.replica_ports[0], args.replica_ports[1]),
     )
 
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the servers and proxies this run started stop.

@@ -1,0 +1,62 @@
+"""`echolm bench` end to end on the real local tiers, at a tiny size: every system, a report, plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import CONFIG, ROOT
+
+pytestmark = pytest.mark.integration
+
+# Ports of its own: the session's tiers (and their recorder) hold the config's.
+PORTS = {"8101": "8301", "8102": "8302"}
+
+
+def test_a_tiny_bench_serves_every_system_and_writes_its_report(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    text = CONFIG.read_text()
+    for old, new in PORTS.items():
+        text = text.replace(old, new)
+    config.write_text(text)
+    env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", OMP_NUM_THREADS="1")
+
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "echolm_middleware.cli.main", "bench", "--config", str(config),
+            "--workloads", "nq_open", "--warm", "12", "--requests", "6", "--semantic-thresholds", "0.8",
+            "--difficulty-strong-shares", "0.5", "--cost-weights", "0.1", "--quality-targets", "0.8",
+            "--replica-ports", "8303", "8304", "--overhead-sizes", "200", "--overhead-queries", "10",
+            "--results", str(tmp_path / "results"), "--work", str(tmp_path / "work"), "--run", "tiny",
+        ],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    out = tmp_path / "results" / "tiny"
+    summary = json.loads((out / "summary.json").read_text())
+    workload = summary["workloads"]["nq_open"]
+    assert workload["metric"] == "exact_match" and workload["requests"] == 6
+    assert set(workload["systems"]) == {"strong_only", "small_only", "semantic_cache", "difficulty_router", "echolm"}
+    for name, system in workload["systems"].items():
+        assert system["errors"] == 0, name
+        assert system["throughput_rps"] > 0 and 0 <= system["quality"] <= 1
+        assert system["latency_p50_s"] <= system["latency_p95_s"] <= system["latency_p99_s"]
+        assert abs(sum(system["share_by_tier"].values()) - 1) < 1e-6
+    # Strong-only and small-only ran on their two-server groups; the difficulty router sent half each way.
+    assert workload["systems"]["strong_only"]["share_by_tier"] == {"strong@x2": 1.0}
+    assert workload["systems"]["small_only"]["share_by_tier"] == {"cheap@x2": 1.0}
+    assert workload["systems"]["difficulty_router"]["share_by_tier"] == {"cheap": 0.5, "strong": 0.5}
+    # EchoLM's own overhead comes back in its response headers; the quality-target point is in the sweep.
+    assert workload["systems"]["echolm"]["overhead_p50_ms"] > 0
+    assert [p["operating_point"] for p in workload["sweeps"]["echolm"]] == ["cost weight 0.1", "quality target 0.8"]
+    assert summary["overhead"]["sizes"][0]["entries"] == 200
+    report = (out / "report.md").read_text()
+    assert "## Targets" in report and "| echolm | cost weight 0.1 |" in report
+    for plot in ("quality_vs_throughput.png", "latency_cdf.png", "overhead_vs_cache_size.png"):
+        assert (out / plot).read_bytes()[:4] == b"\x89PNG"
