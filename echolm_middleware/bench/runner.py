@@ -42,8 +42,9 @@ from echolm_middleware.judge import PairVerdict, judge_pair, win_rate
 from echolm_middleware.proxy_process import ProxyProcess, running_proxy
 from echolm_middleware.shadow import agreement
 
-# (warm-up pool, requests) per built-in workload: sized so a full run of every system stays under
-# 40 minutes on 2 cores; Arena-Hard's long answers and judge calls make it the dearest per request.
+# (warm-up pool, requests) per built-in workload. Measured on 2 cores (benchmarks/results/full-2026-11-25):
+# about 25 minutes per reference workload with 10 operating points; Arena-Hard's long answers and judge
+# calls (about 40 s a pair on a 1-thread 1.5B judge) make it the dearest per request.
 DEFAULT_SIZES: dict[str, tuple[int, int]] = {"nq_open": (150, 60), "banking77": (150, 60), "arena_hard": (10, 6)}
 USER_FILE_SIZES = (100, 40)
 # The judge prompt's character budget: about 800 tokens, so a judgement costs seconds, not half a minute,
