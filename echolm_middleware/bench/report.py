@@ -235,15 +235,8 @@ def plot_quality_vs_throughput(summary: dict[str, Any], path: Path) -> Path:
             xy = sorted((p["throughput_rps"], p["quality"]) for p in points if p["quality"] is not None)
             if xy:
                 axis.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=system)
-        axis.set_title(f"{name} ({workload['metric']})")
-        axis.set_xlabel("throughput (req/s)")
-        axis.set_ylabel("quality")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        _label(axis, f"{name} ({workload['metric']})", "throughput (req/s)", "quality")
+    return _save(plt, fig, path)
 
 
 def plot_latency_cdf(results: Sequence[WorkloadRun], path: Path) -> Path:
@@ -262,11 +255,19 @@ def plot_latency_cdf(results: Sequence[WorkloadRun], path: Path) -> Path:
             latencies = sorted(a.latency_s for a in run.passes[0].answers if a.error is None)
             if latencies:
                 axis.step(latencies, [(i + 1) / len(latencies) for i in range(len(latencies))], label=run.system)
-        axis.set_title(result.workload.name)
-        axis.set_xlabel("latency (s)")
-        axis.set_ylabel("share of requests")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+        _label(axis, result.workload.name, "latency (s)", "share of requests")
+    return _save(plt, fig, path)
+
+
+def _label(axis: Any, title: str, x: str, y: str) -> None:
+    axis.set_title(title)
+    axis.set_xlabel(x)
+    axis.set_ylabel(y)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+
+
+def _save(plt: Any, fig: Any, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

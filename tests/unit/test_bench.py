@@ -299,3 +299,11 @@ def test_a_quality_target_point_reports_the_level_held_and_the_offload_it_bought
     lines = report.quality_target_lines("nq_open", summary["workloads"]["nq_open"], "strong")
     assert lines[0].startswith("- nq_open: quality target 0.8") and "**held**; offload 75%" in lines[0]
     assert "0.7 — **not held**; offload 50%" in lines[1]
+
+
+def test_a_semantic_cache_with_no_warm_answers_caches_its_first_miss() -> None:
+    embedder = TableEmbedder({"q": [1, 0]})
+    chat = RecordingChat()
+    cache = SemanticCache("semantic_cache", embedder, 0.9, ModelSystem("strong", chat, "strong"), [])  # type: ignore[arg-type]
+    assert cache.answer(_user("q"), 8).tier == "strong"
+    assert cache.answer(_user("q"), 8).tier == CACHE_TIER and len(chat.calls) == 1
