@@ -1,8 +1,9 @@
 """What `echolm bench` serves each system on, so that every system gets the same cores.
 
 EchoLM and the baselines that mix tiers use the config's tiers (one cheap and one strong llama.cpp
-server, one thread each). Strong-only gets those two cores as two strong servers, and small-only as two
-cheap servers: comparing strong-only on one core with EchoLM on two would flatter EchoLM. All of them
+server, one thread each). Strong-only and the semantic cache (which sends its misses to the strong tier)
+get those two cores as two strong servers, and small-only as two cheap servers: comparing strong-only on
+one core with EchoLM on two would flatter EchoLM. All of them
 sit behind one LiteLLM proxy: the replicas form model groups of their own (`strong@x2`, `cheap@x2`)
 with least-busy routing, and an idle llama.cpp server takes no CPU, so each system only ever keeps two
 servers busy. Tiers that are not local (an API) are used as configured by every system; the report
@@ -80,10 +81,30 @@ def serving(deployment: Deployment, run_dir: Path) -> Iterator[None]:
         yield
 
 
-def write_proxy_config(raw: Mapping[str, Any], deployment: Deployment, path: Path, *, with_echolm: bool) -> Path:
-    """A proxy config for the bench: ours when `with_echolm`, else LiteLLM alone."""
+def widened(deployment: Deployment, group: str) -> list[dict[str, Any]]:
+    """The model list with `group` served by both of its servers: its `@x2` entries under its own name.
+
+    Only for work that is not measured (the warm-up answers), so that it takes both cores.
+    """
+    replicas = [copy.deepcopy(e) for e in deployment.model_list if e.get("model_name") == group + REPLICATED]
+    if not replicas:
+        return copy.deepcopy(deployment.model_list)
+    for entry in replicas:
+        entry["model_name"] = group
+    return [copy.deepcopy(e) for e in deployment.model_list if e.get("model_name") != group] + replicas
+
+
+def write_proxy_config(
+    raw: Mapping[str, Any],
+    deployment: Deployment,
+    path: Path,
+    *,
+    with_echolm: bool,
+    widen: str | None = None,
+) -> Path:
+    """A proxy config for the bench: ours when `with_echolm`, else LiteLLM alone; `widen`: see `widened`."""
     config = copy.deepcopy(dict(raw))
-    config["model_list"] = deployment.model_list
+    config["model_list"] = widened(deployment, widen) if widen else deployment.model_list
     settings = dict(config.get("litellm_settings") or {})
     if with_echolm:
         settings["callbacks"] = PROXY_CALLBACK

@@ -180,8 +180,9 @@ def format_report(summary: dict[str, Any], overhead: dict[str, Any] | None, plot
         f"Command: `{summary['command']}`",
         "",
         "Every system served the same requests under the same load (closed loop, the throughput is completed "
-        "requests per second). Strong-only and small-only ran on two servers of their tier, the others on one "
-        "cheap and one strong server: the same cores for all. "
+        "requests per second). Strong-only and the semantic cache (whose misses go to the strong tier) ran on two "
+        "strong servers, small-only on two cheap servers, EchoLM and the difficulty router on one cheap and one "
+        "strong server: the same cores for all. "
         f"Sustained rate (open loop, when run): the largest Poisson rate whose p95 latency stayed under "
         f"{summary['p95_bound_s']:g} s.",
         "",

@@ -62,6 +62,7 @@ class BenchOptions:
     clients: int = 2
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
     rates: list[float] = field(default_factory=list)  # Poisson rates run for strong-only and EchoLM
+    rate_requests: int = 30  # the first requests of the set that each Poisson pass sends
     # Operating points; the first of each list is the system's default, reported under its own name.
     semantic_thresholds: list[float] = field(default_factory=lambda: [0.9, 0.8])
     # The difficulty router's points as the share of requests it sends to the strong tier; its threshold is
@@ -131,9 +132,13 @@ class Bench:
         env.update(overrides)
         return env
 
-    def _proxy(self, folder: Path, *, echolm: bool, env: dict[str, str]) -> Any:
+    def _proxy(self, folder: Path, *, echolm: bool, env: dict[str, str], widen: str | None = None) -> Any:
         config = write_proxy_config(
-            self.raw, self.deployment, folder / ("proxy-echolm.yaml" if echolm else "proxy.yaml"), with_echolm=echolm
+            self.raw,
+            self.deployment,
+            folder / ("proxy-echolm.yaml" if echolm else "proxy.yaml"),
+            with_echolm=echolm,
+            widen=widen,
         )
         return running_proxy(config, env=env, log_path=folder / ("proxy-echolm.log" if echolm else "proxy.log"))
 
@@ -147,10 +152,13 @@ class Bench:
     def _serve_with_rates(
         self, system: System, workload: Workload, items: Sequence[QARecord], label: str
     ) -> list[LoadPass]:
+        """The closed loop and each Poisson pass, for a system that keeps nothing between passes (strong-only)."""
         passes = self._serve(system, workload, items, label)
+        # Where latency is measured against the rate, a prefix of the set is enough and keeps each pass short.
+        prefix = items[: self.options.rate_requests]
         for rate in self.options.rates:
             passes.append(
-                open_loop(system, workload, items, rate_rps=rate, seed=self.options.seed, label=f"{label} @{rate:g}/s")
+                open_loop(system, workload, prefix, rate_rps=rate, seed=self.options.seed, label=f"{label} @{rate:g}/s")
             )
         return passes
 
@@ -187,28 +195,34 @@ class Bench:
 
         warm_answers = self._warm(workload, split, folder / "warm")
         cheap, strong = ModelSystem("cheap", chat, self.cheap), ModelSystem("strong", chat, self.strong)
-        labels = self._difficulty_labels(workload, split, warm_answers, cheap, chat)
+        labels = self._difficulty_labels(
+            workload, split, warm_answers, ModelSystem("cheap", chat, self.deployment.cheap_x2), chat
+        )
         # Every point of an open-ended workload costs 2 judge calls per request: the sweeps stop at each
         # system's default point there unless asked (`sweep_judged`).
         semantic, difficulty, weights = self._points(workload)
+        # The semantic cache never calls the cheap tier: its misses get both cores, as strong-only's requests do.
+        strong_x2 = ModelSystem("strong", chat, self.deployment.strong_x2)
         for threshold in semantic:
-            cache = SemanticCache("semantic_cache", self.embedder(), threshold, strong, list(warm_answers.items()))
+            cache = SemanticCache("semantic_cache", self.embedder(), threshold, strong_x2, list(warm_answers.items()))
             passes = self._serve(cache, workload, split.requests, f"semantic cache {threshold:g}")
-            result.runs.append(SystemRun("semantic_cache", f"threshold {threshold:g}", mixed, passes))
+            where = self._where("two strong servers")
+            result.runs.append(SystemRun("semantic_cache", f"threshold {threshold:g}", where, passes))
         for share in difficulty:
             router = DifficultyRouter("difficulty_router", self.embedder(), 0.0, cheap, strong, labels)
             threshold = router.calibrate([item.prompt for item in split.requests], strong_share=share)
             passes = self._serve(router, workload, split.requests, f"difficulty router {share:g}")
             point = f"strong share {share:g} (threshold {threshold:.3f})"
             result.runs.append(SystemRun("difficulty_router", point, mixed, passes))
-        for weight in weights:
+        for index, weight in enumerate(weights):
             point = f"cost weight {weight:g}"
-            passes = self._echolm(workload, split, folder, point, ECHOLM_ROUTING__COST_WEIGHT=str(weight))
+            settings = {"ECHOLM_ROUTING__COST_WEIGHT": str(weight)}
+            passes = self._echolm(workload, split, folder, point, with_rates=index == 0, **settings)
             result.runs.append(SystemRun("echolm", point, mixed, passes))
         for target in self.options.quality_targets:
             point = f"quality target {target:g}"
             passes = self._echolm(
-                workload, split, folder, point,
+                workload, split, folder, point, with_rates=False,
                 ECHOLM_ROUTING__QUALITY_TARGET__TARGET=str(target),
                 ECHOLM_ROUTING__QUALITY_TARGET__METRIC="judge" if workload.judged else "agreement",
                 ECHOLM_ROUTING__QUALITY_TARGET__SAMPLE_SHARE=str(self.options.target_sample_share),
@@ -239,9 +253,11 @@ class Bench:
         return points
 
     def _warm(self, workload: Workload, split: Split, store_dir: Path) -> dict[str, str]:
-        """The strong tier answers the warm-up pool through EchoLM with no examples: all admitted."""
+        """The strong tier answers the warm-up pool through EchoLM with no examples: all admitted.
+
+        Nothing here is timed, so the strong tier gets both strong servers."""
         env = self._env(store_dir, ECHOLM_RETRIEVAL__K="0")
-        with self._proxy(store_dir, echolm=True, env=env) as proxy:
+        with self._proxy(store_dir, echolm=True, env=env, widen=self.strong) as proxy:
             wait_for_engine(proxy, self.strong)
             system = ModelSystem("warm-up", self._chat(proxy), self.strong)
             warm = closed_loop(system, workload, split.warm, clients=self.options.clients, label="warm-up (strong)")
@@ -257,6 +273,7 @@ class Bench:
     ) -> list[tuple[str, float]]:
         """1 where the cheap tier did as well as the strong one on a warm-up prompt (RouteLLM's label)."""
         items = [item for item in split.warm if item.prompt in warm_answers]
+        # Not timed: both cheap servers answer.
         answers = closed_loop(cheap, workload, items, clients=self.options.clients, label="labels (cheap)").answers
         strong_answers = [warm_answers[item.prompt] for item in items]
         if workload.score is not None:
@@ -266,20 +283,44 @@ class Bench:
             ]
         else:
             baseline = [Answered(a, self.strong, 0.0, None) for a in strong_answers]
-            verdicts = self._judge_all(chat, items, answers, baseline, label="labels (judge)", judge_model=self.strong)
+            verdicts = self._judge_all(chat, items, answers, baseline, label="labels (judge)")
             good_enough = [verdict.outcome in ("win", "tie") for verdict in verdicts]
         return [(item.prompt, float(label)) for item, label in zip(items, good_enough, strict=True)]
 
-    def _echolm(self, workload: Workload, split: Split, folder: Path, point: str, **settings: str) -> list[LoadPass]:
-        """One operating point (settings as ECHOLM_ overrides) on a copy of the warm store, so every
-        point starts from the same cache."""
-        store_dir = folder / ("echolm-" + point.replace(" ", "-"))
+    def _echolm(
+        self, workload: Workload, split: Split, folder: Path, point: str, *, with_rates: bool, **settings: str
+    ) -> list[LoadPass]:
+        """One operating point (settings as ECHOLM_ overrides): the closed loop and, `with_rates`, each
+        Poisson pass, every one on its own copy of the warm store. A later pass on the same store would
+        find the earlier pass's answers to the very same prompts and flatter EchoLM."""
+        label = f"echolm {point}"
+
+        def closed(system: System) -> list[LoadPass]:
+            return self._serve(system, workload, split.requests, label)
+
+        passes = self._echolm_pass(folder, point, settings, closed)
+        for rate in self.options.rates if with_rates else []:
+
+            def poisson(system: System, rate: float = rate) -> list[LoadPass]:
+                prefix = split.requests[: self.options.rate_requests]
+                return [
+                    open_loop(
+                        system, workload, prefix, rate_rps=rate, seed=self.options.seed, label=f"{label} @{rate:g}/s"
+                    )
+                ]
+
+            passes += self._echolm_pass(folder, f"{point} at {rate:g} rps", settings, poisson)
+        return passes
+
+    def _echolm_pass(
+        self, folder: Path, name: str, settings: Mapping[str, str], serve: Callable[[System], list[LoadPass]]
+    ) -> list[LoadPass]:
+        store_dir = folder / ("echolm-" + name.replace(" ", "-"))
         shutil.rmtree(store_dir, ignore_errors=True)
         shutil.copytree(folder / "warm", store_dir, ignore=shutil.ignore_patterns("*.log", "*.yaml"))
         with self._proxy(store_dir, echolm=True, env=self._env(store_dir, **settings)) as proxy:
             wait_for_engine(proxy, self.cheap)
-            system = ModelSystem("echolm", self._chat(proxy), self.strong)
-            return self._serve_with_rates(system, workload, split.requests, f"echolm {point}")
+            return serve(ModelSystem("echolm", self._chat(proxy), self.strong))
 
     def _score(self, result: WorkloadRun, chat: ProxyChat) -> None:
         """Reference metric per answer, or the judge (on both strong servers) against strong-only's answer."""

@@ -55,7 +55,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--requests", type=int, help="request set size for every workload (default: per workload)")
     parser.add_argument("--seed", type=int, default=7, help="split and arrival seed (default: %(default)s)")
     parser.add_argument("--clients", type=int, default=2, help="closed-loop concurrent clients (default: 2)")
-    parser.add_argument("--rates", type=float, nargs="*", default=[], help="Poisson rates (req/s) also run")
+    parser.add_argument(
+        "--rates", type=float, nargs="*", default=[], metavar="RPS",
+        help="Poisson arrival rates (req/s) also run for strong-only and EchoLM's default point (default: none)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--rate-requests", type=int, default=30, metavar="N",
+        help="requests each Poisson pass sends: the first N of the request set (default: %(default)s)",
+    )  # fmt: skip
     parser.add_argument("--p95-bound", type=float, default=10.0, help="latency bound for a sustained rate (s)")
     parser.add_argument(
         "--semantic-thresholds", type=_share, nargs="+", default=[0.9, 0.8], metavar="T",
@@ -119,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         clients=args.clients,
         sizes=sizes,
         rates=list(args.rates),
+        rate_requests=args.rate_requests,
         semantic_thresholds=args.semantic_thresholds,
         difficulty_strong_shares=args.difficulty_strong_shares,
         echolm_cost_weights=list(args.cost_weights),

@@ -148,6 +148,11 @@ class Engine:
 
     # ---- request path -------------------------------------------------------------------------
 
+    def _routing_loads(self) -> dict[str, float]:
+        if self.settings.routing.load_signal == "queue":
+            return self.load.queue_if_added([tier.name for tier in self.tiers])
+        return self.load.loads()
+
     def prepare(self, request: ChatRequest) -> Prepared:
         """Decide the tier and the messages for one request; the decision is kept under a new id."""
         started = time.perf_counter()
@@ -179,7 +184,7 @@ class Engine:
             strongest=self.strongest,
             bucket=bucket,
             observed=observed,
-            loads=self.load.loads(),
+            loads=self._routing_loads(),
             settings=self.settings.routing,
             rng=self._rng,
             strongest_bias=self.quality_target.bias if self.quality_target is not None else 0.0,

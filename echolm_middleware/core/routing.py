@@ -1,8 +1,10 @@
 """Tier choice: S_i = μ_i − w·C_i − λ0·tanh(γ·(L_i − cap_i))⁺·C_i over any number of tiers.
 
 μ_i is the posterior mean (or a Thompson draw) of a Beta per tier and context bucket; the context is
-the quality of the examples found for this request (DESIGN.md §2.5). Below capacity the load term is
-zero; above it the bias grows with the excess and with the tier's cost, so load shifts to cheap tiers.
+the quality of the examples found for this request (DESIGN.md §2.5). L_i is, by default, the queue the
+request would join (requests in flight on the tier, counting this one), or the moving average of the
+in-flight count (`routing.load_signal`). Up to capacity the load term is zero; above it the bias grows
+with the excess and with the tier's cost, so load shifts to cheap tiers.
 """
 
 from __future__ import annotations
@@ -157,6 +159,17 @@ class LoadTracker:
         with self._lock:
             self._advance(self._clock())
             self._open.pop(key, None)
+
+    def queue_if_added(self, tiers: Sequence[str]) -> dict[str, float]:
+        """Requests each tier would have in flight if this one went there: the queue it would join.
+
+        Against a capacity of concurrent slots this says at once whether the request would wait, where
+        the moving average lags a burst by its window and keeps a tier "busy" after it has drained.
+        """
+        with self._lock:
+            self._advance(self._clock())
+            counts = self._counts()
+        return {tier: counts.get(tier, 0) + 1.0 for tier in tiers}
 
     def loads(self) -> dict[str, float]:
         with self._lock:

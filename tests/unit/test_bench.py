@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from echolm_middleware.bench import report
+from echolm_middleware.bench.deployments import Deployment, widened
 from echolm_middleware.bench.load import LoadPass, closed_loop, open_loop
 from echolm_middleware.bench.runner import SystemRun, WorkloadRun
 from echolm_middleware.bench.systems import CACHE_TIER, Answered, DifficultyRouter, ModelSystem, SemanticCache
@@ -29,6 +30,28 @@ from echolm_middleware.datasets import QARecord
 from echolm_middleware.errors import EchoLMError
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+# ---- deployments ------------------------------------------------------------------------------------
+
+
+def _entry(group: str, port: int) -> dict[str, object]:
+    return {"model_name": group, "litellm_params": {"model": "openai/m", "api_base": f"http://127.0.0.1:{port}/v1"}}
+
+
+def test_a_widened_group_is_served_by_both_of_its_servers_and_the_rest_is_untouched() -> None:
+    model_list = [_entry("cheap", 1), _entry("strong", 2), _entry("cheap@x2", 1), _entry("cheap@x2", 3)]
+    model_list += [_entry("strong@x2", 2), _entry("strong@x2", 4)]
+    deployment = Deployment(model_list=model_list, specs=[], cheap_x2="cheap@x2", strong_x2="strong@x2")
+
+    wide = widened(deployment, "strong")
+
+    bases = {(e["model_name"], e["litellm_params"]["api_base"]) for e in wide}  # type: ignore[index]
+    assert {base for group, base in bases if group == "strong"} == {"http://127.0.0.1:2/v1", "http://127.0.0.1:4/v1"}
+    assert {base for group, base in bases if group == "cheap"} == {"http://127.0.0.1:1/v1"}
+    assert {base for group, base in bases if group == "strong@x2"} == {"http://127.0.0.1:2/v1", "http://127.0.0.1:4/v1"}
+    assert deployment.model_list[1]["model_name"] == "strong"  # the deployment itself is not changed
+    assert widened(deployment, "other") == model_list  # no replicas: nothing to widen
 
 
 # ---- workloads --------------------------------------------------------------------------------------

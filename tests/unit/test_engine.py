@@ -224,8 +224,11 @@ def test_a_short_prompt_is_routed_without_counting_its_tokens(make_engine: Any) 
     assert engine.prepare(_ask(UNRELATED)).decision.action == "route"
 
 
-def test_load_above_capacity_on_the_strong_tier_sends_a_plain_request_to_cheap(make_engine: Any) -> None:
-    kit = make_engine()
+@pytest.mark.parametrize(("signal", "expected_load"), [("queue", 6.0), ("ema", 5.0)])
+def test_load_above_capacity_on_the_strong_tier_sends_a_plain_request_to_cheap(
+    make_engine: Any, signal: str, expected_load: float
+) -> None:
+    kit = make_engine(routing=ROUTING.model_copy(update={"load_signal": signal}))
     kit.engine.load = LoadTracker(window_s=2.0, clock=kit.clock)
     for n in range(5):
         kit.engine.load.begin("strong", f"r{n}")
@@ -235,9 +238,29 @@ def test_load_above_capacity_on_the_strong_tier_sends_a_plain_request_to_cheap(m
 
     assert prepared.model == "cheap"
     strong = next(score for score in prepared.decision.scores if score.tier == "strong")
-    assert strong.load == pytest.approx(5.0, abs=0.05)
+    # queue: the five in flight and this one; ema: the five, averaged over ten seconds.
+    assert strong.load == pytest.approx(expected_load, abs=0.05)
     assert strong.load_penalty > 0
     assert "over capacity" in format_decision(prepared.decision)
+
+
+def test_a_request_that_would_queue_behind_a_busy_strong_tier_goes_cheap_with_a_weak_example(
+    make_engine: Any,
+) -> None:
+    """The queue signal acts on the first request that would wait; the moving average has not risen yet."""
+    weak_match = _ask("Please tell me what is the capital of France")  # the "low" bucket
+    chosen = {}
+    for signal in ("queue", "ema"):
+        kit = make_engine(routing=ROUTING.model_copy(update={"load_signal": signal}))
+        kit.engine.load = LoadTracker(window_s=2.0, clock=kit.clock)
+        kit.engine.admit("A", QUESTION, ANSWER, "strong")
+        assert kit.engine.prepare(weak_match).model == "strong"  # idle: the weak example is not enough
+        kit.engine.load.begin("strong", "in-flight")
+        chosen[signal] = kit.engine.prepare(weak_match)
+
+    assert chosen["queue"].model == "cheap"
+    assert [trace.prompt for trace in chosen["queue"].decision.examples] == [QUESTION]
+    assert chosen["ema"].model == "strong"
 
 
 def test_query_context_turns_widen_the_query_that_is_kept_and_admitted(make_engine: Any) -> None:

@@ -282,3 +282,13 @@ def test_reading_loads_twice_at_the_same_time_gives_the_same_value(clock: FakeCl
     clock.advance(1.0)
 
     assert tracker.loads() == tracker.loads()
+
+
+def test_the_queue_signal_counts_the_request_being_routed_on_every_tier(clock: FakeClock) -> None:
+    tracker = LoadTracker(window_s=2.0, clock=clock)
+    tracker.begin("strong", "r1")
+    tracker.begin("strong", "r2")
+    tracker.begin("cheap", "r3")
+    tracker.finish("r3")
+
+    assert tracker.queue_if_added(["cheap", "strong", "mid"]) == {"cheap": 1.0, "strong": 3.0, "mid": 1.0}
