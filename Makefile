@@ -10,14 +10,28 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install models demo bench test test-unit test-integration lint format clean
 
-$(STAMP): pyproject.toml constraints.txt
+# llama.cpp's default build is -march=native: it emits the newest instructions the CPU reports (AMX
+# tiles on recent Xeons), which a VM may report yet not allow, and the model server then dies with
+# SIGILL on its first request. We build it once for AVX2 (any x86-64 server since 2013) and keep the
+# wheel here, keyed by version and flags, so a new venv does not compile again.
+LLAMA_CPP := $(shell grep -i '^llama[-_]cpp[-_]python==' constraints.txt)
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+WHEELS := $(HOME)/.cache/echolm-middleware/wheels/$(subst ==,-,$(LLAMA_CPP))-avx2
+
+$(WHEELS)/.built: constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# About 10 minutes on 2 cores, once per machine.
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel -q --no-deps --no-cache-dir -w $(WHEELS) "$(LLAMA_CPP)"
+	touch $@
+
+$(STAMP): pyproject.toml constraints.txt $(WHEELS)/.built
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first: this pin takes the local CPU build; a plain `torch` would pull GBs of CUDA packages.
 	$(BIN)/pip install -q torch==2.13.0
-	# Everything else in one resolve against the pinned set. llama-cpp-python compiles from source
-	# the first time (about 10 minutes on 2 cores); pip caches the wheel afterwards.
-	$(BIN)/pip install -q -c constraints.txt -e ".[all,dev]"
+	# Everything else in one resolve against the pinned set, llama-cpp-python from the wheel built above.
+	$(BIN)/pip install -q -c constraints.txt --find-links $(WHEELS) -e ".[all,dev]"
 	$(BIN)/pip check
 	touch $(STAMP)
 
