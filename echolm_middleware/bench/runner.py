@@ -42,10 +42,10 @@ from echolm_middleware.judge import PairVerdict, judge_pair, win_rate
 from echolm_middleware.proxy_process import ProxyProcess, running_proxy
 from echolm_middleware.shadow import agreement
 
-# (warm-up pool, requests) per built-in workload. Measured on 2 cores (benchmarks/results/full-2026-11-25):
-# about 25 minutes per reference workload with 10 operating points; Arena-Hard's long answers and judge
-# calls (about 40 s a pair on a 1-thread 1.5B judge) make it the dearest per request.
-DEFAULT_SIZES: dict[str, tuple[int, int]] = {"nq_open": (150, 60), "banking77": (150, 60), "arena_hard": (10, 6)}
+# (warm-up pool, requests) per built-in workload, sized so that a full run of the three fits in 40 minutes
+# on 2 cores (benchmarks/results/full-2026-12-01): a reference workload takes about 13 minutes at these
+# sizes, Arena-Hard's long answers and judge calls (both orders, on a 1-thread 1.5B judge) about 10.
+DEFAULT_SIZES: dict[str, tuple[int, int]] = {"nq_open": (100, 40), "banking77": (100, 40), "arena_hard": (8, 6)}
 USER_FILE_SIZES = (100, 40)
 # The judge prompt's character budget: about 800 tokens, so a judgement costs seconds, not half a minute,
 # on a 1-thread 1.5B judge; both answers and the prompt are cut to share it.
