@@ -10,6 +10,8 @@ strong-only's answer to the same request.
 
 from __future__ import annotations
 
+import os
+import re
 import secrets
 import shutil
 import sqlite3
@@ -35,21 +37,24 @@ from echolm_middleware.bench.systems import (
     System,
 )
 from echolm_middleware.bench.workloads import Split, Workload, load_workload, split_workload
-from echolm_middleware.config import load_settings
+from echolm_middleware.config import CONFIG_SECTION, load_settings, settings_from_mapping
 from echolm_middleware.datasets import QARecord
 from echolm_middleware.demo import wait_for_engine
+from echolm_middleware.errors import ConfigError
 from echolm_middleware.judge import PairVerdict, judge_pair, win_rate
 from echolm_middleware.proxy_process import ProxyProcess, running_proxy
 from echolm_middleware.shadow import agreement
 
 # (warm-up pool, requests) per built-in workload, sized so that a full run of the three fits in 40 minutes
-# on 2 cores (benchmarks/results/full-2026-12-01): a reference workload takes about 13 minutes at these
-# sizes, Arena-Hard's long answers and judge calls (both orders, on a 1-thread 1.5B judge) about 10.
-DEFAULT_SIZES: dict[str, tuple[int, int]] = {"nq_open": (100, 40), "banking77": (100, 40), "arena_hard": (8, 6)}
+# on 2 cores (benchmarks/results/full-2026-12-01). Measured in benchmarks/results/sweep-2026-12-01: a
+# reference workload at 100/40 (two cost weights, a quality target, two Poisson rates) took about 17
+# minutes; on Arena-Hard a judgement (both orders) took about 33 s and a 128-token answer 10-16 s on the
+# 1-thread 1.5B strong tier, so each request there costs what ten reference requests do.
+DEFAULT_SIZES: dict[str, tuple[int, int]] = {"nq_open": (80, 30), "banking77": (80, 30), "arena_hard": (6, 5)}
 USER_FILE_SIZES = (100, 40)
-# The judge prompt's character budget: about 800 tokens, so a judgement costs seconds, not half a minute,
-# on a 1-thread 1.5B judge; both answers and the prompt are cut to share it.
-JUDGE_MAX_CHARS = 3200
+# The judge prompt's character budget (about 500 tokens), shared by the prompt and both answers: a
+# judgement (two calls) took about 33 s at 3,200 characters on a 1-thread 1.5B judge, most of it reading.
+JUDGE_MAX_CHARS = 2000
 
 
 @dataclass
@@ -72,6 +77,8 @@ class BenchOptions:
     # EchoLM points that hold a quality target on the fly; the share of cheap answers compared is raised
     # from the product's 5% so that a few dozen requests give the controller something to act on.
     quality_targets: list[float] = field(default_factory=list)
+    # Further EchoLM points, each a set of config overrides ("routing.load_signal=ema,retrieval.k=5").
+    echolm_points: list[str] = field(default_factory=list)
     target_sample_share: float = 0.3
     sweep_judged: bool = False
     replica_ports: tuple[int, int] = (8103, 8104)  # the second cheap and the second strong server
@@ -106,6 +113,8 @@ class Bench:
         self.options = options
         self.log = log
         self.settings, self.raw = load_settings(options.config)
+        for spec in options.echolm_points:  # a bad point stops the run now, not half an hour in
+            _check_overrides(self.raw, point_overrides(spec))
         self.cheap, self.strong = self.settings.tiers[0].name, self.settings.tiers[-1].name
         self.deployment = bench_deployment(self.raw, self.cheap, self.strong, replica_ports=options.replica_ports)
         self.master_key = "sk-echolm-bench-" + secrets.token_hex(12)
@@ -122,8 +131,6 @@ class Bench:
         return self._embedder
 
     def _env(self, store_dir: Path | None = None, **overrides: str) -> dict[str, str]:
-        import os
-
         env = dict(os.environ)
         env["LITELLM_MASTER_KEY"] = self.master_key  # one tenant (this key) across every proxy of the run
         if store_dir is not None:
@@ -156,7 +163,7 @@ class Bench:
         passes = self._serve(system, workload, items, label)
         # Where latency is measured against the rate, a prefix of the set is enough and keeps each pass short.
         prefix = items[: self.options.rate_requests]
-        for rate in self.options.rates:
+        for rate in self._rates(workload):
             passes.append(
                 open_loop(system, workload, prefix, rate_rps=rate, seed=self.options.seed, label=f"{label} @{rate:g}/s")
             )
@@ -219,6 +226,9 @@ class Bench:
             settings = {"ECHOLM_ROUTING__COST_WEIGHT": str(weight)}
             passes = self._echolm(workload, split, folder, point, with_rates=index == 0, **settings)
             result.runs.append(SystemRun("echolm", point, mixed, passes))
+        for spec in self.options.echolm_points:
+            passes = self._echolm(workload, split, folder, spec, with_rates=False, **point_overrides(spec))
+            result.runs.append(SystemRun("echolm", spec, mixed, passes))
         for target in self.options.quality_targets:
             point = f"quality target {target:g}"
             passes = self._echolm(
@@ -240,6 +250,11 @@ class Bench:
         if not self.deployment.local:
             result.notes.append("tiers are not local: every system ran on the tiers as configured")
         return result
+
+    def _rates(self, workload: Workload) -> list[float]:
+        """Poisson rates run on reference workloads only: on open-ended ones a single answer takes about as
+        long as the p95 bound, so no rate would hold and every pass would cost minutes."""
+        return [] if workload.judged else list(self.options.rates)
 
     def _points(self, workload: Workload) -> tuple[list[float], list[float], list[float]]:
         options = self.options
@@ -299,7 +314,7 @@ class Bench:
             return self._serve(system, workload, split.requests, label)
 
         passes = self._echolm_pass(folder, point, settings, closed)
-        for rate in self.options.rates if with_rates else []:
+        for rate in self._rates(workload) if with_rates else []:
 
             def poisson(system: System, rate: float = rate) -> list[LoadPass]:
                 prefix = split.requests[: self.options.rate_requests]
@@ -374,6 +389,33 @@ class Bench:
                 return verdict
 
             return list(pool.map(counted, range(len(items))))
+
+
+def point_overrides(spec: str) -> dict[str, str]:
+    """ "routing.load_signal=ema,retrieval.k=5" as the environment overrides the proxy reads."""
+    overrides = {}
+    for part in spec.split(","):
+        key, sep, value = part.strip().partition("=")
+        if not sep or not re.fullmatch(r"[a-z_]+(\.[a-z_]+)+", key) or not value:
+            raise ConfigError(
+                f"EchoLM point {spec!r}: each part must read section.key=value, e.g. routing.cost_weight=0.2"
+            )
+        overrides["ECHOLM_" + "__".join(name.upper() for name in key.split("."))] = value
+    return overrides
+
+
+def _check_overrides(raw: Mapping[str, Any], overrides: Mapping[str, str]) -> None:
+    """Validate the config section under these overrides as the point's proxy will (ConfigError if bad)."""
+    saved = {key: os.environ.get(key) for key in overrides}
+    os.environ.update(overrides)
+    try:
+        settings_from_mapping(raw.get(CONFIG_SECTION))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _judge_call(chat: ProxyChat, model: str) -> Callable[[list[dict[str, str]]], str]:

@@ -57,7 +57,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--clients", type=int, default=2, help="closed-loop concurrent clients (default: 2)")
     parser.add_argument(
         "--rates", type=float, nargs="*", default=[], metavar="RPS",
-        help="Poisson arrival rates (req/s) also run for strong-only and EchoLM's default point (default: none)",
+        help="Poisson arrival rates (req/s) also run for strong-only and EchoLM's default point, on reference "
+        "workloads (default: none)",
     )  # fmt: skip
     parser.add_argument(
         "--rate-requests", type=int, default=30, metavar="N",
@@ -80,6 +81,11 @@ def register(subparsers: Any) -> None:
         "--quality-targets", type=_share, nargs="*", default=[], metavar="Q",
         help="EchoLM points holding routing.quality_target Q (agreement with the strong tier, or judged win "
         "rate on open-ended workloads), with 30%% of cheap answers compared",
+    )  # fmt: skip
+    parser.add_argument(
+        "--echolm-points", nargs="*", default=[], metavar="KEY=VALUE,...",
+        help="further EchoLM points, each a comma-separated set of config overrides, e.g. "
+        "routing.load_signal=ema or retrieval.k=5,retrieval.threshold=0.6 (checked before the run starts)",
     )  # fmt: skip
     parser.add_argument(
         "--sweep-judged", action="store_true",
@@ -132,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
         difficulty_strong_shares=args.difficulty_strong_shares,
         echolm_cost_weights=list(args.cost_weights),
         quality_targets=list(args.quality_targets),
+        echolm_points=list(args.echolm_points),
         sweep_judged=args.sweep_judged,
         replica_ports=(args.replica_ports[0], args.replica_ports[1]),
     )

@@ -31,6 +31,7 @@ def test_a_tiny_bench_serves_every_system_and_writes_its_report(tmp_path: Path) 
             sys.executable, "-m", "echolm_middleware.cli.main", "bench", "--config", str(config),
             "--workloads", "nq_open", "--warm", "12", "--requests", "6", "--semantic-thresholds", "0.8",
             "--difficulty-strong-shares", "0.5", "--cost-weights", "0.1", "--quality-targets", "0.8",
+            "--echolm-points", "routing.load_signal=ema", "--rates", "1", "--rate-requests", "3",
             "--replica-ports", "8303", "8304", "--overhead-sizes", "200", "--overhead-queries", "10",
             "--results", str(tmp_path / "results"), "--work", str(tmp_path / "work"), "--run", "tiny",
         ],
@@ -54,7 +55,14 @@ def test_a_tiny_bench_serves_every_system_and_writes_its_report(tmp_path: Path) 
     assert workload["systems"]["difficulty_router"]["share_by_tier"] == {"cheap": 0.5, "strong": 0.5}
     # EchoLM's own overhead comes back in its response headers; the quality-target point is in the sweep.
     assert workload["systems"]["echolm"]["overhead_p50_ms"] > 0
-    assert [p["operating_point"] for p in workload["sweeps"]["echolm"]] == ["cost weight 0.1", "quality target 0.8"]
+    points = [p["operating_point"] for p in workload["sweeps"]["echolm"]]
+    assert points == ["cost weight 0.1", "routing.load_signal=ema", "quality target 0.8"]
+    # The semantic cache's misses went to both strong servers; Poisson passes ran for strong-only and EchoLM.
+    assert set(workload["systems"]["semantic_cache"]["share_by_tier"]) <= {"cache", "strong@x2"}
+    for name in ("strong_only", "echolm"):
+        (poisson,) = workload["systems"][name]["open_loop"]
+        assert poisson["rate_rps"] == 1.0 and poisson["errors"] == 0
+        assert sum(poisson["share_by_tier"].values()) == pytest.approx(1.0, abs=0.01)
     assert summary["overhead"]["sizes"][0]["entries"] == 200
     report = (out / "report.md").read_text()
     assert "## Targets" in report and "| echolm | cost weight 0.1 |" in report

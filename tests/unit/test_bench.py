@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -14,7 +15,7 @@ import pytest
 from echolm_middleware.bench import report
 from echolm_middleware.bench.deployments import Deployment, widened
 from echolm_middleware.bench.load import LoadPass, closed_loop, open_loop
-from echolm_middleware.bench.runner import SystemRun, WorkloadRun
+from echolm_middleware.bench.runner import Bench, BenchOptions, SystemRun, WorkloadRun, point_overrides
 from echolm_middleware.bench.systems import CACHE_TIER, Answered, DifficultyRouter, ModelSystem, SemanticCache
 from echolm_middleware.bench.workloads import (
     JUDGED,
@@ -52,6 +53,33 @@ def test_a_widened_group_is_served_by_both_of_its_servers_and_the_rest_is_untouc
     assert {base for group, base in bases if group == "strong@x2"} == {"http://127.0.0.1:2/v1", "http://127.0.0.1:4/v1"}
     assert deployment.model_list[1]["model_name"] == "strong"  # the deployment itself is not changed
     assert widened(deployment, "other") == model_list  # no replicas: nothing to widen
+
+
+# ---- EchoLM points ----------------------------------------------------------------------------------
+
+
+def test_an_echolm_point_reads_as_the_environment_overrides_its_proxy_gets() -> None:
+    assert point_overrides("routing.load_signal=ema, retrieval.k=5") == {
+        "ECHOLM_ROUTING__LOAD_SIGNAL": "ema",
+        "ECHOLM_RETRIEVAL__K": "5",
+    }
+    assert point_overrides("routing.quality_target.target=0.8") == {"ECHOLM_ROUTING__QUALITY_TARGET__TARGET": "0.8"}
+
+
+@pytest.mark.parametrize("spec", ["routing.k", "k=5", "routing.k=", "Routing.K=5", "routing.k=5,,retrieval.k=1"])
+def test_a_malformed_echolm_point_is_a_clear_error(spec: str) -> None:
+    with pytest.raises(EchoLMError, match=r"section\.key=value"):
+        point_overrides(spec)
+
+
+@pytest.mark.parametrize("spec", ["routing.load_signal=sometimes", "retrieval.no_such_key=1"])
+def test_an_echolm_point_the_config_refuses_stops_the_bench_before_it_starts(spec: str, tmp_path: Path) -> None:
+    config = Path(__file__).resolve().parents[2] / "config.yaml"
+    options = BenchOptions(config=config, workloads=[], data_dir=DATA, run_dir=tmp_path, echolm_points=[spec])
+
+    with pytest.raises(EchoLMError, match=r"routing|retrieval"):
+        Bench(options)
+    assert not set(point_overrides(spec)) & set(os.environ)  # the check left nothing behind
 
 
 # ---- workloads --------------------------------------------------------------------------------------
