@@ -18,7 +18,9 @@ LLAMA_CPP := $(shell grep -i '^llama[-_]cpp[-_]python==' constraints.txt)
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 WHEELS := $(HOME)/.cache/echolm-middleware/wheels/$(subst ==,-,$(LLAMA_CPP))-avx2
 
-$(WHEELS)/.built: constraints.txt
+# No prerequisites: the folder's name holds the version and the flags, so a fresh clone (whose files are
+# all newer than the wheel) does not compile again.
+$(WHEELS)/.built:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# About 10 minutes on 2 cores, once per machine.
