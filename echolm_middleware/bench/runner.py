@@ -45,15 +45,14 @@ from echolm_middleware.judge import PairVerdict, judge_pair, win_rate
 from echolm_middleware.proxy_process import ProxyProcess, running_proxy
 from echolm_middleware.shadow import agreement
 
-# (warm-up pool, requests) per built-in workload, sized so that a full run of the three fits in 40 minutes
-# on 2 cores (benchmarks/results/full-2026-12-01). Measured in benchmarks/results/sweep-2026-12-01: a
-# reference workload at 100/40 (two cost weights, a quality target, two Poisson rates) took about 17
-# minutes; on Arena-Hard a judgement (both orders) took about 33 s and a 128-token answer 10-16 s on the
-# 1-thread 1.5B strong tier, so each request there costs what ten reference requests do.
+# (warm-up pool, requests) per built-in workload. On 2 cores with two cost weights, a quality target and
+# two Poisson rates (benchmarks/results/full-2026-12-01) NQ-open took 13 minutes and Banking77 11 at
+# 80/30, and Arena-Hard at 6/5 more than both: a judgement (both orders) takes about 27 s and a 128-token
+# answer 10-16 s on the 1-thread 1.5B strong tier. The three together still overran 40 minutes.
 DEFAULT_SIZES: dict[str, tuple[int, int]] = {"nq_open": (80, 30), "banking77": (80, 30), "arena_hard": (6, 5)}
 USER_FILE_SIZES = (100, 40)
 # The judge prompt's character budget (about 500 tokens), shared by the prompt and both answers: a
-# judgement (two calls) took about 33 s at 3,200 characters on a 1-thread 1.5B judge, most of it reading.
+# judgement (two calls) took about 33 s at 3,200 characters and about 27 s at 2,000 on a 1-thread 1.5B judge.
 JUDGE_MAX_CHARS = 2000
 
 
