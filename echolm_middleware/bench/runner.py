@@ -160,13 +160,15 @@ class Bench:
     ) -> list[LoadPass]:
         """The closed loop and each Poisson pass, for a system that keeps nothing between passes (strong-only)."""
         passes = self._serve(system, workload, items, label)
+        passes += [self._poisson(system, workload, items, rate, label) for rate in self._rates(workload)]
+        return passes
+
+    def _poisson(
+        self, system: System, workload: Workload, items: Sequence[QARecord], rate: float, label: str
+    ) -> LoadPass:
         # Where latency is measured against the rate, a prefix of the set is enough and keeps each pass short.
         prefix = items[: self.options.rate_requests]
-        for rate in self._rates(workload):
-            passes.append(
-                open_loop(system, workload, prefix, rate_rps=rate, seed=self.options.seed, label=f"{label} @{rate:g}/s")
-            )
-        return passes
+        return open_loop(system, workload, prefix, rate_rps=rate, seed=self.options.seed, label=f"{label} @{rate:g}/s")
 
     # ---- the run ----------------------------------------------------------------------------------
 
@@ -316,12 +318,7 @@ class Bench:
         for rate in self._rates(workload) if with_rates else []:
 
             def poisson(system: System, rate: float = rate) -> list[LoadPass]:
-                prefix = split.requests[: self.options.rate_requests]
-                return [
-                    open_loop(
-                        system, workload, prefix, rate_rps=rate, seed=self.options.seed, label=f"{label} @{rate:g}/s"
-                    )
-                ]
+                return [self._poisson(system, workload, split.requests, rate, label)]
 
             passes += self._echolm_pass(folder, f"{point} at {rate:g} rps", settings, poisson)
         return passes
@@ -367,10 +364,9 @@ class Bench:
         baseline: Sequence[Answered],
         *,
         label: str,
-        judge_model: str | None = None,
     ) -> list[PairVerdict]:
-        """Judge every pair, `clients` at a time, on the strong servers (both of them unless told otherwise)."""
-        call = _judge_call(chat, judge_model or self.deployment.strong_x2)
+        """Judge every pair, `clients` at a time, on both strong servers."""
+        call = _judge_call(chat, self.deployment.strong_x2)
 
         def one(index: int) -> PairVerdict:
             return judge_pair(
