@@ -62,6 +62,11 @@ _VERDICT = r"([AB])\s*(>{1,3}|=)\s*([AB])"
 _BRACKETED = re.compile(r"\[\[?\s*" + _VERDICT + r"\s*\]\]?")
 # A bare last line, optionally labelled and wrapped in markdown emphasis or code ticks.
 _BARE_LINE = re.compile(r"(?:(?:final\s+)?verdict\s*:)?[\s*`]*" + _VERDICT + r"[\s*`.]*", re.IGNORECASE)
+# The scale's own wording as the reply's opening ("B is clearly better. Answer B ..."): a 1.5B judge
+# answered so in 4 of 6 Arena-Hard pairs, verdict first, with no tag at all.
+_WORDED = re.compile(r"[\s*`]*(?:answer\s+)?([AB])\s+is\s+(much|clearly|slightly)\s+better\b", re.IGNORECASE)
+_WORDED_TIE = re.compile(r"[\s*`]*(?:it'?s\s+a\s+)?tie\b", re.IGNORECASE)
+_WORDED_STRENGTH = {"much": 3, "clearly": 2, "slightly": 1}
 
 
 def _score(left: str, operator: str, right: str) -> int | None:
@@ -82,7 +87,20 @@ def parse_verdict(text: str) -> int | None:
             return score
     lines = [line for line in text.splitlines() if line.strip()]
     bare = _BARE_LINE.fullmatch(lines[-1].strip()) if lines else None
-    return _score(bare.group(1).upper(), bare.group(2), bare.group(3).upper()) if bare else None
+    if bare:
+        return _score(bare.group(1).upper(), bare.group(2), bare.group(3).upper())
+    return _worded_verdict(lines[0]) if lines else None
+
+
+def _worded_verdict(first_line: str) -> int | None:
+    """A's score from a reply that opens with the scale's words: "B is clearly better", "Tie"."""
+    if _WORDED_TIE.match(first_line):
+        return 0
+    worded = _WORDED.match(first_line)
+    if worded is None:
+        return None
+    strength = _WORDED_STRENGTH[worded.group(2).lower()]
+    return strength if worded.group(1).upper() == "A" else -strength
 
 
 def _clip(text: str, limit: int) -> str:

@@ -47,13 +47,19 @@ from echolm_middleware.shadow import agreement
 
 # (warm-up pool, requests) per built-in workload. On 2 cores with two cost weights, a quality target and
 # two Poisson rates (benchmarks/results/full-2026-12-01) NQ-open took 13 minutes and Banking77 11 at
-# 80/30, and Arena-Hard at 6/5 more than both: a judgement (both orders) takes about 27 s and a 128-token
-# answer 10-16 s on the 1-thread 1.5B strong tier. The three together still overran 40 minutes.
-DEFAULT_SIZES: dict[str, tuple[int, int]] = {"nq_open": (80, 30), "banking77": (80, 30), "arena_hard": (6, 5)}
+# 80/30, and Arena-Hard at 6/5 more than both (25): a judgement (both orders) took about 27 s and a
+# 128-token answer 20-25 s on the 1-thread 1.5B strong tier. Arena-Hard now has 4 requests: two clients
+# answer them in two rounds, where 5 took three with one server idle in the last.
+DEFAULT_SIZES: dict[str, tuple[int, int]] = {"nq_open": (80, 30), "banking77": (80, 30), "arena_hard": (6, 4)}
 USER_FILE_SIZES = (100, 40)
 # The judge prompt's character budget (about 500 tokens), shared by the prompt and both answers: a
 # judgement (two calls) took about 33 s at 3,200 characters and about 27 s at 2,000 on a 1-thread 1.5B judge.
 JUDGE_MAX_CHARS = 2000
+# The bench's local 1.5B judge opens its reply with the verdict (a tag or the scale's words, as in
+# "B is clearly better. Answer B ..."; 12 of 12 calls on Arena-Hard pairs), then reasons until cut off:
+# 24 tokens keep the verdict and save about 6 s a call. A judge that reasons first would show up as
+# unparsed verdicts in the report.
+JUDGE_MAX_TOKENS = 24
 
 
 @dataclass
@@ -415,7 +421,7 @@ def _check_overrides(raw: Mapping[str, Any], overrides: Mapping[str, str]) -> No
 
 def _judge_call(chat: ProxyChat, model: str) -> Callable[[list[dict[str, str]]], str]:
     def call(messages: list[dict[str, str]]) -> str:
-        return chat(model, messages, max_tokens=64).answer
+        return chat(model, messages, max_tokens=JUDGE_MAX_TOKENS).answer
 
     return call
 

@@ -91,6 +91,33 @@ def test_tolerated_variants_parse(text: str, score: int) -> None:
     assert parse_verdict(text) == score
 
 
+@pytest.mark.parametrize(
+    ("text", "score"),
+    [
+        ("B is clearly better. Answer B provides a step-by-step guide", -2),
+        ("A is clearly better\n\nBoth answers are correct, but the first", 2),
+        ("**A is much better**", 3),
+        ("Answer B is slightly better because", -1),
+        ("Tie. Both answers say the same.", 0),
+    ],
+)
+def test_a_reply_that_opens_with_the_scales_words_parses(text: str, score: int) -> None:
+    # How the bench's 1.5B judge answered 4 of 6 Arena-Hard pairs: no tag, the verdict in words first.
+    assert parse_verdict(text) == score
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Answer B explains more, so B is clearly better.",  # worded verdicts count only as the opening
+        "A is better in places.",  # no strength from the scale
+        "Tiered answers are hard to compare.",
+    ],
+)
+def test_worded_verdicts_off_the_scale_or_not_opening_are_unparsed(text: str) -> None:
+    assert parse_verdict(text) is None
+
+
 def test_the_last_verdict_wins() -> None:
     text = "At first glance [[A>>B]], but A has a factual error, so [[B>A]]."
     assert parse_verdict(text) == -1
