@@ -8,7 +8,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export OMP_NUM_THREADS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install models demo bench test test-unit test-integration lint format clean
+.PHONY: install servers models demo bench test test-unit test-integration lint format clean
 
 # llama.cpp's default build is -march=native: it emits the newest instructions the CPU reports (AMX
 # tiles on recent Xeons), which a VM may report yet not allow, and the model server then dies with
@@ -37,7 +37,15 @@ $(STAMP): pyproject.toml constraints.txt $(WHEELS)/.built
 	$(BIN)/pip check
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) servers
+
+# The Redis server that several proxy workers share (coordination.redis_url) and the tests start on
+# loopback: Debian's package, installed once per machine when we are root; otherwise say what to do.
+servers:
+	@command -v redis-server >/dev/null || command -v valkey-server >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends redis-server >/dev/null; } || \
+	  { echo "redis-server is missing: install Debian's redis-server package (or Valkey)"; exit 1; }
 
 models: install
 	$(BIN)/echolm tiers fetch qwen2.5-0.5b qwen2.5-1.5b

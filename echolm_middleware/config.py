@@ -114,6 +114,13 @@ class AdmissionSettings(_Strict):
     min_answer_chars: int = Field(default=1, ge=1)
     max_answer_chars: int = Field(default=4000, ge=1)
     max_prompt_chars: int = Field(default=4000, ge=1)
+    pii: Literal["keep", "scrub", "refuse"] = Field(
+        default="keep",
+        description=(
+            "Emails, phone and card numbers and API keys in a pair about to be cached: keep them, scrub them"
+            " (typed placeholders such as [EMAIL]) or refuse to cache the pair."
+        ),
+    )
 
 
 class StoreSettings(_Strict):
@@ -133,6 +140,23 @@ class StateSettings(_Strict):
     backend: Literal["sqlite", "memory"] = "sqlite"
     path: Path = Path(".echolm/state.db")
     retention_days: float = Field(default=7.0, gt=0, description="Decisions older than this are deleted.")
+
+
+class CoordinationSettings(_Strict):
+    """What proxy workers share beyond the store: per-tier load and the upkeep's lock (DESIGN.md §4)."""
+
+    redis_url: str | None = Field(
+        default=None,
+        pattern=r"^(redis|rediss|unix)://",
+        description="redis://host:port/db of a Redis or Valkey server; None keeps both in this process.",
+    )
+    key_prefix: str = Field(default="echolm", pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_:-]{0,40}$")
+    timeout_s: float = Field(
+        default=0.05, gt=0, le=5, description="Per-command budget; past it this worker routes on its own load."
+    )
+    retry_after_s: float = Field(
+        default=2.0, gt=0, description="After a failed command, how long to route on local load before trying again."
+    )
 
 
 class ProxySettings(_Strict):
@@ -177,6 +201,7 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     embedder: EmbedderSettings = EmbedderSettings()
     state: StateSettings = StateSettings()
+    coordination: CoordinationSettings = CoordinationSettings()
     proxy: ProxySettings = ProxySettings()
     upkeep: UpkeepSettings = UpkeepSettings()
 

@@ -13,7 +13,15 @@ from echolm_middleware.backends.minilm import MiniLMEmbedder
 from echolm_middleware.backends.sqlite_state import SQLiteState
 from echolm_middleware.config import Settings, TierSettings
 from echolm_middleware.core.engine import Engine, EngineSettings
-from echolm_middleware.core.ports import Completer, Embedder, ExampleStore, Shadow, TokenCounter
+from echolm_middleware.core.ports import (
+    Completer,
+    Embedder,
+    ExampleStore,
+    Leases,
+    LoadBoard,
+    Shadow,
+    TokenCounter,
+)
 from echolm_middleware.core.routing import TierProfile
 from echolm_middleware.errors import ConfigError
 from echolm_middleware.upkeep import Upkeep
@@ -82,6 +90,7 @@ def tier_profiles(
             capacity=tier.capacity,
             quality_prior=tier.quality_prior,
             max_input_tokens=tier.max_input_tokens,
+            price_per_1k=price,
         )
         for index, (tier, price) in enumerate(zip(tiers, prices, strict=True))
     ]
@@ -95,11 +104,14 @@ def build_engine(
     store: ExampleStore | None = None,
     tokens: TokenCounter | None = None,
     shadow: Shadow | None = None,
+    load: LoadBoard | None = None,
 ) -> Engine:
     """Build the engine from settings; tests pass their own ports to inject faults."""
     state = STATES[settings.state.backend](settings)
     if shadow is None and settings.routing.quality_target is not None and model_list:
         shadow = build_shadow(settings, model_list)
+    if load is None and settings.coordination.redis_url:
+        load = build_load_board(settings)
     return Engine(
         EngineSettings(
             retrieval=settings.retrieval,
@@ -116,7 +128,29 @@ def build_engine(
         decisions=state,
         stats=state,
         shadow=shadow,
+        load=load,
     )
+
+
+def build_load_board(settings: Settings) -> LoadBoard:
+    """Per-tier load shared between workers through Redis (coordination.redis_url)."""
+    from echolm_middleware.backends.redis_coordination import RedisLoadBoard, redis_client
+
+    return RedisLoadBoard(
+        redis_client(settings.coordination),
+        settings.coordination,
+        window_s=settings.routing.load_window_s,
+        stale_after_s=settings.routing.load_stale_after_s,
+    )
+
+
+def build_leases(settings: Settings, state: SQLiteState) -> Leases:
+    """The upkeep's locks: in Redis when workers share one, else in the state database beside them."""
+    if not settings.coordination.redis_url:
+        return state
+    from echolm_middleware.backends.redis_coordination import RedisLeases, redis_client
+
+    return RedisLeases(redis_client(settings.coordination), settings.coordination)
 
 
 def build_shadow(settings: Settings, model_list: Sequence[Mapping[str, Any]]) -> Shadow:
@@ -161,4 +195,5 @@ def build_upkeep(
         completer or LiteLLMCompleter(model_list),
         settings.upkeep,
         price_per_token_usd=price_per_1k / 1000,
+        leases=build_leases(settings, state),
     )

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -34,9 +35,12 @@ def free_port() -> int:
         return port
 
 
-def proxy_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment a proxy needs: no network cost-map fetch, one torch thread, a master key."""
+def proxy_environment(base: Mapping[str, str] | None = None, *, workers: int = 1) -> dict[str, str]:
+    """The environment a proxy needs: no network cost-map fetch, one torch thread, a master key, and
+    with several workers a folder where each writes its metrics so that a scrape of any one sums them."""
     env = dict(os.environ if base is None else base)
+    if workers > 1 and not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="echolm-metrics-")
     env.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -80,7 +84,7 @@ def start_proxy(
     """Launch `litellm --config` and wait until it answers its liveliness probe."""
     validate_proxy_config(config)
     port = port or free_port()
-    environment = proxy_environment(env)
+    environment = proxy_environment(env, workers=workers)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable, "-m", "litellm.proxy.proxy_cli",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from echolm_middleware.metrics import metrics, quietly
 from echolm_middleware.upkeep import Upkeep, process_holder, run_exclusive
 
 JOB_ID = "echolm-upkeep"
@@ -18,14 +19,21 @@ logger = logging.getLogger("echolm")
 
 def upkeep_job(upkeep: Upkeep, holder: str, period_s: float) -> None:
     """One scheduled firing; never raises (a failed pass is logged, and the journal resumes it next time)."""
+    passes = metrics().upkeep_passes
     try:
         report = run_exclusive(upkeep, holder, period_s=period_s)
     except Exception as exc:
         logger.error("echolm upkeep pass failed: %s", exc)
+        quietly(lambda: passes.labels(outcome="failed").inc())
         return
     if report is None:
         logger.info("echolm upkeep: another process runs this period's pass")
+        quietly(lambda: passes.labels(outcome="skipped").inc())
         return
+    m = metrics()
+    quietly(lambda: passes.labels(outcome="ran").inc())
+    quietly(lambda: m.upkeep_tokens.inc(report.tokens_spent))
+    quietly(lambda: m.upkeep_cost.inc(report.usd_spent))
     logger.warning(
         "echolm upkeep pass %s: %d step(s), %d strong-tier tokens, evicted %d",
         report.run_id,

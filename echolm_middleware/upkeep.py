@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from echolm_middleware.backends.sqlite_state import SQLiteState
 from echolm_middleware.config import UpkeepSettings
 from echolm_middleware.core.engine import Engine
-from echolm_middleware.core.ports import Completer
+from echolm_middleware.core.ports import Completer, Leases
 from echolm_middleware.core.types import Decision, Example
 from echolm_middleware.core.upkeep import Miss, cluster_misses, plan_eviction, plan_replay
 
@@ -89,9 +89,12 @@ class Upkeep:
         *,
         price_per_token_usd: float = 0.0,
         clock: Callable[[], float] = time.time,
+        leases: Leases | None = None,
     ) -> None:
         self.engine = engine
         self.state = state
+        # One pass per period between workers: the state database's leases on one host, Redis across hosts.
+        self.leases: Leases = leases or state
         self.completer = completer
         self.settings = settings
         self.price_per_token_usd = price_per_token_usd
@@ -345,18 +348,18 @@ def run_now(
     """Run one pass now (the CLI's `echolm replay`), unless another one is running (raises Busy)."""
     running = f"{LEASE}:running"
     now = upkeep.now()
-    if not upkeep.state.try_lease(running, holder, ttl_s=_RUNNING_TTL_S, now=now):
-        current = upkeep.state.lease_holder(running, now)
+    if not upkeep.leases.try_lease(running, holder, ttl_s=_RUNNING_TTL_S, now=now):
+        current = upkeep.leases.lease_holder(running, now)
         if current is None or holder_alive(current):
             raise Busy(f"another upkeep pass is running on this state database ({current})")
         # Its process on this host is gone (killed mid-pass): take over; the journal says what is left.
-        upkeep.state.release_lease(running, current)
-        if not upkeep.state.try_lease(running, holder, ttl_s=_RUNNING_TTL_S, now=now):
+        upkeep.leases.release_lease(running, current)
+        if not upkeep.leases.try_lease(running, holder, ttl_s=_RUNNING_TTL_S, now=now):
             raise Busy("another upkeep pass took over first")
     try:
         return upkeep.run_pass(tenants, progress)
     finally:
-        upkeep.state.release_lease(running, holder)
+        upkeep.leases.release_lease(running, holder)
 
 
 def run_exclusive(
@@ -368,7 +371,7 @@ def run_exclusive(
     run one pass per period between them.
     """
     now = upkeep.now()
-    if not upkeep.state.try_lease(f"{LEASE}:{int(now // period_s)}", holder, ttl_s=period_s, now=now):
+    if not upkeep.leases.try_lease(f"{LEASE}:{int(now // period_s)}", holder, ttl_s=period_s, now=now):
         return None
     try:
         return run_now(upkeep, holder, tenants=tenants)

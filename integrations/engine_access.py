@@ -11,12 +11,13 @@ import asyncio
 import collections
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from echolm_middleware.core.engine import Engine
 from echolm_middleware.core.types import ChatRequest, Decision, Outcome, Prepared
+from echolm_middleware.metrics import metrics, observe_decision, quietly
 
 logger = logging.getLogger("echolm")
 
@@ -37,7 +38,21 @@ def decision_summary(decision: Decision) -> dict[str, Any]:
         "example_tokens": decision.example_tokens,
         "best_similarity": None if decision.best_similarity is None else round(decision.best_similarity, 4),
         "reason": decision.reason,
+        "tenant": decision.tenant,  # for our metrics; never sent back to the caller (see `caller_view`)
     }
+
+
+def caller_view(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The summary as the caller may see it in a response body: the tenant label stays with us."""
+    return {key: value for key, value in summary.items() if key != "tenant"}
+
+
+def observe(request: ChatRequest, prepared: Prepared | None) -> None:
+    """The decision's metrics: every door's requests pass here once."""
+    if prepared is None:
+        observe_decision(request.tenant, summary_without_decision(request.model, "fail_open", "engine not ready"))
+        return
+    observe_decision(request.tenant, decision_summary(prepared.decision))
 
 
 def summary_without_decision(model: str, action: str, reason: str) -> dict[str, Any]:
@@ -99,6 +114,7 @@ class FailOpenCounter:
     def add(self, reason: str, exc: BaseException | None = None) -> None:
         with self._lock:
             self.counts[reason] += 1
+        quietly(lambda: metrics().fail_open.labels(reason=reason).inc())
         logger.warning("echolm failed open (%s): %s", reason, exc if exc is not None else "")
 
 
@@ -123,15 +139,17 @@ async def prepare_or_fail_open(
 ) -> tuple[Prepared | None, Engine | None]:
     """Run the engine within the time budget; on any failure, a fail-open decision (or None)."""
     engine: Engine | None = None
+    prepared: Prepared | None
     try:
         engine = await handle.get(timeout_s)
-        return await asyncio.wait_for(engine.aprepare(request), timeout_s), engine
+        prepared = await asyncio.wait_for(engine.aprepare(request), timeout_s)
     except Exception as exc:
         prepared, engine = _failed_open(counter, engine, request, exc)
         if prepared is not None and engine is not None:
             # Off the event loop and not awaited: a hung state database must not delay the request.
             asyncio.get_running_loop().run_in_executor(None, engine.keep_quietly, prepared.decision)
-        return prepared, engine
+    observe(request, prepared)
+    return prepared, engine
 
 
 def prepare_or_fail_open_sync(
@@ -139,14 +157,16 @@ def prepare_or_fail_open_sync(
 ) -> tuple[Prepared | None, Engine | None]:
     """The same as `prepare_or_fail_open` for callers without an event loop."""
     engine: Engine | None = None
+    prepared: Prepared | None
     try:
         engine = handle.get_sync(timeout_s)
-        return _PREPARE_THREADS.submit(engine.prepare, request).result(timeout=timeout_s), engine
+        prepared = _PREPARE_THREADS.submit(engine.prepare, request).result(timeout=timeout_s)
     except Exception as exc:
         prepared, engine = _failed_open(counter, engine, request, exc)
         if prepared is not None and engine is not None:
             _PREPARE_THREADS.submit(engine.keep_quietly, prepared.decision)
-        return prepared, engine
+    observe(request, prepared)
+    return prepared, engine
 
 
 def record_or_count(engine: Engine, outcome: Outcome, counter: FailOpenCounter) -> None:

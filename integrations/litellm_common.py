@@ -19,6 +19,7 @@ from litellm.integrations.custom_logger import CustomLogger
 
 from echolm_middleware.core.types import Outcome
 from echolm_middleware.integrations.engine_access import EngineHandle, FailOpenCounter, arecord_or_count
+from echolm_middleware.metrics import observe_saving
 
 # Where a request carries our summary between the pre-call hook and the log events. The hook always
 # overwrites it, so a caller cannot plant one.
@@ -55,6 +56,14 @@ def answer_of(response_obj: Any) -> tuple[str, str | None]:
         return "", None
 
 
+def tokens_of(response_obj: Any) -> int:
+    """Prompt and completion tokens of a response, 0 when it reports no usage."""
+    try:
+        return int(response_obj.usage.total_tokens or 0)
+    except (AttributeError, TypeError, ValueError):
+        return 0
+
+
 def summary_from_kwargs(kwargs: Mapping[str, Any]) -> Mapping[str, Any] | None:
     params = kwargs.get("litellm_params") or {}
     metadata = params.get("metadata") or kwargs.get("metadata") or {}
@@ -76,6 +85,9 @@ class RecordingCallback(CustomLogger):
         if summary is None or engine is None:
             return
         engine.load.finish(str(summary["request_id"]))
+        if summary.get("action") == "route":
+            prices = {tier.name: tier.price_per_1k for tier in engine.tiers}
+            observe_saving(str(summary.get("tenant", "")), str(summary["tier"]), tokens_of(response_obj), prices)
         answer, finish_reason = answer_of(response_obj)
         try:
             latency = (end_time - start_time).total_seconds()

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from echolm_middleware.factory import build_engine
 from echolm_middleware.integrations.engine_access import (
     EngineHandle,
     FailOpenCounter,
+    caller_view,
     decision_summary,
     logger,
     prepare_or_fail_open,
@@ -36,6 +39,7 @@ from echolm_middleware.integrations.litellm_common import (
     RecordingCallback,
     response_headers,
 )
+from echolm_middleware.metrics import metrics
 
 _CHAT_CALL_TYPES = frozenset({"acompletion", "completion"})
 
@@ -80,6 +84,43 @@ def engine_from_proxy_config() -> Engine:
     return engine
 
 
+METRICS_PATH = "/echolm/metrics"
+
+
+def mount_metrics_route() -> bool:
+    """Serve our Prometheus metrics on the running proxy at METRICS_PATH; False outside a proxy.
+
+    Tenant names are labels, so a scrape needs the proxy's master key (Authorization: Bearer ...) when
+    the proxy has one, as LiteLLM's own admin routes do.
+    """
+    proxy_server = sys.modules.get("litellm.proxy.proxy_server")
+    app = getattr(proxy_server, "app", None)
+    if app is None or any(getattr(route, "path", None) == METRICS_PATH for route in app.routes):
+        return False
+    from fastapi import Request, Response
+
+    from echolm_middleware.metrics import CONTENT_TYPE, metrics
+
+    async def echolm_metrics(request: Request) -> Response:
+        master_key = getattr(proxy_server, "master_key", None)
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if master_key and not hmac.compare_digest(given.encode(), str(master_key).encode()):
+            return Response("master key required\n", status_code=401, media_type="text/plain")
+        handler = next((cb for cb in _callbacks() if isinstance(cb, EchoLMProxyHandler)), None)
+        if handler is not None:
+            await asyncio.to_thread(handler.refresh_store_gauge)
+        return Response(await asyncio.to_thread(metrics().render), media_type=CONTENT_TYPE)
+
+    app.add_api_route(METRICS_PATH, echolm_metrics, methods=["GET"], include_in_schema=False)
+    return True
+
+
+def _callbacks() -> list[Any]:
+    import litellm
+
+    return list(litellm.callbacks or [])
+
+
 class EchoLMProxyHandler(RecordingCallback):
     """LiteLLM `CustomLogger` for the proxy; builds its engine lazily on the first request."""
 
@@ -90,6 +131,22 @@ class EchoLMProxyHandler(RecordingCallback):
         self._timeout_s = timeout_s
         # Loading the embedder takes seconds; requests arriving meanwhile wait this long, then fail open.
         self._startup_wait_s = startup_wait_s
+        if mount_metrics_route():
+            # Inside a running proxy (each worker loads its own handler): build the engine now, so no
+            # worker's first requests fail open while its embedder loads.
+            self.handle.start()
+
+    def refresh_store_gauge(self) -> None:
+        """Examples per tenant, read at scrape time (a count per tenant, not per request)."""
+        engine = self.handle.ready()
+        if engine is None:
+            return
+        gauge = metrics().store_examples
+        try:
+            for tenant in engine.store.tenants():
+                gauge.labels(tenant=tenant).set(engine.store.count(tenant))
+        except Exception as exc:  # the store may be what is down; the scrape still answers
+            logger.warning("echolm: store size unreadable for the metrics: %s", exc)
 
     def _timeout(self) -> float:
         if self._timeout_s is not None:
@@ -166,7 +223,7 @@ class EchoLMProxyHandler(RecordingCallback):
         summary = metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None
         if isinstance(summary, dict) and response is not None:
             with contextlib.suppress(AttributeError, TypeError, ValueError):
-                setattr(response, METADATA_KEY, dict(summary))
+                setattr(response, METADATA_KEY, caller_view(summary))
         return response
 
 

@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, str] = {
     "explain": "echolm_middleware.cli.explain",
     "proxy": "echolm_middleware.cli.proxy",
     "replay": "echolm_middleware.cli.replay",
+    "servers": "echolm_middleware.cli.servers",
     "tiers": "echolm_middleware.cli.tiers",
 }
 

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
           f"{', '.join(t.name for t in settings.tiers)})")  # fmt: skip
     if args.check:
         return 0
-    env = proxy_environment()
+    env = proxy_environment(workers=args.workers)
     if "LITELLM_MASTER_KEY" not in os.environ:
         print(f"echolm: generated LITELLM_MASTER_KEY={env['LITELLM_MASTER_KEY']}")
     command = [

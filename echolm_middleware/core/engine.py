@@ -23,10 +23,12 @@ from echolm_middleware.config import (
     UpkeepSettings,
 )
 from echolm_middleware.core import selection
+from echolm_middleware.core.pii import scrub
 from echolm_middleware.core.ports import (
     DecisionLog,
     Embedder,
     ExampleStore,
+    LoadBoard,
     RouterStatsStore,
     Shadow,
     TokenCounter,
@@ -100,6 +102,7 @@ class Engine:
         clock: Callable[[], float] | None = None,
         rng: random.Random | None = None,
         shadow: Shadow | None = None,
+        load: LoadBoard | None = None,
     ) -> None:
         self.settings = settings
         self.tiers = sorted(tiers, key=lambda t: t.rank)
@@ -113,7 +116,8 @@ class Engine:
         self.tokens = tokens
         self.decisions = decisions
         self.stats = stats
-        self.load = LoadTracker(settings.routing.load_window_s, settings.routing.load_stale_after_s)
+        # This process's own count unless a board shared between workers is given (coordination.redis_url).
+        self.load: LoadBoard = load or LoadTracker(settings.routing.load_window_s, settings.routing.load_stale_after_s)
         self._now = clock or time.time
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
@@ -462,10 +466,19 @@ class Engine:
             return False
         if admission.initial_quality < admission.min_quality:
             return False
+        # The id stays that of the prompt as asked: feedback and replay find the example by it.
+        key = example_id(tenant, prompt)
+        if admission.pii != "keep":
+            texts = [scrub(text) for text in (prompt, answer, instructions)]
+            if any(text.found for text in texts):
+                if admission.pii == "refuse":
+                    return False
+                prompt, answer, instructions = (text.text for text in texts)
+                vector = None  # embed what is stored, not what was scrubbed away
         if vector is None:
             vector = self.embedder.embed([prompt])[0]
         example = Example(
-            id=example_id(tenant, prompt),
+            id=key,
             prompt=prompt,
             answer=answer,
             source_tier=source_tier,

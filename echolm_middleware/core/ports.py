@@ -95,3 +95,41 @@ class Shadow(Protocol):
     def submit(self, messages: Sequence[Message], cheap_answer: str, done: Callable[[float], None]) -> bool:
         """Queue one comparison; `done` gets its score (0-1) later. False when it was dropped."""
         ...
+
+
+class LoadBoard(Protocol):
+    """Requests in flight per tier, as every worker that shares the board sees them.
+
+    `routing.LoadTracker` keeps it in this process; `backends.redis_coordination` shares it between
+    workers and hosts.
+    """
+
+    def begin(self, tier: str, key: str) -> None: ...
+
+    def finish(self, key: str) -> None:
+        """The request `key` ended; an unknown or already finished key is ignored."""
+        ...
+
+    def queue_if_added(self, tiers: Sequence[str]) -> dict[str, float]:
+        """Requests each tier would have in flight if this one went there."""
+        ...
+
+    def loads(self) -> dict[str, float]:
+        """The moving average of requests in flight per tier."""
+        ...
+
+    def in_flight(self) -> dict[str, int]: ...
+
+
+class Leases(Protocol):
+    """Named, expiring locks: one holder at a time (the upkeep's one pass per period)."""
+
+    def try_lease(self, name: str, holder: str, ttl_s: float, now: float) -> bool:
+        """Take or renew the lease unless another holder has it and it has not expired."""
+        ...
+
+    def lease_holder(self, name: str, now: float) -> str | None: ...
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Release it if `holder` holds it; otherwise nothing happens."""
+        ...

@@ -39,6 +39,7 @@ class TierProfile:
     capacity: float
     quality_prior: float
     max_input_tokens: int
+    price_per_1k: float = 0.0  # blended USD per 1k tokens, for the cost-saved metric only
 
 
 def context_bucket(examples: Sequence[ScoredExample]) -> str:

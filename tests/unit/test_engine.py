@@ -409,6 +409,38 @@ def test_admission_refuses_what_fails_its_bars(
     assert kit.store.count("A") == 0
 
 
+def test_with_pii_scrub_a_strong_answer_is_cached_without_the_address_and_keeps_its_id(make_engine: Any) -> None:
+    kit = make_engine(admission=AdmissionSettings(pii="scrub"))
+    question = "How do I reach support? I am jane@example.com"
+    first = kit.engine.prepare(_ask(question))
+
+    result = kit.engine.record(
+        Outcome(first.decision.request_id, "strong", "Mail help@bank.example or call +1 415 555 0100.", "stop")
+    )
+
+    assert result == "admitted"
+    (example,) = kit.store.examples("A")
+    assert example.prompt == "How do I reach support? I am [EMAIL]"
+    assert example.answer == "Mail [EMAIL] or call [PHONE]."
+    assert example.id == example_id("A", question)  # feedback and replay still find it by the request
+
+
+def test_with_pii_refuse_a_pair_with_a_card_number_is_not_cached(make_engine: Any) -> None:
+    kit = make_engine(admission=AdmissionSettings(pii="refuse"))
+
+    assert kit.engine.admit("A", "Is card 4111 1111 1111 1111 valid?", "It passes the Luhn check.", "strong") is False
+    assert kit.engine.admit("A", QUESTION, ANSWER, "strong") is True
+    assert kit.store.count("A") == 1
+
+
+def test_by_default_pii_is_kept_as_answered(make_engine: Any) -> None:
+    kit = make_engine()
+
+    kit.engine.admit("A", "Who do I email?", "Write to help@bank.example.", "strong")
+
+    assert kit.store.examples("A")[0].answer == "Write to help@bank.example."
+
+
 # ---- feedback ---------------------------------------------------------------------------------
 
 

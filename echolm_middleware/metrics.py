@@ -1,0 +1,140 @@
+"""Prometheus metrics: what EchoLM decided, what it saved, and where it failed open.
+
+Every metric is named `echolm_*` and documented in README "Metrics". The doors call `metrics()` and
+report what happened; nothing here ever raises into a request. Without `prometheus-client` installed
+every call is a no-op.
+
+Several workers: `echolm proxy --workers N` points PROMETHEUS_MULTIPROC_DIR at a fresh folder, each
+worker writes its values there, and a scrape of any worker sums them (prometheus-client's multiprocess
+mode); the store-size gauge reports the largest any worker saw.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+logger = logging.getLogger("echolm")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Examples per request: 0-5 (retrieval.k is at most 5).
+_EXAMPLE_BUCKETS = (0.5, 1.5, 2.5, 3.5, 4.5, 5.5)
+_SIMILARITY_BUCKETS = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
+
+
+class Metrics:
+    """The `echolm_*` metrics on prometheus-client's default registry (one set per process)."""
+
+    def __init__(self, prometheus: Any) -> None:
+        counter, histogram, gauge = prometheus.Counter, prometheus.Histogram, prometheus.Gauge
+        self.requests = counter(
+            "echolm_requests", "Requests seen, by the tier that served them, tenant and action.",
+            ["tier", "tenant", "action"],
+        )  # fmt: skip
+        self.examples = histogram(
+            "echolm_examples_per_request", "Examples prepended to a routed request.", ["tier"],
+            buckets=_EXAMPLE_BUCKETS,
+        )  # fmt: skip
+        self.best_similarity = histogram(
+            "echolm_best_similarity", "Cosine similarity of the nearest cached request.", buckets=_SIMILARITY_BUCKETS
+        )
+        self.fail_open = counter(
+            "echolm_fail_open", "Decisions that failed open (the request went to the model it named), by reason.",
+            ["reason"],
+        )  # fmt: skip
+        self.cost_saved = counter(
+            "echolm_cost_saved_usd",
+            "Estimated USD saved against serving the same tokens on the strongest tier, by tenant.",
+            ["tenant"],
+        )
+        self.upkeep_passes = counter("echolm_upkeep_passes", "Upkeep (replay) passes, by outcome.", ["outcome"])
+        self.upkeep_tokens = counter("echolm_upkeep_tokens", "Strongest-tier tokens the upkeep spent.")
+        self.upkeep_cost = counter("echolm_upkeep_cost_usd", "USD the upkeep spent on the strongest tier.")
+        self.store_examples = gauge(
+            "echolm_store_examples", "Cached examples per tenant.", ["tenant"], multiprocess_mode="max"
+        )
+        self.coordination_errors = counter(
+            "echolm_coordination_errors", "Redis commands that failed (load shared between workers), by what.",
+            ["what"],
+        )  # fmt: skip
+        self._prometheus = prometheus
+
+    def render(self) -> bytes:
+        """The text exposition: every worker's values when PROMETHEUS_MULTIPROC_DIR is set, else this one's."""
+        prometheus = self._prometheus
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            registry = prometheus.CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return bytes(prometheus.generate_latest(registry))
+        return bytes(prometheus.generate_latest())
+
+
+class _Ignore:
+    """Accepts any metric call and does nothing (prometheus-client is not installed)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return self
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self
+
+
+_lock = threading.Lock()
+_metrics: Metrics | None = None
+
+
+def metrics() -> Metrics:
+    """The process's metrics, created on first use."""
+    global _metrics
+    with _lock:
+        if _metrics is None:
+            try:
+                import prometheus_client
+            except ImportError:
+                return _Ignore()  # type: ignore[return-value]
+            _metrics = Metrics(prometheus_client)
+        return _metrics
+
+
+def quietly(report: Callable[[], object]) -> None:
+    """Run one metrics update; a failure is logged, never raised into the request."""
+    try:
+        report()
+    except Exception as exc:
+        logger.warning("echolm: a metrics update failed: %s", exc)
+
+
+def observe_decision(tenant: str, summary: Mapping[str, Any]) -> None:
+    """One request's decision, as the doors summarise it (tier, action, examples, best similarity)."""
+
+    def report() -> None:
+        m = metrics()
+        tier = str(summary.get("tier") or "unknown")
+        action = str(summary.get("action") or "unknown")
+        m.requests.labels(tier=tier, tenant=tenant, action=action).inc()
+        if action == "route":
+            m.examples.labels(tier=tier).observe(int(summary.get("examples") or 0))
+        similarity = summary.get("best_similarity")
+        if isinstance(similarity, int | float):
+            m.best_similarity.observe(float(similarity))
+
+    quietly(report)
+
+
+def observe_saving(tenant: str, served_by: str, tokens: int, prices_per_1k: Mapping[str, float]) -> None:
+    """What the tokens of one response would have cost more on the strongest tier (never negative)."""
+
+    def report() -> None:
+        if not prices_per_1k or served_by not in prices_per_1k or tokens <= 0:
+            return
+        strongest = max(prices_per_1k.values())
+        saved = (strongest - prices_per_1k[served_by]) * tokens / 1000
+        if saved > 0:
+            metrics().cost_saved.labels(tenant=tenant).inc(saved)
+
+    quietly(report)
