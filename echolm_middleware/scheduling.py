@@ -35,8 +35,9 @@ def upkeep_job(upkeep: Upkeep, holder: str, period_s: float) -> None:
     quietly(lambda: m.upkeep_tokens.inc(report.tokens_spent))
     quietly(lambda: m.upkeep_cost.inc(report.usd_spent))
     logger.warning(
-        "echolm upkeep pass %s: %d step(s), %d strong-tier tokens, evicted %d",
+        "echolm upkeep pass %s for period %s: %d step(s), %d strong-tier tokens, evicted %d",
         report.run_id,
+        report.period,
         len(report.steps),
         report.tokens_spent,
         sum(report.evicted.values()) + sum(report.expired.values()),

@@ -54,6 +54,7 @@ class PassReport:
     steps: list[StepReport] = field(default_factory=list)
     evicted: dict[str, int] = field(default_factory=dict)
     expired: dict[str, int] = field(default_factory=dict)
+    period: int | None = None  # the schedule's period this pass was run for (None: run by hand)
 
     @property
     def tokens_spent(self) -> int:
@@ -371,9 +372,12 @@ def run_exclusive(
     run one pass per period between them.
     """
     now = upkeep.now()
-    if not upkeep.leases.try_lease(f"{LEASE}:{int(now // period_s)}", holder, ttl_s=period_s, now=now):
+    period = int(now // period_s)
+    if not upkeep.leases.try_lease(f"{LEASE}:{period}", holder, ttl_s=period_s, now=now):
         return None
     try:
-        return run_now(upkeep, holder, tenants=tenants)
+        report = run_now(upkeep, holder, tenants=tenants)
     except Busy:
         return None
+    report.period = period
+    return report

@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -78,6 +78,11 @@ class EngineSettings:
 def _expected_quality(decision: Decision, tier: str) -> float:
     """The router's quality estimate for the tier that served, when it decided (0.5 if it has none)."""
     return next((score.quality for score in decision.scores if score.tier == tier), 0.5)
+
+
+def _copied(messages: Sequence[Any]) -> list[Any]:
+    """The caller's messages, each object copied; anything malformed is passed on as it came."""
+    return [dict(message) if isinstance(message, Mapping) else message for message in messages]
 
 
 def example_id(tenant: str, prompt: str) -> str:
@@ -203,7 +208,7 @@ class Engine:
                 max_answer_chars=self.settings.augmentation.max_answer_chars,
             )
             if gets_examples
-            else [dict(message) for message in request.messages]
+            else _copied(request.messages)
         )
         decision.action = "route"
         decision.reason = "routed"
@@ -233,7 +238,7 @@ class Engine:
         decision = self._new_decision(request)
         decision.action = "fail_open"
         decision.reason = reason
-        return Prepared(decision=decision, model=request.model, messages=[dict(m) for m in request.messages])
+        return Prepared(decision=decision, model=request.model, messages=_copied(request.messages))
 
     def keep_quietly(self, decision: Decision) -> None:
         """Keep a decision for `explain` if the log works; the log itself may be what failed."""
@@ -368,7 +373,7 @@ class Engine:
         decision.reason = reason
         decision.overhead_ms = (time.perf_counter() - started) * 1000
         self.decisions.put(decision)
-        return Prepared(decision=decision, model=request.model, messages=[dict(m) for m in request.messages])
+        return Prepared(decision=decision, model=request.model, messages=_copied(request.messages))
 
     def _fitting_tiers(self, requested: TierProfile, view: RequestView) -> list[TierProfile]:
         """Tiers no dearer than the one named whose context window holds the prompt and the examples."""

@@ -1,12 +1,14 @@
 """Two proxy workers on a Chroma server and a Redis server, all real, on loopback.
 
-The workers share the example store (Chroma), the per-tier load (Redis) and one metrics view
-(prometheus-client's multiprocess folder). Killing Redis or Chroma under traffic fails no request; the
-failure shows in the metrics, and when the server returns the workers use it again without a restart.
+The workers share the example store (Chroma), the per-tier load and the upkeep's lock (Redis) and one
+metrics view (prometheus-client's multiprocess folder). Killing Redis or Chroma under traffic fails no
+request; the failure shows in the metrics, and when the server returns the workers use it again without
+a restart. Both workers run the upkeep scheduler, and each period gets one pass.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 import time
@@ -99,6 +101,9 @@ def two_workers(local_tiers: LocalTiers, shared_servers: dict[str, Any]) -> Iter
     env["ECHOLM_COORDINATION__REDIS_URL"] = shared_servers["redis"].url
     env["ECHOLM_STATE__PATH"] = str(base / "state.db")
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the proxy gets a fresh one for its two workers
+    # Both workers run the upkeep scheduler every 6 s; a zero budget keeps the passes off the model servers.
+    env["ECHOLM_UPKEEP__SCHEDULE_MINUTES"] = "0.1"
+    env["ECHOLM_UPKEEP__BUDGET_TOKENS"] = "0"
     with running_proxy(CONFIG, env=env, workers=2, log_path=base / "proxy.log") as proxy:
         _wait_routed(proxy)
         yield proxy
@@ -166,3 +171,19 @@ def test_with_chroma_killed_requests_fail_open_and_are_routed_again_when_it_retu
     answers = _ask_all(two_workers, QUESTIONS)
 
     assert all(headers["x-echolm-action"] == "route" for _, headers in answers)
+
+
+def test_each_upkeep_period_runs_one_pass_between_the_two_workers(two_workers: ProxyProcess) -> None:
+    deadline = time.monotonic() + 60
+    passes: collections.Counter[str] = collections.Counter()
+    while time.monotonic() < deadline:
+        passes = collections.Counter(re.findall(r"echolm upkeep pass \S+ for period (\d+)", two_workers.log_tail(5000)))
+        if len(passes) >= 4:
+            break
+        time.sleep(2.0)
+
+    assert len(passes) >= 4, two_workers.log_tail(40)
+    assert set(passes.values()) == {1}, passes  # never two passes for one period
+    counts = _metrics(two_workers, two_workers.master_key)
+    # The other worker fired too and stood aside (a pass that failed while Chroma was down counts apart).
+    assert _total(counts, "echolm_upkeep_passes_total", outcome="skipped") >= 1
