@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, str] = {
     "proxy": "echolm_middleware.cli.proxy",
     "replay": "echolm_middleware.cli.replay",
     "servers": "echolm_middleware.cli.servers",
+    "soak": "echolm_middleware.cli.soak",
     "tiers": "echolm_middleware.cli.tiers",
 }
 

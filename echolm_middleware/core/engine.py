@@ -35,7 +35,7 @@ from echolm_middleware.core.ports import (
 )
 from echolm_middleware.core.prompting import augment
 from echolm_middleware.core.quality_target import QualityTarget
-from echolm_middleware.core.requests import RequestView, inspect_request
+from echolm_middleware.core.requests import RequestView, inspect_request, is_valid_utf8
 from echolm_middleware.core.routing import (
     LoadTracker,
     TierProfile,
@@ -467,6 +467,8 @@ class Engine:
         prompt, answer = prompt.strip(), answer.strip()
         if not prompt or not answer or len(prompt) > admission.max_prompt_chars:
             return False
+        if not all(is_valid_utf8(text) for text in (prompt, answer, instructions)):
+            return False  # a lone surrogate cannot be embedded or stored
         if not admission.min_answer_chars <= len(answer) <= admission.max_answer_chars:
             return False
         if admission.initial_quality < admission.min_quality:

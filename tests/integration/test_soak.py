@@ -1,0 +1,49 @@
+"""`echolm soak` end to end, briefly: its own tiers, Redis, Chroma and two workers, and a report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.integration.conftest import CONFIG, ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def _config_on_other_ports(folder: Path) -> Path:
+    """config.yaml with its tiers on ports of their own: the session's tiers hold the configured ones."""
+    config = yaml.safe_load(CONFIG.read_text())
+    for offset, entry in enumerate(config["model_list"]):
+        entry["litellm_params"]["api_base"] = f"http://127.0.0.1:{8401 + offset}/v1"
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    (folder / "integrations").symlink_to(ROOT / "integrations")
+    return path
+
+
+def test_a_short_soak_answers_every_request_and_reports_memory(tmp_path: Path) -> None:
+    config = _config_on_other_ports(tmp_path)
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "echolm_middleware.cli.main", "soak", "--config", str(config),
+            "--minutes", "0.4", "--rate", "0.5", "--rss-every", "2", "--workers", "2",
+            "--results", str(tmp_path / "results"), "--run", "smoke", "--work", str(tmp_path / "work"),
+        ],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "results" / "smoke" / "soak.json").read_text())
+    assert result["sent"] >= 3
+    assert result["errors"] == 0, result["error_kinds"]
+    assert result["answered"] == result["sent"]
+    assert len(result["rss_mb"]) >= 5
+    assert all(mib > 100 for _, mib in result["rss_mb"])  # two workers and their parent, MiniLM loaded
+    assert "RSS of the proxy's processes" in (tmp_path / "results" / "smoke" / "README.md").read_text()
+    shutil.rmtree(tmp_path / "work", ignore_errors=True)
