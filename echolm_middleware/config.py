@@ -114,6 +114,13 @@ class AdmissionSettings(_Strict):
     min_answer_chars: int = Field(default=1, ge=1)
     max_answer_chars: int = Field(default=4000, ge=1)
     max_prompt_chars: int = Field(default=4000, ge=1)
+    refuse_instructions: bool = Field(
+        default=True,
+        description=(
+            "Do not cache an answer that reads like instructions to a model (prompt injection such as 'ignore"
+            " previous instructions'): it would be shown to later requests as an example."
+        ),
+    )
     pii: Literal["keep", "scrub", "refuse"] = Field(
         default="keep",
         description=(

@@ -23,6 +23,7 @@ from echolm_middleware.config import (
     UpkeepSettings,
 )
 from echolm_middleware.core import selection
+from echolm_middleware.core.injection import looks_like_instructions
 from echolm_middleware.core.pii import scrub
 from echolm_middleware.core.ports import (
     DecisionLog,
@@ -469,6 +470,8 @@ class Engine:
             return False
         if not all(is_valid_utf8(text) for text in (prompt, answer, instructions)):
             return False  # a lone surrogate cannot be embedded or stored
+        if admission.refuse_instructions and looks_like_instructions(answer):
+            return False
         if not admission.min_answer_chars <= len(answer) <= admission.max_answer_chars:
             return False
         if admission.initial_quality < admission.min_quality:
