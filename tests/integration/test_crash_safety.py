@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from echolm_middleware.backends.chroma_store import ChromaExampleStore
+from echolm_middleware.backends.sqlite_state import SQLiteState
 from echolm_middleware.config import StoreSettings
 from tests.integration.conftest import STRONG, LocalTiers, ProxyFactory, ask
 
@@ -28,18 +29,23 @@ KILLED = [
 ]
 
 
-def _strong_decisions(state_db: Path) -> dict[str, str | None]:
+def _strong_decisions(state_db: Path) -> tuple[str, dict[str, str | None]]:
+    """The tenant, and each strong-tier query with the tier its record was marked by (None: not marked)."""
     with sqlite3.connect(state_db) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        rows = db.execute("SELECT query, recorded_by FROM decisions WHERE chosen_tier = ?", (STRONG,)).fetchall()
-    return {query: recorded for query, recorded in rows}
+    state = SQLiteState(state_db)
+    try:
+        decisions = [d for d in state.recent(0.0) if d.action == "route" and d.chosen_tier == STRONG]
+        (tenant,) = {d.tenant for d in decisions}
+        return tenant, {d.query: state.recorded_by(d.request_id) for d in decisions}
+    finally:
+        state.close()
 
 
 def test_a_worker_killed_while_recording_loses_that_record_only(
     start_proxy_for: ProxyFactory, local_tiers: LocalTiers, tmp_path: Path
 ) -> None:
     state_dir = tmp_path / "state"
-    tenant = None
     for safe, killed in zip(SAFE, KILLED, strict=True):
         proxy = start_proxy_for(state_dir=state_dir)
         _, headers = ask(proxy, safe)
@@ -55,9 +61,7 @@ def test_a_worker_killed_while_recording_loses_that_record_only(
     proxy.wait_recorded(headers["x-echolm-request-id"])
     proxy.stop()
 
-    decisions = _strong_decisions(state_dir / "state.db")
-    with sqlite3.connect(state_dir / "state.db") as db:
-        (tenant,) = {row[0] for row in db.execute("SELECT tenant FROM decisions")}
+    tenant, decisions = _strong_decisions(state_dir / "state.db")
     store = ChromaExampleStore(StoreSettings(path=state_dir / "chroma"))
     examples = {example.prompt: example for example in store.examples(tenant)}
     assert store.count(tenant) == len(examples)  # every stored example reads back whole
