@@ -80,6 +80,12 @@ def banking77(data_dir: Path) -> Workload:
     )
 
 
+# Arena-Hard prompts the judge can read whole beside two answers within JUDGE_MAX_CHARS (2,000): 439 of the
+# 500 (median 136 characters). The 61 longer ones (up to several thousand characters) would be cut in the
+# judge's prompt, and their prefill alone took 20-40 s a call on the 1-thread 1.5B strong tier.
+ARENA_MAX_PROMPT_CHARS = 800
+
+
 def arena_hard(data_dir: Path) -> Workload:
     path = data_dir / "arena_hard_v0.1" / "question.jsonl"
     if not path.exists():
@@ -88,7 +94,9 @@ def arena_hard(data_dir: Path) -> Workload:
     with path.open(encoding="utf-8") as handle:
         for line in handle:
             if line.strip():
-                items.append(QARecord(str(json.loads(line)["prompt"]).strip(), ()))
+                prompt = str(json.loads(line)["prompt"]).strip()
+                if len(prompt) <= ARENA_MAX_PROMPT_CHARS:
+                    items.append(QARecord(prompt, ()))
     # 96 tokens: a paragraph or a short code block, which the judge still sees whole within its budget; on
     # the 1-thread 1.5B strong tier an answer generates at about 5 tokens a second, so every token counts.
     return Workload(name="arena_hard", items=items, system_prompt=None, metric=JUDGED, score=None, max_tokens=96)

@@ -24,7 +24,7 @@ from tests.integration.conftest import CONFIG, ROOT, STRONG, LocalTiers, ProxyFa
 
 pytestmark = pytest.mark.integration
 
-TEXT = st.text(st.characters(codepoint_range=(0, 0x10FFFF), exclude_categories=()), max_size=80)
+TEXT = st.text(st.characters(min_codepoint=0, max_codepoint=0x10FFFF, blacklist_categories=()), max_size=80)
 PART = st.one_of(
     st.fixed_dictionaries({"type": st.just("text"), "text": TEXT}),
     st.fixed_dictionaries({"type": st.sampled_from(["image_url", "input_audio", "file", "weird"]), "x": TEXT}),

@@ -15,7 +15,7 @@ from echolm_middleware.core.types import ChatRequest, Outcome
 from tests.unit.conftest import CHEAP, STRONG
 
 # Text as callers send it: any code point, lone surrogates included (JSON can carry "\ud800").
-TEXT = st.text(st.characters(codepoint_range=(0, 0x10FFFF), exclude_categories=()), max_size=300)
+TEXT = st.text(st.characters(min_codepoint=0, max_codepoint=0x10FFFF, blacklist_categories=()), max_size=300)
 ROLES = st.one_of(
     st.sampled_from(["user", "assistant", "system", "developer", "tool", "function"]), TEXT, st.none(), st.integers()
 )
