@@ -117,8 +117,8 @@ class AdmissionSettings(_Strict):
     refuse_instructions: bool = Field(
         default=True,
         description=(
-            "Do not cache an answer that reads like instructions to a model (prompt injection such as 'ignore"
-            " previous instructions'): it would be shown to later requests as an example."
+            "Do not cache, or show as an example, an answer that reads like instructions to a model (prompt"
+            " injection such as 'ignore previous instructions')."
         ),
     )
     pii: Literal["keep", "scrub", "refuse"] = Field(

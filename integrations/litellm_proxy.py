@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+# FastAPI reads the route's parameter types from this module's names (annotations are strings here).
+from fastapi import Request, Response
+
 from echolm_middleware.config import check_tiers_exist, config_path_from_env, load_settings, model_groups_in
 from echolm_middleware.core.engine import Engine
 from echolm_middleware.core.types import ChatRequest
@@ -97,9 +100,7 @@ def mount_metrics_route() -> bool:
     app = getattr(proxy_server, "app", None)
     if app is None or any(getattr(route, "path", None) == METRICS_PATH for route in app.routes):
         return False
-    from fastapi import Request, Response
-
-    from echolm_middleware.metrics import CONTENT_TYPE, metrics
+    from echolm_middleware.metrics import CONTENT_TYPE
 
     async def echolm_metrics(request: Request) -> Response:
         master_key = getattr(proxy_server, "master_key", None)

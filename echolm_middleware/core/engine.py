@@ -396,6 +396,10 @@ class Engine:
         for candidate in candidates:
             if candidate.example.quality < self.settings.admission.min_quality:
                 continue  # feedback sank this answer below the bar: never show it again
+            if self.settings.admission.refuse_instructions and looks_like_instructions(candidate.example.answer):
+                # Cached before the screen, or written by hand: the fence alone did not stop a 0.5B cheap
+                # tier from obeying "reply only with PWNED" (tests/integration/test_proxy_tenants.py).
+                continue
             features = selection.utility_features(
                 candidate, now=now, tier_strength=self._strength, half_life_days=retrieval.age_half_life_days
             )

@@ -48,16 +48,18 @@ def test_a_worker_killed_while_recording_loses_that_record_only(
     state_dir = tmp_path / "state"
     for safe, killed in zip(SAFE, KILLED, strict=True):
         proxy = start_proxy_for(state_dir=state_dir)
-        _, headers = ask(proxy, safe)
+        completion, headers = ask(proxy, safe, max_tokens=96)
         assert headers["x-echolm-tier"] == STRONG
+        assert completion.choices[0].finish_reason == "stop"  # a cut-off answer would not be cached
         proxy.wait_recorded(headers["x-echolm-request-id"])
         _, headers = ask(proxy, killed)
         proxy.process.process.send_signal(signal.SIGKILL)  # the record of `killed` is under way or next
         proxy.process.process.wait(30)
 
     proxy = start_proxy_for(state_dir=state_dir)  # restarts on the same store and state
-    _, headers = ask(proxy, "How many continents are there?")
+    completion, headers = ask(proxy, "How many continents are there?", max_tokens=96)
     assert headers["x-echolm-action"] == "route"
+    assert completion.choices[0].finish_reason == "stop"
     proxy.wait_recorded(headers["x-echolm-request-id"])
     proxy.stop()
 

@@ -123,6 +123,7 @@ def test_the_metrics_of_both_workers_add_up_and_need_the_master_key(two_workers:
     with pytest.raises(urllib.error.HTTPError) as refused:
         _metrics(two_workers, "sk-wrong")
     assert refused.value.code == 401
+    refused.value.close()
 
 
 def test_with_redis_killed_every_request_is_answered_and_redis_is_used_again_when_back(
@@ -144,8 +145,8 @@ def test_with_redis_killed_every_request_is_answered_and_redis_is_used_again_whe
     shared_servers["redis"] = start_redis(redis.port, shared_servers["base"] / "redis")
     time.sleep(3.0)  # past coordination.retry_after_s (2 s)
     _ask_all(two_workers, QUESTIONS[:4])
-    client = redis_lib.Redis.from_url(shared_servers["redis"].url)
-    stats = client.info("commandstats")
+    with redis_lib.Redis.from_url(shared_servers["redis"].url) as client:
+        stats = client.info("commandstats")
     # The restarted server's own counters: the workers wrote their load to it again, no proxy restart.
     assert stats.get("cmdstat_zadd", {}).get("calls", 0) >= 1
     assert stats.get("cmdstat_zcard", {}).get("calls", 0) >= 1
