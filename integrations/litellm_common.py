@@ -27,22 +27,29 @@ METADATA_KEY = "echolm"
 BYPASS_KEY = "echolm_bypass"
 
 
+def header_value(value: object, limit: int = 200) -> str:
+    """A value HTTP allows in a header: printable ASCII only. Reasons and model names can carry what the
+    caller sent (a role of "\x11", a model name with a newline), which would make the server drop the
+    connection instead of answering."""
+    text = str(value)
+    return "".join(char if " " <= char <= "~" else "?" for char in text[:limit]).strip()
+
+
 def response_headers(summary: Mapping[str, Any]) -> dict[str, str]:
     """HTTP headers that show the caller what we decided."""
     headers = {
-        "x-echolm-request-id": str(summary["request_id"]),
-        "x-echolm-action": str(summary["action"]),
-        "x-echolm-tier": str(summary["tier"]),
-        "x-echolm-examples": str(summary["examples"]),
-        "x-echolm-example-tokens": str(summary.get("example_tokens", 0)),
+        "x-echolm-request-id": header_value(summary["request_id"]),
+        "x-echolm-action": header_value(summary["action"]),
+        "x-echolm-tier": header_value(summary["tier"]),
+        "x-echolm-examples": header_value(summary["examples"]),
+        "x-echolm-example-tokens": header_value(summary.get("example_tokens", 0)),
     }
     if summary.get("overhead_ms") is not None:
         headers["x-echolm-overhead-ms"] = f"{summary['overhead_ms']:.2f}"
     if summary.get("best_similarity") is not None:
         headers["x-echolm-best-similarity"] = f"{summary['best_similarity']:.4f}"
     if summary["action"] != "route":
-        # Header values must be latin-1: keep the reason plain.
-        headers["x-echolm-reason"] = str(summary["reason"]).encode("ascii", "replace").decode()[:200]
+        headers["x-echolm-reason"] = header_value(summary["reason"])
     return headers
 
 

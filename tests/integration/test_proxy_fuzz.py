@@ -61,12 +61,15 @@ def proxies(start_proxy_for: ProxyFactory, tmp_path_factory: pytest.TempPathFact
 
 def _post(proxy: ProxyUnderTest, body: dict[str, Any]) -> int:
     payload = json.dumps({"model": STRONG, "max_tokens": 1, "temperature": 0, **body})  # lone surrogates escaped
-    response = httpx.post(
-        f"{proxy.url}/v1/chat/completions",
-        content=payload.encode(),
-        headers={"Authorization": f"Bearer {proxy.process.master_key}", "Content-Type": "application/json"},
-        timeout=120,
-    )
+    try:
+        response = httpx.post(
+            f"{proxy.url}/v1/chat/completions",
+            content=payload.encode(),
+            headers={"Authorization": f"Bearer {proxy.process.master_key}", "Content-Type": "application/json"},
+            timeout=120,
+        )
+    except httpx.TransportError:
+        return 599  # the server dropped the connection: as bad as a 5xx
     return response.status_code
 
 
