@@ -8,6 +8,7 @@ log; `stop` ends it gracefully, `kill` as a crash would.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import socket
@@ -22,7 +23,7 @@ from pathlib import Path
 from echolm_middleware.errors import EchoLMError
 from echolm_middleware.proxy_process import free_port
 
-__all__ = ["Service", "ServiceError", "free_port", "running", "start_chroma", "start_redis"]
+__all__ = ["Service", "ServiceError", "free_port", "process_alive", "running", "start_chroma", "start_redis"]
 
 _LOCAL_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -63,6 +64,17 @@ class Service:
         if self.alive():
             self.process.kill()
             self.process.wait(10)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one of another user's counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _wait(ready: Callable[[], bool], service: Service, timeout_s: float) -> Service:

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from echolm_middleware.local_services import process_alive
+
 DEFAULT_DIR = Path(".echolm/servers")
 PIDS = "servers.json"
 
@@ -49,21 +51,11 @@ def _recorded(folder: Path) -> dict[str, Any]:
         return {}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _start(args: argparse.Namespace) -> int:
     from echolm_middleware.local_services import ServiceError, start_chroma, start_redis
 
     folder: Path = args.dir
-    running = {name: entry for name, entry in _recorded(folder).items() if _alive(int(entry["pid"]))}
+    running = {name: entry for name, entry in _recorded(folder).items() if process_alive(int(entry["pid"]))}
     if running:
         print(f"echolm: already running: {', '.join(running)}; `echolm servers stop --dir {folder}` first")
         return 1
@@ -98,14 +90,14 @@ def _stop(args: argparse.Namespace) -> int:
     recorded = _recorded(args.dir)
     for name, entry in recorded.items():
         pid = int(entry["pid"])
-        if not _alive(pid):
+        if not process_alive(pid):
             print(f"{name}: not running")
             continue
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 15
-        while _alive(pid) and time.monotonic() < deadline:
+        while process_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if _alive(pid):
+        if process_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         print(f"stopped {name} (pid {pid}, port {entry['port']})")
@@ -119,6 +111,6 @@ def _status(args: argparse.Namespace) -> int:
         print(f"no servers recorded under {args.dir}")
         return 1
     for name, entry in recorded.items():
-        state = "running" if _alive(int(entry["pid"])) else "not running"
+        state = "running" if process_alive(int(entry["pid"])) else "not running"
         print(f"{name}: {entry['url']} (pid {entry['pid']}) {state}")
     return 0

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from echolm_middleware.errors import MissingExtra
+from echolm_middleware.local_services import process_alive
 from echolm_middleware.local_tiers import LocalTierError, ServerStartFailed
 from echolm_middleware.local_tiers.assemble import ensure_model
 from echolm_middleware.local_tiers.manifest import get_artifact
@@ -150,7 +151,7 @@ def _start_one(spec: TierSpec, run_dir: Path, timeout_s: float) -> tuple[Running
         tier = RunningTier(spec.alias, spec.host, spec.port, reused, str(spec.model_path), str(log_path))
         _remember(run_dir, tier)
         return tier, False
-    if previous is not None and _process_alive(previous) and _is_our_server(previous, None):
+    if previous is not None and process_alive(previous) and _is_our_server(previous, None):
         raise LocalTierError(
             f"{spec.alias} already runs as pid {previous} on another port; "
             f"stop it first (echolm tiers stop --run-dir {run_dir})"
@@ -262,18 +263,8 @@ def _reap_if_exited(pid: int) -> bool:
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
-        return not _process_alive(pid)  # started by another process (`tiers start`, then `tiers stop`)
+        return not process_alive(pid)  # started by another process (`tiers start`, then `tiers stop`)
     return done == pid
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _is_our_server(pid: int, port: int | None) -> bool:
@@ -283,7 +274,7 @@ def _is_our_server(pid: int, port: int | None) -> bool:
     except FileNotFoundError:
         return False
     except OSError:
-        return _process_alive(pid)  # no /proc to ask: trust the pid file
+        return process_alive(pid)  # no /proc to ask: trust the pid file
     if b"llama_cpp.server" not in argv:
         return False
     return port is None or str(port).encode() in argv
