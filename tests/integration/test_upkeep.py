@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -264,22 +265,27 @@ def test_two_proxy_workers_run_one_scheduled_pass_per_period(start_proxy_for: Pr
         ready = list(pool.map(_engine_ready, workers.values()))
     assert max(ready) + period_s < period_start + 2 * period_s - 15, "start-up too slow to fit one period"
 
-    def passes_logged(name: str) -> int:
+    def periods_logged(name: str) -> list[str]:
         log = (tmp_path / name / "proxy.log").read_text(errors="replace")
         assert "echolm upkeep pass failed" not in log
-        return log.count("strong-tier tokens, evicted")  # the line a finished scheduled pass logs
+        return re.findall(r"echolm upkeep pass \S+ for period (\d+)", log)  # a finished scheduled pass
 
     # Both schedulers have fired once the later one's interval is up; give the winner's pass time to end,
-    # and stop before the next period begins.
+    # and stop before the next period begins. (A proxy builds its engine, and starts its scheduler, as it
+    # loads: an early firing may take the period before, so passes are counted per period.)
     next_period = period_start + 2 * period_s
     while time.time() < min(max(ready) + period_s + 12, next_period - 2):
         time.sleep(0.5)
     for worker in workers.values():
         worker.stop()
 
-    logged = {name: passes_logged(name) for name in workers}
-    assert sorted(logged.values()) == [0, 1], logged
-    winner = next(name for name, count in logged.items() if count == 1)
+    logged = {name: periods_logged(name) for name in workers}
+    periods = [period for found in logged.values() for period in found]
+    assert periods and len(periods) == len(set(periods)), logged  # one pass per period between the two
+    # The pass of the period both fired in went to one worker, which upgraded its own store.
+    last = max(periods, key=int)
+    winner = next(name for name, found in logged.items() if last in found)
     loser = next(name for name in workers if name != winner)
     assert all(a != DEGRADED for a in _answers(tmp_path, prompts[winner], envs[winner]).values())
-    assert all(a == DEGRADED for a in _answers(tmp_path, prompts[loser], envs[loser]).values())
+    if not logged[loser]:
+        assert all(a == DEGRADED for a in _answers(tmp_path, prompts[loser], envs[loser]).values())
