@@ -123,7 +123,8 @@ def _callbacks() -> list[Any]:
 
 
 class EchoLMProxyHandler(RecordingCallback):
-    """LiteLLM `CustomLogger` for the proxy; builds its engine lazily on the first request."""
+    """LiteLLM `CustomLogger` for the proxy; builds its engine in the background as soon as a running
+    proxy loads it (elsewhere, on the first request)."""
 
     def __init__(
         self, handle: EngineHandle | None = None, timeout_s: float | None = None, startup_wait_s: float = 30.0
