@@ -68,7 +68,6 @@ class Degraded:
         self._until = 0.0
         self._lock = threading.Lock()
         self.failures = 0
-        self.last_error: str | None = None
 
     def skipping(self) -> bool:
         return self._clock() < self._until
@@ -77,7 +76,6 @@ class Degraded:
         with self._lock:
             first = not self.skipping()
             self.failures += 1
-            self.last_error = f"{what}: {type(exc).__name__}: {exc}"
             self._until = self._clock() + self._retry_after_s
         quietly(lambda: metrics().coordination_errors.labels(what=what).inc())
         if first:  # once per outage window, not once per request
@@ -104,7 +102,6 @@ class RedisLoadBoard:
         self.local = LoadTracker(window_s, stale_after_s)
         self.degraded = Degraded(settings.retry_after_s)
         self._lock = threading.Lock()
-        self._tier_of: dict[str, str] = {}  # key -> tier, for `finish` (ends come back to the same worker)
         self._unfinished: dict[str, str] = {}  # ends Redis did not take, retried when it answers again
         self._ema: dict[str, float] = {}
         self._ema_at: dict[str, float] = {}
@@ -114,8 +111,6 @@ class RedisLoadBoard:
 
     def begin(self, tier: str, key: str) -> None:
         self.local.begin(tier, key)
-        with self._lock:
-            self._tier_of[key] = tier
         if self.degraded.skipping():
             return
         try:
@@ -123,20 +118,20 @@ class RedisLoadBoard:
         except Exception as exc:  # any client error: route locally, never fail the request
             self.degraded.failed("begin", exc)
 
-    def finish(self, key: str) -> None:
-        self.local.finish(key)
-        with self._lock:
-            tier = self._tier_of.pop(key, None)
+    def finish(self, key: str) -> str | None:
+        # Ends come back to the worker that began the request: its own tracker knows the tier.
+        tier = self.local.finish(key)
         if tier is None:
-            return
+            return None
         if self.degraded.skipping():
             self._keep_unfinished(key, tier)
-            return
+            return tier
         try:
             self._client.zrem(self._key(tier), key)
         except Exception as exc:
             self.degraded.failed("finish", exc)
             self._keep_unfinished(key, tier)
+        return tier
 
     def _keep_unfinished(self, key: str, tier: str) -> None:
         with self._lock:

@@ -106,8 +106,8 @@ class LoadBoard(Protocol):
 
     def begin(self, tier: str, key: str) -> None: ...
 
-    def finish(self, key: str) -> None:
-        """The request `key` ended; an unknown or already finished key is ignored."""
+    def finish(self, key: str) -> str | None:
+        """The request `key` ended: its tier, or None for a key that is unknown, stale or already finished."""
         ...
 
     def queue_if_added(self, tiers: Sequence[str]) -> dict[str, float]:

@@ -155,11 +155,12 @@ class LoadTracker:
             self._ema.setdefault(tier, 0.0)
             self._updated.setdefault(tier, now)
 
-    def finish(self, key: str) -> None:
-        """The request `key` ended; an unknown or already finished key is ignored."""
+    def finish(self, key: str) -> str | None:
+        """The request `key` ended: the tier it was on, or None for an unknown, stale or finished key."""
         with self._lock:
             self._advance(self._clock())
-            self._open.pop(key, None)
+            opened = self._open.pop(key, None)
+        return None if opened is None else opened[0]
 
     def queue_if_added(self, tiers: Sequence[str]) -> dict[str, float]:
         """Requests each tier would have in flight if this one went there: the queue it would join.
