@@ -94,6 +94,8 @@ class _Call:
     prepared: Prepared | None
     engine: Engine | None
     started: float
+    # The request as the caller made it, for when the tier we chose fails before answering.
+    requested: tuple[str, list[BaseMessage]] | None = None
 
     @property
     def records(self) -> bool:
@@ -220,11 +222,27 @@ class EchoLMChatModel(BaseChatModel):
             summary = summary_without_decision(request.model, "fail_open", "engine not ready")
             return _Call(self._tier(request.model), request.model, messages, summary, None, None, started)
         summary = decision_summary(prepared.decision)
+        requested = None
+        if prepared.routed and (prepared.model != request.model or prepared.decision.examples):
+            requested = (request.model, messages)
         if prepared.decision.examples:
             messages = convert_to_messages(prepared.messages)
         if prepared.routed:
             engine.load.begin(prepared.model, prepared.decision.request_id)
-        return _Call(self._tier(prepared.model), prepared.model, messages, summary, prepared, engine, started)
+        return _Call(
+            self._tier(prepared.model), prepared.model, messages, summary, prepared, engine, started, requested
+        )
+
+    def _after_failure(self, call: _Call, exc: Exception) -> _Call:
+        """The tier we chose failed before answering: the request goes as the caller made it to the tier it
+        named (fail open). A failure of the tier the caller named is theirs, and is raised."""
+        if call.requested is None:
+            raise exc
+        self._finish_load(call)
+        self._counter.add(f"chosen tier failed: {call.tier}", exc)
+        tier, messages = call.requested
+        summary = {**call.summary, "action": "fail_open", "tier": tier, "reason": f"chosen tier {call.tier} failed"}
+        return _Call(self._tier(tier), tier, messages, summary, None, None, call.started)
 
     def _prepare(self, messages: list[BaseMessage], run_manager: CallbackManagerForLLMRun | None) -> _Call:
         started = time.perf_counter()
@@ -289,7 +307,11 @@ class EchoLMChatModel(BaseChatModel):
     ) -> ChatResult:
         call = self._prepare(messages, run_manager)
         try:
-            message = call.runnable.invoke(call.messages, self._config(run_manager), stop=stop, **kwargs)
+            try:
+                message = call.runnable.invoke(call.messages, self._config(run_manager), stop=stop, **kwargs)
+            except Exception as exc:
+                call = self._after_failure(call, exc)
+                message = call.runnable.invoke(call.messages, self._config(run_manager), stop=stop, **kwargs)
         finally:
             self._finish_load(call)
         self._record(call, _text(message), _finish_reason(message))
@@ -304,7 +326,11 @@ class EchoLMChatModel(BaseChatModel):
     ) -> ChatResult:
         call = await self._aprepare(messages, run_manager)
         try:
-            message = await call.runnable.ainvoke(call.messages, self._config(run_manager), stop=stop, **kwargs)
+            try:
+                message = await call.runnable.ainvoke(call.messages, self._config(run_manager), stop=stop, **kwargs)
+            except Exception as exc:
+                call = self._after_failure(call, exc)
+                message = await call.runnable.ainvoke(call.messages, self._config(run_manager), stop=stop, **kwargs)
         finally:
             self._finish_load(call)
         await self._arecord(call, _text(message), _finish_reason(message))
@@ -320,8 +346,16 @@ class EchoLMChatModel(BaseChatModel):
         call = self._prepare(messages, run_manager)
         assembled = _Assembler(call.summary)
         try:
-            for chunk in call.runnable.stream(call.messages, self._config(run_manager), stop=stop, **kwargs):
-                yield assembled.add(chunk)
+            try:
+                for chunk in call.runnable.stream(call.messages, self._config(run_manager), stop=stop, **kwargs):
+                    yield assembled.add(chunk)
+            except Exception as exc:
+                if assembled.started:  # the caller has read part of this answer; another cannot follow it
+                    raise
+                call = self._after_failure(call, exc)
+                assembled = _Assembler(call.summary)
+                for chunk in call.runnable.stream(call.messages, self._config(run_manager), stop=stop, **kwargs):
+                    yield assembled.add(chunk)
         finally:
             self._finish_load(call)
         # Only a stream that ran to its end is recorded, once, with the whole answer.
@@ -337,8 +371,16 @@ class EchoLMChatModel(BaseChatModel):
         call = await self._aprepare(messages, run_manager)
         assembled = _Assembler(call.summary)
         try:
-            async for chunk in call.runnable.astream(call.messages, self._config(run_manager), stop=stop, **kwargs):
-                yield assembled.add(chunk)
+            try:
+                async for chunk in call.runnable.astream(call.messages, self._config(run_manager), stop=stop, **kwargs):
+                    yield assembled.add(chunk)
+            except Exception as exc:
+                if assembled.started:  # the caller has read part of this answer; another cannot follow it
+                    raise
+                call = self._after_failure(call, exc)
+                assembled = _Assembler(call.summary)
+                async for chunk in call.runnable.astream(call.messages, self._config(run_manager), stop=stop, **kwargs):
+                    yield assembled.add(chunk)
         finally:
             self._finish_load(call)
         await self._arecord(call, assembled.text, assembled.finish_reason)
@@ -355,6 +397,10 @@ class _Assembler:
     @property
     def text(self) -> str:
         return "".join(self._parts)
+
+    @property
+    def started(self) -> bool:
+        return self._summary is None
 
     def add(self, chunk: Any) -> ChatGenerationChunk:
         if not isinstance(chunk, AIMessageChunk):

@@ -53,6 +53,44 @@ def response_headers(summary: Mapping[str, Any]) -> dict[str, str]:
     return headers
 
 
+def fall_back_to_requested(data: dict[str, Any], chosen: str, requested: str, requested_messages: list[Any]) -> None:
+    """If the tier we chose fails before it answers (its server down, an error, a stream that dies before
+    its first token), LiteLLM's router sends the request as the caller sent it to the model it named.
+
+    A per-request `fallbacks` entry keyed by the chosen group, ahead of any the caller sent: the router
+    takes the first entry naming the failed group. Once a stream has sent text, LiteLLM offers no
+    fallback (it cannot take back what the caller has read), so such a stream ends in an error.
+    """
+    ours = {chosen: [{"model": requested, "messages": requested_messages}]}
+    theirs = data.get("fallbacks")
+    data["fallbacks"] = [ours, *theirs] if isinstance(theirs, list) else [ours]
+
+
+def served_group(kwargs: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
+    """The model group that answered: the router's fallback may have replaced the tier we chose.
+
+    Only after a fallback does the call's `model_group` name who answered: through the Router door it
+    is the group the caller asked for, while our strategy picked a deployment of another tier.
+    """
+    params = kwargs.get("litellm_params") or {}
+    metadata = params.get("metadata") or kwargs.get("metadata") or {}
+    if isinstance(metadata, Mapping) and metadata.get("attempted_fallbacks"):
+        group = metadata.get("model_group")
+        if isinstance(group, str) and group:
+            return group
+    return str(summary["tier"])
+
+
+def as_served(summary: Mapping[str, Any], response: Any) -> Mapping[str, Any]:
+    """The summary as the caller should read it once the response exists: if the tier we chose failed
+    and the router's fallback answered, the headers name the model that answered, as failing open."""
+    extra = (getattr(response, "_hidden_params", None) or {}).get("additional_headers") or {}
+    served = extra.get("x-litellm-model-group")
+    if summary.get("action") != "route" or not extra.get("x-litellm-attempted-fallbacks") or not served:
+        return summary
+    return {**summary, "action": "fail_open", "tier": served, "reason": f"chosen tier {summary['tier']} failed"}
+
+
 def answer_of(response_obj: Any) -> tuple[str, str | None]:
     """Text and finish reason of a (complete, possibly stream-assembled) chat response."""
     try:
@@ -92,9 +130,14 @@ class RecordingCallback(CustomLogger):
         if summary is None or engine is None:
             return
         engine.load.finish(str(summary["request_id"]))
+        served_by = served_group(kwargs, summary)
+        if served_by != summary["tier"]:
+            # The tier we chose failed and the router's fallback (fall_back_to_requested) answered.
+            # Counted here, once per request: the failure event fires once per failed attempt.
+            self.fail_open.add(f"chosen tier failed: {summary['tier']}")
         if summary.get("action") == "route":
             prices = {tier.name: tier.price_per_1k for tier in engine.tiers}
-            observe_saving(str(summary.get("tenant", "")), str(summary["tier"]), tokens_of(response_obj), prices)
+            observe_saving(str(summary.get("tenant", "")), served_by, tokens_of(response_obj), prices)
         answer, finish_reason = answer_of(response_obj)
         try:
             latency = (end_time - start_time).total_seconds()
@@ -102,7 +145,7 @@ class RecordingCallback(CustomLogger):
             latency = None
         outcome = Outcome(
             request_id=str(summary["request_id"]),
-            served_by=str(summary["tier"]),
+            served_by=served_by,
             answer=answer,
             finish_reason=finish_reason,
             latency_s=latency,

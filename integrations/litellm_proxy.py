@@ -40,6 +40,8 @@ from echolm_middleware.integrations.litellm_common import (
     BYPASS_KEY,
     METADATA_KEY,
     RecordingCallback,
+    as_served,
+    fall_back_to_requested,
     response_headers,
 )
 from echolm_middleware.metrics import metrics
@@ -188,6 +190,8 @@ class EchoLMProxyHandler(RecordingCallback):
                 summary = summary_without_decision(request.model, "fail_open", "engine not ready")
             else:
                 if prepared.routed:
+                    if prepared.model != request.model or prepared.decision.examples:
+                        fall_back_to_requested(data, prepared.model, request.model, request.messages)
                     data["model"] = prepared.model
                     data["messages"] = prepared.messages
                     engine.load.begin(prepared.model, prepared.decision.request_id)
@@ -217,7 +221,7 @@ class EchoLMProxyHandler(RecordingCallback):
     ) -> dict[str, str] | None:
         metadata = data.get("metadata") if isinstance(data, dict) else None
         summary = metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None
-        return response_headers(summary) if isinstance(summary, dict) else None
+        return response_headers(as_served(summary, response)) if isinstance(summary, dict) else None
 
     async def async_post_call_success_hook(self, data: dict[str, Any], user_api_key_dict: Any, response: Any) -> Any:
         # Non-streamed responses also carry the decision in the body, beside the headers.

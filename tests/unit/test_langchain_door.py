@@ -34,6 +34,8 @@ class ScriptedTier(BaseChatModel):
     """A tier that answers with a fixed text (in word chunks when streamed) and keeps what it was sent."""
 
     answer: str
+    # A server that is down raises before any chunk; one killed mid-stream raises after this many.
+    fails_after_chunks: int | None = None
     _seen: list[list[BaseMessage]] = PrivateAttr(default_factory=list)
     _tools: list[dict[str, Any]] = PrivateAttr(default_factory=list)
 
@@ -47,6 +49,8 @@ class ScriptedTier(BaseChatModel):
 
     def _message(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:
         self._seen.append(list(messages))
+        if self.fails_after_chunks is not None:
+            raise ConnectionError("tier server down")
         tools = kwargs.get("tools")
         if tools:
             name = tools[0]["function"]["name"]
@@ -72,6 +76,8 @@ class ScriptedTier(BaseChatModel):
         self._seen.append(list(messages))
         words = self.answer.split(" ")
         for index, word in enumerate(words):
+            if index == self.fails_after_chunks:
+                raise ConnectionError("tier server killed mid-stream")
             last = index == len(words) - 1
             yield ChatGenerationChunk(
                 message=AIMessageChunk(
@@ -290,3 +296,70 @@ def test_default_settings_rank_the_tiers_cheapest_first() -> None:
     settings = default_settings(["small", "medium", "large"])
     assert [t.quality_prior for t in settings.tiers] == [0.3, 0.55, 0.8]
     assert all(t.cost_per_1k_tokens == 0.0 for t in settings.tiers)
+
+
+# ---- the tier we chose fails -------------------------------------------------------------------
+
+
+def _cheap_tier_down(door: Door, fails_after_chunks: int = 0) -> None:
+    door.model.invoke(QUESTION)  # the strong answer becomes an example; its paraphrase goes to cheap
+    door.cheap.fails_after_chunks = fails_after_chunks
+
+
+def _answered_by_strong_unchanged(door: Door, meta: dict[str, Any]) -> None:
+    assert meta["action"] == "fail_open" and meta["tier"] == "strong"
+    assert meta["reason"] == "chosen tier cheap failed"
+    assert [str(m.content) for m in door.strong.seen[-1]] == [PARAPHRASE]  # without our example
+    assert door.model.fail_open_counts == {"chosen tier failed: cheap": 1}
+    assert door.engine.load.loads().get("cheap", 0.0) < 1.0  # the load it began was finished
+
+
+def test_a_request_whose_chosen_tier_is_down_goes_unchanged_to_the_tier_it_named(door: Door) -> None:
+    _cheap_tier_down(door)
+
+    answer = door.model.invoke(PARAPHRASE)
+
+    assert answer.content == ANSWER
+    _answered_by_strong_unchanged(door, _echolm(answer))
+
+
+def test_a_stream_whose_chosen_tier_fails_before_its_first_chunk_comes_from_the_named_tier(door: Door) -> None:
+    _cheap_tier_down(door)
+
+    chunks = list(door.model.stream(PARAPHRASE))
+
+    assert "".join(str(c.content) for c in chunks) == ANSWER
+    _answered_by_strong_unchanged(door, _echolm(chunks[0]))
+
+
+def test_async_paths_fall_back_too(door: Door) -> None:
+    _cheap_tier_down(door)
+
+    async def scenario() -> tuple[BaseMessage, list[BaseMessage]]:
+        return await door.model.ainvoke(PARAPHRASE), [chunk async for chunk in door.model.astream(PARAPHRASE)]
+
+    answer, chunks = asyncio.run(scenario())
+
+    assert answer.content == ANSWER and "".join(str(c.content) for c in chunks) == ANSWER
+    assert _echolm(answer)["tier"] == "strong" and _echolm(chunks[0])["tier"] == "strong"
+    assert door.model.fail_open_counts == {"chosen tier failed: cheap": 2}
+
+
+def test_a_stream_that_dies_after_the_caller_read_part_of_it_raises(door: Door) -> None:
+    _cheap_tier_down(door, fails_after_chunks=1)
+    read: list[str] = []
+
+    with pytest.raises(ConnectionError, match="mid-stream"):
+        for chunk in door.model.stream(PARAPHRASE):
+            read.append(str(chunk.content))
+
+    assert read == ["cheap "]  # a second answer cannot follow half of the first
+    assert door.engine.load.loads().get("cheap", 0.0) < 1.0
+
+
+def test_a_failure_of_the_tier_the_caller_named_is_theirs(door: Door) -> None:
+    door.strong.fails_after_chunks = 0
+
+    with pytest.raises(ConnectionError):
+        door.model.invoke(QUESTION)
+    assert door.model.fail_open_counts == {}

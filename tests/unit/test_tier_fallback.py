@@ -1,0 +1,131 @@
+"""When the tier we chose fails, the proxy door's request goes, as the caller sent it, to the model it named.
+
+Driven through a real `litellm.Router`: the cheap tier's deployment points at a port nobody listens on
+(the server is down), the strong tier answers with LiteLLM's `mock_response`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import litellm
+import pytest
+from litellm.integrations.custom_logger import CustomLogger
+
+from echolm_middleware.integrations.engine_access import EngineHandle
+from echolm_middleware.integrations.litellm_common import METADATA_KEY, as_served, fall_back_to_requested
+from echolm_middleware.integrations.litellm_proxy import EchoLMProxyHandler
+from echolm_middleware.local_services import free_port
+
+QUESTION = "What is the capital of France?"
+PARAPHRASE = "What is the capital city of France?"
+STRONG_ANSWER = "The capital of France is Paris."
+
+
+class SentMessages(CustomLogger):
+    """The messages of every successful call, by the model group that answered it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_group: dict[str, list[Any]] = {}
+
+    async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        group = (kwargs.get("litellm_params", {}).get("metadata") or {}).get("model_group")
+        self.by_group[str(group)] = kwargs.get("messages")
+
+
+@pytest.fixture
+def router_with_a_dead_cheap_tier() -> Any:
+    return litellm.Router(
+        model_list=[
+            {
+                "model_name": "cheap",
+                "litellm_params": {
+                    "model": "openai/cheap",
+                    "api_base": f"http://127.0.0.1:{free_port()}/v1",
+                    "api_key": "local",
+                },
+            },
+            {"model_name": "strong", "litellm_params": {"model": "openai/strong", "mock_response": STRONG_ANSWER}},
+        ],
+        num_retries=0,
+    )
+
+
+@pytest.fixture
+def installed(make_engine: Any) -> Any:
+    kit = make_engine()
+    handler = EchoLMProxyHandler(handle=EngineHandle(lambda: kit.engine))
+    handler.handle.start().result()
+    sent = SentMessages()
+    litellm.callbacks.extend([handler, sent])
+    yield SimpleNamespace(kit=kit, handler=handler, sent=sent)
+    # LiteLLM copies callbacks into lists of its own and keeps one instance per class: take ours out of
+    # all of them, or the next test's instances would never be called.
+    for registered in (litellm.callbacks, litellm._async_success_callback, litellm._async_failure_callback):
+        registered[:] = [callback for callback in registered if callback is not handler and callback is not sent]
+
+
+def test_our_fallback_entry_comes_before_the_callers_own() -> None:
+    data: dict[str, Any] = {"fallbacks": ["gpt-4o"]}
+
+    fall_back_to_requested(data, "cheap", "strong", [{"role": "user", "content": "hi"}])
+
+    assert data["fallbacks"] == [
+        {"cheap": [{"model": "strong", "messages": [{"role": "user", "content": "hi"}]}]},
+        "gpt-4o",
+    ]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_request_routed_to_a_dead_tier_is_answered_by_the_requested_model_unchanged(
+    installed: Any, router_with_a_dead_cheap_tier: Any, stream: bool
+) -> None:
+    kit, handler, sent = installed.kit, installed.handler, installed.sent
+    assert kit.engine.admit("team:A", QUESTION, "Paris is the capital of France.", "strong")
+    original = [{"role": "user", "content": PARAPHRASE}]
+    data: dict[str, Any] = {"model": "strong", "messages": list(original), "stream": stream}
+
+    async def run() -> tuple[str, Any]:
+        await handler.async_pre_call_hook(SimpleNamespace(team_id="A"), None, data, "acompletion")
+        assert data["model"] == "cheap" and data["messages"] != original  # routed, with the example
+        response = await router_with_a_dead_cheap_tier.acompletion(**data)
+        if stream:
+            text = "".join([chunk.choices[0].delta.content or "" async for chunk in response])
+        else:
+            text = response.choices[0].message.content
+        # LiteLLM logs success in the background: wait for the recording (admitting an example).
+        deadline = time.monotonic() + 20
+        while (kit.engine.store.count("team:A") < 2 or "strong" not in sent.by_group) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return text, response
+
+    text, response = asyncio.run(run())
+
+    assert text == STRONG_ANSWER
+    assert sent.by_group.get("strong") == original  # the caller's request, without our examples
+    headers = handler_headers(handler, data, response)
+    assert headers["x-echolm-action"] == "fail_open"
+    assert headers["x-echolm-tier"] == "strong"
+    assert headers["x-echolm-reason"] == "chosen tier cheap failed"
+    # Recorded as the strong tier's answer (admitted as an example), and counted as our failure once.
+    assert kit.engine.store.count("team:A") == 2
+    assert handler.fail_open.counts["chosen tier failed: cheap"] == 1
+    request_id = data["metadata"][METADATA_KEY]["request_id"]
+    assert kit.state.get(request_id) is not None
+
+
+def handler_headers(handler: EchoLMProxyHandler, data: dict[str, Any], response: Any) -> dict[str, str]:
+    headers = asyncio.run(handler.async_post_call_response_headers_hook(data, None, response))
+    assert headers is not None
+    return headers
+
+
+def test_a_response_without_a_fallback_keeps_the_summary() -> None:
+    summary = {"action": "route", "tier": "cheap"}
+    response = SimpleNamespace(_hidden_params={"additional_headers": {"x-litellm-attempted-fallbacks": 0}})
+
+    assert as_served(summary, response) is summary
