@@ -34,7 +34,7 @@ class LocalTiers:
     model_list: list[dict[str, Any]]
 
 
-def _alias_of(group: str, raw: Mapping[str, Any]) -> str:
+def alias_of(group: str, raw: Mapping[str, Any]) -> str:
     for entry in raw["model_list"]:
         if entry["model_name"] == group:
             return str(entry["litellm_params"]["model"]).split("/", 1)[-1]
@@ -44,7 +44,7 @@ def _alias_of(group: str, raw: Mapping[str, Any]) -> str:
 @pytest.fixture(scope="session")
 def local_tiers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTiers]:
     raw = read_config_file(CONFIG)
-    cheap_alias = _alias_of(CHEAP, raw)
+    cheap_alias = alias_of(CHEAP, raw)
     cheap_port = dict(local_models_in(raw))[cheap_alias]
     specs = specs_for_config(raw, default_model_dir())
     moved = [replace(s, port=s.port + 10) if s.alias == cheap_alias else s for s in specs]

@@ -13,9 +13,7 @@ import os
 import re
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ import pytest
 from echolm_middleware.local_services import Service, free_port, start_chroma, start_redis
 from echolm_middleware.proxy_process import ProxyProcess, running_proxy
 from tests.integration.conftest import CONFIG, STRONG, LocalTiers
+from tests.integration.workers import ask_all, metric_total, metrics_text, wait_routed
 
 pytestmark = pytest.mark.integration
 
@@ -35,51 +34,6 @@ QUESTIONS = [
     "Which ocean is the largest?",
     "What gas do plants take in from the air?",
 ]
-
-
-def _ask(proxy: ProxyProcess, question: str) -> tuple[str, dict[str, str]]:
-    from openai import OpenAI
-
-    client = OpenAI(base_url=f"{proxy.url}/v1", api_key=proxy.master_key, max_retries=0, timeout=300)
-    raw = client.chat.completions.with_raw_response.create(
-        model=STRONG, messages=[{"role": "user", "content": question}], max_tokens=8, temperature=0
-    )
-    return raw.parse().choices[0].message.content or "", dict(raw.headers)
-
-
-def _ask_all(proxy: ProxyProcess, questions: list[str]) -> list[tuple[str, dict[str, str]]]:
-    with ThreadPoolExecutor(2) as pool:
-        return list(pool.map(lambda q: _ask(proxy, q), questions))
-
-
-def _metrics(proxy: ProxyProcess, key: str | None = None) -> str:
-    request = urllib.request.Request(f"{proxy.url}/echolm/metrics")
-    if key is not None:
-        request.add_header("Authorization", f"Bearer {key}")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return str(response.read().decode())
-
-
-def _total(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    total = 0.0
-    for line in text.splitlines():
-        match = re.fullmatch(rf"{name}(?:\{{(.*)\}})? (\S+)", line)
-        if match is None:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
-        if all(found.get(key) == value for key, value in labels.items()):
-            total += float(match.group(2))
-    return total
-
-
-def _wait_routed(proxy: ProxyProcess, timeout_s: float = 240.0) -> None:
-    """Until 6 answers in a row were routed: both workers have built their engines."""
-    deadline, streak = time.monotonic() + timeout_s, 0
-    while streak < 6:
-        assert time.monotonic() < deadline, f"workers not ready:\n{proxy.log_tail(60)}"
-        _, headers = _ask(proxy, "ping")
-        streak = streak + 1 if headers.get("x-echolm-action") == "route" else 0
 
 
 @pytest.fixture(scope="module")
@@ -105,23 +59,23 @@ def two_workers(local_tiers: LocalTiers, shared_servers: dict[str, Any]) -> Iter
     env["ECHOLM_UPKEEP__SCHEDULE_MINUTES"] = "0.1"
     env["ECHOLM_UPKEEP__BUDGET_TOKENS"] = "0"
     with running_proxy(CONFIG, env=env, workers=2, log_path=base / "proxy.log") as proxy:
-        _wait_routed(proxy)
+        wait_routed(proxy)
         yield proxy
 
 
 def test_the_metrics_of_both_workers_add_up_and_need_the_master_key(two_workers: ProxyProcess) -> None:
-    before = _total(_metrics(two_workers, two_workers.master_key), "echolm_requests_total")
+    before = metric_total(metrics_text(two_workers, two_workers.master_key), "echolm_requests_total")
 
-    answers = _ask_all(two_workers, QUESTIONS)
+    answers = ask_all(two_workers, QUESTIONS)
 
     assert all(answer.strip() for answer, _ in answers)
-    text = _metrics(two_workers, two_workers.master_key)
+    text = metrics_text(two_workers, two_workers.master_key)
     # Each scrape is answered by one worker, yet counts both workers' requests.
-    assert _total(text, "echolm_requests_total") - before == len(QUESTIONS)
+    assert metric_total(text, "echolm_requests_total") - before == len(QUESTIONS)
     assert "echolm_examples_per_request_bucket" in text
     assert "echolm_best_similarity_count" in text
     with pytest.raises(urllib.error.HTTPError) as refused:
-        _metrics(two_workers, "sk-wrong")
+        metrics_text(two_workers, "sk-wrong")
     assert refused.value.code == 401
     refused.value.close()
 
@@ -132,19 +86,19 @@ def test_with_redis_killed_every_request_is_answered_and_redis_is_used_again_whe
     import redis as redis_lib
 
     redis: Service = shared_servers["redis"]
-    errors_before = _total(_metrics(two_workers, two_workers.master_key), "echolm_coordination_errors_total")
+    errors_before = metric_total(metrics_text(two_workers, two_workers.master_key), "echolm_coordination_errors_total")
     redis.kill()
 
-    answers = _ask_all(two_workers, QUESTIONS)
+    answers = ask_all(two_workers, QUESTIONS)
 
     assert all(answer.strip() for answer, _ in answers)
     assert all(headers["x-echolm-action"] == "route" for _, headers in answers)  # routed on local load
-    errors = _total(_metrics(two_workers, two_workers.master_key), "echolm_coordination_errors_total")
+    errors = metric_total(metrics_text(two_workers, two_workers.master_key), "echolm_coordination_errors_total")
     assert errors > errors_before
 
     shared_servers["redis"] = start_redis(redis.port, shared_servers["base"] / "redis")
     time.sleep(3.0)  # past coordination.retry_after_s (2 s)
-    _ask_all(two_workers, QUESTIONS[:4])
+    ask_all(two_workers, QUESTIONS[:4])
     with redis_lib.Redis.from_url(shared_servers["redis"].url) as client:
         stats = client.info("commandstats")
     # The restarted server's own counters: the workers wrote their load to it again, no proxy restart.
@@ -156,20 +110,20 @@ def test_with_chroma_killed_requests_fail_open_and_are_routed_again_when_it_retu
     two_workers: ProxyProcess, shared_servers: dict[str, Any]
 ) -> None:
     chroma: Service = shared_servers["chroma"]
-    failed_before = _total(_metrics(two_workers, two_workers.master_key), "echolm_fail_open_total")
+    failed_before = metric_total(metrics_text(two_workers, two_workers.master_key), "echolm_fail_open_total")
     chroma.kill()
 
-    answers = _ask_all(two_workers, QUESTIONS)
+    answers = ask_all(two_workers, QUESTIONS)
 
     assert all(answer.strip() for answer, _ in answers)
     assert {headers["x-echolm-action"] for _, headers in answers} == {"fail_open"}
     assert all(headers["x-echolm-tier"] == STRONG for _, headers in answers)
-    assert _total(_metrics(two_workers, two_workers.master_key), "echolm_fail_open_total") >= failed_before + len(
-        QUESTIONS
-    )
+    assert metric_total(
+        metrics_text(two_workers, two_workers.master_key), "echolm_fail_open_total"
+    ) >= failed_before + len(QUESTIONS)
 
     shared_servers["chroma"] = start_chroma(chroma.port, shared_servers["base"] / "chroma")
-    answers = _ask_all(two_workers, QUESTIONS)
+    answers = ask_all(two_workers, QUESTIONS)
 
     assert all(headers["x-echolm-action"] == "route" for _, headers in answers)
 
@@ -185,6 +139,6 @@ def test_each_upkeep_period_runs_one_pass_between_the_two_workers(two_workers: P
 
     assert len(passes) >= 4, two_workers.log_tail(40)
     assert set(passes.values()) == {1}, passes  # never two passes for one period
-    counts = _metrics(two_workers, two_workers.master_key)
+    counts = metrics_text(two_workers, two_workers.master_key)
     # The other worker fired too and stood aside (a pass that failed while Chroma was down counts apart).
-    assert _total(counts, "echolm_upkeep_passes_total", outcome="skipped") >= 1
+    assert metric_total(counts, "echolm_upkeep_passes_total", outcome="skipped") >= 1

@@ -1,0 +1,306 @@
+"""Faults under two proxy workers: the chosen tier dies mid-stream, the embedder raises, the store's disk fills.
+
+Real parts on loopback: two LiteLLM workers, a Chroma server, Redis, the session's strong tier and a
+cheap tier of this module's own (killing it leaves the other tests' tiers alone). Every request gets an
+answer, from the model it named where ours fail; each failure shows in the metrics; nothing half-written
+stays behind; when the part returns, the workers use it again without a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+from echolm_middleware.config import read_config_file
+from echolm_middleware.local_services import Service, free_port, start_chroma, start_redis
+from echolm_middleware.local_tiers.assemble import default_model_dir
+from echolm_middleware.local_tiers.from_config import specs_for_config
+from echolm_middleware.local_tiers.servers import RunningTier, TierSpec, running_tiers
+from echolm_middleware.proxy_process import ProxyProcess, start_proxy
+from tests.integration.conftest import CHEAP, CONFIG, ROOT, STRONG, LocalTiers, alias_of
+from tests.integration.workers import ask, client_for, metrics_text, wait_routed
+
+pytestmark = pytest.mark.integration
+
+FAULTS = Path(__file__).with_name("faults")
+# Cached first on the strong tier; their paraphrases then go to the cheap tier with the answer as example.
+TOPICS = ["the number seven", "the river Nile", "the violin", "the city of Rome"]
+
+
+def _cached(topic: str) -> str:
+    return f"Write ten sentences about the history of {topic}."
+
+
+def _paraphrase(topic: str) -> str:
+    return f"write 10 sentences about the history of {topic}"
+
+
+@dataclass
+class Stack:
+    proxy: ProxyProcess
+    redis: Service
+    chroma: Service
+    cheap_spec: TierSpec
+    cheap: RunningTier
+    base: Path
+    disk: Path | None  # the Chroma server's data folder on a small tmpfs; None where mounting is refused
+    embedder_fault: Path
+    stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+    def fail_open(self, reason_prefix: str) -> float:
+        """echolm_fail_open_total summed over the reasons starting with `reason_prefix`, both workers."""
+        text = metrics_text(self.proxy, self.proxy.master_key)
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("echolm_fail_open_total{") and f'reason="{reason_prefix}' in line
+        )
+
+    def recorded_by(self, request_id: str) -> str | None:
+        with sqlite3.connect(self.base / "state.db") as db:
+            row = db.execute("SELECT recorded_by FROM decisions WHERE request_id = ?", (request_id,)).fetchone()
+        return None if row is None else row[0]
+
+    def wait_recorded(self, request_id: str, timeout_s: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if served := self.recorded_by(request_id):
+                return served
+            time.sleep(0.3)
+        raise AssertionError(f"{request_id} not recorded:\n{self.proxy.log_tail(40)}")
+
+
+def _mount_small_disk(path: Path, size: str = "48m") -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    return done.returncode == 0
+
+
+def _config_with_cheap_on(port: int, folder: Path) -> Path:
+    config = yaml.safe_load(CONFIG.read_text())
+    for entry in config["model_list"]:
+        if entry["model_name"] == CHEAP:
+            entry["litellm_params"]["api_base"] = f"http://127.0.0.1:{port}/v1"
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    (folder / "integrations").symlink_to(ROOT / "integrations")
+    return path
+
+
+@pytest.fixture(scope="module")
+def stack(local_tiers: LocalTiers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    base = tmp_path_factory.mktemp("faults")
+    disk = base / "chroma-disk"
+    mounted = _mount_small_disk(disk)
+    raw = read_config_file(CONFIG)
+    cheap_alias = alias_of(CHEAP, raw)
+    spec = next(s for s in specs_for_config(raw, default_model_dir()) if s.alias == cheap_alias)
+    spec = replace(spec, port=free_port())
+    with contextlib.ExitStack() as stack:
+        if mounted:
+            stack.callback(subprocess.run, ["umount", "-l", str(disk)], check=False)
+        redis = start_redis(free_port(), base / "redis")
+        stack.callback(redis.stop)
+        chroma = start_chroma(free_port(), disk / "data")
+        stack.callback(chroma.stop)
+        (cheap,) = stack.enter_context(running_tiers([spec], base / "cheap-tier"))
+        env = dict(os.environ)
+        env["ECHOLM_STORE__SERVER_URL"] = chroma.url
+        env["ECHOLM_COORDINATION__REDIS_URL"] = redis.url
+        env["ECHOLM_STATE__PATH"] = str(base / "state.db")
+        env["ECHOLM_TEST_EMBEDDER_FAULT"] = str(base / "embedder-fault")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(FAULTS), env.get("PYTHONPATH")]))
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        config = _config_with_cheap_on(spec.port, base)
+        proxy = start_proxy(config, env=env, workers=2, log_path=base / "proxy.log")
+        stack.callback(proxy.stop)
+        built = Stack(proxy, redis, chroma, spec, cheap, base, disk if mounted else None, base / "embedder-fault")
+        built.stack = stack
+        wait_routed(proxy)
+        yield built
+
+
+@dataclass
+class StreamRun:
+    request_id: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    parts: list[str] = field(default_factory=list)
+    first_part_at: float | None = None
+    ended_at: float | None = None
+    error: BaseException | None = None
+
+
+def _stream(proxy: ProxyProcess, question: str, run: StreamRun) -> None:
+    try:
+        raw = client_for(proxy).chat.completions.with_raw_response.create(
+            model=STRONG,
+            messages=[{"role": "user", "content": question}],
+            max_tokens=64,
+            temperature=0,
+            stream=True,
+        )
+        run.headers = dict(raw.headers)
+        run.request_id = run.headers.get("x-echolm-request-id", "")
+        for chunk in raw.parse():
+            if chunk.choices and chunk.choices[0].delta.content:
+                run.first_part_at = run.first_part_at or time.monotonic()
+                run.parts.append(chunk.choices[0].delta.content)
+    except Exception as exc:  # a stream cut after its first token ends in an error: kept for the checks
+        run.error = exc
+    finally:
+        run.ended_at = time.monotonic()
+
+
+def _cheap_inflight(stack: Stack) -> int:
+    import redis as redis_lib
+
+    with redis_lib.Redis.from_url(stack.redis.url) as client:
+        return int(client.zcard(f"echolm:inflight:{CHEAP}"))
+
+
+def test_when_the_chosen_tier_dies_mid_stream_the_named_model_answers_what_it_can(stack: Stack) -> None:
+    for topic in TOPICS:
+        _, headers = ask(stack.proxy, _cached(topic), max_tokens=64)
+        assert headers["x-echolm-tier"] == STRONG
+        assert stack.wait_recorded(headers["x-echolm-request-id"]) == STRONG
+    failed_before = stack.fail_open(f"chosen tier failed: {CHEAP}")
+
+    # Four streams at once: the cheap tier's server answers one at a time, so one is mid-stream and the
+    # others wait for it when the server is SIGKILLed.
+    runs = [StreamRun() for _ in TOPICS]
+    threads = [
+        threading.Thread(target=_stream, args=(stack.proxy, _paraphrase(topic), run))
+        for topic, run in zip(TOPICS, runs, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 120
+    while not any(run.parts for run in runs):
+        assert time.monotonic() < deadline, "no stream started"
+        time.sleep(0.05)
+    killed_at = time.monotonic()
+    os.kill(stack.cheap.pid or 0, signal.SIGKILL)
+    for thread in threads:
+        thread.join(300)
+
+    cut = [run for run in runs if run.first_part_at is not None and run.first_part_at < killed_at and run.error]
+    waiting = [run for run in runs if run.first_part_at is None or run.first_part_at >= killed_at]
+    assert cut or all(run.error is None for run in runs)  # a stream it cut ends in an error, never hangs
+    assert waiting, "every stream had started before the kill; nothing waited on the dead tier"
+    for run in waiting:
+        assert run.error is None, run.error
+        assert "".join(run.parts).strip()
+        assert run.headers["x-echolm-action"] == "fail_open", run.headers
+        assert run.headers["x-echolm-tier"] == STRONG
+        assert run.headers["x-echolm-reason"] == f"chosen tier {CHEAP} failed"
+    for run in cut:
+        assert stack.recorded_by(run.request_id) is None  # half an answer is never recorded
+
+    # With the server gone, requests routed to it are answered by the strong tier, unchanged.
+    for topic in TOPICS:
+        answer, headers = ask(stack.proxy, _paraphrase(topic))
+        assert answer.strip()
+        assert (headers["x-echolm-action"], headers["x-echolm-tier"]) == ("fail_open", STRONG), headers
+    assert stack.fail_open(f"chosen tier failed: {CHEAP}") >= failed_before + len(waiting) + len(TOPICS)
+    deadline = time.monotonic() + 30
+    while _cheap_inflight(stack) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _cheap_inflight(stack) == 0  # every request's load on the dead tier was taken off the board
+
+    # The tier's server returns on its port: the workers route to it again, no proxy restart.
+    (stack.cheap,) = stack.stack.enter_context(running_tiers([stack.cheap_spec], stack.base / "cheap-tier-2"))
+    deadline, routed = time.monotonic() + 120, False
+    while not routed:
+        assert time.monotonic() < deadline, stack.proxy.log_tail(40)
+        _, headers = ask(stack.proxy, _paraphrase(TOPICS[0]))
+        routed = (headers["x-echolm-action"], headers["x-echolm-tier"]) == ("route", CHEAP)
+        time.sleep(1.0)
+
+
+def test_when_the_embedder_raises_requests_fail_open_and_route_again_once_it_works(stack: Stack) -> None:
+    failed_before = stack.fail_open("")
+    stack.embedder_fault.touch()
+    try:
+        answers = [ask(stack.proxy, f"What is {n} plus {n}?") for n in range(6)]
+    finally:
+        stack.embedder_fault.unlink()
+
+    assert all(answer.strip() for answer, _ in answers)
+    assert all(headers["x-echolm-action"] == "fail_open" for _, headers in answers)
+    assert all(headers["x-echolm-tier"] == STRONG for _, headers in answers)
+    assert stack.fail_open("") >= failed_before + len(answers)
+    assert "embedder fault injected by the test" in stack.proxy.log_tail(400)
+    wait_routed(stack.proxy, timeout_s=60)  # both workers embed again, no restart
+
+
+def _fill(disk: Path) -> Path:
+    """Write a file until the disk has no room left; returns it."""
+    filler = disk / "filler"
+    block = b"\0" * (1 << 20)
+    with filler.open("wb") as out:
+        while True:
+            try:
+                out.write(block)
+                out.flush()
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                break
+    return filler
+
+
+def _store_is_whole(stack: Stack) -> int:
+    """Every example on the Chroma server has its vector, prompt and answer; SQLite's own check passes.
+    Returns how many examples there are."""
+    import chromadb
+
+    client = chromadb.HttpClient(host="127.0.0.1", port=stack.chroma.port)
+    total = 0
+    for collection in client.list_collections():
+        got = collection.get(include=["documents", "metadatas", "embeddings"])
+        assert len(got["ids"]) == len(got["documents"]) == len(got["metadatas"]) == len(got["embeddings"])
+        assert all(document for document in got["documents"])
+        assert all(metadata and metadata.get("answer") for metadata in got["metadatas"])
+        total += len(got["ids"])
+    with sqlite3.connect(f"file:{stack.disk}/data/chroma.sqlite3?mode=ro", uri=True) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    return total
+
+
+def test_when_the_store_disk_is_full_requests_are_answered_and_admission_resumes_once_there_is_room(
+    stack: Stack,
+) -> None:
+    if stack.disk is None:
+        pytest.skip("this machine refuses to mount a small tmpfs for the Chroma server's data (needs root)")
+    before = _store_is_whole(stack)
+    failed_before = stack.fail_open("record")
+    filler = _fill(stack.disk)
+    try:
+        asked = [ask(stack.proxy, f"Name a famous landmark in {city}.", max_tokens=16) for city in ("Peru", "Chile")]
+        assert all(answer.strip() for answer, _ in asked)
+        assert all(headers["x-echolm-tier"] == STRONG for _, headers in asked)
+        deadline = time.monotonic() + 60
+        while stack.fail_open("record") < failed_before + len(asked):
+            assert time.monotonic() < deadline, stack.proxy.log_tail(60)
+            time.sleep(0.5)
+    finally:
+        filler.unlink()
+
+    assert _store_is_whole(stack) == before  # the admissions that found no room left nothing behind
+    _, headers = ask(stack.proxy, "Name a famous landmark in Kenya.", max_tokens=16)
+    assert stack.wait_recorded(headers["x-echolm-request-id"]) == STRONG
+    deadline = time.monotonic() + 30
+    while _store_is_whole(stack) < before + 1:
+        assert time.monotonic() < deadline, "the store took no example after the disk had room again"
+        time.sleep(0.5)
