@@ -44,7 +44,7 @@ from echolm_middleware.integrations.litellm_common import (
     fall_back_to_requested,
     response_headers,
 )
-from echolm_middleware.metrics import metrics
+from echolm_middleware.metrics import metrics, observe_decision
 
 _CHAT_CALL_TYPES = frozenset({"acompletion", "completion"})
 
@@ -184,6 +184,7 @@ class EchoLMProxyHandler(RecordingCallback):
         )
         if metadata.pop(BYPASS_KEY, False):
             summary = await self._bypass(request)
+            observe_decision(request.tenant, summary)  # counted like every other request
         else:
             prepared, engine = await prepare_or_fail_open(self.handle, self.fail_open, self._timeout(), request)
             if prepared is None or engine is None:

@@ -7,6 +7,7 @@ so tests see the exact prompt that reached the cheap tier while the real model a
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from echolm_middleware.config import load_settings, read_config_file
 from echolm_middleware.local_tiers.assemble import default_model_dir
@@ -130,3 +132,14 @@ def ask(
 
 def settings_for_tests() -> Any:
     return load_settings(CONFIG)[0]
+
+
+def config_with_team_keys(directory: Path) -> Path:
+    """config.yaml plus a custom_auth that maps two keys to two teams, laid out as in a checkout."""
+    config = yaml.safe_load(CONFIG.read_text())
+    config.setdefault("general_settings", {})["custom_auth"] = "tenant_auth.user_api_key_auth"
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    shutil.copy(Path(__file__).with_name("tenant_auth.py"), directory / "tenant_auth.py")
+    (directory / "integrations").symlink_to(ROOT / "integrations")
+    return path

@@ -2,34 +2,29 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.integration.conftest import CHEAP, CONFIG, ROOT, STRONG, LocalTiers, ProxyFactory, ask
+from tests.integration.conftest import (
+    CHEAP,
+    CONFIG,
+    STRONG,
+    LocalTiers,
+    ProxyFactory,
+    ask,
+    config_with_team_keys,
+)
 
 pytestmark = pytest.mark.integration
 
 KEY_A, KEY_B = "sk-tenant-a", "sk-tenant-b"
 
 
-def _config_with_team_keys(directory: Path) -> Path:
-    """config.yaml plus a custom_auth that maps two keys to two teams, laid out as in a checkout."""
-    config = yaml.safe_load(CONFIG.read_text())
-    config.setdefault("general_settings", {})["custom_auth"] = "tenant_auth.user_api_key_auth"
-    path = directory / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    shutil.copy(Path(__file__).with_name("tenant_auth.py"), directory / "tenant_auth.py")
-    (directory / "integrations").symlink_to(ROOT / "integrations")
-    return path
-
-
 def test_one_tenants_examples_never_reach_another_tenants_prompt(
     start_proxy_for: ProxyFactory, local_tiers: LocalTiers, tmp_path: Path
 ) -> None:
-    proxy = start_proxy_for(config=_config_with_team_keys(tmp_path))
+    proxy = start_proxy_for(config=config_with_team_keys(tmp_path))
     secret = "What is the boiling point of water at sea level in Celsius?"
     _, headers = ask(proxy, secret, api_key=KEY_A)
     assert headers["x-echolm-tier"] == STRONG
@@ -78,7 +73,7 @@ def test_an_instruction_planted_in_a_cached_answer_never_reaches_the_cheap_tier(
     del planter
     monkeypatch.delenv("ECHOLM_ADMISSION__REFUSE_INSTRUCTIONS")
 
-    proxy = start_proxy_for(config=_config_with_team_keys(tmp_path), state_dir=state_dir)
+    proxy = start_proxy_for(config=config_with_team_keys(tmp_path), state_dir=state_dir)
     local_tiers.recorder.clear()
     completion, headers = ask(proxy, "which city is the capital of australia", api_key=KEY_A, max_tokens=16)
 

@@ -1,7 +1,7 @@
-"""When the tier we chose fails, the proxy door's request goes, as the caller sent it, to the model it named.
+"""The proxy door's hook over a real `litellm.Router`: fallback when the chosen tier fails, bypass counting.
 
-Driven through a real `litellm.Router`: the cheap tier's deployment points at a port nobody listens on
-(the server is down), the strong tier answers with LiteLLM's `mock_response`.
+The cheap tier's deployment points at a port nobody listens on (its server is down); the strong tier
+answers with LiteLLM's `mock_response`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from echolm_middleware.integrations.engine_access import EngineHandle
 from echolm_middleware.integrations.litellm_common import METADATA_KEY, as_served, fall_back_to_requested
 from echolm_middleware.integrations.litellm_proxy import EchoLMProxyHandler
 from echolm_middleware.local_services import free_port
+from echolm_middleware.metrics import metrics
 
 QUESTION = "What is the capital of France?"
 PARAPHRASE = "What is the capital city of France?"
@@ -129,3 +130,21 @@ def test_a_response_without_a_fallback_keeps_the_summary() -> None:
     response = SimpleNamespace(_hidden_params={"additional_headers": {"x-litellm-attempted-fallbacks": 0}})
 
     assert as_served(summary, response) is summary
+
+
+def _requests_counted(tier: str, tenant: str, action: str) -> float:
+    wanted = f'echolm_requests_total{{action="{action}",tenant="{tenant}",tier="{tier}"}} '
+    lines = [line for line in metrics().render().decode().splitlines() if line.startswith(wanted)]
+    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+
+def test_a_request_the_caller_bypasses_goes_unchanged_and_is_counted(installed: Any) -> None:
+    before = _requests_counted("strong", "team:B", "pass_through")
+    messages = [{"role": "user", "content": PARAPHRASE}]
+    data: dict[str, Any] = {"model": "strong", "messages": messages, "metadata": {"echolm_bypass": True}}
+
+    asyncio.run(installed.handler.async_pre_call_hook(SimpleNamespace(team_id="B"), None, data, "acompletion"))
+
+    assert data["model"] == "strong" and data["messages"] == messages and "fallbacks" not in data
+    assert data["metadata"][METADATA_KEY]["action"] == "pass_through"
+    assert _requests_counted("strong", "team:B", "pass_through") == before + 1
