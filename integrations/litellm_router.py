@@ -6,7 +6,9 @@
 
 The custom routing strategy asks the engine for the tier, rewrites the messages in place (the Router
 sends the same list object it passes to the strategy), and lets the Router's own choice among the
-tier's deployments stand. A callback records the outcome. Fails open exactly like the proxy door.
+tier's deployments stand. A callback records the outcome. Fails open exactly like the proxy door; when
+the tier we chose fails and the Router retries (`num_retries`), the retry goes to the model the caller
+named with the caller's own messages.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ from echolm_middleware.integrations.litellm_common import (
     METADATA_KEY,
     RecordingCallback,
 )
+
+
+# Where a routed call keeps the caller's messages (we rewrite them in place) in case the Router retries it.
+_ORIGINAL_MESSAGES = "echolm_original_messages"
 
 
 def _tenant(request_kwargs: Mapping[str, Any] | None) -> str:
@@ -88,6 +94,9 @@ class EchoLMRoutingStrategy(CustomRoutingStrategyBase):
         )
 
     async def _route(self, model: str, messages: list[Any], request_kwargs: dict[str, Any] | None) -> str:
+        metadata = (request_kwargs or {}).get("metadata")
+        if isinstance(metadata, dict) and isinstance(metadata.get(METADATA_KEY), dict):
+            return self._retried(model, messages, metadata)
         request = ChatRequest(
             tenant=_tenant(request_kwargs),
             model=model,
@@ -102,9 +111,27 @@ class EchoLMRoutingStrategy(CustomRoutingStrategyBase):
             if isinstance(metadata, dict):
                 metadata[METADATA_KEY] = decision_summary(prepared.decision)
         if prepared.routed:
+            if isinstance(metadata, dict):
+                metadata[_ORIGINAL_MESSAGES] = list(messages)
             messages[:] = prepared.messages
             engine.load.begin(prepared.model, prepared.decision.request_id)
             return prepared.model
+        return model
+
+    def _retried(self, model: str, messages: list[Any], metadata: dict[str, Any]) -> str:
+        """The Router retries a call we already decided: the tier we chose failed. The retry goes to the
+        model the caller named with the caller's own messages (fail open), and is decided only once."""
+        original = metadata.pop(_ORIGINAL_MESSAGES, None)
+        summary = metadata[METADATA_KEY]
+        if original is not None and (summary.get("tier") != model or summary.get("examples")):
+            messages[:] = original
+            self._counter.add(f"chosen tier failed: {summary.get('tier')}")
+            metadata[METADATA_KEY] = {
+                **summary,
+                "action": "fail_open",
+                "tier": model,
+                "reason": f"chosen tier {summary.get('tier')} failed",
+            }
         return model
 
 

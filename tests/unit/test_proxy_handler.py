@@ -148,3 +148,40 @@ def test_a_request_the_caller_bypasses_goes_unchanged_and_is_counted(installed: 
     assert data["model"] == "strong" and data["messages"] == messages and "fallbacks" not in data
     assert data["metadata"][METADATA_KEY]["action"] == "pass_through"
     assert _requests_counted("strong", "team:B", "pass_through") == before + 1
+
+
+def test_the_router_doors_retry_goes_to_the_named_model_with_the_callers_messages(
+    make_engine: Any, router_with_a_dead_cheap_tier: Any
+) -> None:
+    from echolm_middleware.integrations.litellm_router import install_echolm
+
+    kit = make_engine()
+    assert kit.engine.admit("acme", QUESTION, "Paris is the capital of France.", "strong")
+    router = router_with_a_dead_cheap_tier
+    router.num_retries = 1  # the Router's own retry of a failed call, which re-enters our strategy
+    door = install_echolm(router, kit.engine)
+    sent = SentMessages()
+    litellm.callbacks.append(sent)
+    original = [{"role": "user", "content": PARAPHRASE}]
+    try:
+
+        async def run() -> Any:
+            response = await router.acompletion(
+                model="strong", messages=list(original), metadata={"echolm_tenant": "acme"}, num_retries=1
+            )
+            deadline = time.monotonic() + 20
+            while kit.engine.store.count("acme") < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            return response
+
+        response = asyncio.run(run())
+    finally:
+        for registered in (litellm.callbacks, litellm._async_success_callback, litellm._async_failure_callback):
+            registered[:] = [
+                callback for callback in registered if callback is not door.callback and callback is not sent
+            ]
+
+    assert response.choices[0].message.content == STRONG_ANSWER
+    assert door.fail_open_counts == {"chosen tier failed: cheap": 1}
+    assert kit.engine.store.count("acme") == 2  # recorded as the strong tier's answer to the caller's prompt
+    assert [m for m in sent.by_group.values()] == [original]
