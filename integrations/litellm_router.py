@@ -33,7 +33,6 @@ from echolm_middleware.integrations.litellm_common import (
     RecordingCallback,
 )
 
-
 # Where a routed call keeps the caller's messages (we rewrite them in place) in case the Router retries it.
 _ORIGINAL_MESSAGES = "echolm_original_messages"
 
