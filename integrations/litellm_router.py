@@ -33,8 +33,9 @@ from echolm_middleware.integrations.litellm_common import (
     RecordingCallback,
 )
 
-# Where a routed call keeps the caller's messages (we rewrite them in place) in case the Router retries it.
-_ORIGINAL_MESSAGES = "echolm_original_messages"
+# Where a routed call keeps the caller's messages (we rewrite them in place) and what we sent instead, in
+# case the Router retries it. Plain lists, so loggers that serialise metadata can.
+_ROUTED = "echolm_routed"
 
 
 def _tenant(request_kwargs: Mapping[str, Any] | None) -> str:
@@ -94,7 +95,10 @@ class EchoLMRoutingStrategy(CustomRoutingStrategyBase):
 
     async def _route(self, model: str, messages: list[Any], request_kwargs: dict[str, Any] | None) -> str:
         metadata = (request_kwargs or {}).get("metadata")
-        if isinstance(metadata, dict) and isinstance(metadata.get(METADATA_KEY), dict):
+        routed = metadata.get(_ROUTED) if isinstance(metadata, dict) else None
+        # A retry passes the same list we rewrote. The Router also writes into the caller's metadata dict,
+        # which an application may reuse for its next call: only the rewritten messages mark a retry.
+        if isinstance(routed, dict) and messages == routed.get("sent"):
             return self._retried(model, messages, metadata)
         request = ChatRequest(
             tenant=_tenant(request_kwargs),
@@ -111,7 +115,7 @@ class EchoLMRoutingStrategy(CustomRoutingStrategyBase):
                 metadata[METADATA_KEY] = decision_summary(prepared.decision)
         if prepared.routed:
             if isinstance(metadata, dict):
-                metadata[_ORIGINAL_MESSAGES] = list(messages)
+                metadata[_ROUTED] = {"original": list(messages), "sent": list(prepared.messages)}
             messages[:] = prepared.messages
             engine.load.begin(prepared.model, prepared.decision.request_id)
             return prepared.model
@@ -120,9 +124,9 @@ class EchoLMRoutingStrategy(CustomRoutingStrategyBase):
     def _retried(self, model: str, messages: list[Any], metadata: dict[str, Any]) -> str:
         """The Router retries a call we already decided: the tier we chose failed. The retry goes to the
         model the caller named with the caller's own messages (fail open), and is decided only once."""
-        original = metadata.pop(_ORIGINAL_MESSAGES, None)
-        summary = metadata[METADATA_KEY]
-        if original is not None and (summary.get("tier") != model or summary.get("examples")):
+        original = metadata.pop(_ROUTED)["original"]
+        summary = metadata.get(METADATA_KEY) or {}
+        if summary.get("tier") != model or summary.get("examples"):
             messages[:] = original
             self._counter.add(f"chosen tier failed: {summary.get('tier')}")
             metadata[METADATA_KEY] = {

@@ -165,23 +165,26 @@ def test_the_router_doors_retry_goes_to_the_named_model_with_the_callers_message
     original = [{"role": "user", "content": PARAPHRASE}]
     try:
 
-        async def run() -> Any:
-            response = await router.acompletion(
-                model="strong", messages=list(original), metadata={"echolm_tenant": "acme"}, num_retries=1
-            )
+        async def run() -> list[Any]:
+            metadata = {"echolm_tenant": "acme"}  # one dict for both calls, as applications do
+            responses = [
+                await router.acompletion(model="strong", messages=list(original), metadata=metadata, num_retries=1)
+                for _ in range(2)
+            ]
             deadline = time.monotonic() + 20
             while kit.engine.store.count("acme") < 2 and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-            return response
+            return responses
 
-        response = asyncio.run(run())
+        responses = asyncio.run(run())
     finally:
         for registered in (litellm.callbacks, litellm._async_success_callback, litellm._async_failure_callback):
             registered[:] = [
                 callback for callback in registered if callback is not door.callback and callback is not sent
             ]
 
-    assert response.choices[0].message.content == STRONG_ANSWER
-    assert door.fail_open_counts == {"chosen tier failed: cheap": 1}
+    assert [response.choices[0].message.content for response in responses] == [STRONG_ANSWER] * 2
+    # Each call was decided afresh (the reused metadata dict marks no retry), routed, and fell back.
+    assert door.fail_open_counts == {"chosen tier failed: cheap": 2}
     assert kit.engine.store.count("acme") == 2  # recorded as the strong tier's answer to the caller's prompt
     assert [m for m in sent.by_group.values()] == [original]
