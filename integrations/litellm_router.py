@@ -98,7 +98,7 @@ class EchoLMRoutingStrategy(CustomRoutingStrategyBase):
         routed = metadata.get(_ROUTED) if isinstance(metadata, dict) else None
         # A retry passes the same list we rewrote. The Router also writes into the caller's metadata dict,
         # which an application may reuse for its next call: only the rewritten messages mark a retry.
-        if isinstance(routed, dict) and messages == routed.get("sent"):
+        if isinstance(metadata, dict) and isinstance(routed, dict) and messages == routed.get("sent"):
             return self._retried(model, messages, metadata)
         request = ChatRequest(
             tenant=_tenant(request_kwargs),
