@@ -191,7 +191,8 @@ def test_when_the_chosen_tier_dies_mid_stream_the_named_model_answers_what_it_ca
         assert time.monotonic() < deadline, "no stream started"
         time.sleep(0.05)
     killed_at = time.monotonic()
-    os.kill(stack.cheap.pid or 0, signal.SIGKILL)
+    assert stack.cheap.pid is not None
+    os.kill(stack.cheap.pid, signal.SIGKILL)
     for thread in threads:
         thread.join(300)
 
