@@ -82,6 +82,8 @@ class BenchOptions:
     # EchoLM points that hold a quality target on the fly; the share of cheap answers compared is raised
     # from the product's 5% so that a few dozen requests give the controller something to act on.
     quality_targets: list[float] = field(default_factory=list)
+    # The same on judged workloads, where the target is a win rate (parity 0.5), not an agreement.
+    win_rate_targets: list[float] = field(default_factory=list)
     # Further EchoLM points, each a set of config overrides ("routing.load_signal=ema,retrieval.k=5").
     echolm_points: list[str] = field(default_factory=list)
     target_sample_share: float = 0.3
@@ -236,7 +238,7 @@ class Bench:
         for spec in self.options.echolm_points:
             passes = self._echolm(workload, split, folder, spec, with_rates=False, **point_overrides(spec))
             result.runs.append(SystemRun("echolm", spec, mixed, passes))
-        for target in self.options.quality_targets:
+        for target in self.targets(workload):
             point = f"quality target {target:g}"
             passes = self._echolm(
                 workload, split, folder, point, with_rates=False,
@@ -257,6 +259,10 @@ class Bench:
         if not self.deployment.local:
             result.notes.append("tiers are not local: every system ran on the tiers as configured")
         return result
+
+    def targets(self, workload: Workload) -> list[float]:
+        """Quality-target points: agreement levels where there are references, win rates where judged."""
+        return list(self.options.win_rate_targets if workload.judged else self.options.quality_targets)
 
     def _rates(self, workload: Workload) -> list[float]:
         """Poisson rates run on reference workloads only: on open-ended ones a single answer takes about as

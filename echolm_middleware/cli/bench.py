@@ -79,8 +79,13 @@ def register(subparsers: Any) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--quality-targets", type=_share, nargs="*", default=[], metavar="Q",
-        help="EchoLM points holding routing.quality_target Q (agreement with the strong tier, or judged win "
-        "rate on open-ended workloads), with 30%% of cheap answers compared",
+        help="EchoLM points holding routing.quality_target Q, agreement (token F1) with the strong tier's "
+        "answers, on workloads with references, with 30%% of cheap answers compared",
+    )  # fmt: skip
+    parser.add_argument(
+        "--win-rate-targets", type=_share, nargs="*", default=[], metavar="W",
+        help="the same on open-ended (judged) workloads, where the target is a win rate against the strong "
+        "tier: 0.5 is parity, so 0.45 reads 'almost never worse' (default: none, no such point)",
     )  # fmt: skip
     parser.add_argument(
         "--echolm-points", nargs="*", default=[], metavar="KEY=VALUE,...",
@@ -138,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
         difficulty_strong_shares=args.difficulty_strong_shares,
         echolm_cost_weights=list(args.cost_weights),
         quality_targets=list(args.quality_targets),
+        win_rate_targets=list(args.win_rate_targets),
         echolm_points=list(args.echolm_points),
         sweep_judged=args.sweep_judged,
         replica_ports=(args.replica_ports[0], args.replica_ports[1]),

@@ -58,7 +58,10 @@ def _spoofs() -> list[dict[str, Any]]:
         spoofs.append({"extra_body": {"user": claim, "metadata": {"user_api_key_team_id": claim}}})
     for claim in CLAIMS_OF_A[4:]:
         spoofs.append({"extra_body": {"metadata": {"echolm": {"tenant": claim, "tier": "cheap", "request_id": "x"}}}})
-        spoofs.append({"extra_headers": {"x-tenant-id": claim, "x-user-id": claim, "x-forwarded-user": claim}})
+        # HTTP clients refuse header values with outer spaces: the padded claim goes in the body there.
+        spoofs.append(
+            {"extra_headers": {"x-tenant-id": claim.strip(), "x-user-id": claim.strip()}, "extra_body": {"user": claim}}
+        )
     spoofs.append({"extra_body": {"metadata": {"echolm_tenant": TENANT_A + "\u200b"}}})  # zero-width look-alike
     spoofs.append({"extra_body": {"metadata": {"echolm_tenant": "team:team-\u0430"}}})  # Cyrillic a
     spoofs.append({"extra_headers": {"x-echolm-tenant": "team:team-a%00"}, "extra_body": {"user": "../team-a"}})

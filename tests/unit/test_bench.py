@@ -82,6 +82,19 @@ def test_an_echolm_point_the_config_refuses_stops_the_bench_before_it_starts(spe
     assert not set(point_overrides(spec)) & set(os.environ)  # the check left nothing behind
 
 
+def test_judged_workloads_hold_win_rate_targets_and_the_others_agreement_targets(tmp_path: Path) -> None:
+    config = Path(__file__).resolve().parents[2] / "config.yaml"
+    options = BenchOptions(
+        config=config, workloads=[], data_dir=DATA, run_dir=tmp_path, quality_targets=[0.8], win_rate_targets=[0.45]
+    )
+    bench = Bench(options)
+    chat = tmp_path / "chat.csv"
+    chat.write_text("prompt\nwrite a haiku about rain\n")
+
+    assert bench.targets(user_file(chat)) == [0.45]  # a win rate: 0.5 is parity with the strong tier
+    assert bench.targets(banking77(DATA)) == [0.8]
+
+
 # ---- workloads --------------------------------------------------------------------------------------
 
 
