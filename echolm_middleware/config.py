@@ -136,6 +136,11 @@ class StoreSettings(_Strict):
     server_url: str | None = Field(default=None, description="http://host:port of a `chroma run` server.")
     collection_prefix: str = Field(default="echolm", pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,20}$")
     batch_size: int = Field(default=64, ge=1)
+    server_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Per-call budget against a Chroma server; past it the call fails (chromadb waits forever).",
+    )
 
 
 class EmbedderSettings(_Strict):

@@ -7,7 +7,9 @@ fast (DESIGN.md §4: a `where` filter over half of 100k entries is ~100x slower)
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,12 +21,36 @@ from echolm_middleware.config import StoreSettings
 from echolm_middleware.core.types import Candidate, Example, InvalidChange, Vector, checked_change
 from echolm_middleware.errors import StoreUnavailable
 
+logger = logging.getLogger("echolm")
+
 _METADATA_FIELDS = ("answer", "source_tier", "quality", "created_at", "uses", "offload_successes")
 
 
 def collection_name(prefix: str, tenant: str) -> str:
     """A valid Chroma collection name for a tenant; hashing keeps any tenant id safe and fixed-length."""
     return f"{prefix}-{hashlib.sha256(tenant.encode()).hexdigest()[:32]}"
+
+
+def _bound_http_calls(client: Any, timeout_s: float) -> None:
+    """chromadb's HTTP client waits forever (httpx timeout=None). A Chroma server that stops answering,
+    as one does after a write fails on a full disk, would then hold our threads for good: every later
+    request would fail open on its time budget, and admissions would pile up. Bound each call instead."""
+    session = getattr(getattr(client, "_server", None), "_session", None)
+    if session is None:  # a chromadb release that moved it: still works, unbounded (contract-tested)
+        logger.warning("echolm: cannot bound chromadb's HTTP calls in this chromadb version")
+        return
+    import httpx
+
+    session.timeout = httpx.Timeout(timeout_s)
+
+
+def _check_answers(url: str, timeout_s: float) -> None:
+    """A bounded heartbeat first: building chromadb's HttpClient makes unbounded calls of its own."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/api/v2/heartbeat", timeout=timeout_s) as response:
+            response.read()
+    except (OSError, ValueError) as exc:
+        raise StoreUnavailable(f"chroma server {url} did not answer within {timeout_s:g} s: {exc}") from exc
 
 
 def _to_metadata(example: Example) -> dict[str, Any]:
@@ -91,6 +117,7 @@ class ChromaExampleStore:
             chromadb = require("chromadb", "chroma")
             chroma_settings = chromadb.config.Settings(anonymized_telemetry=False)
             if self._settings.server_url:
+                _check_answers(self._settings.server_url, self._settings.server_timeout_s)
                 url = urlparse(self._settings.server_url)
                 self._client = chromadb.HttpClient(
                     host=url.hostname or "localhost",
@@ -98,6 +125,7 @@ class ChromaExampleStore:
                     ssl=url.scheme == "https",
                     settings=chroma_settings,
                 )
+                _bound_http_calls(self._client, self._settings.server_timeout_s)
             else:
                 Path(self._settings.path).mkdir(parents=True, exist_ok=True)
                 self._client = chromadb.PersistentClient(path=str(self._settings.path), settings=chroma_settings)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import signal
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +16,7 @@ from echolm_middleware.config import StoreSettings
 from echolm_middleware.core.ports import ExampleStore
 from echolm_middleware.core.types import Example
 from echolm_middleware.errors import StoreUnavailable
+from echolm_middleware.local_services import free_port, start_chroma
 
 X, Y, Z = [1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]
 CLOSE = 1e-5  # Chroma keeps float32 vectors
@@ -254,3 +257,29 @@ def test_chroma_collection_names_are_valid_for_any_tenant() -> None:
 
     assert len(names) == 5
     assert all(3 <= len(name) <= 63 and name.replace("-", "").isalnum() for name in names)
+
+
+def test_a_chroma_server_that_stops_answering_fails_calls_within_the_budget_and_is_used_again(
+    tmp_path: Path,
+) -> None:
+    """A stopped process accepts connections and never answers, like a server wedged after a failed write
+    (Chroma 1.x hung so after a disk-full upsert); chromadb alone would wait forever."""
+    server = start_chroma(free_port(), tmp_path / "server")
+    try:
+        settings = StoreSettings(server_url=server.url, collection_prefix="test", server_timeout_s=1.0)
+        store = ChromaExampleStore(settings)
+        store.upsert("A", [_example("a")], [X])
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="chroma query failed"):
+                store.nearest("A", X, 1)
+            with pytest.raises(StoreUnavailable, match="did not answer"):
+                ChromaExampleStore(settings).count("A")  # a new connection: the heartbeat is bounded too
+            assert time.monotonic() - started < 10
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+
+        assert [c.example.id for c in store.nearest("A", X, 1)] == ["a"]  # reconnected, no restart
+    finally:
+        server.stop()
