@@ -40,11 +40,11 @@ TOPICS = ["the number seven", "the river Nile", "the violin", "the city of Rome"
 
 
 def _cached(topic: str) -> str:
-    return f"Write ten sentences about the history of {topic}."
+    return f"Describe {topic} in two short sentences."
 
 
 def _paraphrase(topic: str) -> str:
-    return f"write 10 sentences about the history of {topic}"
+    return f"describe {topic} in 2 short sentences please"
 
 
 @dataclass
@@ -171,10 +171,12 @@ def _cheap_inflight(stack: Stack) -> int:
 
 
 def test_when_the_chosen_tier_dies_mid_stream_the_named_model_answers_what_it_can(stack: Stack) -> None:
-    for topic in TOPICS:
-        _, headers = ask(stack.proxy, _cached(topic), max_tokens=64)
+    for topic in TOPICS:  # room to finish: only an answer that ended is admitted as an example
+        _, headers = ask(stack.proxy, _cached(topic), max_tokens=200)
         assert headers["x-echolm-tier"] == STRONG
         assert stack.wait_recorded(headers["x-echolm-request-id"]) == STRONG
+    _, headers = ask(stack.proxy, _paraphrase(TOPICS[0]))
+    assert int(headers["x-echolm-examples"]) >= 1, headers  # paraphrases now reach the cached answers
     failed_before = stack.fail_open(f"chosen tier failed: {CHEAP}")
 
     # Four streams at once: the cheap tier's server answers one at a time, so when it is SIGKILLed one
