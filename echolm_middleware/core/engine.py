@@ -172,6 +172,8 @@ class Engine:
             max_messages=self.settings.requests.max_messages,
             context_turns=self.settings.requests.query_context_turns,
         )
+        if not is_valid_utf8(request.tenant):
+            return self._pass_through(decision, request, "tenant id is not valid Unicode", started)
         requested = self._by_name.get(request.model)
         if requested is None:
             return self._pass_through(decision, request, f"model {request.model!r} is not an EchoLM tier", started)
@@ -361,7 +363,8 @@ class Engine:
     def _new_decision(self, request: ChatRequest) -> Decision:
         return Decision(
             request_id=uuid.uuid4().hex,
-            tenant=request.tenant,
+            # A lone surrogate cannot be stored; such a tenant's requests pass through (see `prepare`).
+            tenant=request.tenant.encode("utf-8", "backslashreplace").decode("utf-8"),
             created_at=self._now(),
             requested_model=request.model,
             action="pass_through",

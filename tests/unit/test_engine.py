@@ -705,3 +705,14 @@ def test_the_async_twins_do_the_same_work(make_engine: Any) -> None:
         return first.model, recorded, second.model
 
     assert asyncio.run(scenario()) == ("strong", "admitted", "cheap")
+
+
+def test_a_tenant_id_that_is_not_valid_unicode_passes_through_and_is_kept_for_explain(make_engine: Any) -> None:
+    kit = make_engine()
+
+    prepared = kit.engine.prepare(_ask(QUESTION, tenant="team-\ud800"))
+
+    assert (prepared.decision.action, prepared.decision.reason) == ("pass_through", "tenant id is not valid Unicode")
+    assert prepared.model == "strong"
+    kept = kit.state.get(prepared.decision.request_id)
+    assert kept is not None and kept.tenant == "team-\\ud800"  # escaped, so SQLite can hold it
