@@ -8,6 +8,7 @@ imports would not resolve.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -123,6 +124,10 @@ class RecordingCallback(CustomLogger):
         super().__init__()
         self.handle = handle
         self.fail_open = counter
+        # LiteLLM registers one callback per class and set of plain public fields, and drops the rest:
+        # without a field of its own, a second door in one process (another Router, another engine)
+        # would never be called, and its answers never recorded.
+        self.instance = uuid.uuid4().hex
 
     async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         summary = summary_from_kwargs(kwargs)
