@@ -55,6 +55,11 @@ def observe(request: ChatRequest, prepared: Prepared | None) -> None:
     observe_decision(request.tenant, decision_summary(prepared.decision))
 
 
+def chosen_tier_failed(summary: Mapping[str, Any], served_by: str) -> dict[str, Any]:
+    """The summary once the tier we chose failed and `served_by`, the model the caller named, answered."""
+    return {**summary, "action": "fail_open", "tier": served_by, "reason": f"chosen tier {summary.get('tier')} failed"}
+
+
 def summary_without_decision(model: str, action: str, reason: str) -> dict[str, Any]:
     """The summary when no decision could be kept (the engine is not up yet)."""
     return {

@@ -41,6 +41,7 @@ from echolm_middleware.integrations.engine_access import (
     EngineHandle,
     FailOpenCounter,
     arecord_or_count,
+    chosen_tier_failed,
     decision_summary,
     prepare_or_fail_open,
     prepare_or_fail_open_sync,
@@ -241,8 +242,7 @@ class EchoLMChatModel(BaseChatModel):
         self._finish_load(call)
         self._counter.add(f"chosen tier failed: {call.tier}", exc)
         tier, messages = call.requested
-        summary = {**call.summary, "action": "fail_open", "tier": tier, "reason": f"chosen tier {call.tier} failed"}
-        return _Call(self._tier(tier), tier, messages, summary, None, None, call.started)
+        return _Call(self._tier(tier), tier, messages, chosen_tier_failed(call.summary, tier), None, None, call.started)
 
     def _prepare(self, messages: list[BaseMessage], run_manager: CallbackManagerForLLMRun | None) -> _Call:
         started = time.perf_counter()

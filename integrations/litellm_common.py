@@ -19,7 +19,12 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from litellm.integrations.custom_logger import CustomLogger
 
 from echolm_middleware.core.types import Outcome
-from echolm_middleware.integrations.engine_access import EngineHandle, FailOpenCounter, arecord_or_count
+from echolm_middleware.integrations.engine_access import (
+    EngineHandle,
+    FailOpenCounter,
+    arecord_or_count,
+    chosen_tier_failed,
+)
 from echolm_middleware.metrics import observe_saving
 
 # Where a request carries our summary between the pre-call hook and the log events. The hook always
@@ -89,7 +94,7 @@ def as_served(summary: Mapping[str, Any], response: Any) -> Mapping[str, Any]:
     served = extra.get("x-litellm-model-group")
     if summary.get("action") != "route" or not extra.get("x-litellm-attempted-fallbacks") or not served:
         return summary
-    return {**summary, "action": "fail_open", "tier": served, "reason": f"chosen tier {summary['tier']} failed"}
+    return chosen_tier_failed(summary, served)
 
 
 def answer_of(response_obj: Any) -> tuple[str, str | None]:

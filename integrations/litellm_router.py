@@ -25,6 +25,7 @@ from echolm_middleware.integrations.engine_access import (
     TENANT_KEY,
     EngineHandle,
     FailOpenCounter,
+    chosen_tier_failed,
     decision_summary,
     prepare_or_fail_open,
 )
@@ -129,12 +130,7 @@ class EchoLMRoutingStrategy(CustomRoutingStrategyBase):
         if summary.get("tier") != model or summary.get("examples"):
             messages[:] = original
             self._counter.add(f"chosen tier failed: {summary.get('tier')}")
-            metadata[METADATA_KEY] = {
-                **summary,
-                "action": "fail_open",
-                "tier": model,
-                "reason": f"chosen tier {summary.get('tier')} failed",
-            }
+            metadata[METADATA_KEY] = chosen_tier_failed(summary, model)
         return model
 
 

@@ -57,6 +57,23 @@ def local_tiers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTiers
         yield LocalTiers(recorder=recorder, model_list=raw["model_list"])
 
 
+def recorded_by(state_db: Path, request_id: str) -> str | None:
+    """The tier a request's outcome was recorded as served by, None while unrecorded."""
+    with sqlite3.connect(state_db) as db:
+        row = db.execute("SELECT recorded_by FROM decisions WHERE request_id = ?", (request_id,)).fetchone()
+    return None if row is None else row[0]
+
+
+def wait_recorded(state_db: Path, request_id: str, timeout: float = 30.0, log: Callable[[], str] = str) -> str:
+    """Until the request's outcome is recorded (after the response: LiteLLM logs in the background)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if recorded := recorded_by(state_db, request_id):
+            return recorded
+        time.sleep(0.2)
+    raise AssertionError(f"request {request_id} was not recorded within {timeout}s\n{log()}")
+
+
 @dataclass
 class ProxyUnderTest:
     process: ProxyProcess
@@ -73,18 +90,10 @@ class ProxyUnderTest:
         return OpenAI(base_url=f"{self.url}/v1", api_key=api_key or self.process.master_key, max_retries=0, timeout=300)
 
     def recorded_by(self, request_id: str) -> str | None:
-        with sqlite3.connect(self.state_dir / "state.db") as db:
-            row = db.execute("SELECT recorded_by FROM decisions WHERE request_id = ?", (request_id,)).fetchone()
-        return None if row is None else row[0]
+        return recorded_by(self.state_dir / "state.db", request_id)
 
     def wait_recorded(self, request_id: str, timeout: float = 30.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            recorded = self.recorded_by(request_id)
-            if recorded:
-                return recorded
-            time.sleep(0.2)
-        raise AssertionError(f"request {request_id} was not recorded within {timeout}s")
+        return wait_recorded(self.state_dir / "state.db", request_id, timeout)
 
     def stop(self) -> None:
         self.process.stop()

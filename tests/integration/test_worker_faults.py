@@ -29,7 +29,16 @@ from echolm_middleware.local_tiers.assemble import default_model_dir
 from echolm_middleware.local_tiers.from_config import specs_for_config
 from echolm_middleware.local_tiers.servers import RunningTier, TierSpec, running_tiers
 from echolm_middleware.proxy_process import ProxyProcess, start_proxy
-from tests.integration.conftest import CHEAP, CONFIG, ROOT, STRONG, LocalTiers, alias_of
+from tests.integration.conftest import (
+    CHEAP,
+    CONFIG,
+    ROOT,
+    STRONG,
+    LocalTiers,
+    alias_of,
+    recorded_by,
+    wait_recorded,
+)
 from tests.integration.workers import ask, client_for, metrics_text, wait_routed
 
 pytestmark = pytest.mark.integration
@@ -69,17 +78,10 @@ class Stack:
         )
 
     def recorded_by(self, request_id: str) -> str | None:
-        with sqlite3.connect(self.base / "state.db") as db:
-            row = db.execute("SELECT recorded_by FROM decisions WHERE request_id = ?", (request_id,)).fetchone()
-        return None if row is None else row[0]
+        return recorded_by(self.base / "state.db", request_id)
 
-    def wait_recorded(self, request_id: str, timeout_s: float = 60.0) -> str:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if served := self.recorded_by(request_id):
-                return served
-            time.sleep(0.3)
-        raise AssertionError(f"{request_id} not recorded:\n{self.proxy.log_tail(40)}")
+    def wait_recorded(self, request_id: str) -> str:
+        return wait_recorded(self.base / "state.db", request_id, 60.0, lambda: self.proxy.log_tail(40))
 
 
 def _mount_small_disk(path: Path, size: str = "48m") -> bool:
