@@ -102,6 +102,9 @@ class SystemRun:
     quality: float | None = None
     secondary: dict[str, float] = field(default_factory=dict)
     verdicts: list[PairVerdict] = field(default_factory=list)
+    # The workload's metric on each pass's own answers (index-aligned with `passes`; reference workloads
+    # only): a Poisson pass routes under other load than the closed loop, so its quality is its own.
+    pass_quality: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -352,7 +355,13 @@ class Bench:
         for run in result.runs:
             answers = run.passes[0].answers
             if workload.score is not None:
-                run.quality = _mean([workload.score(a.answer, item) for a, item in zip(answers, items, strict=True)])
+                score = workload.score
+                run.quality = _mean([score(a.answer, item) for a, item in zip(answers, items, strict=True)])
+                # A Poisson pass answers a prefix of the request set (`rate_requests`).
+                run.pass_quality = [
+                    _mean([score(a.answer, item) for a, item in zip(p.answers, items[: len(p.answers)], strict=True)])
+                    for p in run.passes
+                ]
                 run.secondary = {
                     name: _mean([metric(a.answer, item) for a, item in zip(answers, items, strict=True)])
                     for name, metric in workload.secondary.items()

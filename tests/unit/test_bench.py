@@ -342,6 +342,56 @@ def test_targets_say_met_or_missed_with_the_figures() -> None:
     assert any("EchoLM's quality 0.457 beats semantic_cache" in line for line in lines)
 
 
+def _poisson(tiers: Sequence[str], latency: float, rate: float) -> LoadPass:
+    answers = [Answered("a", t, latency, latency / 2, 10.0) for t in tiers]
+    return LoadPass("s", f"Poisson, {rate:g} req/s", answers, len(tiers) / rate, rate)
+
+
+def test_the_throughput_target_is_also_read_at_the_sustained_poisson_rate_with_that_passes_quality() -> None:
+    result = _result("nq_open")
+    strong, echolm = result.runs[0], result.runs[1]
+    # Strong-only keeps p95 under the bound at 0.5 req/s only; EchoLM at 1.0 as well.
+    strong.passes += [_poisson(["strong"] * 2, 4.0, 0.5), _poisson(["strong"] * 2, 12.0, 1.0)]
+    echolm.passes += [_poisson(["cheap", "strong"], 3.0, 0.5), _poisson(["cheap"] * 2, 6.0, 1.0)]
+    strong.pass_quality, echolm.pass_quality = [0.5, 0.5, 0.5], [0.495, 0.5, 0.5]
+    summary = report.summarize([result], "echolm bench", p95_bound_s=10.0)
+    figures = summary["workloads"]["nq_open"]["systems"]
+    assert figures["echolm"]["sustained_rate_rps"] == 1.0 and figures["strong_only"]["sustained_rate_rps"] == 0.5
+    assert [p["quality"] for p in figures["echolm"]["open_loop"]] == [0.5, 0.5]
+    line = next(line for line in report.target_lines(summary, None) if "sustained rate" in line)
+    assert "EchoLM 1 vs strong-only 0.5 req/s = 2.00x" in line and "**met** (open loop)" in line
+
+    echolm.pass_quality = [0.495, 0.5, 0.3]  # the rate that held cost 20 points: missed
+    summary = report.summarize([result], "echolm bench", p95_bound_s=10.0)
+    line = next(line for line in report.target_lines(summary, None) if "sustained rate" in line)
+    assert "0.3 vs 0.5" in line and "**missed** (open loop)" in line
+    assert "| echolm | cost weight 0.1 | 1 |" in report.format_report(summary, None, [])
+
+
+def test_each_pass_of_a_reference_workload_is_scored_on_the_requests_it_answered() -> None:
+    items = [QARecord(f"q{i}", (f"a{i}",)) for i in range(4)]
+    workload = Workload("nq_open", items, None, "exact_match", lambda a, i: float(a == i.references[0]), 8)
+
+    def answered(texts: Sequence[str]) -> list[Answered]:
+        return [Answered(t, "strong", 1.0, None) for t in texts]
+
+    closed = LoadPass("s", "closed loop, 2 clients", answered(["a0", "a1", "x", "a3"]), 4.0)
+    poisson = LoadPass("s", "Poisson, 1 req/s", answered(["x", "a1"]), 2.0, 1.0)  # the first two requests
+    run = SystemRun("strong_only", "-", "two strong servers", [closed, poisson])
+    result = WorkloadRun(workload, Split([], items), [run])
+    Bench.__new__(Bench)._score(result, None)  # type: ignore[arg-type]  # reference workloads call no judge
+    assert run.quality == 0.75 and run.pass_quality == [0.75, 0.5]
+
+
+def test_the_sustained_rate_line_says_when_a_system_held_no_rate() -> None:
+    result = _result("banking77")
+    result.runs[0].passes.append(_poisson(["strong"] * 2, 12.0, 1.0))
+    result.runs[1].passes.append(_poisson(["cheap"] * 2, 3.0, 1.0))
+    summary = report.summarize([result], "echolm bench", p95_bound_s=10.0)
+    line = next(line for line in report.target_lines(summary, None) if "sustained rate" in line)
+    assert "strong-only held none of them" in line
+
+
 def test_interpolation_is_piecewise_linear_and_refuses_to_extrapolate() -> None:
     points = [(1.0, 0.5), (2.0, 0.3)]
     assert report._interpolate(points, 1.5) == pytest.approx(0.4)
