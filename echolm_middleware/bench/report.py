@@ -175,8 +175,11 @@ def _sustained_rate_line(
     rates = ", ".join(f"{r:g}" for r in tried)
     ours, theirs = _held_pass(echolm), _held_pass(strong)
     if ours is None or theirs is None:
-        who = "EchoLM" if ours is None else "strong-only"
-        return f"- {name}: sustained rate (p95 ≤ {bound_s:g} s, rates tried {rates} req/s): {who} held none of them"
+        if ours is None and theirs is None:
+            held = "neither EchoLM nor strong-only held any of them"
+        else:
+            held = f"{'EchoLM' if ours is None else 'strong-only'} held none of them"
+        return f"- {name}: sustained rate (p95 ≤ {bound_s:g} s, rates tried {rates} req/s): {held}"
     ratio = ours["rate_rps"] / theirs["rate_rps"]
     if ours["quality"] is None or theirs["quality"] is None:
         return f"- {name}: sustained rate {ratio:.2f}x strong-only; no quality measured at those rates"

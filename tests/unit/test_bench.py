@@ -391,6 +391,11 @@ def test_the_sustained_rate_line_says_when_a_system_held_no_rate() -> None:
     line = next(line for line in report.target_lines(summary, None) if "sustained rate" in line)
     assert "strong-only held none of them" in line
 
+    result.runs[1].passes[-1] = _poisson(["cheap"] * 2, 12.0, 1.0)
+    summary = report.summarize([result], "echolm bench", p95_bound_s=10.0)
+    line = next(line for line in report.target_lines(summary, None) if "sustained rate" in line)
+    assert "neither EchoLM nor strong-only held any of them" in line
+
 
 def test_interpolation_is_piecewise_linear_and_refuses_to_extrapolate() -> None:
     points = [(1.0, 0.5), (2.0, 0.3)]
