@@ -101,6 +101,35 @@ def summarize(
     return {"workloads": workloads, "command": command, "p95_bound_s": p95_bound_s, "strongest_tier": strongest}
 
 
+def request_rows(results: Sequence[WorkloadRun]) -> list[dict[str, Any]]:
+    """One row per request of every pass (requests.jsonl): what the client saw, to look behind a percentile.
+
+    Latency of a Poisson pass runs from the request's arrival, as in the pass's figures.
+    """
+    rows = []
+    for result in results:
+        for run in result.runs:
+            for load_pass in run.passes:
+                for index, answered in enumerate(load_pass.answers):
+                    rows.append(
+                        {
+                            "workload": result.workload.name,
+                            "system": run.system,
+                            "point": run.point,
+                            "load": load_pass.load,
+                            "request": index,
+                            "tier": answered.tier,
+                            "latency_s": _round(answered.latency_s),
+                            "ttft_s": _round(answered.ttft_s),
+                            "overhead_ms": _round(answered.overhead_ms, 2),
+                            "examples": answered.examples,
+                            "example_tokens": answered.example_tokens,
+                            "error": answered.error,
+                        }
+                    )
+    return rows
+
+
 def _interpolate(points: Sequence[tuple[float, float]], x: float) -> float | None:
     """Piecewise-linear y at x over (x, y) points; None outside their range."""
     ordered = sorted(points)

@@ -171,6 +171,10 @@ def run(args: argparse.Namespace) -> int:
             plot_overhead(overhead, out / "overhead_vs_cache_size.png")
             plots.append(out / "overhead_vs_cache_size.png")
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        rows = "".join(json.dumps(row) + "\n" for row in report.request_rows(results))
+        partial = out / "requests.jsonl.partial"  # renamed when whole: a reader never sees half a file
+        partial.write_text(rows, encoding="utf-8")
+        partial.replace(out / "requests.jsonl")
         (out / "report.md").write_text(
             report.format_report(summary, overhead, [str(p) for p in plots]), encoding="utf-8"
         )

@@ -63,8 +63,15 @@ def test_a_tiny_bench_serves_every_system_and_writes_its_report(tmp_path: Path) 
         (poisson,) = workload["systems"][name]["open_loop"]
         assert poisson["rate_rps"] == 1.0 and poisson["errors"] == 0
         assert sum(poisson["share_by_tier"].values()) == pytest.approx(1.0, abs=0.01)
+        assert 0 <= poisson["quality"] <= 1  # scored on the pass's own answers
+    # One row per request of every pass: 6 per closed loop (7 of them), 3 per Poisson pass (2).
+    rows = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
+    assert len(rows) == 7 * 6 + 2 * 3 and not (out / "requests.jsonl.partial").exists()
+    assert {row["system"] for row in rows} == set(workload["systems"])
+    assert all(row["error"] is None and row["latency_s"] > 0 for row in rows)
     assert summary["overhead"]["sizes"][0]["entries"] == 200
     report = (out / "report.md").read_text()
     assert "## Targets" in report and "| echolm | cost weight 0.1 |" in report
+    assert "nq_open: sustained rate (p95 ≤ 10 s, rates tried 1 req/s)" in report and "Poisson passes" in report
     for plot in ("quality_vs_throughput.png", "latency_cdf.png", "overhead_vs_cache_size.png"):
         assert (out / plot).read_bytes()[:4] == b"\x89PNG"

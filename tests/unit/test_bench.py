@@ -383,6 +383,20 @@ def test_each_pass_of_a_reference_workload_is_scored_on_the_requests_it_answered
     assert run.quality == 0.75 and run.pass_quality == [0.75, 0.5]
 
 
+def test_every_request_of_every_pass_gets_a_row_with_what_the_client_saw() -> None:
+    result = _result("banking77")
+    result.runs[1].passes.append(_poisson(["cheap", "strong"], 3.0, 0.5))
+    rows = report.request_rows([result])
+    assert len(rows) == sum(len(p.answers) for run in result.runs for p in run.passes) == 18
+    poisson = [row for row in rows if row["load"] == "Poisson, 0.5 req/s"]
+    assert [(row["request"], row["tier"], row["latency_s"]) for row in poisson] == [
+        (0, "cheap", 3.0),
+        (1, "strong", 3.0),
+    ]
+    assert poisson[0]["system"] == "echolm" and poisson[0]["point"] == "cost weight 0.1"
+    assert json.loads(json.dumps(rows[0]))["overhead_ms"] == 10.0
+
+
 def test_the_sustained_rate_line_says_when_a_system_held_no_rate() -> None:
     result = _result("banking77")
     result.runs[0].passes.append(_poisson(["strong"] * 2, 12.0, 1.0))
