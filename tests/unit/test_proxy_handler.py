@@ -163,6 +163,17 @@ def test_the_router_doors_retry_goes_to_the_named_model_with_the_callers_message
     sent = SentMessages()
     litellm.callbacks.append(sent)
     original = [{"role": "user", "content": PARAPHRASE}]
+    # What each record call was given and returned, for the failure message: one clean-clone CI saw the
+    # example go unrecorded here (count 1) though both calls fell back; not reproduced in isolation.
+    records: list[tuple[str, str, str]] = []
+    record = kit.engine.record
+
+    def traced_record(outcome: Any) -> Any:
+        result = record(outcome)
+        records.append((outcome.request_id, outcome.served_by, result))
+        return result
+
+    kit.engine.record = traced_record  # type: ignore[method-assign]
     try:
 
         async def run() -> list[Any]:
@@ -186,5 +197,6 @@ def test_the_router_doors_retry_goes_to_the_named_model_with_the_callers_message
     assert [response.choices[0].message.content for response in responses] == [STRONG_ANSWER] * 2
     # Each call was decided afresh (the reused metadata dict marks no retry), routed, and fell back.
     assert door.fail_open_counts == {"chosen tier failed: cheap": 2}
-    assert kit.engine.store.count("acme") == 2  # recorded as the strong tier's answer to the caller's prompt
+    # Recorded as the strong tier's answer to the caller's prompt.
+    assert kit.engine.store.count("acme") == 2, records
     assert [m for m in sent.by_group.values()] == [original]
