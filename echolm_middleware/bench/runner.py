@@ -356,12 +356,13 @@ class Bench:
             answers = run.passes[0].answers
             if workload.score is not None:
                 score = workload.score
-                run.quality = _mean([score(a.answer, item) for a, item in zip(answers, items, strict=True)])
-                # A Poisson pass answers a prefix of the request set (`rate_requests`).
+                # A Poisson pass answers a prefix of the request set (`rate_requests`); the first pass, the
+                # closed loop, answers all of it and gives the run's quality.
                 run.pass_quality = [
                     _mean([score(a.answer, item) for a, item in zip(p.answers, items[: len(p.answers)], strict=True)])
                     for p in run.passes
                 ]
+                run.quality = run.pass_quality[0]
                 run.secondary = {
                     name: _mean([metric(a.answer, item) for a, item in zip(answers, items, strict=True)])
                     for name, metric in workload.secondary.items()
