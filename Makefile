@@ -8,7 +8,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export OMP_NUM_THREADS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install servers models demo bench test test-unit test-integration lint format clean
+.PHONY: install servers models demo bench test test-fast test-unit test-integration lint format clean
 
 # llama.cpp's default build is -march=native: it emits the newest instructions the CPU reports (AMX
 # tiles on recent Xeons), which a VM may report yet not allow, and the model server then dies with
@@ -59,20 +59,23 @@ bench: models
 test: install models
 	$(BIN)/python -m pytest tests -q
 
-test-unit: install
+# The edit-test loop: pure logic and every port's contract against its real backends, no model servers.
+test-fast: install
 	$(BIN)/python -m pytest tests/unit tests/contract -q
+
+test-unit: test-fast
 
 test-integration: install models
 	$(BIN)/python -m pytest tests/integration -q
 
 lint: install
-	$(BIN)/ruff check echolm_middleware integrations tests examples benchmarks
-	$(BIN)/ruff format --check echolm_middleware integrations tests examples benchmarks
+	$(BIN)/ruff check echolm_middleware echolm_lab integrations tests examples benchmarks
+	$(BIN)/ruff format --check echolm_middleware echolm_lab integrations tests examples benchmarks
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff format echolm_middleware integrations tests examples benchmarks
-	$(BIN)/ruff check --fix echolm_middleware integrations tests examples benchmarks
+	$(BIN)/ruff format echolm_middleware echolm_lab integrations tests examples benchmarks
+	$(BIN)/ruff check --fix echolm_middleware echolm_lab integrations tests examples benchmarks
 
 clean:
 	rm -rf .echolm build dist *.egg-info

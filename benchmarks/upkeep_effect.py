@@ -30,11 +30,11 @@ from tqdm import tqdm
 from echolm_middleware.config import Settings, load_settings, read_config_file
 from echolm_middleware.core.engine import Engine
 from echolm_middleware.core.types import ChatRequest, Outcome
-from echolm_middleware.datasets import QARecord, default_nq_path, load_records, split_with_neighbours
+from echolm_lab.datasets import QARecord, default_nq_path, load_records, split_with_neighbours
 from echolm_middleware.factory import build_engine, build_upkeep
-from echolm_middleware.local_tiers.assemble import default_model_dir
-from echolm_middleware.local_tiers.from_config import specs_for_config
-from echolm_middleware.local_tiers.servers import running_tiers
+from echolm_lab.local_tiers.assemble import default_model_dir
+from echolm_lab.local_tiers.from_config import specs_for_config
+from echolm_lab.local_tiers.servers import running_tiers
 from echolm_middleware.quality import exact_match
 
 ROOT = Path(__file__).resolve().parents[1]

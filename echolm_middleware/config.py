@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from echolm_middleware.errors import ConfigError
@@ -171,7 +171,9 @@ class CoordinationSettings(_Strict):
     )
 
 
-class ProxySettings(_Strict):
+class RequestSettings(_Strict):
+    """How each request is handled before it reaches a tier (section `requests`; `proxy` is its old name)."""
+
     timeout_ms: float = Field(default=2000, gt=0, description="Budget of our pre-call work; past it, fail open.")
     max_messages: int = Field(default=256, ge=1, description="Longer conversations pass through untouched.")
     query_context_turns: int = Field(default=0, ge=0, description="Earlier user turns added to the query.")
@@ -214,7 +216,10 @@ class Settings(BaseSettings):
     embedder: EmbedderSettings = EmbedderSettings()
     state: StateSettings = StateSettings()
     coordination: CoordinationSettings = CoordinationSettings()
-    proxy: ProxySettings = ProxySettings()
+    # Every door reads it, not only the proxy: `proxy` is still accepted, in config files and as ECHOLM_PROXY__*.
+    requests: RequestSettings = Field(
+        default=RequestSettings(), validation_alias=AliasChoices("requests", "proxy")
+    )
     upkeep: UpkeepSettings = UpkeepSettings()
 
     @model_validator(mode="after")

@@ -118,7 +118,7 @@ def build_engine(
             augmentation=settings.augmentation,
             routing=settings.routing,
             admission=settings.admission,
-            requests=settings.proxy,
+            requests=settings.requests,
             upkeep=settings.upkeep,
         ),
         tier_profiles(settings.tiers, model_list),

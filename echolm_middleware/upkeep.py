@@ -23,7 +23,7 @@ from echolm_middleware.config import UpkeepSettings
 from echolm_middleware.core.engine import Engine
 from echolm_middleware.core.ports import Completer, Leases
 from echolm_middleware.core.types import Decision, Example
-from echolm_middleware.core.upkeep import Miss, cluster_misses, plan_eviction, plan_replay
+from echolm_middleware.core.upkeep_rules import Miss, cluster_misses, plan_eviction, plan_replay
 
 LEASE = "echolm-upkeep"
 # The chat template and role markers a server adds around a prompt, beyond its own tokens.

@@ -1,4 +1,5 @@
-"""Entry point of the `echolm` command: a dict registry of subcommand modules."""
+"""Entry point of the `echolm` command: a dict registry of the product's subcommands, plus those other
+installed packages (the lab: bench, demo, soak, servers, tiers) declare under `echolm.commands`."""
 
 from __future__ import annotations
 
@@ -6,18 +7,19 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 
 # name -> module that defines `register(subparsers)`; modules import their heavy parts lazily so
 # `echolm --help` stays fast.
 SUBCOMMANDS: dict[str, str] = {
-    "bench": "echolm_middleware.cli.bench",
-    "demo": "echolm_middleware.cli.demo",
+    "bench": "echolm_lab.cli.bench",
+    "demo": "echolm_lab.cli.demo",
     "explain": "echolm_middleware.cli.explain",
     "proxy": "echolm_middleware.cli.proxy",
     "replay": "echolm_middleware.cli.replay",
-    "servers": "echolm_middleware.cli.servers",
-    "soak": "echolm_middleware.cli.soak",
-    "tiers": "echolm_middleware.cli.tiers",
+    "servers": "echolm_lab.cli.servers",
+    "soak": "echolm_lab.cli.soak",
+    "tiers": "echolm_lab.cli.tiers",
 }
 
 
@@ -29,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module_name in SUBCOMMANDS.values():
+    for module_name in subcommand_modules().values():
         importlib.import_module(module_name).register(subparsers)
     return parser
 

@@ -33,7 +33,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from echolm_middleware.proxy_process import proxy_environment, validate_proxy_config
+    from echolm_middleware.proxy_launch import proxy_environment, validate_proxy_config
 
     try:
         settings = validate_proxy_config(args.config)

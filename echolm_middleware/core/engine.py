@@ -17,7 +17,7 @@ from typing import Any
 from echolm_middleware.config import (
     AdmissionSettings,
     AugmentationSettings,
-    ProxySettings,
+    RequestSettings,
     RetrievalSettings,
     RoutingSettings,
     UpkeepSettings,
@@ -57,7 +57,7 @@ from echolm_middleware.core.types import (
     RecordResult,
     ScoredExample,
 )
-from echolm_middleware.core.upkeep import after_cheap_use, after_feedback, after_passed_over
+from echolm_middleware.core.upkeep_rules import after_cheap_use, after_feedback, after_passed_over
 from echolm_middleware.errors import FeedbackAlreadyGiven, UnknownRequest
 
 _QUERY_VECTOR_CACHE = 4096
@@ -72,7 +72,7 @@ class EngineSettings:
     augmentation: AugmentationSettings
     routing: RoutingSettings
     admission: AdmissionSettings
-    requests: ProxySettings
+    requests: RequestSettings
     upkeep: UpkeepSettings = field(default_factory=UpkeepSettings)
 
 

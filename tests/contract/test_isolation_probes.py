@@ -18,7 +18,7 @@ import pytest
 from echolm_middleware.backends.chroma_store import ChromaExampleStore
 from echolm_middleware.backends.minilm import MiniLMEmbedder
 from echolm_middleware.backends.sqlite_state import SQLiteState
-from echolm_middleware.config import AdmissionSettings, AugmentationSettings, ProxySettings, RetrievalSettings
+from echolm_middleware.config import AdmissionSettings, AugmentationSettings, RequestSettings, RetrievalSettings
 from echolm_middleware.core.engine import Engine, EngineSettings
 from echolm_middleware.core.types import ChatRequest
 from tests.contract.conftest import chroma_store
@@ -66,7 +66,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory, embedder: MiniLMEmbedder) -
         augmentation=AugmentationSettings(format="inline", max_answer_chars=1200),
         routing=ROUTING,
         admission=AdmissionSettings(),
-        requests=ProxySettings(),
+        requests=RequestSettings(),
     )
     store: ChromaExampleStore = chroma_store(folder / "chroma")
     state = SQLiteState(folder / "state.db")

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from echolm_middleware.config import Settings
 from echolm_middleware.factory import build_engine
-from echolm_middleware.integrations.langchain_chat import EchoLMChatModel
+from echolm_middleware.doors.langchain_chat import EchoLMChatModel
 from tests.integration.conftest import CHEAP, ROOT, STRONG, LocalTiers, settings_for_tests
 
 pytestmark = pytest.mark.integration

@@ -30,7 +30,7 @@ def test_wheel_has_one_top_level_package_with_the_integrations_inside(tmp_path: 
         check=True, capture_output=True,
     )  # fmt: skip
     probe = (
-        "import echolm_middleware.integrations.litellm_proxy as m, sys;"
+        "import echolm_middleware.doors.litellm_proxy as m, sys;"
         "assert m.__file__.startswith(sys.argv[1]), m.__file__;"
         "print(type(m.proxy_handler).__name__)"
     )

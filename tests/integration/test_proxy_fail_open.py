@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from echolm_middleware.proxy_process import free_port
+from echolm_lab.proxy_process import free_port
 from tests.integration.conftest import STRONG, LocalTiers, ProxyFactory, ask
 
 pytestmark = pytest.mark.integration

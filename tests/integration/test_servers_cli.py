@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from echolm_middleware.local_services import free_port
+from echolm_lab.local_services import free_port
 
 pytestmark = pytest.mark.integration
 

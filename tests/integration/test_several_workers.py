@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from echolm_middleware.local_services import Service, free_port, start_chroma, start_redis
-from echolm_middleware.proxy_process import ProxyProcess, running_proxy
+from echolm_lab.local_services import Service, free_port, start_chroma, start_redis
+from echolm_lab.proxy_process import ProxyProcess, running_proxy
 from tests.integration.conftest import CONFIG, STRONG, LocalTiers
 from tests.integration.workers import ask_all, metric_total, metrics_text, wait_routed
 

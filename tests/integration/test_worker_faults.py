@@ -24,11 +24,11 @@ import pytest
 import yaml
 
 from echolm_middleware.config import read_config_file
-from echolm_middleware.local_services import Service, free_port, start_chroma, start_redis
-from echolm_middleware.local_tiers.assemble import default_model_dir
-from echolm_middleware.local_tiers.from_config import specs_for_config
-from echolm_middleware.local_tiers.servers import RunningTier, TierSpec, running_tiers
-from echolm_middleware.proxy_process import ProxyProcess, start_proxy
+from echolm_lab.local_services import Service, free_port, start_chroma, start_redis
+from echolm_lab.local_tiers.assemble import default_model_dir
+from echolm_lab.local_tiers.from_config import specs_for_config
+from echolm_lab.local_tiers.servers import RunningTier, TierSpec, running_tiers
+from echolm_lab.proxy_process import ProxyProcess, start_proxy
 from tests.integration.conftest import (
     CHEAP,
     CONFIG,

@@ -8,7 +8,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from echolm_middleware.proxy_process import ProxyProcess
+from echolm_lab.proxy_process import ProxyProcess
 from tests.integration.conftest import STRONG
 
 

@@ -16,7 +16,7 @@ from echolm_middleware.backends.sqlite_state import SQLiteState
 from echolm_middleware.config import (
     AdmissionSettings,
     AugmentationSettings,
-    ProxySettings,
+    RequestSettings,
     RetrievalSettings,
     RoutingSettings,
     UtilityWeights,
@@ -106,14 +106,14 @@ def engine_settings(
     augmentation: AugmentationSettings | None = None,
     routing: RoutingSettings | None = None,
     admission: AdmissionSettings | None = None,
-    requests: ProxySettings | None = None,
+    requests: RequestSettings | None = None,
 ) -> EngineSettings:
     return EngineSettings(
         retrieval=retrieval or RETRIEVAL,
         augmentation=augmentation or AugmentationSettings(format="inline", max_answer_chars=1200),
         routing=routing or ROUTING,
         admission=admission or ADMISSION,
-        requests=requests or ProxySettings(),
+        requests=requests or RequestSettings(),
     )
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from echolm_middleware.bench import report
-from echolm_middleware.bench.deployments import Deployment, widened
-from echolm_middleware.bench.load import LoadPass, closed_loop, open_loop
-from echolm_middleware.bench.runner import Bench, BenchOptions, SystemRun, WorkloadRun, point_overrides
-from echolm_middleware.bench.systems import CACHE_TIER, Answered, DifficultyRouter, ModelSystem, SemanticCache
-from echolm_middleware.bench.workloads import (
+from echolm_lab.bench import report
+from echolm_lab.bench.deployments import Deployment, widened
+from echolm_lab.bench.load import LoadPass, closed_loop, open_loop
+from echolm_lab.bench.runner import Bench, BenchOptions, SystemRun, WorkloadRun, point_overrides
+from echolm_lab.bench.systems import CACHE_TIER, Answered, DifficultyRouter, ModelSystem, SemanticCache
+from echolm_lab.bench.workloads import (
     JUDGED,
     Split,
     Workload,
@@ -27,7 +27,7 @@ from echolm_middleware.bench.workloads import (
     split_workload,
     user_file,
 )
-from echolm_middleware.datasets import QARecord
+from echolm_lab.datasets import QARecord
 from echolm_middleware.errors import EchoLMError
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from echolm_middleware.bench.overhead import (
+from echolm_lab.bench.overhead import (
     TENANT,
     WARM_UP,
     BenchPrompt,
@@ -19,7 +19,7 @@ from echolm_middleware.bench.overhead import (
     split_prompts,
     synthetic_vectors,
 )
-from echolm_middleware.datasets import default_nq_path, load_records
+from echolm_lab.datasets import default_nq_path, load_records
 from echolm_middleware.errors import EchoLMError
 
 ROOT = Path(__file__).resolve().parents[2]

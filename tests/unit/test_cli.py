@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from echolm_middleware.cli.main import SUBCOMMANDS, build_parser
+from echolm_middleware.cli.main import build_parser, subcommand_modules
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,7 +21,7 @@ def _echolm(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("command", sorted(SUBCOMMANDS))
+@pytest.mark.parametrize("command", sorted(subcommand_modules()))
 def test_every_subcommand_has_help_that_describes_each_option(command: str) -> None:
     result = _echolm(command, "--help")
     assert result.returncode == 0, result.stderr

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from echolm_middleware.backends.sqlite_state import SQLiteState
-from echolm_middleware.config import AdmissionSettings, AugmentationSettings, ProxySettings
+from echolm_middleware.config import AdmissionSettings, AugmentationSettings, RequestSettings
 from echolm_middleware.core.engine import Engine, example_id
 from echolm_middleware.core.routing import LoadTracker, TierProfile
 from echolm_middleware.core.selection import utility
@@ -264,7 +264,7 @@ def test_a_request_that_would_queue_behind_a_busy_strong_tier_goes_cheap_with_a_
 
 
 def test_query_context_turns_widen_the_query_that_is_kept_and_admitted(make_engine: Any) -> None:
-    kit = make_engine(requests=ProxySettings(query_context_turns=1))
+    kit = make_engine(requests=RequestSettings(query_context_turns=1))
     request = ChatRequest(
         tenant="A",
         model="strong",

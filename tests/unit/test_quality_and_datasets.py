@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from echolm_middleware.datasets import QARecord, load_records, split_records, split_with_neighbours
+from echolm_lab.datasets import QARecord, load_records, split_records, split_with_neighbours
 from echolm_middleware.errors import EchoLMError
 from echolm_middleware.quality import contains_gold, exact_match, normalize_answer, token_f1
 

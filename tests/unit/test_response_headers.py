@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from echolm_middleware.integrations.litellm_common import header_value, response_headers
+from echolm_middleware.doors.litellm_common import header_value, response_headers
 
 
 def test_control_characters_and_non_ascii_in_a_reason_or_model_become_question_marks() -> None:

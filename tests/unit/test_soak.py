@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from echolm_middleware.bench.soak import SoakResult, growth_pct, process_tree, rss_mib, write_report
+from echolm_lab.bench.soak import SoakResult, growth_pct, process_tree, rss_mib, write_report
 
 
 def test_growth_compares_the_last_tenth_with_the_first_after_the_start_sample() -> None:

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from echolm_middleware.core.types import Example
-from echolm_middleware.core.upkeep import (
+from echolm_middleware.core.upkeep_rules import (
     HOUR_S,
     Miss,
     after_cheap_use,

@@ -21,12 +21,12 @@ from typing import Any
 
 import yaml
 
-from echolm_middleware.local_tiers.assemble import default_model_dir
-from echolm_middleware.local_tiers.from_config import local_models_in, specs_for_config
-from echolm_middleware.local_tiers.servers import TierSpec, running_tiers
+from echolm_lab.local_tiers.assemble import default_model_dir
+from echolm_lab.local_tiers.from_config import local_models_in, specs_for_config
+from echolm_lab.local_tiers.servers import TierSpec, running_tiers
 
 # The callback as the installed package names it: generated configs live outside the checkout.
-PROXY_CALLBACK = "echolm_middleware.integrations.litellm_proxy.proxy_handler"
+PROXY_CALLBACK = "echolm_middleware.doors.litellm_proxy.proxy_handler"
 REPLICATED = "@x2"
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from echolm_middleware.local_tiers.manifest import MODELS
-from echolm_middleware.local_tiers.servers import TierSpec, tier_specs
+from echolm_lab.local_tiers.manifest import MODELS
+from echolm_lab.local_tiers.servers import TierSpec, tier_specs
 
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from echolm_middleware.errors import EchoLMError
 
 if TYPE_CHECKING:
-    from echolm_middleware.local_tiers.servers import RunningTier
+    from echolm_lab.local_tiers.servers import RunningTier
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -130,7 +130,7 @@ def _add_model_dir(parser: argparse.ArgumentParser) -> None:
 
 
 def _model_dir(args: argparse.Namespace) -> Path:
-    from echolm_middleware.local_tiers.assemble import default_model_dir
+    from echolm_lab.local_tiers.assemble import default_model_dir
 
     chosen: Path | None = args.model_dir
     return chosen if chosen is not None else default_model_dir()
@@ -151,7 +151,7 @@ def _reported(handler: Handler) -> Handler:
 
 @_reported
 def _list(args: argparse.Namespace) -> int:
-    from echolm_middleware.local_tiers.manifest import MODELS
+    from echolm_lab.local_tiers.manifest import MODELS
 
     model_dir = _model_dir(args)
     for artifact in MODELS.values():
@@ -166,8 +166,8 @@ def _list(args: argparse.Namespace) -> int:
 
 @_reported
 def _fetch(args: argparse.Namespace) -> int:
-    from echolm_middleware.local_tiers.assemble import ensure_model
-    from echolm_middleware.local_tiers.manifest import MODELS, get_artifact
+    from echolm_lab.local_tiers.assemble import ensure_model
+    from echolm_lab.local_tiers.manifest import MODELS, get_artifact
 
     artifacts = [get_artifact(alias) for alias in (args.aliases or MODELS)]
     model_dir = _model_dir(args)
@@ -183,7 +183,7 @@ def _fetch(args: argparse.Namespace) -> int:
 
 @_reported
 def _start(args: argparse.Namespace) -> int:
-    from echolm_middleware.local_tiers.servers import running_tiers, start_tiers, tier_specs
+    from echolm_lab.local_tiers.servers import running_tiers, start_tiers, tier_specs
 
     specs = tier_specs(args.aliases or DEFAULT_START, _model_dir(args), port_base=args.port_base, n_ctx=args.ctx)
     if not args.foreground:
@@ -205,7 +205,7 @@ def _start(args: argparse.Namespace) -> int:
 
 def _watch(tiers: Sequence[RunningTier]) -> int:
     """Block until interrupted; return 1 if a server dies meanwhile."""
-    from echolm_middleware.local_tiers.servers import tier_state
+    from echolm_lab.local_tiers.servers import tier_state
 
     while True:
         time.sleep(2.0)
@@ -221,7 +221,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 @_reported
 def _stop(args: argparse.Namespace) -> int:
-    from echolm_middleware.local_tiers.servers import stop_all
+    from echolm_lab.local_tiers.servers import stop_all
 
     recorded, stopped = stop_all(args.run_dir)
     for tier in recorded:
@@ -238,7 +238,7 @@ def _stop(args: argparse.Namespace) -> int:
 
 @_reported
 def _status(args: argparse.Namespace) -> int:
-    from echolm_middleware.local_tiers.servers import recorded_tiers, tier_state
+    from echolm_lab.local_tiers.servers import recorded_tiers, tier_state
 
     tiers = recorded_tiers(args.run_dir)
     if not tiers:

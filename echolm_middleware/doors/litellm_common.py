@@ -1,6 +1,6 @@
 """What both LiteLLM doors share: the decision summary as headers, and recording from log events.
 
-Integration modules import each other by absolute `echolm_middleware.integrations.*` names only:
+Integration modules import each other by absolute `echolm_middleware.doors.*` names only:
 LiteLLM loads `integrations/litellm_proxy.py` by file path next to config.yaml, where relative
 imports would not resolve.
 """
@@ -19,7 +19,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from litellm.integrations.custom_logger import CustomLogger
 
 from echolm_middleware.core.types import Outcome
-from echolm_middleware.integrations.engine_access import (
+from echolm_middleware.doors.access import (
     EngineHandle,
     FailOpenCounter,
     arecord_or_count,

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from echolm_middleware.local_services import process_alive
+from echolm_lab.local_services import process_alive
 
 DEFAULT_DIR = Path(".echolm/servers")
 PIDS = "servers.json"
@@ -52,7 +52,7 @@ def _recorded(folder: Path) -> dict[str, Any]:
 
 
 def _start(args: argparse.Namespace) -> int:
-    from echolm_middleware.local_services import ServiceError, start_chroma, start_redis
+    from echolm_lab.local_services import ServiceError, start_chroma, start_redis
 
     folder: Path = args.dir
     running = {name: entry for name, entry in _recorded(folder).items() if process_alive(int(entry["pid"]))}

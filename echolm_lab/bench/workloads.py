@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from echolm_middleware.datasets import QARecord, load_records
+from echolm_lab.datasets import QARecord, load_records
 from echolm_middleware.errors import EchoLMError
 from echolm_middleware.quality import exact_match, token_f1
 

@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from echolm_middleware.local_tiers import UnknownModel
+from echolm_lab.local_tiers import UnknownModel
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """How every door reaches the engine: built once in the background, bounded in time, failing open.
 
 Framework-free, so the LiteLLM doors and the LangChain door share one copy of these rules. Integration
-modules import each other by absolute `echolm_middleware.integrations.*` names only: LiteLLM loads
+modules import each other by absolute `echolm_middleware.doors.*` names only: LiteLLM loads
 `integrations/litellm_proxy.py` by file path next to config.yaml, where relative imports would not resolve.
 """
 

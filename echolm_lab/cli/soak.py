@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from echolm_middleware.cli.bench import _default_data_dir
+from echolm_lab.cli.bench import _default_data_dir
 
 
 def _positive(text: str) -> float:
@@ -53,7 +53,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from echolm_middleware.bench.soak import Soak, SoakOptions, write_report
+    from echolm_lab.bench.soak import Soak, SoakOptions, write_report
 
     command = "echolm soak " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     name = args.run or time.strftime("soak-%Y%m%d-%H%M%S", time.gmtime())

@@ -24,17 +24,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from echolm_middleware.bench.load import closed_loop
-from echolm_middleware.bench.systems import Answered, ModelSystem, ProxyChat
-from echolm_middleware.bench.workloads import Workload, load_workload
+from echolm_lab.bench.load import closed_loop
+from echolm_lab.bench.systems import Answered, ModelSystem, ProxyChat
+from echolm_lab.bench.workloads import Workload, load_workload
 from echolm_middleware.config import load_settings
-from echolm_middleware.datasets import QARecord
-from echolm_middleware.demo import wait_for_engine
-from echolm_middleware.local_services import free_port, start_chroma, start_redis
-from echolm_middleware.local_tiers.assemble import default_model_dir
-from echolm_middleware.local_tiers.from_config import specs_for_config
-from echolm_middleware.local_tiers.servers import running_tiers
-from echolm_middleware.proxy_process import ProxyProcess, running_proxy
+from echolm_lab.datasets import QARecord
+from echolm_lab.demo import wait_for_engine
+from echolm_lab.local_services import free_port, start_chroma, start_redis
+from echolm_lab.local_tiers.assemble import default_model_dir
+from echolm_lab.local_tiers.from_config import specs_for_config
+from echolm_lab.local_tiers.servers import running_tiers
+from echolm_lab.proxy_process import ProxyProcess, running_proxy
 
 _SENDERS = 64
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096

@@ -20,8 +20,8 @@ from typing import Any
 from tqdm import tqdm
 
 from echolm_middleware.config import Settings, load_settings
-from echolm_middleware.datasets import QARecord
-from echolm_middleware.proxy_process import ProxyProcess, running_proxy
+from echolm_lab.datasets import QARecord
+from echolm_lab.proxy_process import ProxyProcess, running_proxy
 from echolm_middleware.quality import exact_match, token_f1
 
 SYSTEM_PROMPT = "Answer the question with a short phrase only, no explanation."

@@ -25,9 +25,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from echolm_middleware.bench.deployments import bench_deployment, serving, write_proxy_config
-from echolm_middleware.bench.load import LoadPass, closed_loop, open_loop
-from echolm_middleware.bench.systems import (
+from echolm_lab.bench.deployments import bench_deployment, serving, write_proxy_config
+from echolm_lab.bench.load import LoadPass, closed_loop, open_loop
+from echolm_lab.bench.systems import (
     Answered,
     DifficultyRouter,
     Embed,
@@ -36,13 +36,13 @@ from echolm_middleware.bench.systems import (
     SemanticCache,
     System,
 )
-from echolm_middleware.bench.workloads import Split, Workload, load_workload, split_workload
+from echolm_lab.bench.workloads import Split, Workload, load_workload, split_workload
 from echolm_middleware.config import CONFIG_SECTION, load_settings, settings_from_mapping
-from echolm_middleware.datasets import QARecord
-from echolm_middleware.demo import wait_for_engine
+from echolm_lab.datasets import QARecord
+from echolm_lab.demo import wait_for_engine
 from echolm_middleware.errors import ConfigError
 from echolm_middleware.judge import PairVerdict, judge_pair, win_rate
-from echolm_middleware.proxy_process import ProxyProcess, running_proxy
+from echolm_lab.proxy_process import ProxyProcess, running_proxy
 from echolm_middleware.shadow import agreement
 
 # (warm-up pool, requests) per built-in workload. On 2 cores with two cost weights, a quality target and

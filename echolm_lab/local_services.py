@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from echolm_middleware.errors import EchoLMError
-from echolm_middleware.proxy_process import free_port
+from echolm_lab.proxy_process import free_port
 
 __all__ = ["Service", "ServiceError", "free_port", "process_alive", "running", "start_chroma", "start_redis"]
 

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from echolm_middleware.bench.load import LoadPass
-from echolm_middleware.bench.runner import SystemRun, WorkloadRun
-from echolm_middleware.demo import percentile
+from echolm_lab.bench.load import LoadPass
+from echolm_lab.bench.runner import SystemRun, WorkloadRun
+from echolm_lab.demo import percentile
 
 SYSTEMS = ("strong_only", "small_only", "semantic_cache", "difficulty_router", "echolm")
 # Targets from the issue: (workload, least throughput ratio to strong-only, most quality points lost).
@@ -288,7 +288,7 @@ def format_report(summary: dict[str, Any], overhead: dict[str, Any] | None, plot
         lines += [f"- {note}" for note in workload["notes"]]
         lines.append("")
     if overhead:
-        from echolm_middleware.bench.overhead import format_overhead_markdown
+        from echolm_lab.bench.overhead import format_overhead_markdown
 
         lines += ["## Overhead against cache size", "", format_overhead_markdown(overhead), ""]
     lines += [f"![{Path(plot).stem}]({Path(plot).name})" for plot in plots]

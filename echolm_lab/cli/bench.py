@@ -112,8 +112,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from echolm_middleware.bench import report
-    from echolm_middleware.bench.runner import Bench, BenchOptions
+    from echolm_lab.bench import report
+    from echolm_lab.bench.runner import Bench, BenchOptions
 
     command = "echolm bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     name = args.run or time.strftime("bench-%Y%m%d-%H%M%S", time.gmtime())
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     sizes = {}
     for name in args.workloads:
         if args.warm is not None or args.requests is not None:
-            from echolm_middleware.bench.runner import DEFAULT_SIZES, USER_FILE_SIZES
+            from echolm_lab.bench.runner import DEFAULT_SIZES, USER_FILE_SIZES
 
             warm, requests = DEFAULT_SIZES.get(name, USER_FILE_SIZES)
             sizes[Path(name).stem] = (args.warm or warm, args.requests or requests)
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
             plots.append(report.plot_quality_vs_throughput(summary, out / "quality_vs_throughput.png"))
             plots.append(report.plot_latency_cdf(results, out / "latency_cdf.png"))
         if overhead is not None:
-            from echolm_middleware.bench.overhead import plot_overhead
+            from echolm_lab.bench.overhead import plot_overhead
 
             plot_overhead(overhead, out / "overhead_vs_cache_size.png")
             plots.append(out / "overhead_vs_cache_size.png")
@@ -184,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
         results = bench.run(lambda done: write(done, None))
         overhead: dict[str, Any] | None = None
         if args.overhead_sizes:
-            from echolm_middleware.bench.overhead import run_overhead
+            from echolm_lab.bench.overhead import run_overhead
 
             overhead = run_overhead(
                 args.overhead_sizes, args.overhead_queries, config=args.config.resolve(), data_dir=args.data_dir,

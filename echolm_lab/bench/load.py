@@ -14,9 +14,9 @@ from typing import NoReturn
 
 from tqdm import tqdm
 
-from echolm_middleware.bench.systems import Answered, System
-from echolm_middleware.bench.workloads import Workload
-from echolm_middleware.datasets import QARecord
+from echolm_lab.bench.systems import Answered, System
+from echolm_lab.bench.workloads import Workload
+from echolm_lab.datasets import QARecord
 
 # Open-loop senders: enough threads that arrivals are never held back by the client itself.
 _OPEN_LOOP_THREADS = 64

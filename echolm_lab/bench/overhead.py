@@ -1,7 +1,7 @@
 """Overhead microbenchmark: retrieval + routing latency and resident memory against cache size.
 
-    python -m echolm_middleware.bench.overhead --sizes 1000 10000 100000 --queries 300 --out DIR
-    python -m echolm_middleware.bench.overhead --entries 10000 --queries 300     # one size, JSON on stdout
+    python -m echolm_lab.bench.overhead --sizes 1000 10000 100000 --queries 300 --out DIR
+    python -m echolm_lab.bench.overhead --entries 10000 --queries 300     # one size, JSON on stdout
 
 For each size a fresh embedded Chroma store (tenant "bench") is filled with that many examples, then
 held-out real prompts go through `Engine.prepare`: the whole per-request overhead (embed, retrieve,
@@ -37,7 +37,7 @@ from tqdm import tqdm
 from echolm_middleware.config import load_settings
 from echolm_middleware.core.engine import Engine, example_id
 from echolm_middleware.core.types import ChatRequest, Example
-from echolm_middleware.demo import percentile
+from echolm_lab.demo import percentile
 from echolm_middleware.errors import EchoLMError
 from echolm_middleware.factory import build_engine
 
@@ -263,7 +263,7 @@ def _measure_in_subprocess(
     entries: int, queries: int, config: Path, prompts_file: Path, seed: int, scratch: Path, progress: bool
 ) -> dict[str, Any]:
     command = [
-        sys.executable, "-m", "echolm_middleware.bench.overhead", "--entries", str(entries),
+        sys.executable, "-m", "echolm_lab.bench.overhead", "--entries", str(entries),
         "--queries", str(queries), "--config", str(config), "--prompts", str(prompts_file),
         "--seed", str(seed), "--work-dir", str(scratch),
     ]  # fmt: skip

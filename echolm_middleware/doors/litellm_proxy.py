@@ -1,0 +1,238 @@
+"""The LiteLLM proxy door: one `callbacks` entry in config.yaml.
+
+    litellm_settings:
+      callbacks: integrations.litellm_proxy.proxy_handler      # from a checkout, next to config.yaml
+      # callbacks: echolm_middleware.doors.litellm_proxy.proxy_handler   # from the wheel
+
+The pre-call hook picks the tier (rewrites `data["model"]`) and prepends examples; the success event
+records the outcome. Anything of ours that fails or runs past its budget sends the request to the
+model it named, unchanged (fail open), and is counted and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# FastAPI reads the route's parameter types from this module's names (annotations are strings here).
+from fastapi import Request, Response
+
+from echolm_middleware.config import check_tiers_exist, config_path_from_env, load_settings, model_groups_in
+from echolm_middleware.core.engine import Engine
+from echolm_middleware.core.types import ChatRequest
+from echolm_middleware.factory import build_engine
+from echolm_middleware.doors.access import (
+    EngineHandle,
+    FailOpenCounter,
+    caller_view,
+    decision_summary,
+    logger,
+    prepare_or_fail_open,
+    summary_without_decision,
+)
+from echolm_middleware.doors.litellm_common import (
+    BYPASS_KEY,
+    METADATA_KEY,
+    RecordingCallback,
+    as_served,
+    fall_back_to_requested,
+    response_headers,
+)
+from echolm_middleware.metrics import metrics, observe_decision
+
+_CHAT_CALL_TYPES = frozenset({"acompletion", "completion"})
+
+
+def tenant_of(user_api_key_dict: Any) -> str:
+    """The tenant from the authenticated key only: its team, else its user, else the key itself."""
+    for field, prefix in (("team_id", "team"), ("user_id", "user"), ("token", "key"), ("api_key", "key")):
+        value = getattr(user_api_key_dict, field, None)
+        if isinstance(value, str) and value:
+            return f"{prefix}:{value}"
+    return "default"
+
+
+def _proxy_config_path() -> Path:
+    """ECHOLM_CONFIG, else the config file the running proxy was started with."""
+    configured = config_path_from_env()
+    if configured is not None:
+        return configured
+    from litellm.proxy import proxy_server
+
+    if proxy_server.user_config_file_path:
+        return Path(proxy_server.user_config_file_path)
+    raise FileNotFoundError("no config file: start the proxy with --config or set ECHOLM_CONFIG")
+
+
+def engine_from_proxy_config() -> Engine:
+    """Build the engine from the `echolm` section of the proxy's own config file."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    settings, raw = load_settings(_proxy_config_path())
+    check_tiers_exist(settings, model_groups_in(raw))
+    model_list = raw.get("model_list") or []
+    engine = build_engine(settings, model_list)
+    engine.warm_up()
+    if settings.upkeep.schedule_minutes is not None:
+        from echolm_middleware.factory import build_upkeep
+        from echolm_middleware.scheduling import start_upkeep_scheduler
+
+        try:
+            start_upkeep_scheduler(build_upkeep(settings, model_list, engine=engine), settings.upkeep.schedule_minutes)
+        except Exception as exc:  # the cache's upkeep is optional; routing must not go down with it
+            logger.error("echolm: the upkeep scheduler did not start: %s", exc)
+    return engine
+
+
+METRICS_PATH = "/echolm/metrics"
+
+
+def mount_metrics_route() -> bool:
+    """Serve our Prometheus metrics on the running proxy at METRICS_PATH; False outside a proxy.
+
+    Tenant names are labels, so a scrape needs the proxy's master key (Authorization: Bearer ...) when
+    the proxy has one, as LiteLLM's own admin routes do.
+    """
+    proxy_server = sys.modules.get("litellm.proxy.proxy_server")
+    app = getattr(proxy_server, "app", None)
+    if app is None or any(getattr(route, "path", None) == METRICS_PATH for route in app.routes):
+        return False
+    from echolm_middleware.metrics import CONTENT_TYPE
+
+    async def echolm_metrics(request: Request) -> Response:
+        master_key = getattr(proxy_server, "master_key", None)
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if master_key and not hmac.compare_digest(given.encode(), str(master_key).encode()):
+            return Response("master key required\n", status_code=401, media_type="text/plain")
+        handler = next((cb for cb in _callbacks() if isinstance(cb, EchoLMProxyHandler)), None)
+        if handler is not None:
+            await asyncio.to_thread(handler.refresh_store_gauge)
+        return Response(await asyncio.to_thread(metrics().render), media_type=CONTENT_TYPE)
+
+    app.add_api_route(METRICS_PATH, echolm_metrics, methods=["GET"], include_in_schema=False)
+    return True
+
+
+def _callbacks() -> list[Any]:
+    import litellm
+
+    return list(litellm.callbacks or [])
+
+
+class EchoLMProxyHandler(RecordingCallback):
+    """LiteLLM `CustomLogger` for the proxy; builds its engine in the background as soon as a running
+    proxy loads it (elsewhere, on the first request)."""
+
+    def __init__(
+        self, handle: EngineHandle | None = None, timeout_s: float | None = None, startup_wait_s: float = 30.0
+    ) -> None:
+        super().__init__(handle or EngineHandle(engine_from_proxy_config), FailOpenCounter())
+        self._timeout_s = timeout_s
+        # Loading the embedder takes seconds; requests arriving meanwhile wait this long, then fail open.
+        self._startup_wait_s = startup_wait_s
+        if mount_metrics_route():
+            # Inside a running proxy (each worker loads its own handler): build the engine now, so no
+            # worker's first requests fail open while its embedder loads.
+            self.handle.start()
+
+    def refresh_store_gauge(self) -> None:
+        """Examples per tenant, read at scrape time (a count per tenant, not per request)."""
+        engine = self.handle.ready()
+        if engine is None:
+            return
+        gauge = metrics().store_examples
+        try:
+            for tenant in engine.store.tenants():
+                gauge.labels(tenant=tenant).set(engine.store.count(tenant))
+        except Exception as exc:  # the store may be what is down; the scrape still answers
+            logger.warning("echolm: store size unreadable for the metrics: %s", exc)
+
+    def _timeout(self) -> float:
+        if self._timeout_s is not None:
+            return self._timeout_s
+        engine = self.handle.ready()
+        return engine.settings.requests.timeout_ms / 1000 if engine else self._startup_wait_s
+
+    async def async_filter_listed_models(self, user_api_key_dict: Any, model_names: Any) -> Any:
+        # Listing models (a readiness probe, say) starts building the engine before the first request.
+        self.handle.start()
+        return model_names
+
+    # Must be defined on this class itself: LiteLLM skips subclasses that only inherit the hook.
+    async def async_pre_call_hook(
+        self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: Any
+    ) -> dict[str, Any]:
+        if call_type not in _CHAT_CALL_TYPES or not isinstance(data, dict):
+            return data
+        started = time.perf_counter()
+        metadata = data.get("metadata")
+        if not isinstance(metadata, dict):
+            metadata = {}
+            data["metadata"] = metadata
+        metadata.pop(METADATA_KEY, None)  # never trust a summary the caller sent
+        messages = data.get("messages")
+        request = ChatRequest(
+            tenant=tenant_of(user_api_key_dict),
+            model=str(data.get("model", "")),
+            messages=messages if isinstance(messages, list) else [],
+            has_tools=bool(data.get("tools") or data.get("functions")),
+        )
+        if metadata.pop(BYPASS_KEY, False):
+            summary = await self._bypass(request)
+            observe_decision(request.tenant, summary)  # counted like every other request
+        else:
+            prepared, engine = await prepare_or_fail_open(self.handle, self.fail_open, self._timeout(), request)
+            if prepared is None or engine is None:
+                summary = summary_without_decision(request.model, "fail_open", "engine not ready")
+            else:
+                if prepared.routed:
+                    if prepared.model != request.model or prepared.decision.examples:
+                        fall_back_to_requested(data, prepared.model, request.model, request.messages)
+                    data["model"] = prepared.model
+                    data["messages"] = prepared.messages
+                    engine.load.begin(prepared.model, prepared.decision.request_id)
+                summary = decision_summary(prepared.decision)
+        # What this hook added to the request's latency, end to end (thread hop and waits included).
+        summary["overhead_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        metadata[METADATA_KEY] = summary
+        return data
+
+    async def _bypass(self, request: ChatRequest) -> dict[str, Any]:
+        """The caller opted out: the request goes unchanged; the decision is kept if the engine is up."""
+        engine = self.handle.ready()
+        if engine is not None:
+            try:
+                return decision_summary((await asyncio.to_thread(engine.bypass, request)).decision)
+            except Exception as exc:
+                self.fail_open.add("bypass: could not keep the decision", exc)
+        return summary_without_decision(request.model, "pass_through", "bypass requested")
+
+    async def async_post_call_response_headers_hook(
+        self,
+        data: dict[str, Any],
+        user_api_key_dict: Any,
+        response: Any,
+        request_headers: dict[str, str] | None = None,
+        litellm_call_info: dict[str, object] | None = None,
+    ) -> dict[str, str] | None:
+        metadata = data.get("metadata") if isinstance(data, dict) else None
+        summary = metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None
+        return response_headers(as_served(summary, response)) if isinstance(summary, dict) else None
+
+    async def async_post_call_success_hook(self, data: dict[str, Any], user_api_key_dict: Any, response: Any) -> Any:
+        # Non-streamed responses also carry the decision in the body, beside the headers.
+        metadata = data.get("metadata") if isinstance(data, dict) else None
+        summary = metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None
+        if isinstance(summary, dict) and response is not None:
+            with contextlib.suppress(AttributeError, TypeError, ValueError):
+                setattr(response, METADATA_KEY, caller_view(summary))
+        return response
+
+
+# The instance LiteLLM's config names; constructing it does no I/O.
+proxy_handler = EchoLMProxyHandler()

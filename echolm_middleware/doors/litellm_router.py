@@ -1,0 +1,165 @@
+"""The LiteLLM Router door, for applications that embed `litellm.Router` in code.
+
+    router = litellm.Router(model_list=[...cheap..., ...strong...])
+    door = install_echolm(router, engine)          # engine = build_engine(settings, router.model_list)
+    await router.acompletion(model="strong", messages=[...], metadata={"echolm_tenant": "acme"})
+
+The custom routing strategy asks the engine for the tier, rewrites the messages in place (the Router
+sends the same list object it passes to the strategy), and lets the Router's own choice among the
+tier's deployments stand. A callback records the outcome. Fails open exactly like the proxy door; when
+the tier we chose fails and the Router retries (`num_retries`), the retry goes to the model the caller
+named with the caller's own messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from litellm.router import Router
+from litellm.types.router import CustomRoutingStrategyBase
+
+from echolm_middleware.core.engine import Engine
+from echolm_middleware.core.types import ChatRequest
+from echolm_middleware.doors.access import (
+    TENANT_KEY,
+    EngineHandle,
+    FailOpenCounter,
+    chosen_tier_failed,
+    decision_summary,
+    prepare_or_fail_open,
+)
+from echolm_middleware.doors.litellm_common import (
+    METADATA_KEY,
+    RecordingCallback,
+)
+
+# Where a routed call keeps the caller's messages (we rewrite them in place) and what we sent instead, in
+# case the Router retries it. Plain lists, so loggers that serialise metadata can.
+_ROUTED = "echolm_routed"
+
+
+def _tenant(request_kwargs: Mapping[str, Any] | None) -> str:
+    # In-process callers are the application itself, which knows who it serves.
+    metadata = (request_kwargs or {}).get("metadata") or {}
+    tenant = metadata.get(TENANT_KEY) if isinstance(metadata, Mapping) else None
+    return str(tenant) if tenant else "default"
+
+
+class EchoLMRoutingStrategy(CustomRoutingStrategyBase):
+    """Chooses the tier (model group) per request; the Router's default picks the deployment in it."""
+
+    def __init__(self, router: Router, handle: EngineHandle, counter: FailOpenCounter, timeout_s: float) -> None:
+        self._router = router
+        self._handle = handle
+        self._counter = counter
+        self._timeout_s = timeout_s
+        # Captured before the strategy replaces them on the instance.
+        self._default_async = router.async_get_available_deployment
+        self._default_sync = router.get_available_deployment
+
+    async def async_get_available_deployment(
+        self,
+        model: str,
+        messages: list[dict[str, str]] | None = None,
+        input: str | list[Any] | None = None,
+        specific_deployment: bool | None = False,
+        request_kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        target = model
+        if messages is not None and not specific_deployment:
+            target = await self._route(model, messages, request_kwargs)
+        return await self._default_async(
+            model=target,
+            messages=messages,
+            input=input,
+            specific_deployment=specific_deployment,
+            request_kwargs=request_kwargs if request_kwargs is not None else {},  # the Router requires a dict
+        )
+
+    def get_available_deployment(
+        self,
+        model: str,
+        messages: list[dict[str, str]] | None = None,
+        input: str | list[Any] | None = None,
+        specific_deployment: bool | None = False,
+        request_kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        # The sync path has no event loop to bound our time with; it keeps the named model.
+        return self._default_sync(
+            model=model,
+            messages=messages,
+            input=input,
+            specific_deployment=specific_deployment,
+            request_kwargs=request_kwargs,
+        )
+
+    async def _route(self, model: str, messages: list[Any], request_kwargs: dict[str, Any] | None) -> str:
+        metadata = (request_kwargs or {}).get("metadata")
+        routed = metadata.get(_ROUTED) if isinstance(metadata, dict) else None
+        # A retry passes the same list we rewrote. The Router also writes into the caller's metadata dict,
+        # which an application may reuse for its next call: only the rewritten messages mark a retry.
+        if isinstance(metadata, dict) and isinstance(routed, dict) and messages == routed.get("sent"):
+            return self._retried(model, messages, metadata)
+        request = ChatRequest(
+            tenant=_tenant(request_kwargs),
+            model=model,
+            messages=list(messages),
+            has_tools=bool((request_kwargs or {}).get("tools") or (request_kwargs or {}).get("functions")),
+        )
+        prepared, engine = await prepare_or_fail_open(self._handle, self._counter, self._timeout_s, request)
+        if prepared is None or engine is None:
+            return model
+        if request_kwargs is not None:
+            metadata = request_kwargs.setdefault("metadata", {})
+            if isinstance(metadata, dict):
+                metadata[METADATA_KEY] = decision_summary(prepared.decision)
+        if prepared.routed:
+            if isinstance(metadata, dict):
+                metadata[_ROUTED] = {"original": list(messages), "sent": list(prepared.messages)}
+            messages[:] = prepared.messages
+            engine.load.begin(prepared.model, prepared.decision.request_id)
+            return prepared.model
+        return model
+
+    def _retried(self, model: str, messages: list[Any], metadata: dict[str, Any]) -> str:
+        """The Router retries a call we already decided: the tier we chose failed. The retry goes to the
+        model the caller named with the caller's own messages (fail open), and is decided only once."""
+        original = metadata.pop(_ROUTED)["original"]
+        summary = metadata.get(METADATA_KEY) or {}
+        if summary.get("tier") != model or summary.get("examples"):
+            messages[:] = original
+            self._counter.add(f"chosen tier failed: {summary.get('tier')}")
+            metadata[METADATA_KEY] = chosen_tier_failed(summary, model)
+        return model
+
+
+class EchoLMRouterDoor:
+    """What `install_echolm` returns: the strategy, the recording callback and the fail-open counts."""
+
+    def __init__(self, strategy: EchoLMRoutingStrategy, callback: RecordingCallback, engine: Engine) -> None:
+        self.strategy = strategy
+        self.callback = callback
+        self.engine = engine
+
+    @property
+    def fail_open_counts(self) -> dict[str, int]:
+        return dict(self.callback.fail_open.counts)
+
+
+def install_echolm(router: Router, engine: Engine, *, timeout_s: float | None = None) -> EchoLMRouterDoor:
+    """Route `router`'s chat calls through the engine and record their outcomes (loads the embedder now)."""
+    import litellm
+
+    engine.warm_up()
+    handle = EngineHandle(lambda: engine)
+    handle.start().result()
+    counter = FailOpenCounter()
+    budget = timeout_s if timeout_s is not None else engine.settings.requests.timeout_ms / 1000
+    strategy = EchoLMRoutingStrategy(router, handle, counter, budget)
+    # litellm 1.108 (the pinned version) registers custom strategies this way; 1.110 adds
+    # `register_plugin` and deprecates this call.
+    router.set_custom_routing_strategy(strategy)
+    callback = RecordingCallback(handle, counter)
+    litellm.callbacks.append(callback)
+    return EchoLMRouterDoor(strategy, callback, engine)
