@@ -24,11 +24,11 @@ from typing import Any
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from tqdm import tqdm
 
-from echolm_middleware.config import load_settings
 from echolm_lab.datasets import default_nq_path, load_records, split_with_neighbours
 from echolm_lab.demo import percentile as nearest_rank
-from echolm_middleware.factory import build_engine
+from echolm_middleware.config import load_settings
 from echolm_middleware.doors.langchain_chat import EchoLMChatModel
+from echolm_middleware.factory import build_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -27,15 +27,15 @@ from typing import Any
 
 from tqdm import tqdm
 
-from echolm_middleware.config import Settings, load_settings, read_config_file
-from echolm_middleware.core.engine import Engine
-from echolm_middleware.core.types import ChatRequest, Outcome
 from echolm_lab.datasets import QARecord, default_nq_path, load_records, split_with_neighbours
-from echolm_middleware.factory import build_engine, build_upkeep
 from echolm_lab.local_tiers.assemble import default_model_dir
 from echolm_lab.local_tiers.from_config import specs_for_config
 from echolm_lab.local_tiers.servers import running_tiers
-from echolm_middleware.quality import exact_match
+from echolm_middleware.config import Settings, load_settings, read_config_file
+from echolm_middleware.core.engine import Engine
+from echolm_middleware.core.types import ChatRequest, Outcome
+from echolm_middleware.factory import build_engine, build_state, build_upkeep
+from echolm_middleware.quality_target.answer_match import exact_match
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -91,10 +91,12 @@ def serve(
         messages = [{"role": "system", "content": system}, {"role": "user", "content": item.prompt}]
         model = requested or engine.strongest
         prepared = engine.prepare(ChatRequest(tenant=TENANT, model=model, messages=messages))
-        answer, finish = ask(router, prepared.model, prepared.messages, max_tokens)
+        answer, finish = ask(router, prepared.tier, prepared.messages, max_tokens)
         if record:
-            engine.record(Outcome(prepared.decision.request_id, prepared.model, answer, finish))
-        tiers.append(prepared.model)
+            engine.record(Outcome(prepared.decision.request_id, prepared.tier, answer, finish))
+        else:
+            engine.release(prepared.decision.request_id)
+        tiers.append(prepared.tier)
         scores.append(score(answer, item))
         with_examples += bool(prepared.decision.examples)
     cheap = [s for t, s in zip(tiers, scores, strict=True) if t != engine.strongest]
@@ -113,7 +115,8 @@ def run_workload(name: str, args: argparse.Namespace, settings: Settings, model_
     records, system, score = WORKLOADS[name]()
     store_dir = Path(tempfile.mkdtemp(prefix=f"echolm-upkeep-{name}-"))
     settings = settings.stored_under(store_dir)
-    engine = build_engine(settings, model_list)
+    state = build_state(settings)  # the engine's decisions are what the pass's coverage reads
+    engine = build_engine(settings, model_list, state=state)
     engine.warm_up()
     evaluation = build_engine(
         settings.model_copy(update={"state": settings.state.model_copy(update={"backend": "memory"})}),
@@ -139,7 +142,7 @@ def run_workload(name: str, args: argparse.Namespace, settings: Settings, model_
     before = serve(evaluation, router, held_out, system, record=False, label=f"{name} before", **common)
     pinned = {"record": False, "requested": cheap, **common}
     cheap_before = serve(evaluation, router, held_out, system, label=f"{name} before, cheap tier", **pinned)
-    upkeep = build_upkeep(settings, model_list, engine=engine)
+    upkeep = build_upkeep(settings, model_list, engine=engine, state=state)
     report = upkeep.run_pass([TENANT])
     after = serve(evaluation, router, held_out, system, record=False, label=f"{name} after", **common)
     cheap_after = serve(evaluation, router, held_out, system, label=f"{name} after, cheap tier", **pinned)

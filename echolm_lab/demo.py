@@ -19,10 +19,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from echolm_middleware.config import Settings, load_settings
 from echolm_lab.datasets import QARecord
 from echolm_lab.proxy_process import ProxyProcess, running_proxy
-from echolm_middleware.quality import exact_match, token_f1
+from echolm_middleware.config import Settings, load_settings
+from echolm_middleware.quality_target.answer_match import exact_match, token_f1
 
 SYSTEM_PROMPT = "Answer the question with a short phrase only, no explanation."
 

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from echolm_middleware.errors import EchoLMError
 from echolm_lab.proxy_process import free_port
+from echolm_middleware.errors import EchoLMError
 
 __all__ = ["Service", "ServiceError", "free_port", "process_alive", "running", "start_chroma", "start_redis"]
 

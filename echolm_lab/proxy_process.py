@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import secrets
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request

@@ -184,7 +184,7 @@ class UpkeepSettings(_Strict):
 
     gain_alpha: float = Field(default=0.2, gt=0, le=1, description="Step of the replay gain's moving average.")
     schedule_minutes: float | None = Field(
-        default=None, gt=0, description="Run a pass every so many minutes in the proxy; None = only `echolm replay`."
+        default=None, gt=0, description="Run a pass every so many minutes in the proxy; None = only `echolm upkeep`."
     )
     budget_tokens: int = Field(default=20_000, ge=0, description="Strong-tier tokens one pass may spend.")
     budget_usd: float | None = Field(
@@ -217,9 +217,7 @@ class Settings(BaseSettings):
     state: StateSettings = StateSettings()
     coordination: CoordinationSettings = CoordinationSettings()
     # Every door reads it, not only the proxy: `proxy` is still accepted, in config files and as ECHOLM_PROXY__*.
-    requests: RequestSettings = Field(
-        default=RequestSettings(), validation_alias=AliasChoices("requests", "proxy")
-    )
+    requests: RequestSettings = Field(default=RequestSettings(), validation_alias=AliasChoices("requests", "proxy"))
     upkeep: UpkeepSettings = UpkeepSettings()
 
     @model_validator(mode="after")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from echolm_middleware.backends.chroma_store import ChromaExampleStore
 from echolm_middleware.backends.litellm_tokens import LiteLLMTokenCounter
@@ -15,15 +15,20 @@ from echolm_middleware.config import Settings, TierSettings
 from echolm_middleware.core.engine import Engine, EngineSettings
 from echolm_middleware.core.ports import (
     Completer,
+    DecisionHistory,
+    DecisionLog,
     Embedder,
     ExampleStore,
     Leases,
     LoadBoard,
-    Shadow,
+    RouterStatsStore,
     TokenCounter,
+    UpkeepJournal,
 )
 from echolm_middleware.core.routing import TierProfile
 from echolm_middleware.errors import ConfigError
+from echolm_middleware.quality_target import build_quality_guard
+from echolm_middleware.quality_target.shadow import Shadow
 from echolm_middleware.upkeep import Upkeep
 
 STORES: dict[str, Callable[[Settings], ExampleStore]] = {
@@ -33,10 +38,22 @@ STORES: dict[str, Callable[[Settings], ExampleStore]] = {
 EMBEDDERS: dict[str, Callable[[Settings], Embedder]] = {
     "minilm": lambda s: MiniLMEmbedder(s.embedder),
 }
-STATES: dict[str, Callable[[Settings], SQLiteState]] = {
+
+
+class State(DecisionLog, DecisionHistory, RouterStatsStore, Leases, UpkeepJournal, Protocol):
+    """What a state backend keeps in one place: the engine's decisions and router statistics, and what
+    the upkeep reads and writes beside them (decision history, journal, leases)."""
+
+
+STATES: dict[str, Callable[[Settings], State]] = {
     "sqlite": lambda s: SQLiteState(s.state.path, retention_s=s.state.retention_days * 86400),
     "memory": lambda s: SQLiteState(":memory:"),
 }
+
+
+def build_state(settings: Settings) -> State:
+    """The state backend named in settings; pass it to build_engine and build_upkeep to share it."""
+    return STATES[settings.state.backend](settings)
 
 
 def litellm_price_per_1k(model: str) -> float | None:
@@ -105,11 +122,10 @@ def build_engine(
     tokens: TokenCounter | None = None,
     shadow: Shadow | None = None,
     load: LoadBoard | None = None,
+    state: State | None = None,
 ) -> Engine:
     """Build the engine from settings; tests pass their own ports to inject faults."""
-    state = STATES[settings.state.backend](settings)
-    if shadow is None and settings.routing.quality_target is not None and model_list:
-        shadow = build_shadow(settings, model_list)
+    state = state or build_state(settings)
     if load is None and settings.coordination.redis_url:
         load = build_load_board(settings)
     return Engine(
@@ -127,7 +143,7 @@ def build_engine(
         tokens=tokens or LiteLLMTokenCounter(),
         decisions=state,
         stats=state,
-        shadow=shadow,
+        quality=build_quality_guard(settings, model_list, shadow=shadow),
         load=load,
     )
 
@@ -144,7 +160,7 @@ def build_load_board(settings: Settings) -> LoadBoard:
     )
 
 
-def build_leases(settings: Settings, state: SQLiteState) -> Leases:
+def build_leases(settings: Settings, state: Leases) -> Leases:
     """The upkeep's locks: in Redis when workers share one, else in the state database beside them."""
     if not settings.coordination.redis_url:
         return state
@@ -153,37 +169,26 @@ def build_leases(settings: Settings, state: SQLiteState) -> Leases:
     return RedisLeases(redis_client(settings.coordination), settings.coordination)
 
 
-def build_shadow(settings: Settings, model_list: Sequence[Mapping[str, Any]]) -> Shadow:
-    """The quality target's comparisons: the strongest tier called directly from the config's model_list."""
-    from echolm_middleware.backends.litellm_completer import LiteLLMCompleter
-    from echolm_middleware.shadow import ShadowComparisons
-
-    target = settings.routing.quality_target
-    if target is None:
-        raise ValueError("no quality target configured")
-    return ShadowComparisons(
-        LiteLLMCompleter(model_list),
-        settings.tiers[-1].name,
-        metric=target.metric,
-        max_tokens=target.max_answer_tokens,
-    )
-
-
 def build_upkeep(
     settings: Settings,
     model_list: Sequence[Mapping[str, Any]],
     *,
     engine: Engine | None = None,
+    state: State | None = None,
     completer: Completer | None = None,
 ) -> Upkeep:
-    """The upkeep over an engine (built here unless given) and the strongest tier from the model list."""
-    from echolm_middleware.backends.litellm_completer import LiteLLMCompleter
-    from echolm_middleware.backends.sqlite_state import SQLiteState
+    """The upkeep over an engine (built here unless given) and the strongest tier from the model list.
 
-    engine = engine or build_engine(settings, model_list)
-    state = engine.decisions
-    if not isinstance(state, SQLiteState):
-        raise ConfigError("upkeep needs the SQLite state (state.backend: sqlite or memory)")
+    Give the engine's `state` with the engine. Without it, the state is opened again from settings: the
+    same database for a file, but an empty one for `memory`, which is refused.
+    """
+    from echolm_middleware.backends.litellm_completer import LiteLLMCompleter
+
+    if state is None:
+        if engine is not None and settings.state.backend == "memory":
+            raise ConfigError("an upkeep over a given engine with state.backend memory needs that engine's state")
+        state = build_state(settings)
+    engine = engine or build_engine(settings, model_list, state=state)
     strongest = settings.tiers[-1]
     price_per_1k = strongest.cost_per_1k_tokens
     if price_per_1k is None:
@@ -191,9 +196,10 @@ def build_upkeep(
         price_per_1k = (litellm_price_per_1k(model) if model else None) or 0.0
     return Upkeep(
         engine,
-        state,
         completer or LiteLLMCompleter(model_list),
         settings.upkeep,
-        price_per_token_usd=price_per_1k / 1000,
+        history=state,
+        journal=state,
         leases=build_leases(settings, state),
+        price_per_token_usd=price_per_1k / 1000,
     )

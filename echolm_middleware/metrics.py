@@ -17,6 +17,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from echolm_middleware.core.summary import DecisionSummary
+
 logger = logging.getLogger("echolm")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -109,19 +111,17 @@ def quietly(report: Callable[[], object]) -> None:
         logger.warning("echolm: a metrics update failed: %s", exc)
 
 
-def observe_decision(tenant: str, summary: Mapping[str, Any]) -> None:
-    """One request's decision, as the doors summarise it (tier, action, examples, best similarity)."""
+def observe_decision(summary: DecisionSummary) -> None:
+    """One request's decision (tier, action, examples, best similarity): every door's requests pass here once."""
 
     def report() -> None:
         m = metrics()
-        tier = str(summary.get("tier") or "unknown")
-        action = str(summary.get("action") or "unknown")
-        m.requests.labels(tier=tier, tenant=tenant, action=action).inc()
-        if action == "route":
-            m.examples.labels(tier=tier).observe(int(summary.get("examples") or 0))
-        similarity = summary.get("best_similarity")
-        if isinstance(similarity, int | float):
-            m.best_similarity.observe(float(similarity))
+        tier = summary.tier or "unknown"
+        m.requests.labels(tier=tier, tenant=summary.tenant, action=summary.action).inc()
+        if summary.routed:
+            m.examples.labels(tier=tier).observe(summary.examples)
+        if summary.best_similarity is not None:
+            m.best_similarity.observe(summary.best_similarity)
 
     quietly(report)
 

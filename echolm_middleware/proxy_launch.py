@@ -18,7 +18,6 @@ def validate_proxy_config(path: Path) -> Settings:
     return settings
 
 
-
 def proxy_environment(base: Mapping[str, str] | None = None, *, workers: int = 1) -> dict[str, str]:
     """The environment a proxy needs: no network cost-map fetch, one torch thread, a master key, and
     with several workers a folder where each writes its metrics so that a scrape of any one sums them."""

@@ -1,9 +1,9 @@
 """One upkeep pass over the cache: cost-aware replay, coverage of misses, then eviction.
 
 The pass is planned first (every strong-tier call it will make, each priced at an upper bound) and the
-plan is journalled in the state database; each step is marked done after its single store write. A
-pass killed at any point leaves every example with its old or its new answer, and the next pass
-finishes the journalled steps before planning anew. Budgets hold by construction: a step runs only if
+plan is journalled (an UpkeepJournal, in the state database); each step is marked done after its single
+store write. A pass killed at any point leaves every example with its old or its new answer, and the
+next pass finishes the journalled steps before planning anew. Budgets hold by construction: a step runs only if
 what was spent plus the step's upper bound still fits.
 """
 
@@ -18,10 +18,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
-from echolm_middleware.backends.sqlite_state import SQLiteState
 from echolm_middleware.config import UpkeepSettings
 from echolm_middleware.core.engine import Engine
-from echolm_middleware.core.ports import Completer, Leases
+from echolm_middleware.core.ports import Completer, DecisionHistory, Leases, UpkeepJournal
 from echolm_middleware.core.types import Decision, Example
 from echolm_middleware.core.upkeep_rules import Miss, cluster_misses, plan_eviction, plan_replay
 
@@ -79,23 +78,29 @@ class Progress(Protocol):
 
 
 class Upkeep:
-    """Runs passes over one engine's store with the strongest tier, within the configured budgets."""
+    """Runs passes over one engine's store with the strongest tier, within the configured budgets.
+
+    `history` holds the engine's decisions (coverage reads its misses there); `journal` keeps a pass's
+    plan; `leases` allow one pass per period between workers (the state database's on one host, Redis
+    across hosts).
+    """
 
     def __init__(
         self,
         engine: Engine,
-        state: SQLiteState,
         completer: Completer,
         settings: UpkeepSettings,
         *,
+        history: DecisionHistory,
+        journal: UpkeepJournal,
+        leases: Leases,
         price_per_token_usd: float = 0.0,
         clock: Callable[[], float] = time.time,
-        leases: Leases | None = None,
     ) -> None:
         self.engine = engine
-        self.state = state
-        # One pass per period between workers: the state database's leases on one host, Redis across hosts.
-        self.leases: Leases = leases or state
+        self.history = history
+        self.journal = journal
+        self.leases = leases
         self.completer = completer
         self.settings = settings
         self.price_per_token_usd = price_per_token_usd
@@ -177,7 +182,7 @@ class Upkeep:
                 continue
             if decision.examples or decision.passed_over:
                 continue  # it found examples: not a miss
-            if self.state.recorded_by(decision.request_id) == self.strongest:
+            if self.history.recorded_by(decision.request_id) == self.strongest:
                 continue  # the strongest tier answered it, and that answer was offered for admission
             queries[decision.query] = decision.instructions
         if not queries:
@@ -206,30 +211,29 @@ class Upkeep:
         """Finish an interrupted pass if the journal holds one; else plan and run a new one, then evict."""
         recent = self._recent()
         chosen = self._tenants(tenants, recent)
-        open_run = self.state.journal_open_run()
-        if open_run is not None:
-            run_id, pending = open_run
+        unfinished = self.journal.unfinished_pass()
+        if unfinished is not None:
+            run_id, pending = unfinished
             resumed = True
         else:
             run_id, resumed = uuid.uuid4().hex, False
             planned = self._plan(chosen, recent)
-            self.state.journal_plan(run_id, [json.dumps(step) for step in planned])
+            self.journal.begin_pass(run_id, [json.dumps(step) for step in planned])
             pending = list(enumerate(json.dumps(step) for step in planned))
         report = PassReport(run_id, resumed, self.settings.budget_tokens, self.settings.budget_usd)
         if progress is not None:
             progress.start(len(pending))
         for seq, raw in pending:
             report.steps.append(self._run_step(json.loads(raw), report))
-            self.state.journal_done(run_id, seq)
+            self.journal.finish_step(run_id, seq)
             if progress is not None:
                 progress.advance(report.steps[-1])
         self._evict(chosen, report)
-        self.state.journal_forget(run_id)
         return report
 
     def _recent(self) -> list[Decision]:
         """The decisions coverage looks at for misses, read once per pass."""
-        return self.state.recent(self.now() - self.settings.coverage_window_hours * 3600.0)
+        return self.history.recent(self.now() - self.settings.coverage_window_hours * 3600.0)
 
     def _tenants(self, asked: Sequence[str] | None, recent: Sequence[Decision]) -> list[str]:
         """The tenants asked for; by default those with examples and those with recent requests."""
@@ -346,7 +350,7 @@ class Busy(Exception):
 def run_now(
     upkeep: Upkeep, holder: str, *, tenants: Sequence[str] | None = None, progress: Progress | None = None
 ) -> PassReport:
-    """Run one pass now (the CLI's `echolm replay`), unless another one is running (raises Busy)."""
+    """Run one pass now (the CLI's `echolm upkeep`), unless another one is running (raises Busy)."""
     running = f"{LEASE}:running"
     now = upkeep.now()
     if not upkeep.leases.try_lease(running, holder, ttl_s=_RUNNING_TTL_S, now=now):

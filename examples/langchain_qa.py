@@ -19,12 +19,12 @@ from typing import Any
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_openai import ChatOpenAI
 
-from echolm_middleware.config import load_settings, read_config_file
-from echolm_middleware.explain import format_decision
-from echolm_middleware.doors.langchain_chat import EchoLMChatModel
 from echolm_lab.local_tiers.assemble import default_model_dir
 from echolm_lab.local_tiers.from_config import specs_for_config
 from echolm_lab.local_tiers.servers import running_tiers
+from echolm_middleware.config import load_settings, read_config_file
+from echolm_middleware.doors.langchain_chat import EchoLMChatModel
+from echolm_middleware.explain import format_decision
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTIONS = [

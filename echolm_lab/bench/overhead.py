@@ -34,10 +34,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from echolm_lab.demo import percentile
 from echolm_middleware.config import load_settings
 from echolm_middleware.core.engine import Engine, example_id
 from echolm_middleware.core.types import ChatRequest, Example
-from echolm_lab.demo import percentile
 from echolm_middleware.errors import EchoLMError
 from echolm_middleware.factory import build_engine
 
@@ -195,13 +195,16 @@ def measure_size(
     def request(item: BenchPrompt) -> ChatRequest:
         return ChatRequest(TENANT, engine.strongest, [{"role": "user", "content": item.prompt}])
 
+    # Each request is released as soon as it is decided, as a door would once it answered: nothing
+    # stays in flight to tilt the next decision or lengthen the load board's bookkeeping.
     for item in held_out[:WARM_UP]:
-        engine.prepare(request(item))
+        engine.release(engine.prepare(request(item)).decision.request_id)
     prepare_ms, embed_ms, nearest_ms, routed, with_examples = [], [], [], 0, 0
     for item in tqdm(held_out[WARM_UP:], desc=f"query {entries:,}", disable=not progress, file=sys.stderr):
         began = time.perf_counter()
         prepared = engine.prepare(request(item))
         prepare_ms.append((time.perf_counter() - began) * 1000)
+        engine.release(prepared.decision.request_id)
         routed += prepared.routed
         with_examples += bool(prepared.decision.examples)
         began = time.perf_counter()

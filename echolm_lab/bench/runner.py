@@ -37,13 +37,13 @@ from echolm_lab.bench.systems import (
     System,
 )
 from echolm_lab.bench.workloads import Split, Workload, load_workload, split_workload
-from echolm_middleware.config import CONFIG_SECTION, load_settings, settings_from_mapping
 from echolm_lab.datasets import QARecord
 from echolm_lab.demo import wait_for_engine
-from echolm_middleware.errors import ConfigError
-from echolm_middleware.judge import PairVerdict, judge_pair, win_rate
 from echolm_lab.proxy_process import ProxyProcess, running_proxy
-from echolm_middleware.shadow import agreement
+from echolm_middleware.config import CONFIG_SECTION, load_settings, settings_from_mapping
+from echolm_middleware.errors import ConfigError
+from echolm_middleware.quality_target.judge import PairVerdict, judge_pair, win_rate
+from echolm_middleware.quality_target.shadow import agreement
 
 # (warm-up pool, requests) per built-in workload. On 2 cores with two cost weights, a quality target and
 # two Poisson rates (benchmarks/results/full-2026-12-01) NQ-open took 13 minutes and Banking77 11 at

@@ -27,7 +27,6 @@ from tqdm import tqdm
 from echolm_lab.bench.load import closed_loop
 from echolm_lab.bench.systems import Answered, ModelSystem, ProxyChat
 from echolm_lab.bench.workloads import Workload, load_workload
-from echolm_middleware.config import load_settings
 from echolm_lab.datasets import QARecord
 from echolm_lab.demo import wait_for_engine
 from echolm_lab.local_services import free_port, start_chroma, start_redis
@@ -35,6 +34,7 @@ from echolm_lab.local_tiers.assemble import default_model_dir
 from echolm_lab.local_tiers.from_config import specs_for_config
 from echolm_lab.local_tiers.servers import running_tiers
 from echolm_lab.proxy_process import ProxyProcess, running_proxy
+from echolm_middleware.config import load_settings
 
 _SENDERS = 64
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096

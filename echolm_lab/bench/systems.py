@@ -204,7 +204,10 @@ class DifficultyRouter:
         RouteLLM picks its threshold the same way, for a target share of strong-model calls; calibrating
         on the very requests served is the baseline's best case. Returns the threshold's prediction.
         """
-        keys = sorted(self._rank_key(q, v) for q, v in zip(queries, self._embedder.embed(list(queries)), strict=True))
+        # One text per call, as `answer` embeds it: a batch takes another path through the embedder (padding,
+        # kernel shapes, MiniLM's batched `encode`) whose vectors differ in the last bits, and the request the
+        # threshold sits on would then land on either side of its own calibrated prediction.
+        keys = sorted(self._rank_key(q, self._embedder.embed([q])[0]) for q in queries)
         if not keys:
             return 0.0
         count = min(len(keys), max(0, round(strong_share * len(keys))))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from echolm_lab.datasets import QARecord, load_records
 from echolm_middleware.errors import EchoLMError
-from echolm_middleware.quality import exact_match, token_f1
+from echolm_middleware.quality_target.answer_match import exact_match, token_f1
 
 JUDGED = "win_rate_vs_strong_only"
 

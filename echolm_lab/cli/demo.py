@@ -66,13 +66,13 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from echolm_middleware.backends.minilm import MiniLMEmbedder
-    from echolm_middleware.config import read_config_file
     from echolm_lab.datasets import default_nq_path, load_records, split_records, split_with_neighbours
     from echolm_lab.demo import DemoOptions, format_table, run_demo, settings_for, summarize
     from echolm_lab.local_tiers.assemble import default_model_dir
     from echolm_lab.local_tiers.from_config import specs_for_config
     from echolm_lab.local_tiers.servers import running_tiers
+    from echolm_middleware.backends.minilm import MiniLMEmbedder
+    from echolm_middleware.config import read_config_file
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     if not formats or any(f not in ("inline", "few_shot") for f in formats):

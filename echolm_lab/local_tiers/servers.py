@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from echolm_middleware.errors import MissingExtra
 from echolm_lab.local_services import process_alive
 from echolm_lab.local_tiers import LocalTierError, ServerStartFailed
 from echolm_lab.local_tiers.assemble import ensure_model
 from echolm_lab.local_tiers.manifest import get_artifact
+from echolm_middleware.errors import MissingExtra
 
 # llama-cpp-python 0.3.36 reads its settings from the environment too (pydantic-settings, any case), and its
 # `__main__.py` lets HOST, PORT and CONFIG_FILE override the command line. These are the names that would

@@ -1,7 +1,10 @@
-"""Decision log and router statistics in one SQLite file (stdlib), so they survive restarts.
+"""The state database: decisions, router statistics, leases and the upkeep journal in one SQLite file
+(stdlib), so they survive restarts.
 
-Each write is one committed transaction in WAL mode: a crash leaves the previous or the new row,
-never half of one. Several processes may open the same file (`echolm explain` beside a running proxy).
+Each port has a small class of its own over one shared connection; `SQLiteState` is all of them on one
+file. Each write is one committed transaction in WAL mode: a crash leaves the previous or the new row,
+never half of one. Several processes may open the same file (`echolm explain` or `echolm upkeep` beside
+a running proxy).
 """
 
 from __future__ import annotations
@@ -45,16 +48,11 @@ CREATE TABLE IF NOT EXISTS upkeep_steps (
 """
 
 
-class SQLiteState:
-    """Implements both DecisionLog and RouterStatsStore over one database file."""
+class _Connection:
+    """One database file (or `:memory:`), one connection, one lock; the tables every part below uses."""
 
-    # Pruning old decisions on every write would cost a scan; once per this many writes is enough.
-    _PRUNE_EVERY = 1000
-
-    def __init__(self, path: Path | str, retention_s: float | None = None) -> None:
+    def __init__(self, path: Path | str) -> None:
         self._path = str(path)
-        self._retention_s = retention_s
-        self._writes = 0
         if self._path != ":memory:":
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -90,7 +88,21 @@ class SQLiteState:
             except sqlite3.Error as exc:
                 raise StateUnavailable(f"state database {self._path}: {exc}") from exc
 
-    # ---- DecisionLog --------------------------------------------------------------------------
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class SQLiteDecisions(_Connection):
+    """DecisionLog and DecisionHistory: every decision by request id, pruned after `retention_s`."""
+
+    # Pruning old decisions on every write would cost a scan; once per this many writes is enough.
+    _PRUNE_EVERY = 1000
+
+    def __init__(self, path: Path | str, retention_s: float | None = None) -> None:
+        super().__init__(path)
+        self._retention_s = retention_s
+        self._writes = 0
 
     def put(self, decision: Decision) -> None:
         body = json.dumps(decision.to_dict(), ensure_ascii=True)
@@ -127,58 +139,12 @@ class SQLiteState:
         return str(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def recent(self, since: float) -> list[Decision]:
-        """Decisions made at or after `since`, oldest first (what coverage reads its misses from)."""
         rows = self._query("SELECT body FROM decisions WHERE created_at >= ? ORDER BY created_at", (since,))
         return [Decision.from_dict(json.loads(str(row[0]))) for row in rows]
 
-    # ---- Lease: one holder at a time across processes that share this file --------------------
 
-    def try_lease(self, name: str, holder: str, ttl_s: float, now: float) -> bool:
-        """Take or renew the lease unless another holder has it and it has not expired."""
-        with self._transaction() as db:
-            row = db.execute("SELECT holder, expires_at FROM leases WHERE name = ?", (name,)).fetchone()
-            if row is not None and row[0] != holder and float(row[1]) > now:
-                return False
-            db.execute(
-                "INSERT OR REPLACE INTO leases (name, holder, expires_at) VALUES (?, ?, ?)", (name, holder, now + ttl_s)
-            )
-            return True
-
-    def lease_holder(self, name: str, now: float) -> str | None:
-        rows = self._query("SELECT holder FROM leases WHERE name = ? AND expires_at > ?", (name, now))
-        return str(rows[0][0]) if rows else None
-
-    def release_lease(self, name: str, holder: str) -> None:
-        with self._transaction() as db:
-            db.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
-
-    # ---- Upkeep journal: a pass's planned steps, so a killed pass is finished by the next one ---
-
-    def journal_open_run(self) -> tuple[str, list[tuple[int, str]]] | None:
-        """The unfinished run, if any, and its steps not yet done (seq, step JSON), in order."""
-        rows = self._query("SELECT run_id FROM upkeep_steps WHERE done = 0 ORDER BY rowid LIMIT 1")
-        if not rows:
-            return None
-        run_id = str(rows[0][0])
-        steps = self._query("SELECT seq, step FROM upkeep_steps WHERE run_id = ? AND done = 0 ORDER BY seq", (run_id,))
-        return run_id, [(int(seq), str(step)) for seq, step in steps]  # type: ignore[call-overload]
-
-    def journal_plan(self, run_id: str, steps: Sequence[str]) -> None:
-        with self._transaction() as db:
-            db.executemany(
-                "INSERT INTO upkeep_steps (run_id, seq, step) VALUES (?, ?, ?)",
-                [(run_id, seq, step) for seq, step in enumerate(steps)],
-            )
-
-    def journal_done(self, run_id: str, seq: int) -> None:
-        with self._transaction() as db:
-            db.execute("UPDATE upkeep_steps SET done = 1 WHERE run_id = ? AND seq = ?", (run_id, seq))
-
-    def journal_forget(self, run_id: str) -> None:
-        with self._transaction() as db:
-            db.execute("DELETE FROM upkeep_steps WHERE run_id = ?", (run_id,))
-
-    # ---- RouterStatsStore ---------------------------------------------------------------------
+class SQLiteRouterStats(_Connection):
+    """RouterStatsStore: the router's Beta posteriors and the fitted utility weights."""
 
     def load_posteriors(self) -> dict[tuple[str, str], tuple[float, float]]:
         rows = self._query("SELECT tier, bucket, successes, failures FROM posteriors")
@@ -201,6 +167,58 @@ class SQLiteState:
         with self._transaction() as db:
             db.executemany("INSERT OR REPLACE INTO utility_weights (name, value) VALUES (?, ?)", list(weights.items()))
 
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+
+class SQLiteLeases(_Connection):
+    """Leases: one holder at a time across the processes that share this file."""
+
+    def try_lease(self, name: str, holder: str, ttl_s: float, now: float) -> bool:
+        with self._transaction() as db:
+            row = db.execute("SELECT holder, expires_at FROM leases WHERE name = ?", (name,)).fetchone()
+            if row is not None and row[0] != holder and float(row[1]) > now:
+                return False
+            db.execute(
+                "INSERT OR REPLACE INTO leases (name, holder, expires_at) VALUES (?, ?, ?)", (name, holder, now + ttl_s)
+            )
+            return True
+
+    def lease_holder(self, name: str, now: float) -> str | None:
+        rows = self._query("SELECT holder FROM leases WHERE name = ? AND expires_at > ?", (name, now))
+        return str(rows[0][0]) if rows else None
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+
+
+class SQLiteUpkeepJournal(_Connection):
+    """UpkeepJournal: a pass's planned steps, so a killed pass is finished by the next one."""
+
+    def unfinished_pass(self) -> tuple[str, list[tuple[int, str]]] | None:
+        rows = self._query("SELECT run_id FROM upkeep_steps WHERE done = 0 ORDER BY rowid LIMIT 1")
+        if not rows:
+            return None
+        run_id = str(rows[0][0])
+        steps = self._query("SELECT seq, step FROM upkeep_steps WHERE run_id = ? AND done = 0 ORDER BY seq", (run_id,))
+        return run_id, [(int(seq), str(step)) for seq, step in steps]  # type: ignore[call-overload]
+
+    def begin_pass(self, run_id: str, steps: Sequence[str]) -> None:
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO upkeep_steps (run_id, seq, step) VALUES (?, ?, ?)",
+                [(run_id, seq, step) for seq, step in enumerate(steps)],
+            )
+
+    def finish_step(self, run_id: str, seq: int) -> None:
+        # Done steps stay until the last one, so progress shows in the table while a pass runs.
+        with self._transaction() as db:
+            db.execute("UPDATE upkeep_steps SET done = 1 WHERE run_id = ? AND seq = ?", (run_id, seq))
+            db.execute(
+                "DELETE FROM upkeep_steps WHERE run_id = ? "
+                "AND NOT EXISTS (SELECT 1 FROM upkeep_steps WHERE run_id = ? AND done = 0)",
+                (run_id, run_id),
+            )
+
+
+class SQLiteState(SQLiteDecisions, SQLiteRouterStats, SQLiteLeases, SQLiteUpkeepJournal):
+    """Every part above on one file and one connection: DecisionLog, DecisionHistory, RouterStatsStore,
+    Leases and UpkeepJournal (an in-memory database is private to its connection, so they must share it)."""

@@ -30,12 +30,11 @@ from echolm_middleware.core.ports import (
     Embedder,
     ExampleStore,
     LoadBoard,
+    QualityCheck,
     RouterStatsStore,
-    Shadow,
     TokenCounter,
 )
 from echolm_middleware.core.prompting import augment
-from echolm_middleware.core.quality_target import QualityTarget
 from echolm_middleware.core.requests import RequestView, inspect_request, is_valid_utf8
 from echolm_middleware.core.routing import (
     LoadTracker,
@@ -51,7 +50,6 @@ from echolm_middleware.core.types import (
     Decision,
     Example,
     ExampleTrace,
-    Message,
     Outcome,
     Prepared,
     RecordResult,
@@ -107,7 +105,7 @@ class Engine:
         stats: RouterStatsStore,
         clock: Callable[[], float] | None = None,
         rng: random.Random | None = None,
-        shadow: Shadow | None = None,
+        quality: QualityCheck | None = None,
         load: LoadBoard | None = None,
     ) -> None:
         self.settings = settings
@@ -130,21 +128,8 @@ class Engine:
         self._posteriors = stats.load_posteriors()
         self._weights = stats.load_weights() or settings.retrieval.weights.model_dump()
         self._vectors: OrderedDict[str, list[float]] = OrderedDict()
-        # The quality target: sampled cheap-tier answers compared with the strongest's move its bias.
-        target = settings.routing.quality_target
-        self.quality_target = (
-            QualityTarget(
-                target.target,
-                step=target.step,
-                max_bias=target.max_bias,
-                sample_share=target.sample_share,
-                rng=self._rng,
-            )
-            if target is not None and shadow is not None
-            else None
-        )
-        self._shadow = shadow
-        self._to_compare: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        # The quality target (routing.quality_target): sampled cheap-tier answers move the strongest's bias.
+        self.quality = quality
 
     def warm_up(self) -> None:
         """Load the embedder, the tokenizer and the store's client now, so the first request does not pay.
@@ -199,7 +184,7 @@ class Engine:
             loads=self._routing_loads(),
             settings=self.settings.routing,
             rng=self._rng,
-            strongest_bias=self.quality_target.bias if self.quality_target is not None else 0.0,
+            strongest_bias=self.quality.strongest_bias() if self.quality is not None else 0.0,
         )
         best = choose_tier(scores)
         gets_examples = best.tier != self.strongest and bool(chosen)
@@ -228,9 +213,11 @@ class Engine:
         decision.overhead_ms = (time.perf_counter() - started) * 1000
         self.decisions.put(decision)
         self._remember_vector(decision.request_id, vector)
-        if best.tier != self.strongest and self.quality_target is not None and self.quality_target.should_compare():
-            self._remember_for_comparison(decision.request_id, request.messages)
-        return Prepared(decision=decision, model=best.tier, messages=messages)
+        if best.tier != self.strongest and self.quality is not None:
+            self.quality.sample(decision.request_id, request.messages)
+        # The request is in flight on its tier from here until `record` or `release` (the doors call one).
+        self.load.begin(best.tier, decision.request_id)
+        return Prepared(decision=decision, tier=best.tier, messages=messages)
 
     def bypass(self, request: ChatRequest) -> Prepared:
         """The caller asked us to stay out: the request goes out unchanged and is not recorded."""
@@ -241,7 +228,7 @@ class Engine:
         decision = self._new_decision(request)
         decision.action = "fail_open"
         decision.reason = reason
-        return Prepared(decision=decision, model=request.model, messages=_copied(request.messages))
+        return Prepared(decision=decision, tier=request.model, messages=_copied(request.messages))
 
     def keep_quietly(self, decision: Decision) -> None:
         """Keep a decision for `explain` if the log works; the log itself may be what failed."""
@@ -251,17 +238,30 @@ class Engine:
     async def aprepare(self, request: ChatRequest) -> Prepared:
         return await asyncio.to_thread(self.prepare, request)
 
+    def release(self, request_id: str) -> None:
+        """The request's tier no longer works on it (it failed, was cancelled or hung up): its load ends.
+
+        `record` releases too; a second release, or one for a request never routed, does nothing.
+        """
+        self.load.finish(request_id)
+
     # ---- recording path -----------------------------------------------------------------------
 
     def record(self, outcome: Outcome) -> RecordResult:
-        """Admit a strongest-tier answer as an example, or count a cheaper tier's use of its examples."""
+        """Admit a strongest-tier answer as an example, or count a cheaper tier's use of its examples.
+
+        The request's load ends first, whatever happens to the rest of the recording.
+        """
+        self.release(outcome.request_id)
         decision = self.decisions.get(outcome.request_id)
         if decision is None or decision.action != "route":
             return "skipped"
         if not self.decisions.mark_recorded(outcome.request_id, outcome.served_by):
             return "duplicate"
         clean = outcome.finish_reason in (None, "stop") and bool(outcome.answer.strip())
-        self._compare_if_sampled(outcome, comparable=clean and outcome.served_by != self.strongest)
+        if self.quality is not None:
+            comparable = clean and outcome.served_by != self.strongest
+            self.quality.compare(outcome.request_id, outcome.answer, comparable=comparable)
         now, alpha = self._now(), self.settings.upkeep.gain_alpha
         cost = self._cost_of(outcome.served_by)
         if outcome.served_by == self.strongest:
@@ -377,7 +377,7 @@ class Engine:
         decision.reason = reason
         decision.overhead_ms = (time.perf_counter() - started) * 1000
         self.decisions.put(decision)
-        return Prepared(decision=decision, model=request.model, messages=_copied(request.messages))
+        return Prepared(decision=decision, tier=request.model, messages=_copied(request.messages))
 
     def _fitting_tiers(self, requested: TierProfile, view: RequestView) -> list[TierProfile]:
         """Tiers no dearer than the one named whose context window holds the prompt and the examples."""
@@ -435,25 +435,6 @@ class Engine:
             self._vectors[request_id] = vector
             while len(self._vectors) > _QUERY_VECTOR_CACHE:
                 self._vectors.popitem(last=False)
-
-    def _remember_for_comparison(self, request_id: str, messages: Sequence[Message]) -> None:
-        with self._lock:
-            self._to_compare[request_id] = [dict(message) for message in messages]
-            while len(self._to_compare) > _QUERY_VECTOR_CACHE:
-                self._to_compare.popitem(last=False)
-
-    def _compare_if_sampled(self, outcome: Outcome, *, comparable: bool) -> None:
-        """Hand a sampled cheap-tier answer to the shadow comparison (the original request, no examples)."""
-        with self._lock:
-            messages = self._to_compare.pop(outcome.request_id, None)
-        if messages is None or not comparable or self._shadow is None or self.quality_target is None:
-            return
-        target = self.quality_target
-
-        def observe(score: float) -> None:
-            target.observe(score)
-
-        self._shadow.submit(messages, outcome.answer, observe)
 
     def _admit_from(self, decision: Decision, outcome: Outcome) -> bool:
         with self._lock:

@@ -67,6 +67,34 @@ class DecisionLog(Protocol):
         ...
 
 
+class DecisionHistory(Protocol):
+    """Past decisions read back in bulk: upkeep's coverage looks in them for recent misses."""
+
+    def recent(self, since: float) -> list[Decision]:
+        """Decisions made at or after `since`, oldest first."""
+        ...
+
+    def recorded_by(self, request_id: str) -> str | None:
+        """The tier whose outcome was recorded for the request, or None if none was."""
+        ...
+
+
+class UpkeepJournal(Protocol):
+    """The steps an upkeep pass planned, kept until each is done, so the next pass finishes a killed one."""
+
+    def unfinished_pass(self) -> tuple[str, list[tuple[int, str]]] | None:
+        """The pass left unfinished, if any: its run id and its steps not yet done (seq, step), in order."""
+        ...
+
+    def begin_pass(self, run_id: str, steps: Sequence[str]) -> None:
+        """Journal a new pass's steps (numbered from 0 in the order given), none of them done."""
+        ...
+
+    def finish_step(self, run_id: str, seq: int) -> None:
+        """Mark a step done; the pass leaves the journal when its last step is done."""
+        ...
+
+
 class RouterStatsStore(Protocol):
     """Persists the router's Beta posteriors and the fitted utility weights across restarts."""
 
@@ -89,11 +117,18 @@ class Completer(Protocol):
         ...
 
 
-class Shadow(Protocol):
-    """Asks the strongest tier a sampled cheap-tier request again, off the request path, and scores the pair."""
+class QualityCheck(Protocol):
+    """The quality target (echolm_middleware.quality_target): a bias on the strongest tier's score, moved by
+    comparing a sampled share of cheap-tier answers with the strongest tier's."""
 
-    def submit(self, messages: Sequence[Message], cheap_answer: str, done: Callable[[float], None]) -> bool:
-        """Queue one comparison; `done` gets its score (0-1) later. False when it was dropped."""
+    def strongest_bias(self) -> float: ...
+
+    def sample(self, request_id: str, messages: Sequence[Message]) -> None:
+        """A request routed to a cheaper tier, as the caller sent it: kept if it is one to compare."""
+        ...
+
+    def compare(self, request_id: str, answer: str, *, comparable: bool) -> None:
+        """The cheaper tier's answer: compared (off the request path) if the request was kept and it is whole."""
         ...
 
 

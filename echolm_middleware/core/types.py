@@ -151,10 +151,13 @@ class Decision:
 
 @dataclass(frozen=True)
 class Prepared:
-    """The engine's answer to a door: the model group to call and the messages to send it."""
+    """The engine's answer to a door: the tier (model group) to call and the messages to send it.
+
+    A routed request counts as load on its tier until the door calls `Engine.record` or `Engine.release`.
+    """
 
     decision: Decision
-    model: str
+    tier: str
     messages: list[dict[str, Any]]
 
     @property

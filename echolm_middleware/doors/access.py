@@ -11,12 +11,12 @@ import asyncio
 import collections
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
 
 from echolm_middleware.core.engine import Engine
-from echolm_middleware.core.types import ChatRequest, Decision, Outcome, Prepared
+from echolm_middleware.core.summary import DecisionSummary
+from echolm_middleware.core.types import ChatRequest, Outcome, Prepared
 from echolm_middleware.metrics import metrics, observe_decision, quietly
 
 logger = logging.getLogger("echolm")
@@ -24,53 +24,16 @@ logger = logging.getLogger("echolm")
 # The metadata key an in-process caller (Router, LangChain) uses to say whom a request serves.
 TENANT_KEY = "echolm_tenant"
 
-# Synchronous callers wait on these threads so that a hung store cannot hold them past the budget.
-_PREPARE_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="echolm-prepare")
+# Every door's `prepare` runs on these threads, so that a caller can stop waiting at its time budget (a hung
+# store cannot hold it) while the decision, if it still comes, is released rather than left as load.
+_PREPARE_THREADS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="echolm-prepare")
 
 
-def decision_summary(decision: Decision) -> dict[str, Any]:
-    """The part of a decision the caller sees (response headers and metadata)."""
-    return {
-        "request_id": decision.request_id,
-        "action": decision.action,
-        "tier": decision.chosen_tier,
-        "examples": len(decision.examples),
-        "example_tokens": decision.example_tokens,
-        "best_similarity": None if decision.best_similarity is None else round(decision.best_similarity, 4),
-        "reason": decision.reason,
-        "tenant": decision.tenant,  # for our metrics; never sent back to the caller (see `caller_view`)
-    }
-
-
-def caller_view(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """The summary as the caller may see it in a response body: the tenant label stays with us."""
-    return {key: value for key, value in summary.items() if key != "tenant"}
-
-
-def observe(request: ChatRequest, prepared: Prepared | None) -> None:
-    """The decision's metrics: every door's requests pass here once."""
+def summary_of(request: ChatRequest, prepared: Prepared | None) -> DecisionSummary:
+    """The caller's view of a request's decision, also when the engine could not decide (not built yet)."""
     if prepared is None:
-        observe_decision(request.tenant, summary_without_decision(request.model, "fail_open", "engine not ready"))
-        return
-    observe_decision(request.tenant, decision_summary(prepared.decision))
-
-
-def chosen_tier_failed(summary: Mapping[str, Any], served_by: str) -> dict[str, Any]:
-    """The summary once the tier we chose failed and `served_by`, the model the caller named, answered."""
-    return {**summary, "action": "fail_open", "tier": served_by, "reason": f"chosen tier {summary.get('tier')} failed"}
-
-
-def summary_without_decision(model: str, action: str, reason: str) -> dict[str, Any]:
-    """The summary when no decision could be kept (the engine is not up yet)."""
-    return {
-        "request_id": "",
-        "action": action,
-        "tier": model,
-        "examples": 0,
-        "example_tokens": 0,
-        "best_similarity": None,
-        "reason": reason,
-    }
+        return DecisionSummary.without_decision(request.model, "fail_open", "engine not ready", tenant=request.tenant)
+    return DecisionSummary.of(prepared.decision)
 
 
 class EngineHandle:
@@ -139,6 +102,35 @@ def _failed_open(
     return engine.fail_open(request, f"{reason}: {exc}"[:300]), engine
 
 
+def _release_if_decided(engine: Engine, future: Future[Prepared]) -> None:
+    """A decision that arrived after its door gave up on it (timeout, cancellation) must not hold load."""
+    if future.cancelled() or future.exception() is not None:
+        return
+    try:
+        engine.release(future.result().decision.request_id)
+    except Exception as exc:
+        logger.warning("echolm: a late decision's load was not released: %s", exc)
+
+
+def _submit_prepare(engine: Engine, request: ChatRequest) -> Future[Prepared]:
+    return _PREPARE_THREADS.submit(engine.prepare, request)
+
+
+def _give_up_on(engine: Engine, future: Future[Prepared]) -> None:
+    # Runs in the preparing thread once it ends (or at once if it has), whatever became of the caller's loop.
+    future.add_done_callback(lambda done: _release_if_decided(engine, done))
+
+
+async def _prepare_within(engine: Engine, request: ChatRequest, timeout_s: float) -> Prepared:
+    future = _submit_prepare(engine, request)
+    try:
+        # Shielded: the thread runs on after a timeout, and its late decision is then released, not lost.
+        return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout_s)
+    except BaseException:
+        _give_up_on(engine, future)
+        raise
+
+
 async def prepare_or_fail_open(
     handle: EngineHandle, counter: FailOpenCounter, timeout_s: float, request: ChatRequest
 ) -> tuple[Prepared | None, Engine | None]:
@@ -147,13 +139,13 @@ async def prepare_or_fail_open(
     prepared: Prepared | None
     try:
         engine = await handle.get(timeout_s)
-        prepared = await asyncio.wait_for(engine.aprepare(request), timeout_s)
+        prepared = await _prepare_within(engine, request, timeout_s)
     except Exception as exc:
         prepared, engine = _failed_open(counter, engine, request, exc)
         if prepared is not None and engine is not None:
             # Off the event loop and not awaited: a hung state database must not delay the request.
             asyncio.get_running_loop().run_in_executor(None, engine.keep_quietly, prepared.decision)
-    observe(request, prepared)
+    observe_decision(summary_of(request, prepared))
     return prepared, engine
 
 
@@ -165,12 +157,17 @@ def prepare_or_fail_open_sync(
     prepared: Prepared | None
     try:
         engine = handle.get_sync(timeout_s)
-        prepared = _PREPARE_THREADS.submit(engine.prepare, request).result(timeout=timeout_s)
+        future = _submit_prepare(engine, request)
+        try:
+            prepared = future.result(timeout=timeout_s)
+        except BaseException:
+            _give_up_on(engine, future)
+            raise
     except Exception as exc:
         prepared, engine = _failed_open(counter, engine, request, exc)
         if prepared is not None and engine is not None:
             _PREPARE_THREADS.submit(engine.keep_quietly, prepared.decision)
-    observe(request, prepared)
+    observe_decision(summary_of(request, prepared))
     return prepared, engine
 
 
@@ -188,3 +185,11 @@ async def arecord_or_count(engine: Engine, outcome: Outcome, counter: FailOpenCo
         await engine.arecord(outcome)
     except Exception as exc:
         counter.add(f"record: {fail_open_reason(exc)}", exc)
+
+
+def release_or_count(engine: Engine, request_id: str, counter: FailOpenCounter) -> None:
+    """End a request's load without an outcome (its tier failed, it was cancelled, the client hung up)."""
+    try:
+        engine.release(request_id)
+    except Exception as exc:
+        counter.add(f"release: {fail_open_reason(exc)}", exc)

@@ -35,18 +35,18 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from echolm_middleware.config import Settings, TierSettings
 from echolm_middleware.core.engine import Engine
+from echolm_middleware.core.summary import DecisionSummary
 from echolm_middleware.core.types import ChatRequest, Outcome, Prepared
 from echolm_middleware.doors.access import (
     TENANT_KEY,
     EngineHandle,
     FailOpenCounter,
     arecord_or_count,
-    chosen_tier_failed,
-    decision_summary,
     prepare_or_fail_open,
     prepare_or_fail_open_sync,
     record_or_count,
-    summary_without_decision,
+    release_or_count,
+    summary_of,
 )
 
 METADATA_KEY = "echolm"
@@ -91,7 +91,7 @@ class _Call:
     runnable: Runnable[Any, Any]
     tier: str
     messages: list[BaseMessage]
-    summary: dict[str, Any]
+    summary: DecisionSummary
     prepared: Prepared | None
     engine: Engine | None
     started: float
@@ -219,37 +219,32 @@ class EchoLMChatModel(BaseChatModel):
         self, messages: list[BaseMessage], request: ChatRequest, prepared: Prepared | None, engine: Engine | None
     ) -> _Call:
         started = time.perf_counter()
+        summary = summary_of(request, prepared)
         if prepared is None or engine is None:
-            summary = summary_without_decision(request.model, "fail_open", "engine not ready")
             return _Call(self._tier(request.model), request.model, messages, summary, None, None, started)
-        summary = decision_summary(prepared.decision)
         requested = None
-        if prepared.routed and (prepared.model != request.model or prepared.decision.examples):
+        if prepared.routed and (prepared.tier != request.model or prepared.decision.examples):
             requested = (request.model, messages)
         if prepared.decision.examples:
             messages = convert_to_messages(prepared.messages)
-        if prepared.routed:
-            engine.load.begin(prepared.model, prepared.decision.request_id)
-        return _Call(
-            self._tier(prepared.model), prepared.model, messages, summary, prepared, engine, started, requested
-        )
+        return _Call(self._tier(prepared.tier), prepared.tier, messages, summary, prepared, engine, started, requested)
 
     def _after_failure(self, call: _Call, exc: Exception) -> _Call:
         """The tier we chose failed before answering: the request goes as the caller made it to the tier it
         named (fail open). A failure of the tier the caller named is theirs, and is raised."""
         if call.requested is None:
             raise exc
-        self._finish_load(call)
+        self._release(call)
         self._counter.add(f"chosen tier failed: {call.tier}", exc)
         tier, messages = call.requested
-        return _Call(self._tier(tier), tier, messages, chosen_tier_failed(call.summary, tier), None, None, call.started)
+        return _Call(self._tier(tier), tier, messages, call.summary.chosen_tier_failed(tier), None, None, call.started)
 
     def _prepare(self, messages: list[BaseMessage], run_manager: CallbackManagerForLLMRun | None) -> _Call:
         started = time.perf_counter()
         request = self._request(messages, run_manager.metadata if run_manager else None)
         prepared, engine = prepare_or_fail_open_sync(self._handle, self._counter, self._timeout_s(), request)
         call = self._call_for(messages, request, prepared, engine)
-        call.summary["overhead_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        call.summary = call.summary.with_overhead((time.perf_counter() - started) * 1000)
         return call
 
     async def _aprepare(self, messages: list[BaseMessage], run_manager: AsyncCallbackManagerForLLMRun | None) -> _Call:
@@ -257,7 +252,7 @@ class EchoLMChatModel(BaseChatModel):
         request = self._request(messages, run_manager.metadata if run_manager else None)
         prepared, engine = await prepare_or_fail_open(self._handle, self._counter, self._timeout_s(), request)
         call = self._call_for(messages, request, prepared, engine)
-        call.summary["overhead_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        call.summary = call.summary.with_overhead((time.perf_counter() - started) * 1000)
         return call
 
     def _outcome(self, call: _Call, answer: str, finish_reason: str | None) -> Outcome | None:
@@ -281,15 +276,16 @@ class EchoLMChatModel(BaseChatModel):
         if outcome is not None and call.engine is not None:
             await arecord_or_count(call.engine, outcome, self._counter)
 
-    def _finish_load(self, call: _Call) -> None:
+    def _release(self, call: _Call) -> None:
+        """The call ends without an outcome (the tier failed, the caller cancelled or stopped reading)."""
         if call.records and call.engine is not None and call.prepared is not None:
-            call.engine.load.finish(call.prepared.decision.request_id)
+            release_or_count(call.engine, call.prepared.decision.request_id, self._counter)
 
     @staticmethod
-    def _result(message: Any, summary: dict[str, Any]) -> ChatResult:
+    def _result(message: Any, summary: DecisionSummary) -> ChatResult:
         if not isinstance(message, BaseMessage):
             message = AIMessage(content=str(message))
-        message.response_metadata = {**(message.response_metadata or {}), METADATA_KEY: summary}
+        message.response_metadata = {**(message.response_metadata or {}), METADATA_KEY: summary.caller_view()}
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     @staticmethod
@@ -312,9 +308,10 @@ class EchoLMChatModel(BaseChatModel):
             except Exception as exc:
                 call = self._after_failure(call, exc)
                 message = call.runnable.invoke(call.messages, self._config(run_manager), stop=stop, **kwargs)
-        finally:
-            self._finish_load(call)
-        self._record(call, _text(message), _finish_reason(message))
+        except BaseException:
+            self._release(call)
+            raise
+        self._record(call, _text(message), _finish_reason(message))  # which also ends the call's load
         return self._result(message, call.summary)
 
     async def _agenerate(
@@ -331,8 +328,9 @@ class EchoLMChatModel(BaseChatModel):
             except Exception as exc:
                 call = self._after_failure(call, exc)
                 message = await call.runnable.ainvoke(call.messages, self._config(run_manager), stop=stop, **kwargs)
-        finally:
-            self._finish_load(call)
+        except BaseException:  # cancellation included: the tier's load must not wait for a timeout
+            self._release(call)
+            raise
         await self._arecord(call, _text(message), _finish_reason(message))
         return self._result(message, call.summary)
 
@@ -356,8 +354,9 @@ class EchoLMChatModel(BaseChatModel):
                 assembled = _Assembler(call.summary)
                 for chunk in call.runnable.stream(call.messages, self._config(run_manager), stop=stop, **kwargs):
                     yield assembled.add(chunk)
-        finally:
-            self._finish_load(call)
+        except BaseException:  # GeneratorExit included: the caller stopped reading
+            self._release(call)
+            raise
         # Only a stream that ran to its end is recorded, once, with the whole answer.
         self._record(call, assembled.text, assembled.finish_reason)
 
@@ -381,16 +380,17 @@ class EchoLMChatModel(BaseChatModel):
                 assembled = _Assembler(call.summary)
                 async for chunk in call.runnable.astream(call.messages, self._config(run_manager), stop=stop, **kwargs):
                     yield assembled.add(chunk)
-        finally:
-            self._finish_load(call)
+        except BaseException:  # cancellation or GeneratorExit: the caller hung up
+            self._release(call)
+            raise
         await self._arecord(call, assembled.text, assembled.finish_reason)
 
 
 class _Assembler:
     """Collects a stream's text and finish reason; the first chunk carries the decision."""
 
-    def __init__(self, summary: dict[str, Any]) -> None:
-        self._summary: dict[str, Any] | None = summary
+    def __init__(self, summary: DecisionSummary) -> None:
+        self._summary: DecisionSummary | None = summary
         self._parts: list[str] = []
         self.finish_reason: str | None = None
 
@@ -409,7 +409,9 @@ class _Assembler:
         self.finish_reason = _finish_reason(chunk) or self.finish_reason
         if self._summary is not None:
             chunk = chunk.model_copy(
-                update={"response_metadata": {**(chunk.response_metadata or {}), METADATA_KEY: self._summary}}
+                update={
+                    "response_metadata": {**(chunk.response_metadata or {}), METADATA_KEY: self._summary.caller_view()}
+                }
             )
             self._summary = None
         return ChatGenerationChunk(message=chunk)

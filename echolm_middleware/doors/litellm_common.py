@@ -1,9 +1,5 @@
-"""What both LiteLLM doors share: the decision summary as headers, and recording from log events.
-
-Integration modules import each other by absolute `echolm_middleware.doors.*` names only:
-LiteLLM loads `integrations/litellm_proxy.py` by file path next to config.yaml, where relative
-imports would not resolve.
-"""
+"""What both LiteLLM doors share: carrying the decision summary in request metadata, and recording from
+LiteLLM's log events (a success records the outcome; a failure releases the request's load)."""
 
 from __future__ import annotations
 
@@ -18,45 +14,15 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from litellm.integrations.custom_logger import CustomLogger
 
+from echolm_middleware.core.summary import DecisionSummary
 from echolm_middleware.core.types import Outcome
-from echolm_middleware.doors.access import (
-    EngineHandle,
-    FailOpenCounter,
-    arecord_or_count,
-    chosen_tier_failed,
-)
+from echolm_middleware.doors.access import EngineHandle, FailOpenCounter, arecord_or_count, release_or_count
 from echolm_middleware.metrics import observe_saving
 
 # Where a request carries our summary between the pre-call hook and the log events. The hook always
 # overwrites it, so a caller cannot plant one.
 METADATA_KEY = "echolm"
 BYPASS_KEY = "echolm_bypass"
-
-
-def header_value(value: object, limit: int = 200) -> str:
-    """A value HTTP allows in a header: printable ASCII only. Reasons and model names can carry what the
-    caller sent (a role of "\x11", a model name with a newline), which would make the server drop the
-    connection instead of answering."""
-    text = str(value)
-    return "".join(char if " " <= char <= "~" else "?" for char in text[:limit]).strip()
-
-
-def response_headers(summary: Mapping[str, Any]) -> dict[str, str]:
-    """HTTP headers that show the caller what we decided."""
-    headers = {
-        "x-echolm-request-id": header_value(summary["request_id"]),
-        "x-echolm-action": header_value(summary["action"]),
-        "x-echolm-tier": header_value(summary["tier"]),
-        "x-echolm-examples": header_value(summary["examples"]),
-        "x-echolm-example-tokens": header_value(summary.get("example_tokens", 0)),
-    }
-    if summary.get("overhead_ms") is not None:
-        headers["x-echolm-overhead-ms"] = f"{summary['overhead_ms']:.2f}"
-    if summary.get("best_similarity") is not None:
-        headers["x-echolm-best-similarity"] = f"{summary['best_similarity']:.4f}"
-    if summary["action"] != "route":
-        headers["x-echolm-reason"] = header_value(summary["reason"])
-    return headers
 
 
 def fall_back_to_requested(data: dict[str, Any], chosen: str, requested: str, requested_messages: list[Any]) -> None:
@@ -72,7 +38,7 @@ def fall_back_to_requested(data: dict[str, Any], chosen: str, requested: str, re
     data["fallbacks"] = [ours, *theirs] if isinstance(theirs, list) else [ours]
 
 
-def served_group(kwargs: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
+def served_group(kwargs: Mapping[str, Any], summary: DecisionSummary) -> str:
     """The model group that answered: the router's fallback may have replaced the tier we chose.
 
     Only after a fallback does the call's `model_group` name who answered: through the Router door it
@@ -84,17 +50,17 @@ def served_group(kwargs: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
         group = metadata.get("model_group")
         if isinstance(group, str) and group:
             return group
-    return str(summary["tier"])
+    return summary.tier
 
 
-def as_served(summary: Mapping[str, Any], response: Any) -> Mapping[str, Any]:
+def as_served(summary: DecisionSummary, response: Any) -> DecisionSummary:
     """The summary as the caller should read it once the response exists: if the tier we chose failed
     and the router's fallback answered, the headers name the model that answered, as failing open."""
     extra = (getattr(response, "_hidden_params", None) or {}).get("additional_headers") or {}
     served = extra.get("x-litellm-model-group")
-    if summary.get("action") != "route" or not extra.get("x-litellm-attempted-fallbacks") or not served:
+    if not summary.routed or not extra.get("x-litellm-attempted-fallbacks") or not served:
         return summary
-    return chosen_tier_failed(summary, served)
+    return summary.chosen_tier_failed(str(served))
 
 
 def answer_of(response_obj: Any) -> tuple[str, str | None]:
@@ -115,11 +81,19 @@ def tokens_of(response_obj: Any) -> int:
         return 0
 
 
-def summary_from_kwargs(kwargs: Mapping[str, Any]) -> Mapping[str, Any] | None:
+def summary_in(metadata: object) -> DecisionSummary | None:
+    """The summary a door put in a request's metadata (`carry`), if any."""
+    return DecisionSummary.from_metadata(metadata.get(METADATA_KEY)) if isinstance(metadata, Mapping) else None
+
+
+def carry(metadata: dict[str, Any], summary: DecisionSummary) -> None:
+    """Keep the summary in the request's metadata, where LiteLLM hands it to every callback of the call."""
+    metadata[METADATA_KEY] = summary.to_metadata()
+
+
+def summary_from_kwargs(kwargs: Mapping[str, Any]) -> DecisionSummary | None:
     params = kwargs.get("litellm_params") or {}
-    metadata = params.get("metadata") or kwargs.get("metadata") or {}
-    summary = metadata.get(METADATA_KEY) if isinstance(metadata, Mapping) else None
-    return summary if isinstance(summary, Mapping) and "request_id" in summary else None
+    return summary_in(params.get("metadata") or kwargs.get("metadata") or {})
 
 
 class RecordingCallback(CustomLogger):
@@ -137,24 +111,24 @@ class RecordingCallback(CustomLogger):
     async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         summary = summary_from_kwargs(kwargs)
         engine = self.handle.ready()
-        if summary is None or engine is None:
+        if summary is None or engine is None or not summary.request_id:
             return
-        engine.load.finish(str(summary["request_id"]))
         served_by = served_group(kwargs, summary)
-        if served_by != summary["tier"]:
+        if served_by != summary.tier:
             # The tier we chose failed and the router's fallback (fall_back_to_requested) answered.
             # Counted here, once per request: the failure event fires once per failed attempt.
-            self.fail_open.add(f"chosen tier failed: {summary['tier']}")
-        if summary.get("action") == "route":
+            self.fail_open.add(f"chosen tier failed: {summary.tier}")
+        if summary.routed:
             prices = {tier.name: tier.price_per_1k for tier in engine.tiers}
-            observe_saving(str(summary.get("tenant", "")), served_by, tokens_of(response_obj), prices)
+            observe_saving(summary.tenant, served_by, tokens_of(response_obj), prices)
         answer, finish_reason = answer_of(response_obj)
         try:
             latency = (end_time - start_time).total_seconds()
         except (AttributeError, TypeError):
             latency = None
+        # Recording also ends the request's load on its tier (the engine does it first).
         outcome = Outcome(
-            request_id=str(summary["request_id"]),
+            request_id=summary.request_id,
             served_by=served_by,
             answer=answer,
             finish_reason=finish_reason,
@@ -165,5 +139,5 @@ class RecordingCallback(CustomLogger):
     async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         summary = summary_from_kwargs(kwargs)
         engine = self.handle.ready()
-        if summary is not None and engine is not None:
-            engine.load.finish(str(summary["request_id"]))
+        if summary is not None and engine is not None and summary.request_id:
+            release_or_count(engine, summary.request_id, self.fail_open)

@@ -2,7 +2,7 @@
 
     litellm_settings:
       callbacks: integrations.litellm_proxy.proxy_handler      # from a checkout, next to config.yaml
-      # callbacks: echolm_middleware.doors.litellm_proxy.proxy_handler   # from the wheel
+      # callbacks: echolm_middleware.doors.litellm_proxy.proxy_handler   # from the wheel (the same object)
 
 The pre-call hook picks the tier (rewrites `data["model"]`) and prepends examples; the success event
 records the outcome. Anything of ours that fails or runs past its budget sends the request to the
@@ -25,25 +25,19 @@ from fastapi import Request, Response
 
 from echolm_middleware.config import check_tiers_exist, config_path_from_env, load_settings, model_groups_in
 from echolm_middleware.core.engine import Engine
+from echolm_middleware.core.summary import DecisionSummary
 from echolm_middleware.core.types import ChatRequest
-from echolm_middleware.factory import build_engine
-from echolm_middleware.doors.access import (
-    EngineHandle,
-    FailOpenCounter,
-    caller_view,
-    decision_summary,
-    logger,
-    prepare_or_fail_open,
-    summary_without_decision,
-)
+from echolm_middleware.doors.access import EngineHandle, FailOpenCounter, logger, prepare_or_fail_open, summary_of
 from echolm_middleware.doors.litellm_common import (
     BYPASS_KEY,
     METADATA_KEY,
     RecordingCallback,
     as_served,
+    carry,
     fall_back_to_requested,
-    response_headers,
+    summary_in,
 )
+from echolm_middleware.factory import build_engine
 from echolm_middleware.metrics import metrics, observe_decision
 
 _CHAT_CALL_TYPES = frozenset({"acompletion", "completion"})
@@ -184,33 +178,28 @@ class EchoLMProxyHandler(RecordingCallback):
         )
         if metadata.pop(BYPASS_KEY, False):
             summary = await self._bypass(request)
-            observe_decision(request.tenant, summary)  # counted like every other request
+            observe_decision(summary)  # counted like every other request
         else:
-            prepared, engine = await prepare_or_fail_open(self.handle, self.fail_open, self._timeout(), request)
-            if prepared is None or engine is None:
-                summary = summary_without_decision(request.model, "fail_open", "engine not ready")
-            else:
-                if prepared.routed:
-                    if prepared.model != request.model or prepared.decision.examples:
-                        fall_back_to_requested(data, prepared.model, request.model, request.messages)
-                    data["model"] = prepared.model
-                    data["messages"] = prepared.messages
-                    engine.load.begin(prepared.model, prepared.decision.request_id)
-                summary = decision_summary(prepared.decision)
+            prepared, _ = await prepare_or_fail_open(self.handle, self.fail_open, self._timeout(), request)
+            if prepared is not None and prepared.routed:
+                if prepared.tier != request.model or prepared.decision.examples:
+                    fall_back_to_requested(data, prepared.tier, request.model, list(request.messages))
+                data["model"] = prepared.tier
+                data["messages"] = prepared.messages
+            summary = summary_of(request, prepared)
         # What this hook added to the request's latency, end to end (thread hop and waits included).
-        summary["overhead_ms"] = round((time.perf_counter() - started) * 1000, 2)
-        metadata[METADATA_KEY] = summary
+        carry(metadata, summary.with_overhead((time.perf_counter() - started) * 1000))
         return data
 
-    async def _bypass(self, request: ChatRequest) -> dict[str, Any]:
+    async def _bypass(self, request: ChatRequest) -> DecisionSummary:
         """The caller opted out: the request goes unchanged; the decision is kept if the engine is up."""
         engine = self.handle.ready()
         if engine is not None:
             try:
-                return decision_summary((await asyncio.to_thread(engine.bypass, request)).decision)
+                return DecisionSummary.of((await asyncio.to_thread(engine.bypass, request)).decision)
             except Exception as exc:
                 self.fail_open.add("bypass: could not keep the decision", exc)
-        return summary_without_decision(request.model, "pass_through", "bypass requested")
+        return DecisionSummary.without_decision(request.model, "pass_through", "bypass requested", request.tenant)
 
     async def async_post_call_response_headers_hook(
         self,
@@ -220,17 +209,15 @@ class EchoLMProxyHandler(RecordingCallback):
         request_headers: dict[str, str] | None = None,
         litellm_call_info: dict[str, object] | None = None,
     ) -> dict[str, str] | None:
-        metadata = data.get("metadata") if isinstance(data, dict) else None
-        summary = metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None
-        return response_headers(as_served(summary, response)) if isinstance(summary, dict) else None
+        summary = summary_in(data.get("metadata")) if isinstance(data, dict) else None
+        return as_served(summary, response).headers() if summary is not None else None
 
     async def async_post_call_success_hook(self, data: dict[str, Any], user_api_key_dict: Any, response: Any) -> Any:
         # Non-streamed responses also carry the decision in the body, beside the headers.
-        metadata = data.get("metadata") if isinstance(data, dict) else None
-        summary = metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None
-        if isinstance(summary, dict) and response is not None:
+        summary = summary_in(data.get("metadata")) if isinstance(data, dict) else None
+        if summary is not None and response is not None:
             with contextlib.suppress(AttributeError, TypeError, ValueError):
-                setattr(response, METADATA_KEY, caller_view(summary))
+                setattr(response, METADATA_KEY, summary.caller_view())
         return response
 
 

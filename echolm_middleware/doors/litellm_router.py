@@ -21,18 +21,8 @@ from litellm.types.router import CustomRoutingStrategyBase
 
 from echolm_middleware.core.engine import Engine
 from echolm_middleware.core.types import ChatRequest
-from echolm_middleware.doors.access import (
-    TENANT_KEY,
-    EngineHandle,
-    FailOpenCounter,
-    chosen_tier_failed,
-    decision_summary,
-    prepare_or_fail_open,
-)
-from echolm_middleware.doors.litellm_common import (
-    METADATA_KEY,
-    RecordingCallback,
-)
+from echolm_middleware.doors.access import TENANT_KEY, EngineHandle, FailOpenCounter, prepare_or_fail_open, summary_of
+from echolm_middleware.doors.litellm_common import RecordingCallback, carry, summary_in
 
 # Where a routed call keeps the caller's messages (we rewrite them in place) and what we sent instead, in
 # case the Router retries it. Plain lists, so loggers that serialise metadata can.
@@ -107,30 +97,29 @@ class EchoLMRoutingStrategy(CustomRoutingStrategyBase):
             messages=list(messages),
             has_tools=bool((request_kwargs or {}).get("tools") or (request_kwargs or {}).get("functions")),
         )
-        prepared, engine = await prepare_or_fail_open(self._handle, self._counter, self._timeout_s, request)
-        if prepared is None or engine is None:
+        prepared, _ = await prepare_or_fail_open(self._handle, self._counter, self._timeout_s, request)
+        if prepared is None:
             return model
         if request_kwargs is not None:
             metadata = request_kwargs.setdefault("metadata", {})
             if isinstance(metadata, dict):
-                metadata[METADATA_KEY] = decision_summary(prepared.decision)
+                carry(metadata, summary_of(request, prepared))
         if prepared.routed:
             if isinstance(metadata, dict):
                 metadata[_ROUTED] = {"original": list(messages), "sent": list(prepared.messages)}
             messages[:] = prepared.messages
-            engine.load.begin(prepared.model, prepared.decision.request_id)
-            return prepared.model
+            return prepared.tier
         return model
 
     def _retried(self, model: str, messages: list[Any], metadata: dict[str, Any]) -> str:
         """The Router retries a call we already decided: the tier we chose failed. The retry goes to the
         model the caller named with the caller's own messages (fail open), and is decided only once."""
         original = metadata.pop(_ROUTED)["original"]
-        summary = metadata.get(METADATA_KEY) or {}
-        if summary.get("tier") != model or summary.get("examples"):
+        summary = summary_in(metadata)
+        if summary is not None and (summary.tier != model or summary.examples):
             messages[:] = original
-            self._counter.add(f"chosen tier failed: {summary.get('tier')}")
-            metadata[METADATA_KEY] = chosen_tier_failed(summary, model)
+            self._counter.add(f"chosen tier failed: {summary.tier}")
+            carry(metadata, summary.chosen_tier_failed(model))
         return model
 
 

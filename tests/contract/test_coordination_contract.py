@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from echolm_lab.local_services import Service, free_port, start_redis
 from echolm_middleware.backends.redis_coordination import RedisLeases, RedisLoadBoard, redis_client
 from echolm_middleware.backends.sqlite_state import SQLiteState
 from echolm_middleware.config import CoordinationSettings
 from echolm_middleware.core.ports import Leases, LoadBoard
 from echolm_middleware.core.routing import LoadTracker
-from echolm_lab.local_services import Service, free_port, start_redis
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from echolm_lab.local_services import free_port, start_chroma
 from echolm_middleware.backends.chroma_store import ChromaExampleStore, collection_name
 from echolm_middleware.config import StoreSettings
 from echolm_middleware.core.ports import ExampleStore
 from echolm_middleware.core.types import Example
 from echolm_middleware.errors import StoreUnavailable
-from echolm_lab.local_services import free_port, start_chroma
 
 X, Y, Z = [1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]
 CLOSE = 1e-5  # Chroma keeps float32 vectors

@@ -1,4 +1,10 @@
-"""DecisionLog and RouterStatsStore contract for SQLiteState, on a file and in memory (`state` fixture)."""
+"""The state backend's contract: DecisionLog, DecisionHistory, RouterStatsStore and UpkeepJournal
+(Leases: test_coordination_contract.py).
+
+Tests that take `state: State` hold for any backend the factory's STATES may name; SQLiteState runs them
+on a file and in memory (`state` fixture), and another backend (Redis, Postgres) joins by becoming a
+param of that fixture. Tests that open `SQLiteState` themselves are about SQLite files.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from echolm_middleware.backends.sqlite_state import SQLiteState
+from echolm_middleware.core.ports import DecisionHistory, UpkeepJournal
 from echolm_middleware.core.types import Decision, ExampleTrace, TierScore
 from echolm_middleware.errors import StateUnavailable
+from echolm_middleware.factory import State
 
 
 def _decision(request_id: str = "r1", **overrides: object) -> Decision:
@@ -47,7 +55,7 @@ def _decision(request_id: str = "r1", **overrides: object) -> Decision:
     return Decision(**values)  # type: ignore[arg-type]
 
 
-def test_a_decision_with_examples_and_scores_round_trips(state: SQLiteState) -> None:
+def test_a_decision_with_examples_and_scores_round_trips(state: State) -> None:
     decision = _decision()
 
     state.put(decision)
@@ -56,7 +64,7 @@ def test_a_decision_with_examples_and_scores_round_trips(state: SQLiteState) -> 
     assert state.get("unknown") is None
 
 
-def test_putting_a_decision_again_replaces_it(state: SQLiteState) -> None:
+def test_putting_a_decision_again_replaces_it(state: State) -> None:
     state.put(_decision(reason="first"))
     state.put(_decision(reason="second"))
 
@@ -64,7 +72,7 @@ def test_putting_a_decision_again_replaces_it(state: SQLiteState) -> None:
     assert kept is not None and kept.reason == "second"
 
 
-def test_a_decision_without_optional_parts_round_trips(state: SQLiteState) -> None:
+def test_a_decision_without_optional_parts_round_trips(state: State) -> None:
     decision = Decision("r2", "t", 0.0, "gpt-4o", "pass_through", "request offers tools", "gpt-4o")
 
     state.put(decision)
@@ -72,7 +80,7 @@ def test_a_decision_without_optional_parts_round_trips(state: SQLiteState) -> No
     assert state.get("r2") == decision
 
 
-def test_mark_recorded_is_true_once_then_false(state: SQLiteState) -> None:
+def test_mark_recorded_is_true_once_then_false(state: State) -> None:
     state.put(_decision())
 
     assert state.recorded_by("r1") is None
@@ -82,7 +90,7 @@ def test_mark_recorded_is_true_once_then_false(state: SQLiteState) -> None:
     assert state.mark_recorded("never-put", "strong") is False
 
 
-def test_mark_feedback_is_true_once_then_false(state: SQLiteState) -> None:
+def test_mark_feedback_is_true_once_then_false(state: State) -> None:
     state.put(_decision())
 
     assert state.mark_feedback("r1", 0.5) is True
@@ -109,7 +117,7 @@ def test_a_database_from_before_feedback_was_kept_gains_the_column(tmp_path: Pat
         state.close()
 
 
-def test_mark_recorded_is_true_for_exactly_one_of_many_threads(state: SQLiteState) -> None:
+def test_mark_recorded_is_true_for_exactly_one_of_many_threads(state: State) -> None:
     state.put(_decision())
     results: list[bool] = []
 
@@ -125,7 +133,7 @@ def test_mark_recorded_is_true_for_exactly_one_of_many_threads(state: SQLiteStat
     assert sorted(results) == [False] * 7 + [True]
 
 
-def test_posteriors_start_empty_and_accumulate_per_tier_and_bucket(state: SQLiteState) -> None:
+def test_posteriors_start_empty_and_accumulate_per_tier_and_bucket(state: State) -> None:
     assert state.load_posteriors() == {}
 
     state.add_to_posterior("cheap", "high", 1.0, 0.0)
@@ -140,7 +148,7 @@ def test_posteriors_start_empty_and_accumulate_per_tier_and_bucket(state: SQLite
     }
 
 
-def test_weights_start_absent_and_round_trip(state: SQLiteState) -> None:
+def test_weights_start_absent_and_round_trip(state: State) -> None:
     assert state.load_weights() is None
     weights = {"bias": -10.25, "similarity": 11.5, "quality": 1.0, "source": 0.5, "offload": 1.0, "age": 0.3}
 
@@ -219,3 +227,79 @@ def test_decisions_older_than_the_retention_are_pruned(tmp_path: Path) -> None:
         state.put(Decision(f"new{n}", "t", 1_000_000.0 + n, "strong", "route", "routed", "strong"))
     assert state.get("old") is None
     assert state.get("new0") is not None
+
+
+# ---- DecisionHistory: what coverage reads its misses from ----------------------------------------
+
+
+def test_recent_decisions_are_those_made_since_a_time_oldest_first(state: State) -> None:
+    history: DecisionHistory = state
+    for request_id, created_at in [("r3", 30.0), ("r1", 10.0), ("r2", 20.0)]:
+        state.put(_decision(request_id, created_at=created_at))
+
+    assert [d.request_id for d in history.recent(0.0)] == ["r1", "r2", "r3"]
+    assert history.recent(20.0) == [_decision("r2", created_at=20.0), _decision("r3", created_at=30.0)]
+    assert history.recent(30.5) == []
+
+
+def test_the_history_tells_which_tier_was_recorded(state: State) -> None:
+    history: DecisionHistory = state
+    state.put(_decision())
+
+    assert history.recorded_by("r1") is None
+    state.mark_recorded("r1", "strong")
+    assert history.recorded_by("r1") == "strong"
+    assert history.recorded_by("never-put") is None
+
+
+# ---- UpkeepJournal: a killed pass is finished by the next -----------------------------------------
+
+STEPS = ['{"kind": "replay", "prompt": "Capital of France? 🇫🇷"}', '{"kind": "replay"}', '{"kind": "coverage"}']
+
+
+def test_an_empty_journal_has_no_unfinished_pass(state: State) -> None:
+    journal: UpkeepJournal = state
+    assert journal.unfinished_pass() is None
+
+    journal.begin_pass("run-0", [])  # a pass that planned nothing
+
+    assert journal.unfinished_pass() is None
+
+
+def test_a_begun_pass_is_unfinished_with_its_steps_in_order(state: State) -> None:
+    journal: UpkeepJournal = state
+
+    journal.begin_pass("run-1", STEPS)
+
+    assert journal.unfinished_pass() == ("run-1", list(enumerate(STEPS)))
+
+
+def test_finished_steps_leave_the_pass_and_its_last_step_closes_it(state: State) -> None:
+    journal: UpkeepJournal = state
+    journal.begin_pass("run-1", STEPS)
+
+    journal.finish_step("run-1", 1)
+    assert journal.unfinished_pass() == ("run-1", [(0, STEPS[0]), (2, STEPS[2])])
+    journal.finish_step("run-1", 0)
+    journal.finish_step("run-1", 0)  # a resumed pass may mark a step again
+    journal.finish_step("run-1", 7)  # no such step: nothing happens
+    assert journal.unfinished_pass() == ("run-1", [(2, STEPS[2])])
+    journal.finish_step("run-1", 2)
+    assert journal.unfinished_pass() is None
+
+    journal.begin_pass("run-2", STEPS[:1])
+    assert journal.unfinished_pass() == ("run-2", [(0, STEPS[0])])
+
+
+def test_a_pass_killed_in_one_process_is_found_by_the_next_on_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    killed = SQLiteState(path)
+    killed.begin_pass("run-1", STEPS)
+    killed.finish_step("run-1", 0)  # then the process dies, without closing anything
+
+    later = SQLiteState(path)
+    try:
+        assert later.unfinished_pass() == ("run-1", [(1, STEPS[1]), (2, STEPS[2])])
+    finally:
+        later.close()
+        killed.close()

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 import yaml
 
-from echolm_middleware.config import load_settings, read_config_file
 from echolm_lab.local_tiers.assemble import default_model_dir
 from echolm_lab.local_tiers.from_config import local_models_in, specs_for_config
 from echolm_lab.local_tiers.servers import running_tiers
 from echolm_lab.proxy_process import ProxyProcess, start_proxy
+from echolm_middleware.config import load_settings, read_config_file
 from tests.integration.recording_upstream import RecordingUpstream
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,8 +20,8 @@ from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field
 
 from echolm_middleware.config import Settings
-from echolm_middleware.factory import build_engine
 from echolm_middleware.doors.langchain_chat import EchoLMChatModel
+from echolm_middleware.factory import build_engine
 from tests.integration.conftest import CHEAP, ROOT, STRONG, LocalTiers, settings_for_tests
 
 pytestmark = pytest.mark.integration

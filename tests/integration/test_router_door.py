@@ -8,8 +8,8 @@ from pathlib import Path
 import litellm
 import pytest
 
-from echolm_middleware.factory import build_engine
 from echolm_middleware.doors.litellm_router import install_echolm
+from echolm_middleware.factory import build_engine
 from tests.integration.conftest import CHEAP, STRONG, LocalTiers, settings_for_tests
 
 pytestmark = pytest.mark.integration

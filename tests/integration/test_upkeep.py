@@ -1,4 +1,4 @@
-"""The upkeep on the real parts: the strong local tier via litellm, MiniLM, embedded Chroma, `echolm replay`."""
+"""The upkeep on the real parts: the strong local tier via litellm, MiniLM, embedded Chroma, `echolm upkeep`."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ import pytest
 from echolm_middleware.config import Settings
 from echolm_middleware.core.engine import example_id
 from echolm_middleware.core.types import Decision
-from echolm_middleware.factory import build_engine, build_upkeep
+from echolm_middleware.factory import State, build_engine, build_state, build_upkeep
+from echolm_middleware.upkeep import Upkeep
 from tests.integration.conftest import (
     CONFIG,
     ROOT,
@@ -52,13 +53,19 @@ def _settings(tmp_path: Path, **upkeep: Any) -> Settings:
     )
 
 
-def _in_process(local_tiers: LocalTiers, tmp_path: Path, **upkeep: Any) -> Any:
+def _with_state(local_tiers: LocalTiers, tmp_path: Path, **upkeep: Any) -> tuple[Upkeep, State]:
+    """An upkeep over a real engine, and the state database the two share."""
     settings = _settings(tmp_path, **upkeep)
-    engine = build_engine(settings, local_tiers.model_list)
-    return build_upkeep(settings, local_tiers.model_list, engine=engine)
+    state = build_state(settings)
+    engine = build_engine(settings, local_tiers.model_list, state=state)
+    return build_upkeep(settings, local_tiers.model_list, engine=engine, state=state), state
 
 
-def _degrade(upkeep: Any, prompt: str, gain: float, tenant: str = "default") -> str:
+def _in_process(local_tiers: LocalTiers, tmp_path: Path, **upkeep: Any) -> Upkeep:
+    return _with_state(local_tiers, tmp_path, **upkeep)[0]
+
+
+def _degrade(upkeep: Upkeep, prompt: str, gain: float, tenant: str = "default") -> str:
     upkeep.engine.admit(tenant, prompt, DEGRADED, "cheap")
     key = example_id(tenant, prompt)
     upkeep.engine.store.modify(
@@ -98,10 +105,10 @@ def test_the_budget_is_never_exceeded_on_real_token_counts(local_tiers: LocalTie
 
 
 def test_coverage_answers_a_cluster_of_misses_with_the_strong_tier(local_tiers: LocalTiers, tmp_path: Path) -> None:
-    upkeep = _in_process(local_tiers, tmp_path)
+    upkeep, state = _with_state(local_tiers, tmp_path)
     now = time.time()
     for n, query in enumerate(["How tall is Mount Everest?", "how tall is mount everest in meters", "Everest height?"]):
-        upkeep.state.put(
+        state.put(
             Decision(
                 request_id=f"miss-{n}", tenant="acme", created_at=now, requested_model=STRONG, action="route",
                 reason="routed", chosen_tier="cheap", query=query,
@@ -134,7 +141,7 @@ def test_eviction_keeps_the_highest_value_set_in_real_chroma(local_tiers: LocalT
     assert sorted(e.prompt for e in store.examples("default")) == [f"Question {n} about the sea?" for n in (3, 4, 5)]
 
 
-# ---- `echolm replay` as processes --------------------------------------------------------------------
+# ---- `echolm upkeep` as processes --------------------------------------------------------------------
 
 
 def _seed(tmp_path: Path, count: int, env: dict[str, str] | None = None) -> list[str]:
@@ -145,9 +152,9 @@ def _seed(tmp_path: Path, count: int, env: dict[str, str] | None = None) -> list
     return list(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def _replay(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+def _upkeep_command(tmp_path: Path, *args: str, name: str = "upkeep") -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "echolm_middleware.cli.main", "replay", "--config", str(CONFIG), *args],
+        [sys.executable, "-m", "echolm_middleware.cli.main", name, "--config", str(CONFIG), *args],
         env=_env(tmp_path), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
@@ -178,13 +185,13 @@ def _steps_done(tmp_path: Path) -> int:
         return 0
 
 
-def test_two_replays_at_once_run_one_pass(local_tiers: LocalTiers, tmp_path: Path) -> None:
+def test_two_upkeep_commands_at_once_run_one_pass(local_tiers: LocalTiers, tmp_path: Path) -> None:
     prompts = _seed(tmp_path, 6)  # enough steps that the first pass still runs when the second starts
-    first = _replay(tmp_path, "--json")
+    first = _upkeep_command(tmp_path, "--json")
     deadline = time.monotonic() + 120
     while _steps_done(tmp_path) == 0 and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)  # the first pass holds the running lease by now
-    second = _replay(tmp_path)
+    second = _upkeep_command(tmp_path, name="replay")  # the old name reaches the same command and lease
 
     _, second_err = second.communicate(timeout=300)
     first_out, _ = first.communicate(timeout=600)
@@ -195,11 +202,11 @@ def test_two_replays_at_once_run_one_pass(local_tiers: LocalTiers, tmp_path: Pat
     assert all(answer != DEGRADED for answer in _answers(tmp_path, prompts).values())
 
 
-def test_a_replay_killed_midway_leaves_a_whole_store_and_a_rerun_finishes_it(
+def test_a_pass_killed_midway_leaves_a_whole_store_and_a_rerun_finishes_it(
     local_tiers: LocalTiers, tmp_path: Path
 ) -> None:
     prompts = _seed(tmp_path, 4)
-    victim = _replay(tmp_path)
+    victim = _upkeep_command(tmp_path)
     deadline = time.monotonic() + 300
     while _steps_done(tmp_path) < 1 and victim.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -214,7 +221,7 @@ def test_a_replay_killed_midway_leaves_a_whole_store_and_a_rerun_finishes_it(
     upgraded = [p for p, a in after_kill.items() if a != DEGRADED]
     assert len(upgraded) in (finished, finished + 1)  # the step in flight may have written, unmarked
 
-    rerun = _replay(tmp_path, "--json")
+    rerun = _upkeep_command(tmp_path, "--json")
     out, err = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, err
     report = json.loads(out)

@@ -23,12 +23,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from echolm_middleware.config import read_config_file
 from echolm_lab.local_services import Service, free_port, start_chroma, start_redis
 from echolm_lab.local_tiers.assemble import default_model_dir
 from echolm_lab.local_tiers.from_config import specs_for_config
 from echolm_lab.local_tiers.servers import RunningTier, TierSpec, running_tiers
 from echolm_lab.proxy_process import ProxyProcess, start_proxy
+from echolm_middleware.config import read_config_file
 from tests.integration.conftest import (
     CHEAP,
     CONFIG,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from echolm_middleware.config import (
 )
 from echolm_middleware.core.engine import Engine, EngineSettings
 from echolm_middleware.core.routing import TierProfile
+from echolm_middleware.quality_target import guard_for
 
 WORD = re.compile(r"[a-z0-9]+")
 DIMENSIONS = 4096
@@ -149,8 +151,10 @@ def make_engine() -> Iterator[EngineFactory]:
             states.append(state)
         embedder = WordHashEmbedder()
         clock = FakeClock()
+        chosen = engine_settings(**settings)  # type: ignore[arg-type]
+        target = chosen.routing.quality_target
         engine = Engine(
-            engine_settings(**settings),  # type: ignore[arg-type]
+            chosen,
             tiers,
             embedder=embedder,
             store=store,
@@ -158,7 +162,7 @@ def make_engine() -> Iterator[EngineFactory]:
             decisions=state,
             stats=state,
             clock=clock,
-            shadow=shadow,
+            quality=guard_for(target, shadow, rng=random.Random(0)) if target and shadow else None,
         )
         return EngineKit(engine, store, state, embedder, clock)
 

@@ -253,6 +253,27 @@ def test_calibration_hits_the_share_even_when_every_prediction_ties() -> None:
     assert [router.answer(_user(q), 8).tier for q in queries].count("strong") == 5
 
 
+class BatchSkewEmbedder(TableEmbedder):
+    """A batch comes back a hair off the one-text vectors, as MiniLM's batched `encode` does in the last bits."""
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        vectors = super().embed(texts)
+        return vectors if len(texts) == 1 else [[v[0] + 1e-6, *v[1:]] for v in vectors]
+
+
+def test_calibration_embeds_each_query_as_serving_does_so_the_split_is_exact() -> None:
+    queries = {f"q{i}": [1.0, i / 10] for i in range(10)}
+    embedder = BatchSkewEmbedder({"easy": [1, 0], "hard": [0, 1], **queries})
+    chat = RecordingChat()
+    router = DifficultyRouter(
+        "difficulty_router", embedder, 0.0, ModelSystem("cheap", chat, "cheap"), ModelSystem("strong", chat, "strong"),  # type: ignore[arg-type]
+        [("easy", 1.0), ("hard", 0.0)], k=2,
+    )  # fmt: skip
+    router.calibrate(list(queries), strong_share=0.5)
+    # Batched vectors predict the threshold's own request a hair easier than it is served: it would go strong.
+    assert [router.answer(_user(q), 8).tier for q in queries] == ["cheap"] * 5 + ["strong"] * 5
+
+
 # ---- load -------------------------------------------------------------------------------------------
 
 

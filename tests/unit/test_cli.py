@@ -30,6 +30,19 @@ def test_every_subcommand_has_help_that_describes_each_option(command: str) -> N
     _assert_documented(subparsers.choices[command], f"echolm {command}")
 
 
+def test_replay_is_the_upkeep_command_under_its_old_name() -> None:
+    from echolm_middleware.cli import upkeep
+
+    by_new, by_old = _echolm("upkeep", "--help"), _echolm("replay", "--help")
+    assert (by_new.returncode, by_old.returncode) == (0, 0), by_new.stderr + by_old.stderr
+    assert by_old.stdout == by_new.stdout
+    assert "usage: echolm upkeep" in by_new.stdout and "--budget-tokens" in by_new.stdout
+    parser = build_parser()
+    for name in ("upkeep", "replay"):
+        args = parser.parse_args([name, "--tenant", "acme", "--dry-run"])
+        assert (args.func, args.tenants, args.dry_run) == (upkeep.run, ["acme"], True)
+
+
 def _assert_documented(parser: argparse.ArgumentParser, name: str) -> None:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):

@@ -48,7 +48,7 @@ def test_a_paraphrase_of_an_admitted_question_goes_to_the_cheap_tier_with_the_ex
 
     prepared = kit.engine.prepare(_ask(PARAPHRASE))
 
-    assert prepared.model == "cheap"
+    assert prepared.tier == "cheap"
     assert prepared.routed
     decision = prepared.decision
     assert decision.action == "route" and decision.chosen_tier == "cheap"
@@ -70,7 +70,7 @@ def test_the_same_request_with_no_examples_goes_to_the_strong_tier_unchanged(mak
 
     prepared = kit.engine.prepare(request)
 
-    assert prepared.model == "strong"
+    assert prepared.tier == "strong"
     assert prepared.messages == list(request.messages)
     assert prepared.decision.bucket == "none"
     assert prepared.decision.examples == []
@@ -84,7 +84,7 @@ def test_another_tenant_never_sees_a_tenants_example(make_engine: Any) -> None:
 
     prepared = kit.engine.prepare(_ask(QUESTION, tenant="B"))
 
-    assert prepared.model == "strong"
+    assert prepared.tier == "strong"
     assert prepared.decision.candidates_considered == 0
     assert "Paris" not in _content(prepared.messages)
     assert kit.store.count("B") == 0
@@ -96,7 +96,7 @@ def test_an_unrelated_question_gets_no_example(make_engine: Any) -> None:
 
     prepared = kit.engine.prepare(_ask(UNRELATED))
 
-    assert prepared.model == "strong"
+    assert prepared.tier == "strong"
     assert prepared.decision.candidates_considered == 1
     assert prepared.decision.examples == []
     assert "Paris" not in _content(prepared.messages)
@@ -112,7 +112,7 @@ def test_when_the_strong_tier_wins_it_gets_no_examples_even_if_some_cleared_the_
     prepared = kit.engine.prepare(request)
 
     assert prepared.decision.bucket == "low"
-    assert prepared.model == "strong"
+    assert prepared.tier == "strong"
     assert prepared.decision.examples == []
     assert prepared.decision.example_tokens == 0
     assert prepared.messages == list(request.messages)
@@ -129,7 +129,7 @@ def test_few_shot_format_puts_the_example_as_turns_before_the_question(make_engi
 
     prepared = kit.engine.prepare(request)
 
-    assert prepared.model == "cheap"
+    assert prepared.tier == "cheap"
     assert prepared.decision.augmentation == "few_shot"
     assert prepared.messages == [
         {"role": "system", "content": "Be brief."},
@@ -147,7 +147,7 @@ def test_a_model_that_is_not_a_tier_passes_through_untouched(make_engine: Any) -
 
     prepared = kit.engine.prepare(request)
 
-    assert prepared.model == "gpt-4o"
+    assert prepared.tier == "gpt-4o"
     assert prepared.messages == list(request.messages)
     assert prepared.decision.action == "pass_through"
     assert "'gpt-4o' is not an EchoLM tier" in prepared.decision.reason
@@ -160,7 +160,7 @@ def test_a_request_that_is_not_routable_passes_through_with_its_reason(make_engi
 
     prepared = kit.engine.prepare(_ask(QUESTION, has_tools=True))
 
-    assert prepared.model == "strong"
+    assert prepared.tier == "strong"
     assert prepared.decision.action == "pass_through"
     assert prepared.decision.reason == "request offers tools"
     assert kit.embedder.calls == []
@@ -171,7 +171,7 @@ def test_naming_the_cheap_tier_never_routes_up_to_a_dearer_one(make_engine: Any)
 
     prepared = kit.engine.prepare(_ask(UNRELATED, model="cheap"))
 
-    assert prepared.model == "cheap"
+    assert prepared.tier == "cheap"
     assert [score.tier for score in prepared.decision.scores] == ["cheap"]
 
 
@@ -187,7 +187,7 @@ def test_a_prompt_too_long_for_every_tier_passes_through(make_engine: Any) -> No
 
     assert prepared.decision.action == "pass_through"
     assert prepared.decision.reason == "prompt exceeds the requested tier's context"
-    assert prepared.model == "strong"
+    assert prepared.tier == "strong"
     assert kit.embedder.calls == []
 
 
@@ -236,7 +236,7 @@ def test_load_above_capacity_on_the_strong_tier_sends_a_plain_request_to_cheap(
 
     prepared = kit.engine.prepare(_ask(UNRELATED))
 
-    assert prepared.model == "cheap"
+    assert prepared.tier == "cheap"
     strong = next(score for score in prepared.decision.scores if score.tier == "strong")
     # queue: the five in flight and this one; ema: the five, averaged over ten seconds.
     assert strong.load == pytest.approx(expected_load, abs=0.05)
@@ -254,13 +254,15 @@ def test_a_request_that_would_queue_behind_a_busy_strong_tier_goes_cheap_with_a_
         kit = make_engine(routing=ROUTING.model_copy(update={"load_signal": signal}))
         kit.engine.load = LoadTracker(window_s=2.0, clock=kit.clock)
         kit.engine.admit("A", QUESTION, ANSWER, "strong")
-        assert kit.engine.prepare(weak_match).model == "strong"  # idle: the weak example is not enough
+        idle = kit.engine.prepare(weak_match)
+        assert idle.tier == "strong"  # idle: the weak example is not enough
+        kit.engine.release(idle.decision.request_id)
         kit.engine.load.begin("strong", "in-flight")
         chosen[signal] = kit.engine.prepare(weak_match)
 
-    assert chosen["queue"].model == "cheap"
+    assert chosen["queue"].tier == "cheap"
     assert [trace.prompt for trace in chosen["queue"].decision.examples] == [QUESTION]
-    assert chosen["ema"].model == "strong"
+    assert chosen["ema"].tier == "strong"
 
 
 def test_query_context_turns_widen_the_query_that_is_kept_and_admitted(make_engine: Any) -> None:
@@ -288,7 +290,7 @@ def test_query_context_turns_widen_the_query_that_is_kept_and_admitted(make_engi
 def test_a_strong_answer_is_admitted_once_and_then_helps_a_paraphrase(make_engine: Any) -> None:
     kit = make_engine()
     first = kit.engine.prepare(_ask(QUESTION))
-    assert first.model == "strong"
+    assert first.tier == "strong"
     embeds_before = len(kit.embedder.calls)
 
     result = kit.engine.record(Outcome(first.decision.request_id, "strong", ANSWER, "stop"))
@@ -307,7 +309,7 @@ def test_a_strong_answer_is_admitted_once_and_then_helps_a_paraphrase(make_engin
     assert kit.state.recorded_by(first.decision.request_id) == "strong"
 
     second = kit.engine.prepare(_ask(PARAPHRASE))
-    assert second.model == "cheap"
+    assert second.tier == "cheap"
     assert ANSWER in second.messages[-1]["content"]
 
 
@@ -341,7 +343,7 @@ def test_a_cheap_answer_is_never_admitted_but_counts_an_offload_on_its_examples(
     kit = make_engine()
     kit.engine.admit("A", QUESTION, ANSWER, "strong")
     prepared = kit.engine.prepare(_ask(PARAPHRASE))
-    assert prepared.model == "cheap"
+    assert prepared.tier == "cheap"
 
     result = kit.engine.record(Outcome(prepared.decision.request_id, "cheap", "Paris.", "stop"))
 
@@ -469,7 +471,7 @@ def test_by_default_pii_is_kept_as_answered(make_engine: Any) -> None:
 def _cheap_with_example(kit: Any) -> Decision:
     kit.engine.admit("A", QUESTION, ANSWER, "strong")
     prepared = kit.engine.prepare(_ask(PARAPHRASE))
-    assert prepared.model == "cheap" and prepared.decision.examples
+    assert prepared.tier == "cheap" and prepared.decision.examples
     return prepared.decision
 
 
@@ -523,14 +525,15 @@ def test_repeated_bad_feedback_on_the_cheap_tier_moves_routing_back_to_strong(ma
     cheap_answers_scored = 1
     while cheap_answers_scored < 10:
         prepared = kit.engine.prepare(_ask(PARAPHRASE))
-        if prepared.model != "cheap":
+        kit.engine.release(prepared.decision.request_id)  # answered: it no longer loads its tier
+        if prepared.tier != "cheap":
             break
         kit.engine.feedback(prepared.decision.request_id, 0.0)
         cheap_answers_scored += 1
 
     assert cheap_answers_scored < 10
     prepared = kit.engine.prepare(_ask(PARAPHRASE))
-    assert prepared.model == "strong"
+    assert prepared.tier == "strong"
     assert prepared.messages == [{"role": "user", "content": PARAPHRASE}]
 
 
@@ -538,14 +541,14 @@ def test_low_feedback_on_a_strong_answer_demotes_the_example_it_admitted(make_en
     kit = make_engine()
     first = kit.engine.prepare(_ask(QUESTION))
     assert kit.engine.record(Outcome(first.decision.request_id, "strong", ANSWER, "stop")) == "admitted"
-    assert kit.engine.prepare(_ask(PARAPHRASE)).model == "cheap"
+    assert kit.engine.prepare(_ask(PARAPHRASE)).tier == "cheap"
 
     kit.engine.feedback(first.decision.request_id, 0.1)
 
     assert _stored(kit)[QUESTION].quality == pytest.approx(0.1)
     assert kit.state.load_posteriors() == {("strong", "any"): pytest.approx((0.1, 0.9))}
     after = kit.engine.prepare(_ask(PARAPHRASE))
-    assert after.model == "strong"
+    assert after.tier == "strong"
     assert after.decision.candidates_considered == 1
     assert after.decision.examples == []
     assert "Paris" not in _content(after.messages)
@@ -579,7 +582,7 @@ def test_a_strong_answer_despite_selected_examples_raises_their_gain(make_engine
     kit.engine.admit("A", QUESTION, ANSWER, "strong")
 
     prepared = kit.engine.prepare(_ask(PARAPHRASE))
-    assert prepared.model == "strong" and prepared.decision.examples == []
+    assert prepared.tier == "strong" and prepared.decision.examples == []
     assert prepared.decision.passed_over == [example_id("A", QUESTION)]
     kit.engine.record(Outcome(prepared.decision.request_id, "strong", "Paris.", "stop"))
 
@@ -619,7 +622,7 @@ def test_bypass_sends_the_request_unchanged_and_explain_says_so(make_engine: Any
 
     prepared = kit.engine.bypass(request)
 
-    assert prepared.model == "strong"
+    assert prepared.tier == "strong"
     assert prepared.messages == list(request.messages)
     kept = kit.engine.explain(prepared.decision.request_id)
     assert (kept.action, kept.reason) == ("pass_through", "bypass requested")
@@ -633,7 +636,7 @@ def test_fail_open_sends_the_request_unchanged_and_explain_reads_the_kept_decisi
 
     prepared = kit.engine.fail_open(request, "embedder timed out")
 
-    assert prepared.model == "cheap"
+    assert prepared.tier == "cheap"
     assert prepared.messages == list(request.messages)
     assert (prepared.decision.action, prepared.decision.reason) == ("fail_open", "embedder timed out")
     with pytest.raises(UnknownRequest):  # nothing is written on the request path
@@ -673,7 +676,7 @@ def test_fail_open_and_keeping_its_decision_never_raise_when_the_decision_log_fa
     prepared = engine.fail_open(_ask(QUESTION), "state unavailable")
     engine.keep_quietly(prepared.decision)
 
-    assert prepared.model == "strong"
+    assert prepared.tier == "strong"
     assert prepared.decision.action == "fail_open"
 
 
@@ -702,7 +705,7 @@ def test_the_async_twins_do_the_same_work(make_engine: Any) -> None:
         first = await kit.engine.aprepare(_ask(QUESTION))
         recorded = await kit.engine.arecord(Outcome(first.decision.request_id, "strong", ANSWER, "stop"))
         second = await kit.engine.aprepare(_ask(PARAPHRASE))
-        return first.model, recorded, second.model
+        return first.tier, recorded, second.tier
 
     assert asyncio.run(scenario()) == ("strong", "admitted", "cheap")
 
@@ -713,6 +716,6 @@ def test_a_tenant_id_that_is_not_valid_unicode_passes_through_and_is_kept_for_ex
     prepared = kit.engine.prepare(_ask(QUESTION, tenant="team-\ud800"))
 
     assert (prepared.decision.action, prepared.decision.reason) == ("pass_through", "tenant id is not valid Unicode")
-    assert prepared.model == "strong"
+    assert prepared.tier == "strong"
     kept = kit.state.get(prepared.decision.request_id)
     assert kept is not None and kept.tenant == "team-\\ud800"  # escaped, so SQLite can hold it

@@ -76,11 +76,11 @@ def test_any_request_is_decided_and_recorded_without_raising(
 
     assert prepared.decision.action in ("route", "pass_through")
     if prepared.decision.action == "pass_through":
-        assert prepared.model == model
+        assert prepared.tier == model
         assert prepared.messages == list(messages)  # untouched
     else:
-        assert prepared.model in (CHEAP.name, STRONG.name)
-    outcome = Outcome(prepared.decision.request_id, prepared.model, data.draw(ANSWER), data.draw(FINISH))
+        assert prepared.tier in (CHEAP.name, STRONG.name)
+    outcome = Outcome(prepared.decision.request_id, prepared.tier, data.draw(ANSWER), data.draw(FINISH))
     assert kit.engine.record(outcome) in ("admitted", "offload_counted", "skipped", "duplicate")
     _check_store(kit, {"A", tenant})
     assert all(example.answer == "Paris." for example in kit.store.examples("A") if tenant != "A")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from echolm_middleware.judge import (
+from echolm_middleware.quality_target.judge import (
     DEFAULT_MAX_CHARS,
     TRUNCATED,
     PairVerdict,
@@ -306,5 +306,5 @@ def test_litellm_judge_call_takes_a_completion_function_and_empty_content() -> N
 
 
 def test_the_judge_module_does_not_import_litellm() -> None:
-    code = "import sys, echolm_middleware.judge; sys.exit('litellm' in sys.modules)"
+    code = "import sys, echolm_middleware.quality_target.judge; sys.exit('litellm' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -21,8 +21,8 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, PrivateAttr
 
 from echolm_middleware.core.engine import Engine
-from echolm_middleware.errors import UnknownRequest
 from echolm_middleware.doors.langchain_chat import EchoLMChatModel, default_settings
+from echolm_middleware.errors import UnknownRequest
 from tests.unit.conftest import EngineFactory, EngineKit
 
 QUESTION = "What is the capital of France?"

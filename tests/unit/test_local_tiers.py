@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from echolm_middleware.cli import tiers as tiers_cli
+from echolm_lab.cli import tiers as tiers_cli
 from echolm_lab.local_tiers import (
     ArtifactMismatch,
     DownloadFailed,

@@ -15,10 +15,11 @@ import litellm
 import pytest
 from litellm.integrations.custom_logger import CustomLogger
 
+from echolm_lab.local_services import free_port
+from echolm_middleware.core.summary import DecisionSummary
 from echolm_middleware.doors.access import EngineHandle
 from echolm_middleware.doors.litellm_common import METADATA_KEY, as_served, fall_back_to_requested
 from echolm_middleware.doors.litellm_proxy import EchoLMProxyHandler
-from echolm_lab.local_services import free_port
 from echolm_middleware.metrics import metrics
 
 QUESTION = "What is the capital of France?"
@@ -126,7 +127,7 @@ def handler_headers(handler: EchoLMProxyHandler, data: dict[str, Any], response:
 
 
 def test_a_response_without_a_fallback_keeps_the_summary() -> None:
-    summary = {"action": "route", "tier": "cheap"}
+    summary = DecisionSummary("r1", "route", "cheap")
     response = SimpleNamespace(_hidden_params={"additional_headers": {"x-litellm-attempted-fallbacks": 0}})
 
     assert as_served(summary, response) is summary

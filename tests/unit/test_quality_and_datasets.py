@@ -8,7 +8,7 @@ import pytest
 
 from echolm_lab.datasets import QARecord, load_records, split_records, split_with_neighbours
 from echolm_middleware.errors import EchoLMError
-from echolm_middleware.quality import contains_gold, exact_match, normalize_answer, token_f1
+from echolm_middleware.quality_target.answer_match import contains_gold, exact_match, normalize_answer, token_f1
 
 NQ_DEV = Path("/work/shared/data/nq_open/NQ-open.dev.jsonl")
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from echolm_middleware.config import QualityTargetSettings
-from echolm_middleware.core.quality_target import QualityTarget
 from echolm_middleware.core.types import ChatRequest, Completion, Message, Outcome
-from echolm_middleware.shadow import ShadowComparisons, agreement
+from echolm_middleware.quality_target.controller import QualityTarget
+from echolm_middleware.quality_target.shadow import ShadowComparisons, agreement
 from tests.unit.conftest import ROUTING
 
 QUESTION = "What is the capital of France?"
@@ -76,8 +76,8 @@ def _routing(target: float = 0.9) -> Any:
 def _serve(kit: Any, text: str) -> tuple[str, Any]:
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]
     prepared = kit.engine.prepare(ChatRequest(tenant="A", model="strong", messages=messages))
-    kit.engine.record(Outcome(prepared.decision.request_id, prepared.model, "Paris", "stop"))
-    return prepared.model, prepared
+    kit.engine.record(Outcome(prepared.decision.request_id, prepared.tier, "Paris", "stop"))
+    return prepared.tier, prepared
 
 
 def test_a_sampled_cheap_answer_is_compared_on_the_original_request(make_engine: Any) -> None:
@@ -92,7 +92,7 @@ def test_a_sampled_cheap_answer_is_compared_on_the_original_request(make_engine:
     # The strongest tier is asked the request as the user sent it: no examples prepended.
     assert messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PARAPHRASE}]
     assert cheap_answer == "Paris"
-    assert kit.engine.quality_target.bias == pytest.approx(-0.01)  # 0.1 × (0.9 − 1.0)
+    assert kit.engine.quality.strongest_bias() == pytest.approx(-0.01)  # 0.1 × (0.9 − 1.0)
 
 
 def test_cheap_answers_below_the_target_move_traffic_to_the_strongest_tier(make_engine: Any) -> None:
@@ -107,13 +107,13 @@ def test_cheap_answers_below_the_target_move_traffic_to_the_strongest_tier(make_
     assert tiers.index("strong") == len(shadow.seen)  # compared until the switch, never after
     _, prepared = _serve(kit, PARAPHRASE)
     strongest = next(score for score in prepared.decision.scores if score.tier == "strong")
-    assert strongest.target_bias == pytest.approx(kit.engine.quality_target.bias)
+    assert strongest.target_bias == pytest.approx(kit.engine.quality.strongest_bias())
 
 
 def test_without_a_shadow_there_is_no_target_and_no_bias(make_engine: Any) -> None:
     kit = make_engine(routing=_routing())
     kit.engine.admit("A", QUESTION, ANSWER, "strong")
-    assert kit.engine.quality_target is None
+    assert kit.engine.quality is None
     _, prepared = _serve(kit, PARAPHRASE)
     assert all(score.target_bias == 0.0 for score in prepared.decision.scores)
 

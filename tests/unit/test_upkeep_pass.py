@@ -14,12 +14,15 @@ from typing import Any
 
 import pytest
 
+from echolm_middleware.backends.memory_store import InMemoryExampleStore
 from echolm_middleware.backends.sqlite_state import SQLiteState
-from echolm_middleware.config import UpkeepSettings
+from echolm_middleware.config import Settings, StateSettings, StoreSettings, TierSettings, UpkeepSettings
 from echolm_middleware.core.engine import example_id
 from echolm_middleware.core.types import ChatRequest, Completion, Decision, Example, Outcome
+from echolm_middleware.errors import ConfigError
+from echolm_middleware.factory import build_engine, build_state, build_upkeep
 from echolm_middleware.upkeep import Busy, Upkeep, run_exclusive, run_now
-from tests.unit.conftest import EngineFactory, EngineKit
+from tests.unit.conftest import EngineFactory, EngineKit, WordCounter, WordHashEmbedder
 
 QUESTION = "What is the capital of France?"
 
@@ -49,8 +52,16 @@ def _settings(**overrides: Any) -> UpkeepSettings:
     return UpkeepSettings(**values)
 
 
-def _upkeep(kit: EngineKit, completer: ScriptedStrongTier, **overrides: Any) -> Upkeep:
-    return Upkeep(kit.engine, kit.state, completer, _settings(**overrides), clock=kit.clock)
+def _upkeep(kit: EngineKit, completer: ScriptedStrongTier, *, clock: Any = None, **overrides: Any) -> Upkeep:
+    return Upkeep(
+        kit.engine,
+        completer,
+        _settings(**overrides),
+        history=kit.state,
+        journal=kit.state,
+        leases=kit.state,
+        clock=clock or kit.clock,
+    )
 
 
 def _degraded(kit: EngineKit, prompt: str, *, gain: float = 0.5, uses: int = 30, tenant: str = "A") -> str:
@@ -176,7 +187,7 @@ def test_a_pass_killed_midway_is_finished_by_the_next_without_redoing_steps(make
     assert report.resumed
     assert tier.prompts == ["Question 1 on tides?", "Question 2 on tides?"]
     assert [_stored(kit, k).replays for k in keys] == [1, 1, 1]
-    assert kit.state.journal_open_run() is None
+    assert kit.state.unfinished_pass() is None
 
 
 def test_two_workers_in_one_period_run_one_pass(make_engine: EngineFactory, tmp_path: Path) -> None:
@@ -235,7 +246,7 @@ def test_two_schedulers_on_one_state_run_one_pass_per_period(make_engine: Engine
     schedulers = []
     for worker in ("worker-1", "worker-2"):
         kit = make_engine(state=SQLiteState(tmp_path / "state.db"))
-        upkeep = Upkeep(kit.engine, kit.state, ScriptedStrongTier(), _settings(), clock=time.time)
+        upkeep = _upkeep(kit, ScriptedStrongTier(), clock=time.time)
         scheduler = start_upkeep_scheduler(upkeep, minutes=1 / 60, holder=f"host:{worker}")
         job = scheduler.get_job(JOB_ID)
         assert job is not None
@@ -262,7 +273,7 @@ def test_an_admitted_answer_keeps_the_system_message_it_was_given_under(make_eng
     kit = make_engine()
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "my card has not come yet"}]
     prepared = kit.engine.prepare(ChatRequest(tenant="A", model="strong", messages=messages))
-    assert prepared.model == "strong" and prepared.decision.instructions == SYSTEM
+    assert prepared.tier == "strong" and prepared.decision.instructions == SYSTEM
     kit.engine.record(Outcome(prepared.decision.request_id, "strong", "card_arrival", "stop"))
     (stored,) = kit.store.examples("A")
     assert (stored.prompt, stored.instructions) == ("my card has not come yet", SYSTEM)
@@ -293,3 +304,40 @@ def test_coverage_asks_under_the_misses_system_message(make_engine: EngineFactor
     assert tier.instructions == ["Answer in metres."]
     (stored,) = kit.store.examples("A")
     assert stored.instructions == "Answer in metres."
+
+
+# ---- the factory hands the upkeep the engine's own decisions --------------------------------------
+
+
+def _wired(tmp_path: Path, backend: str, *, share_state: bool) -> Upkeep:
+    """An upkeep from the composition root, after the engine it serves saw two requests that found nothing."""
+    settings = Settings(
+        tiers=(TierSettings(name="cheap", cost_per_1k_tokens=0.1), TierSettings(name="strong", cost_per_1k_tokens=1.0)),
+        store=StoreSettings(backend="memory"),
+        state=StateSettings(backend=backend, path=tmp_path / "state.db"),  # type: ignore[arg-type]
+    )
+    state = build_state(settings) if share_state else None
+    engine = build_engine(
+        settings, embedder=WordHashEmbedder(), store=InMemoryExampleStore(), tokens=WordCounter(), state=state
+    )
+    for query in ["How tall is Mount Everest?", "how tall is mount everest"]:
+        messages = [{"role": "user", "content": query}]
+        engine.prepare(ChatRequest(tenant="A", model="strong", messages=messages))
+    return build_upkeep(settings, [], engine=engine, state=state, completer=ScriptedStrongTier())
+
+
+@pytest.mark.parametrize(
+    ("backend", "share_state"),
+    [("memory", True), ("sqlite", True), ("sqlite", False)],  # without it: the same file, opened again
+)
+def test_the_built_upkeep_reads_the_misses_its_engine_decided(tmp_path: Path, backend: str, share_state: bool) -> None:
+    upkeep = _wired(tmp_path, backend, share_state=share_state)
+
+    (step,) = upkeep.plan()
+
+    assert (step["kind"], step["tenant"], step["cluster_size"]) == ("coverage", "A", 2)
+
+
+def test_an_upkeep_over_a_given_engine_needs_its_in_memory_state(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="needs that engine's state"):
+        _wired(tmp_path, "memory", share_state=False)

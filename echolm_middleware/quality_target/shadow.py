@@ -15,11 +15,19 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, Protocol
 
 from echolm_middleware.core.types import Completion, Message
-from echolm_middleware.judge import judge_pair, pair_quality
-from echolm_middleware.quality import token_f1
+from echolm_middleware.quality_target.answer_match import token_f1
+from echolm_middleware.quality_target.judge import judge_pair, pair_quality
 
 logger = logging.getLogger("echolm")
 Metric = Literal["agreement", "judge"]
+
+
+class Shadow(Protocol):
+    """Asks the strongest tier a sampled cheap-tier request again, off the request path, and scores the pair."""
+
+    def submit(self, messages: Sequence[Message], cheap_answer: str, done: Callable[[float], None]) -> bool:
+        """Queue one comparison; `done` gets its score (0-1) later. False when it was dropped."""
+        ...
 
 
 class ChatCompleter(Protocol):
@@ -32,7 +40,7 @@ def agreement(cheap_answer: str, strong_answer: str) -> float:
 
 
 class ShadowComparisons:
-    """Implements the engine's `Shadow` port on a completer that reaches the strongest tier."""
+    """A `Shadow` over a completer that reaches the strongest tier."""
 
     def __init__(
         self,

@@ -1,4 +1,5 @@
-"""`echolm replay`: run one upkeep pass now (replay, coverage, eviction) and print what it did."""
+"""`echolm upkeep` (alias `echolm replay`, its old name): run one upkeep pass now (replay, coverage,
+eviction) and print what it did."""
 
 from __future__ import annotations
 
@@ -13,15 +14,17 @@ from echolm_middleware.errors import EchoLMError
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "replay",
+        "upkeep",
+        aliases=["replay"],  # the command's old name: scripts written for it keep working
         help="run one upkeep pass now: replay, coverage of misses, eviction",
         description=(
-            "Re-ask the strongest tier the cached requests that pay back most (highest replay gain G, "
-            "within the budget, each at most upkeep.max_replays times), answer clusters of recent requests "
-            "that found no useful example, then evict expired entries and what the entry/byte budget "
-            "cannot hold (0/1 knapsack on decayed offload value). A pass that was killed is finished "
-            "first. Calls the tiers directly from the config's model_list, not through a proxy. Stops "
-            "with exit 3 if another pass is running on the same state database."
+            "Run one upkeep pass now. Re-ask the strongest tier the cached requests that pay back most "
+            "(highest replay gain G, within the budget, each at most upkeep.max_replays times), answer "
+            "clusters of recent requests that found no useful example, then evict expired entries and what "
+            "the entry/byte budget cannot hold (0/1 knapsack on decayed offload value). A pass that was "
+            "killed is finished first. Calls the tiers directly from the config's model_list, not through "
+            "a proxy. Stops with exit 3 if another pass is running on the same state database. `echolm "
+            "replay` is the same command under its old name."
         ),
     )
     parser.add_argument("--config", type=Path, default=Path("config.yaml"), help="proxy config (default: %(default)s)")

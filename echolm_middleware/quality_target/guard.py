@@ -1,0 +1,54 @@
+"""The engine's side of the quality target: which cheap-tier requests are compared, and with what."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from echolm_middleware.core.types import Message
+from echolm_middleware.quality_target.controller import QualityTarget
+from echolm_middleware.quality_target.shadow import Shadow
+
+# Sampled requests waiting for their answer; the oldest are forgotten (their answer never came).
+_MAX_PENDING_SAMPLES = 4096
+
+
+class QualityGuard:
+    """Implements the core's `QualityCheck` port over the controller and the shadow comparisons."""
+
+    def __init__(self, controller: QualityTarget, shadow: Shadow) -> None:
+        self.controller = controller
+        self._shadow = shadow
+        self._lock = threading.Lock()
+        self._sampled: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+
+    @property
+    def bias(self) -> float:
+        return self.controller.bias
+
+    def strongest_bias(self) -> float:
+        return self.controller.bias
+
+    def sample(self, request_id: str, messages: Sequence[Message]) -> None:
+        """Keep the request as the caller sent it (no examples), if it is one of the sampled share."""
+        if not self.controller.should_compare():
+            return
+        with self._lock:
+            self._sampled[request_id] = [dict(message) for message in messages]
+            while len(self._sampled) > _MAX_PENDING_SAMPLES:
+                self._sampled.popitem(last=False)
+
+    def compare(self, request_id: str, answer: str, *, comparable: bool) -> None:
+        """Hand a sampled cheap-tier answer to the shadow comparison; its score later moves the bias."""
+        with self._lock:
+            messages = self._sampled.pop(request_id, None)
+        if messages is None or not comparable:
+            return
+        controller = self.controller
+
+        def observe(score: float) -> None:
+            controller.observe(score)
+
+        self._shadow.submit(messages, answer, observe)

@@ -1,0 +1,159 @@
+"""The engine owns a request's life: a routed request is load on its tier from `prepare` until exactly one
+`record` or `release`, whichever door it came through and however it ended (answer, tier failure,
+cancellation, a caller that hangs up before the first token, a decision that came too late)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import ChatGenerationChunk
+
+from echolm_middleware.core.engine import Engine
+from echolm_middleware.core.types import ChatRequest, Outcome
+from echolm_middleware.doors.access import EngineHandle, FailOpenCounter, prepare_or_fail_open
+from echolm_middleware.doors.langchain_chat import EchoLMChatModel
+from tests.unit.conftest import EngineFactory
+from tests.unit.test_langchain_door import ANSWER, PARAPHRASE, QUESTION, ScriptedTier
+
+
+def _in_flight(engine: Engine) -> int:
+    return sum(engine.load.in_flight().values())
+
+
+class HangingTier(ScriptedTier):
+    """A tier that never sends its first chunk (a model server stuck in a long prefill)."""
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        self.seen.append(list(messages))
+        await asyncio.Event().wait()
+        yield ChatGenerationChunk(message=ANSWER)  # type: ignore[arg-type]  # never reached
+
+
+def test_prepare_puts_a_routed_request_in_flight_and_record_ends_it_once(make_engine: EngineFactory) -> None:
+    engine = make_engine().engine
+    prepared = engine.prepare(ChatRequest("A", "strong", [{"role": "user", "content": QUESTION}]))
+    assert engine.load.in_flight() == {"strong": 1}
+
+    engine.record(Outcome(prepared.decision.request_id, "strong", ANSWER, "stop"))
+    engine.release(prepared.decision.request_id)  # a late second end changes nothing
+
+    assert _in_flight(engine) == 0
+
+
+def test_a_request_that_passes_through_is_never_in_flight(make_engine: EngineFactory) -> None:
+    engine = make_engine().engine
+
+    engine.prepare(ChatRequest("A", "not-a-tier", [{"role": "user", "content": QUESTION}]))
+
+    assert _in_flight(engine) == 0
+
+
+def test_a_langchain_stream_the_caller_hangs_up_before_its_first_token_leaves_no_load(
+    make_engine: EngineFactory,
+) -> None:
+    engine = make_engine().engine
+    strong = HangingTier(answer=ANSWER)
+    model = EchoLMChatModel(tiers=[ScriptedTier(answer="cheap"), strong], engine=engine)
+
+    async def hang_up() -> tuple[int, int]:
+        async def read() -> None:
+            async for _ in model.astream(QUESTION):
+                pass
+
+        reader = asyncio.create_task(read())
+        while not strong.seen:  # the request has reached its tier, which has sent nothing yet
+            await asyncio.sleep(0.01)
+        during = _in_flight(engine)
+        reader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        return during, _in_flight(engine)
+
+    during, after = asyncio.run(hang_up())
+
+    assert (during, after) == (1, 0)  # at once, not after routing.load_stale_after_s
+    assert engine.store.count("default") == 0  # and nothing of it was recorded
+
+
+@pytest.mark.parametrize("path", ["invoke", "ainvoke", "stream", "astream"])
+def test_every_langchain_path_ends_the_load_after_an_answer(make_engine: EngineFactory, path: str) -> None:
+    engine = make_engine().engine
+    model = EchoLMChatModel(tiers=[ScriptedTier(answer="cheap"), ScriptedTier(answer=ANSWER)], engine=engine)
+
+    async def call(question: str) -> None:
+        if path == "invoke":
+            model.invoke(question)
+        elif path == "ainvoke":
+            await model.ainvoke(question)
+        elif path == "stream":
+            list(model.stream(question))
+        else:
+            [chunk async for chunk in model.astream(question)]
+
+    asyncio.run(call(QUESTION))
+    asyncio.run(call(PARAPHRASE))  # the cheap tier with the first answer as its example
+
+    assert _in_flight(engine) == 0
+    assert engine.store.count("default") == 1
+
+
+def test_a_sync_stream_closed_after_its_first_chunk_ends_the_load(make_engine: EngineFactory) -> None:
+    engine = make_engine().engine
+    model = EchoLMChatModel(tiers=[ScriptedTier(answer="cheap"), ScriptedTier(answer=ANSWER)], engine=engine)
+
+    stream = model.stream(QUESTION)
+    next(stream)
+    stream.close()
+
+    assert _in_flight(engine) == 0
+    assert engine.store.count("default") == 0  # a partial answer is never admitted
+
+
+def test_a_failing_tier_ends_the_load_of_the_call_it_failed(make_engine: EngineFactory) -> None:
+    engine = make_engine().engine
+    failing = ScriptedTier(answer="cheap", fails_after_chunks=0)
+    model = EchoLMChatModel(tiers=[failing, ScriptedTier(answer=ANSWER)], engine=engine)
+    model.invoke(QUESTION)
+
+    model.invoke(PARAPHRASE)  # routed to the failing cheap tier, then to the strong one unchanged
+
+    assert failing.seen and _in_flight(engine) == 0
+
+
+def test_a_decision_that_arrives_after_the_door_gave_up_is_released(make_engine: EngineFactory) -> None:
+    """The door fails open at its time budget; the engine's thread finishes later and must not hold load."""
+    engine = make_engine().engine
+    gate = threading.Event()
+    prepare = engine.prepare
+
+    def slow_prepare(request: ChatRequest) -> Any:
+        gate.wait(5)
+        return prepare(request)
+
+    engine.prepare = slow_prepare  # type: ignore[method-assign]
+    handle = EngineHandle(lambda: engine)
+    request = ChatRequest("A", "strong", [{"role": "user", "content": QUESTION}])
+
+    prepared, _ = asyncio.run(prepare_or_fail_open(handle, FailOpenCounter(), 0.05, request))
+    assert prepared is not None and prepared.decision.action == "fail_open"
+    gate.set()
+    deadline = time.monotonic() + 5
+    while "strong" not in engine.load.in_flight() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "strong" in engine.load.in_flight()  # the late decision did put the request on its tier ...
+    while _in_flight(engine) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _in_flight(engine) == 0  # ... and it was taken off again without waiting for staleness
