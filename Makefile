@@ -8,7 +8,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export OMP_NUM_THREADS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install servers models demo bench test test-fast test-unit test-integration lint format clean
+.PHONY: install servers models demo bench test test-fast test-unit test-integration lint import-graph format clean
 
 # llama.cpp's default build is -march=native: it emits the newest instructions the CPU reports (AMX
 # tiles on recent Xeons), which a VM may report yet not allow, and the model server then dies with
@@ -71,7 +71,12 @@ test-integration: install models
 lint: install
 	$(BIN)/ruff check echolm_middleware echolm_lab integrations tests examples benchmarks
 	$(BIN)/ruff format --check echolm_middleware echolm_lab integrations tests examples benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/mypy
+
+# The package-level import graph the lint-imports contracts constrain, and any cycle in it (pyproject.toml).
+import-graph: install
+	$(BIN)/python benchmarks/import_graph.py
 
 format: install
 	$(BIN)/ruff format echolm_middleware echolm_lab integrations tests examples benchmarks
