@@ -27,7 +27,8 @@ from echolm_middleware.core.ports import (
 )
 from echolm_middleware.core.routing import TierProfile
 from echolm_middleware.errors import ConfigError
-from echolm_middleware.quality_target import build_quality_guard
+from echolm_middleware.quality_target import guard_for
+from echolm_middleware.quality_target.guard import QualityGuard
 from echolm_middleware.quality_target.shadow import Shadow
 from echolm_middleware.upkeep import Upkeep
 
@@ -146,6 +147,29 @@ def build_engine(
         quality=build_quality_guard(settings, model_list, shadow=shadow),
         load=load,
     )
+
+
+def build_quality_guard(
+    settings: Settings, model_list: Sequence[Mapping[str, Any]], *, shadow: Shadow | None = None
+) -> QualityGuard | None:
+    """The quality target the settings ask for (None without one). Its comparisons call the strongest tier
+    directly from the config's model_list unless a `shadow` is given (tests)."""
+    target = settings.routing.quality_target
+    if target is None:
+        return None
+    if shadow is None:
+        if not model_list:
+            return None  # nothing to reach the strongest tier through (a LangChain-only setup)
+        from echolm_middleware.backends.litellm_completer import LiteLLMCompleter
+        from echolm_middleware.quality_target.shadow import ShadowComparisons
+
+        shadow = ShadowComparisons(
+            LiteLLMCompleter(model_list),
+            settings.tiers[-1].name,
+            metric=target.metric,
+            max_tokens=target.max_answer_tokens,
+        )
+    return guard_for(target, shadow)
 
 
 def build_load_board(settings: Settings) -> LoadBoard:

@@ -58,6 +58,12 @@ class Metrics:
         self.store_examples = gauge(
             "echolm_store_examples", "Cached examples per tenant.", ["tenant"], multiprocess_mode="max"
         )
+        self.in_flight = gauge(
+            "echolm_tier_in_flight",
+            "Routed requests in flight per tier, as this worker's router sees them (read at scrape time).",
+            ["tier"],
+            multiprocess_mode="max",
+        )
         self.coordination_errors = counter(
             "echolm_coordination_errors", "Redis commands that failed (load shared between workers), by what.",
             ["what"],

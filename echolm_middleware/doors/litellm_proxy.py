@@ -17,6 +17,7 @@ import hmac
 import os
 import sys
 import time
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,14 @@ from echolm_middleware.config import check_tiers_exist, config_path_from_env, lo
 from echolm_middleware.core.engine import Engine
 from echolm_middleware.core.summary import DecisionSummary
 from echolm_middleware.core.types import ChatRequest
-from echolm_middleware.doors.access import EngineHandle, FailOpenCounter, logger, prepare_or_fail_open, summary_of
+from echolm_middleware.doors.access import (
+    EngineHandle,
+    FailOpenCounter,
+    logger,
+    prepare_or_fail_open,
+    release_or_count,
+    summary_of,
+)
 from echolm_middleware.doors.litellm_common import (
     BYPASS_KEY,
     METADATA_KEY,
@@ -105,7 +113,7 @@ def mount_metrics_route() -> bool:
             return Response("master key required\n", status_code=401, media_type="text/plain")
         handler = next((cb for cb in _callbacks() if isinstance(cb, EchoLMProxyHandler)), None)
         if handler is not None:
-            await asyncio.to_thread(handler.refresh_store_gauge)
+            await asyncio.to_thread(handler.refresh_gauges)
         return Response(await asyncio.to_thread(metrics().render), media_type=CONTENT_TYPE)
 
     app.add_api_route(METRICS_PATH, echolm_metrics, methods=["GET"], include_in_schema=False)
@@ -134,17 +142,23 @@ class EchoLMProxyHandler(RecordingCallback):
             # worker's first requests fail open while its embedder loads.
             self.handle.start()
 
-    def refresh_store_gauge(self) -> None:
-        """Examples per tenant, read at scrape time (a count per tenant, not per request)."""
+    def refresh_gauges(self) -> None:
+        """Examples per tenant and requests in flight per tier, read at scrape time (not per request)."""
         engine = self.handle.ready()
         if engine is None:
             return
-        gauge = metrics().store_examples
+        m = metrics()
         try:
             for tenant in engine.store.tenants():
-                gauge.labels(tenant=tenant).set(engine.store.count(tenant))
+                m.store_examples.labels(tenant=tenant).set(engine.store.count(tenant))
         except Exception as exc:  # the store may be what is down; the scrape still answers
             logger.warning("echolm: store size unreadable for the metrics: %s", exc)
+        try:
+            in_flight = engine.load.in_flight()
+            for tier in engine.tiers:
+                m.in_flight.labels(tier=tier.name).set(in_flight.get(tier.name, 0))
+        except Exception as exc:  # a shared load board (Redis) may be what is down
+            logger.warning("echolm: load unreadable for the metrics: %s", exc)
 
     def _timeout(self) -> float:
         if self._timeout_s is not None:
@@ -200,6 +214,27 @@ class EchoLMProxyHandler(RecordingCallback):
             except Exception as exc:
                 self.fail_open.add("bypass: could not keep the decision", exc)
         return DecisionSummary.without_decision(request.model, "pass_through", "bypass requested", request.tenant)
+
+    # Must be defined on this class itself, like the pre-call hook: LiteLLM checks the class's own dict.
+    async def async_post_call_streaming_iterator_hook(
+        self, user_api_key_dict: Any, response: Any, request_data: dict[str, Any]
+    ) -> AsyncGenerator[Any, None]:
+        """Relays a streamed answer unchanged. A stream that does not run to its end (the client hung up,
+        perhaps before the first token, when LiteLLM fires no log event at all) releases its tier's load."""
+        finished = False
+        try:
+            async for chunk in response:
+                yield chunk
+            finished = True
+        finally:
+            if not finished:
+                self._release(request_data)
+
+    def _release(self, request_data: Any) -> None:
+        summary = summary_in(request_data.get("metadata")) if isinstance(request_data, dict) else None
+        engine = self.handle.ready()
+        if summary is not None and summary.request_id and engine is not None:
+            release_or_count(engine, summary.request_id, self.fail_open)
 
     async def async_post_call_response_headers_hook(
         self,

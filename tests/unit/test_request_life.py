@@ -8,6 +8,7 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from echolm_middleware.core.engine import Engine
 from echolm_middleware.core.types import ChatRequest, Outcome
 from echolm_middleware.doors.access import EngineHandle, FailOpenCounter, prepare_or_fail_open
 from echolm_middleware.doors.langchain_chat import EchoLMChatModel
+from echolm_middleware.doors.litellm_proxy import EchoLMProxyHandler
 from tests.unit.conftest import EngineFactory
 from tests.unit.test_langchain_door import ANSWER, PARAPHRASE, QUESTION, ScriptedTier
 
@@ -157,3 +159,49 @@ def test_a_decision_that_arrives_after_the_door_gave_up_is_released(make_engine:
     while _in_flight(engine) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert _in_flight(engine) == 0  # ... and it was taken off again without waiting for staleness
+
+
+def test_the_proxy_door_releases_a_stream_whose_client_hangs_up_before_its_first_token(
+    make_engine: EngineFactory,
+) -> None:
+    """LiteLLM fires no log event for a stream that sent nothing before the client left: the door's stream
+    hook is what ends the request's load."""
+    engine = make_engine().engine
+    handler = EchoLMProxyHandler(handle=EngineHandle(lambda: engine))
+    data: dict[str, Any] = {"model": "strong", "messages": [{"role": "user", "content": QUESTION}], "stream": True}
+
+    async def upstream() -> AsyncIterator[str]:
+        await asyncio.Event().wait()  # the tier has not produced its first token
+        yield "never"
+
+    async def hang_up() -> tuple[int, int]:
+        await handler.async_pre_call_hook(SimpleNamespace(team_id="A"), None, data, "acompletion")
+        during = _in_flight(engine)
+        relay = handler.async_post_call_streaming_iterator_hook(None, upstream(), data)
+        reader = asyncio.create_task(anext(relay))
+        await asyncio.sleep(0.05)
+        reader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        return during, _in_flight(engine)
+
+    assert asyncio.run(hang_up()) == (1, 0)
+
+
+def test_the_proxy_doors_stream_hook_leaves_a_finished_stream_to_its_success_event(
+    make_engine: EngineFactory,
+) -> None:
+    engine = make_engine().engine
+    handler = EchoLMProxyHandler(handle=EngineHandle(lambda: engine))
+    data: dict[str, Any] = {"model": "strong", "messages": [{"role": "user", "content": QUESTION}], "stream": True}
+
+    async def upstream() -> AsyncIterator[str]:
+        for word in ANSWER.split():
+            yield word
+
+    async def relay_all() -> list[str]:
+        await handler.async_pre_call_hook(SimpleNamespace(team_id="A"), None, data, "acompletion")
+        return [chunk async for chunk in handler.async_post_call_streaming_iterator_hook(None, upstream(), data)]
+
+    assert asyncio.run(relay_all()) == ANSWER.split()  # relayed unchanged
+    assert _in_flight(engine) == 1  # still the request's until its success event records the answer
