@@ -37,7 +37,7 @@ def format_decision(decision: Decision, recorded_by: str | None = None) -> str:
     when = dt.datetime.fromtimestamp(decision.created_at, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     lines = [
         f"request {decision.request_id}  tenant {decision.tenant}  {when}",
-        f"named model {decision.requested_model!r} -> {decision.chosen_tier!r} ({decision.action})",
+        f"named model {decision.requested_model!r} -> {decision.tier!r} ({decision.action})",
     ]
     if decision.query:
         lines.append(f"query: {decision.query[:200]!r}")
@@ -56,7 +56,7 @@ def format_decision(decision: Decision, recorded_by: str | None = None) -> str:
         rows = [["tier", "quality", "alpha/beta", "cost", "load/cap", "-cost", "-load", "score"]]
         for s in decision.scores:
             rows.append([
-                s.tier + (" *" if s.tier == decision.chosen_tier else ""),
+                s.tier + (" *" if s.tier == decision.tier else ""),
                 f"{s.quality:.3f}", f"{s.alpha:.1f}/{s.beta:.1f}", f"{s.cost:.3f}",
                 f"{s.load:.2f}/{s.capacity:g}", f"{s.cost_penalty:.3f}", f"{s.load_penalty:.3f}", f"{s.score:.3f}",
             ])  # fmt: skip

@@ -200,7 +200,7 @@ class Engine:
         )
         decision.action = "route"
         decision.reason = "routed"
-        decision.chosen_tier = best.tier
+        decision.tier = best.tier
         decision.bucket = bucket
         decision.augmentation = self.settings.augmentation.format if gets_examples else "none"
         decision.examples = [self._trace(item) for item in chosen] if gets_examples else []
@@ -307,12 +307,12 @@ class Engine:
             raise UnknownRequest(f"no routed decision with request id {request_id!r}")
         if not self.decisions.mark_feedback(request_id, score):
             raise FeedbackAlreadyGiven(f"request {request_id!r} already has feedback; it counts once")
-        strongest = decision.chosen_tier == self.strongest
+        strongest = decision.tier == self.strongest
         bucket = tier_bucket(decision.bucket, strongest=strongest)
-        self.stats.add_to_posterior(decision.chosen_tier, bucket, score, 1.0 - score)
+        self.stats.add_to_posterior(decision.tier, bucket, score, 1.0 - score)
         with self._lock:
-            successes, failures = self._posteriors.get((decision.chosen_tier, bucket), (0.0, 0.0))
-            self._posteriors[(decision.chosen_tier, bucket)] = (successes + score, failures + 1.0 - score)
+            successes, failures = self._posteriors.get((decision.tier, bucket), (0.0, 0.0))
+            self._posteriors[(decision.tier, bucket)] = (successes + score, failures + 1.0 - score)
         if strongest:
             # The answer this request admitted is only as good as the feedback says.
             self.store.modify(
@@ -321,8 +321,8 @@ class Engine:
             return
         if decision.examples:
             # The use was counted as a success when it completed; the feedback corrects that guess.
-            now, alpha, cost = self._now(), self.settings.upkeep.gain_alpha, self._cost_of(decision.chosen_tier)
-            expected = _expected_quality(decision, decision.chosen_tier)
+            now, alpha, cost = self._now(), self.settings.upkeep.gain_alpha, self._cost_of(decision.tier)
+            expected = _expected_quality(decision, decision.tier)
             self.store.modify(
                 decision.tenant,
                 [trace.id for trace in decision.examples],
@@ -369,7 +369,7 @@ class Engine:
             requested_model=request.model,
             action="pass_through",
             reason="",
-            chosen_tier=request.model,
+            tier=request.model,
         )
 
     def _pass_through(self, decision: Decision, request: ChatRequest, reason: str, started: float) -> Prepared:

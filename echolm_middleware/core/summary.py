@@ -40,7 +40,7 @@ class DecisionSummary:
         return cls(
             request_id=decision.request_id,
             action=decision.action,
-            tier=decision.chosen_tier,
+            tier=decision.tier,
             examples=len(decision.examples),
             example_tokens=decision.example_tokens,
             best_similarity=None if decision.best_similarity is None else round(decision.best_similarity, 4),

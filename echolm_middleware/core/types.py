@@ -124,7 +124,7 @@ class Decision:
     requested_model: str
     action: Action
     reason: str
-    chosen_tier: str
+    tier: str
     query: str = ""
     bucket: str = ""
     augmentation: str = ""
@@ -144,6 +144,8 @@ class Decision:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Decision:
         values = dict(data)
+        if "chosen_tier" in values:  # its old name, in decisions kept before the rename
+            values["tier"] = values.pop("chosen_tier")
         values["examples"] = [ExampleTrace(**item) for item in values.get("examples", [])]
         values["scores"] = [TierScore(**item) for item in values.get("scores", [])]
         return cls(**values)

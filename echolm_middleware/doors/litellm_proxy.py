@@ -45,7 +45,7 @@ from echolm_middleware.doors.litellm_common import (
     fall_back_to_requested,
     summary_in,
 )
-from echolm_middleware.factory import build_engine
+from echolm_middleware.factory import build_engine, build_state
 from echolm_middleware.metrics import metrics, observe_decision
 
 _CHAT_CALL_TYPES = frozenset({"acompletion", "completion"})
@@ -78,14 +78,17 @@ def engine_from_proxy_config() -> Engine:
     settings, raw = load_settings(_proxy_config_path())
     check_tiers_exist(settings, model_groups_in(raw))
     model_list = raw.get("model_list") or []
-    engine = build_engine(settings, model_list)
+    # One state for the engine and its upkeep (with `state.backend: memory` there is no other copy).
+    state = build_state(settings)
+    engine = build_engine(settings, model_list, state=state)
     engine.warm_up()
     if settings.upkeep.schedule_minutes is not None:
         from echolm_middleware.factory import build_upkeep
         from echolm_middleware.scheduling import start_upkeep_scheduler
 
         try:
-            start_upkeep_scheduler(build_upkeep(settings, model_list, engine=engine), settings.upkeep.schedule_minutes)
+            upkeep = build_upkeep(settings, model_list, engine=engine, state=state)
+            start_upkeep_scheduler(upkeep, settings.upkeep.schedule_minutes)
         except Exception as exc:  # the cache's upkeep is optional; routing must not go down with it
             logger.error("echolm: the upkeep scheduler did not start: %s", exc)
     return engine

@@ -28,7 +28,7 @@ def _decision(request_id: str = "r1", **overrides: object) -> Decision:
         "requested_model": "strong",
         "action": "route",
         "reason": "routed",
-        "chosen_tier": "cheap",
+        "tier": "cheap",
         "query": "What is the capital of France? 🇫🇷",
         "bucket": "high",
         "augmentation": "inline",

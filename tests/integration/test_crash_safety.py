@@ -35,7 +35,7 @@ def _strong_decisions(state_db: Path) -> tuple[str, dict[str, str | None]]:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     state = SQLiteState(state_db)
     try:
-        decisions = [d for d in state.recent(0.0) if d.action == "route" and d.chosen_tier == STRONG]
+        decisions = [d for d in state.recent(0.0) if d.action == "route" and d.tier == STRONG]
         (tenant,) = {d.tenant for d in decisions}
         return tenant, {d.query: state.recorded_by(d.request_id) for d in decisions}
     finally:

@@ -55,7 +55,7 @@ def test_router_routes_a_paraphrase_to_the_cheap_tier_with_the_example(local_tie
     assert answer in cheap_body["messages"][-1]["content"]
     assert second.choices[0].message.content.strip()  # type: ignore[attr-defined]
     decisions = [engine.explain(rid) for rid in _request_ids(tmp_path)]
-    assert [d.chosen_tier for d in decisions] == [STRONG, CHEAP]
+    assert [d.tier for d in decisions] == [STRONG, CHEAP]
     assert len(decisions[1].examples) == 1
     assert door.fail_open_counts == {}
 

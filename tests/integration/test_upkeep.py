@@ -111,7 +111,7 @@ def test_coverage_answers_a_cluster_of_misses_with_the_strong_tier(local_tiers: 
         state.put(
             Decision(
                 request_id=f"miss-{n}", tenant="acme", created_at=now, requested_model=STRONG, action="route",
-                reason="routed", chosen_tier="cheap", query=query,
+                reason="routed", tier="cheap", query=query,
             )
         )  # fmt: skip
 

@@ -2,7 +2,7 @@
 
     python -m tests.integration.upkeep_seed CONFIG N
 
-Chroma's embedded client belongs to one process at a time, so tests that then run `echolm replay`
+Chroma's embedded client belongs to one process at a time, so tests that then run `echolm upkeep`
 as a subprocess seed the store from a process of its own too. Prints the seeded prompts as JSON.
 """
 

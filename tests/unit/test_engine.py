@@ -51,7 +51,7 @@ def test_a_paraphrase_of_an_admitted_question_goes_to_the_cheap_tier_with_the_ex
     assert prepared.tier == "cheap"
     assert prepared.routed
     decision = prepared.decision
-    assert decision.action == "route" and decision.chosen_tier == "cheap"
+    assert decision.action == "route" and decision.tier == "cheap"
     assert decision.bucket == "high"
     assert [trace.prompt for trace in decision.examples] == [QUESTION]
     assert decision.augmentation == "inline"
@@ -512,7 +512,7 @@ def test_feedback_accumulates_and_a_restarted_engine_reads_it_back(make_engine: 
         assert reopened.load_posteriors() == {("cheap", "high"): pytest.approx((1.25, 0.75))}
         restarted = make_engine(state=reopened)
         assert restarted.engine.utility_weights() == pytest.approx(saved_weights)
-        assert restarted.engine.explain(first.request_id).chosen_tier == "cheap"
+        assert restarted.engine.explain(first.request_id).tier == "cheap"
     finally:
         reopened.close()
 

@@ -40,7 +40,7 @@ def _decision(**overrides: Any) -> Decision:
         "requested_model": "strong",
         "action": "route",
         "reason": "routed",
-        "chosen_tier": "strong",
+        "tier": "strong",
         "query": QUESTION,
         "bucket": "none",
         "augmentation": "none",
@@ -91,7 +91,7 @@ def test_the_outcome_line_names_who_served_a_recorded_request(make_engine: Any) 
 
 def test_an_overloaded_runner_up_is_explained() -> None:
     decision = _decision(
-        chosen_tier="cheap",
+        tier="cheap",
         scores=[_score("cheap", 0.295), _score("strong", 0.2, load=5.0, capacity=1.0, load_penalty=0.5)],
     )
 
@@ -102,7 +102,7 @@ def test_an_overloaded_runner_up_is_explained() -> None:
 
 
 def test_a_single_eligible_tier_is_explained_as_the_only_choice() -> None:
-    decision = _decision(requested_model="cheap", chosen_tier="cheap", scores=[_score("cheap", 0.3)])
+    decision = _decision(requested_model="cheap", tier="cheap", scores=[_score("cheap", 0.3)])
 
     assert "why: cheap is the only tier no dearer than 'cheap'" in format_decision(decision)
 
@@ -125,9 +125,17 @@ def test_a_decision_survives_the_round_trip_through_its_dict() -> None:
     trace = ExampleTrace(
         id="e1", prompt=QUESTION, similarity=0.93, utility=0.88, features={"similarity": 0.93}, tokens=12
     )
-    decision = _decision(chosen_tier="cheap", examples=[trace], bucket="high", best_similarity=0.93)
+    decision = _decision(tier="cheap", examples=[trace], bucket="high", best_similarity=0.93)
 
     again = Decision.from_dict(decision.to_dict())
 
     assert again == decision
     assert format_decision(again) == format_decision(decision)
+
+
+def test_a_decision_kept_under_the_old_field_name_still_reads() -> None:
+    """Decisions written before `chosen_tier` became `tier` stay readable for `echolm explain`."""
+    stored = _decision(tier="cheap").to_dict()
+    stored["chosen_tier"] = stored.pop("tier")
+
+    assert Decision.from_dict(stored).tier == "cheap"

@@ -124,7 +124,7 @@ def _miss(kit: EngineKit, query: str, *, tenant: str = "A", tier: str = "cheap",
     kit.state.put(
         Decision(
             request_id=f"r-{query}", tenant=tenant, created_at=kit.clock.now, requested_model="strong",
-            action="route", reason="routed", chosen_tier=tier, query=query, instructions=instructions,
+            action="route", reason="routed", tier=tier, query=query, instructions=instructions,
         )
     )  # fmt: skip
 
