@@ -1,8 +1,8 @@
 """How every door reaches the engine: built once in the background, bounded in time, failing open.
 
-Framework-free, so the LiteLLM doors and the LangChain door share one copy of these rules. Integration
-modules import each other by absolute `echolm_middleware.doors.*` names only: LiteLLM loads
-`integrations/litellm_proxy.py` by file path next to config.yaml, where relative imports would not resolve.
+Framework-free, so the LiteLLM doors and the LangChain door share one copy of these rules. A door
+prepares through here, then calls `record` (or `release`: its tier failed, the call was cancelled, the
+client hung up); the engine does the load accounting between the two.
 """
 
 from __future__ import annotations
