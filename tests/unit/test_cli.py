@@ -92,3 +92,34 @@ def test_explain_names_an_unknown_request_id(tmp_path: Path) -> None:
     result = _echolm("explain", "no-such-id", "--config", str(path))
     assert result.returncode == 1
     assert "no decision with request id 'no-such-id'" in result.stderr
+
+
+def test_the_labs_commands_come_from_entry_points_and_the_products_from_its_own_registry() -> None:
+    modules = subcommand_modules()
+
+    assert modules["bench"] == "echolm_lab.cli.bench" and modules["tiers"] == "echolm_lab.cli.tiers"
+    assert {name for name, module in modules.items() if module.startswith("echolm_middleware.")} == {
+        "explain",
+        "proxy",
+        "upkeep",
+    }
+
+
+def test_a_command_whose_package_is_not_installed_is_left_out_and_a_broken_one_is_not_hidden(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An image with the product alone (deploy/Dockerfile) keeps the lab's entry points but not the lab."""
+    from echolm_middleware.cli import main as cli_main
+
+    broken = tmp_path / "echolm_broken_plugin.py"
+    broken.write_text("import a_dependency_that_is_missing\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugins = {"ghost": "echolm_not_installed.cli.ghost", "bench": "echolm_lab.cli.bench"}
+    monkeypatch.setattr(cli_main, "subcommand_modules", lambda: {**cli_main.SUBCOMMANDS, **plugins})
+
+    choices = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert "ghost" not in choices and {"bench", "proxy", "upkeep"} <= set(choices)
+
+    monkeypatch.setattr(cli_main, "subcommand_modules", lambda: {"broken": "echolm_broken_plugin"})
+    with pytest.raises(ModuleNotFoundError, match="a_dependency_that_is_missing"):
+        build_parser()
