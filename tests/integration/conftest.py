@@ -2,6 +2,11 @@
 
 The cheap tier's server is moved 10 ports up and a recording forwarder takes its configured port,
 so tests see the exact prompt that reached the cheap tier while the real model answers it.
+
+What every test may share is started once per run (session fixtures): the two tiers, the MiniLM
+embedder of in-process engines, and one proxy on config.yaml as it is (`repo_proxy`). A test that
+needs a config, an environment or a life of its own starts its proxy with `start_proxy_for`, which
+stops it when the test ends, so no idle proxy takes CPU from the tests after it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from echolm_lab.local_tiers.assemble import default_model_dir
 from echolm_lab.local_tiers.from_config import local_models_in, specs_for_config
 from echolm_lab.local_tiers.servers import running_tiers
 from echolm_lab.proxy_process import ProxyProcess, start_proxy
+from echolm_middleware.backends.minilm import MiniLMEmbedder
 from echolm_middleware.config import load_settings, read_config_file
 from tests.integration.recording_upstream import RecordingUpstream
 
@@ -102,27 +108,51 @@ class ProxyUnderTest:
 ProxyFactory = Callable[..., ProxyUnderTest]
 
 
-@pytest.fixture(scope="session")
+def launch_proxy(state_dir: Path, config: Path = CONFIG, extra_env: Mapping[str, str] | None = None) -> ProxyUnderTest:
+    """A proxy from a config (default: the repo's config.yaml) on the store and state under `state_dir`."""
+    env = dict(os.environ)
+    env["ECHOLM_STORE__PATH"] = str(state_dir / "chroma")
+    env["ECHOLM_STATE__PATH"] = str(state_dir / "state.db")
+    env.update(extra_env or {})
+    process = start_proxy(config, env=env, log_path=state_dir / "proxy.log")
+    return ProxyUnderTest(process, state_dir, env)
+
+
+@pytest.fixture
 def start_proxy_for(local_tiers: LocalTiers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyFactory]:
-    """Start a proxy from a config (default: the repo's config.yaml) on a store of its own."""
+    """Start proxies of the test's own (a fresh store unless `state_dir` is given); stopped when it ends."""
     started: list[ProxyUnderTest] = []
 
     def start(
         config: Path = CONFIG, state_dir: Path | None = None, extra_env: Mapping[str, str] | None = None
     ) -> ProxyUnderTest:
-        state_dir = state_dir or tmp_path_factory.mktemp("proxy")
-        env = dict(os.environ)
-        env["ECHOLM_STORE__PATH"] = str(state_dir / "chroma")
-        env["ECHOLM_STATE__PATH"] = str(state_dir / "state.db")
-        env.update(extra_env or {})
-        process = start_proxy(config, env=env, log_path=state_dir / "proxy.log")
-        proxy = ProxyUnderTest(process, state_dir, env)
+        proxy = launch_proxy(state_dir or tmp_path_factory.mktemp("proxy"), config, extra_env)
         started.append(proxy)
         return proxy
 
     yield start
     for proxy in started:
         proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def repo_proxy(local_tiers: LocalTiers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyUnderTest]:
+    """One proxy on config.yaml as it is, for every test that needs nothing else; its store is shared.
+
+    Its tests ask about topics of their own (cosine similarity under 0.3 between any two of them,
+    against `retrieval.threshold` 0.5), so one test's examples never reach another's prompts.
+    """
+    proxy = launch_proxy(tmp_path_factory.mktemp("repo-proxy"))
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def embedder() -> MiniLMEmbedder:
+    """The real MiniLM embedder for in-process engines, loaded once per run (as a proxy worker keeps one)."""
+    loaded = MiniLMEmbedder(settings_for_tests().embedder)
+    loaded.embed(["warm up"])
+    return loaded
 
 
 def ask(

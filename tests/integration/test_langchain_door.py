@@ -19,6 +19,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field
 
+from echolm_middleware.backends.minilm import MiniLMEmbedder
 from echolm_middleware.config import Settings
 from echolm_middleware.doors.langchain_chat import EchoLMChatModel
 from echolm_middleware.factory import build_engine
@@ -51,10 +52,14 @@ def _chat_model(local_tiers: LocalTiers, group: str, max_tokens: int = 32) -> Ch
 
 
 @pytest.fixture
-def model(local_tiers: LocalTiers, tmp_path: Path) -> Iterator[EchoLMChatModel]:
-    wrapper = EchoLMChatModel(
-        tiers=[_chat_model(local_tiers, CHEAP), _chat_model(local_tiers, STRONG)], settings=_settings(tmp_path)
-    )
+def model(local_tiers: LocalTiers, embedder: MiniLMEmbedder, tmp_path: Path) -> Iterator[EchoLMChatModel]:
+    """The door over an engine of the test's own (store and state under tmp_path) on the session's MiniLM.
+
+    The door's own lazy build from settings runs in the batch, unreachable-store and README tests.
+    """
+    engine = build_engine(_settings(tmp_path), embedder=embedder)
+    engine.warm_up()
+    wrapper = EchoLMChatModel(tiers=[_chat_model(local_tiers, CHEAP), _chat_model(local_tiers, STRONG)], engine=engine)
     wrapper.wait_until_ready()
     local_tiers.recorder.clear()
     yield wrapper

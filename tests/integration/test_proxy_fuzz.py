@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from echolm_middleware.backends.chroma_store import ChromaExampleStore
 from echolm_middleware.config import StoreSettings
-from tests.integration.conftest import CONFIG, ROOT, STRONG, LocalTiers, ProxyFactory, ProxyUnderTest
+from tests.integration.conftest import CONFIG, ROOT, STRONG, LocalTiers, ProxyUnderTest, launch_proxy
 
 pytestmark = pytest.mark.integration
 
@@ -47,16 +47,28 @@ BODY = st.fixed_dictionaries(
 
 
 @pytest.fixture(scope="module")
-def proxies(start_proxy_for: ProxyFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any]]:
+def proxies(local_tiers: LocalTiers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any]]:
+    """config.yaml with and without our callback, both without LiteLLM's retries.
+
+    LiteLLM 1.108 retries a failed upstream call twice with backoff (about 4.5 s a body), the same with
+    or without our callback; a 5xx is compared on the final status, which the retries do not change.
+    """
     folder = tmp_path_factory.mktemp("fuzz")
-    plain = yaml.safe_load(CONFIG.read_text())
-    plain["litellm_settings"].pop("callbacks", None)
-    plain_config = folder / "plain.yaml"
-    plain_config.write_text(yaml.safe_dump(plain))
+    configs = []
+    for name, callbacks in (("ours", True), ("plain", False)):
+        config = yaml.safe_load(CONFIG.read_text())
+        if not callbacks:
+            config["litellm_settings"].pop("callbacks", None)
+        config.setdefault("router_settings", {})["num_retries"] = 0
+        path = folder / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        configs.append(path)
     (folder / "integrations").symlink_to(ROOT / "integrations")
-    ours = start_proxy_for()
-    alone = start_proxy_for(config=plain_config)
+    ours = launch_proxy(folder / "ours", configs[0])
+    alone = launch_proxy(folder / "plain", configs[1])
     yield ours, alone
+    ours.stop()
+    alone.stop()
 
 
 def _post(proxy: ProxyUnderTest, body: dict[str, Any]) -> int:

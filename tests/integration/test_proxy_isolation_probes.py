@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from echolm_middleware.backends.minilm import MiniLMEmbedder
 from echolm_middleware.backends.sqlite_state import SQLiteState
 from echolm_middleware.config import load_settings
 from echolm_middleware.core.engine import example_id
@@ -70,10 +71,10 @@ def _spoofs() -> list[dict[str, Any]]:
     return spoofs
 
 
-def _probe(proxy: ProxyUnderTest, prompt: str, spoof: dict[str, Any]) -> tuple[str, str]:
+def _probe(client: Any, prompt: str, spoof: dict[str, Any]) -> tuple[str, str]:
     extra_body = dict(spoof.get("extra_body", {}))
     extra_body["mock_response"] = "noted"
-    raw = proxy.client(KEY_B).chat.completions.with_raw_response.create(
+    raw = client.chat.completions.with_raw_response.create(
         model=STRONG,
         messages=[{"role": "user", "content": prompt}],
         max_tokens=4,
@@ -84,13 +85,13 @@ def _probe(proxy: ProxyUnderTest, prompt: str, spoof: dict[str, Any]) -> tuple[s
 
 
 def test_a_thousand_probes_through_the_proxy_reach_none_of_another_tenants_examples(
-    start_proxy_for: ProxyFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    start_proxy_for: ProxyFactory, embedder: MiniLMEmbedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     state_dir = tmp_path / "state"
     monkeypatch.setenv("ECHOLM_STORE__PATH", str(state_dir / "chroma"))
     monkeypatch.setenv("ECHOLM_STATE__PATH", str(state_dir / "seeding.db"))
     settings, raw = load_settings(CONFIG)
-    seeding = build_engine(settings, raw["model_list"])
+    seeding = build_engine(settings, raw["model_list"], embedder=embedder)
     for n, prompt in enumerate(VICTIM_PROMPTS):
         assert seeding.admit(TENANT_A, prompt, f"CANARY-{n}: the answer to this question.", STRONG)
     victim_ids = {example_id(TENANT_A, prompt) for prompt in VICTIM_PROMPTS}
@@ -102,10 +103,12 @@ def test_a_thousand_probes_through_the_proxy_reach_none_of_another_tenants_examp
     assert len(probes) == 1000
 
     proxy = start_proxy_for(config=config_with_team_keys(tmp_path), state_dir=state_dir)
+    as_b = proxy.client(KEY_B)  # one client (and its connection pool) for every probe
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda probe: _probe(proxy, *probe), probes))
+        results = list(pool.map(lambda probe: _probe(as_b, *probe), probes))
 
-    assert all("CANARY" not in answer for _, answer in results)
+    # Every probe was answered by the mock (tenant_auth lets both teams ask for it): no inference ran.
+    assert all(answer == "noted" for _, answer in results)
     state = SQLiteState(state_dir / "state.db")
     try:
         decisions = [state.get(request_id) for request_id, _ in results]

@@ -9,14 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.integration.conftest import CHEAP, CONFIG, STRONG, LocalTiers, ProxyFactory, ProxyUnderTest, ask
+from tests.integration.conftest import CHEAP, CONFIG, STRONG, LocalTiers, ProxyUnderTest, ask
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def proxy(start_proxy_for: ProxyFactory) -> ProxyUnderTest:
-    return start_proxy_for()
+@pytest.fixture
+def proxy(repo_proxy: ProxyUnderTest) -> ProxyUnderTest:
+    """The session's proxy on config.yaml as it is (these tests' topics are their own)."""
+    return repo_proxy
 
 
 def _admit(proxy: ProxyUnderTest, question: str) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import litellm
 import pytest
 
+from echolm_middleware.backends.minilm import MiniLMEmbedder
 from echolm_middleware.doors.litellm_router import install_echolm
 from echolm_middleware.factory import build_engine
 from tests.integration.conftest import CHEAP, STRONG, LocalTiers, settings_for_tests
@@ -22,10 +23,12 @@ def test_pinned_litellm_is_the_version_this_door_registers_for() -> None:
     assert version("litellm").startswith("1.108."), version("litellm")
 
 
-def test_router_routes_a_paraphrase_to_the_cheap_tier_with_the_example(local_tiers: LocalTiers, tmp_path: Path) -> None:
+def test_router_routes_a_paraphrase_to_the_cheap_tier_with_the_example(
+    local_tiers: LocalTiers, embedder: MiniLMEmbedder, tmp_path: Path
+) -> None:
     settings = settings_for_tests().stored_under(tmp_path)
     router = litellm.Router(model_list=local_tiers.model_list)
-    engine = build_engine(settings, router.model_list)
+    engine = build_engine(settings, router.model_list, embedder=embedder)
     door = install_echolm(router, engine)
 
     async def scenario() -> tuple[object, object]:

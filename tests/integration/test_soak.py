@@ -1,4 +1,4 @@
-"""`echolm soak` end to end, briefly: its own tiers, Redis, Chroma and two workers, and a report."""
+"""`echolm soak` end to end, briefly: the session's tiers, its own Redis, Chroma and two workers, a report."""
 
 from __future__ import annotations
 
@@ -9,26 +9,24 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.integration.conftest import CONFIG, ROOT
+from tests.integration.conftest import CONFIG, ROOT, LocalTiers
 
 pytestmark = pytest.mark.integration
 
 
-def _config_on_other_ports(folder: Path) -> Path:
-    """config.yaml with its tiers on ports of their own: the session's tiers hold the configured ones."""
-    config = yaml.safe_load(CONFIG.read_text())
-    for offset, entry in enumerate(config["model_list"]):
-        entry["litellm_params"]["api_base"] = f"http://127.0.0.1:{8401 + offset}/v1"
+def _config_beside_integrations(folder: Path) -> Path:
+    """config.yaml as it is, in a folder of its own (the soak writes next to it)."""
     path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
+    shutil.copy(CONFIG, path)
     (folder / "integrations").symlink_to(ROOT / "integrations")
     return path
 
 
-def test_a_short_soak_answers_every_request_and_reports_memory(tmp_path: Path) -> None:
-    config = _config_on_other_ports(tmp_path)
+def test_a_short_soak_answers_every_request_and_reports_memory(local_tiers: LocalTiers, tmp_path: Path) -> None:
+    # On the configured ports the soak finds the session's tiers answering and uses them (it stops only
+    # servers it started); its Redis, Chroma server and two proxy workers are its own.
+    config = _config_beside_integrations(tmp_path)
     done = subprocess.run(
         [
             sys.executable, "-m", "echolm_middleware.cli.main", "soak", "--config", str(config),
