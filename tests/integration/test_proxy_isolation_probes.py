@@ -103,8 +103,7 @@ def test_a_thousand_probes_through_the_proxy_reach_none_of_another_tenants_examp
     assert len(probes) == 1000
 
     proxy = start_proxy_for(config=config_with_team_keys(tmp_path), state_dir=state_dir)
-    as_b = proxy.client(KEY_B)  # one client (and its connection pool) for every probe
-    with ThreadPoolExecutor(4) as pool:
+    with proxy.client(KEY_B) as as_b, ThreadPoolExecutor(4) as pool:  # one client and pool for every probe
         results = list(pool.map(lambda probe: _probe(as_b, *probe), probes))
 
     # Every probe was answered by the mock (tenant_auth lets both teams ask for it): no inference ran.
