@@ -173,12 +173,23 @@ def settings_for_tests() -> Any:
     return load_settings(CONFIG)[0]
 
 
+# The door as an installed wheel names it: a config written outside the checkout has no integrations/
+# folder beside it, and LiteLLM then imports the name instead of loading a file (get_instance_fn).
+WHEEL_CALLBACK = "echolm_middleware.doors.litellm_proxy.proxy_handler"
+
+
+def config_outside_the_checkout() -> dict[str, Any]:
+    """config.yaml as a dict, naming our door as it would from an installed wheel."""
+    config: dict[str, Any] = yaml.safe_load(CONFIG.read_text())
+    config["litellm_settings"]["callbacks"] = WHEEL_CALLBACK
+    return config
+
+
 def config_with_team_keys(directory: Path) -> Path:
-    """config.yaml plus a custom_auth that maps two keys to two teams, laid out as in a checkout."""
-    config = yaml.safe_load(CONFIG.read_text())
+    """config.yaml plus a custom_auth (a file beside it) that maps two keys to two teams."""
+    config = config_outside_the_checkout()
     config.setdefault("general_settings", {})["custom_auth"] = "tenant_auth.user_api_key_auth"
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     shutil.copy(Path(__file__).with_name("tenant_auth.py"), directory / "tenant_auth.py")
-    (directory / "integrations").symlink_to(ROOT / "integrations")
     return path

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from echolm_middleware.backends.chroma_store import ChromaExampleStore
 from echolm_middleware.config import StoreSettings
-from tests.integration.conftest import CONFIG, ROOT, STRONG, LocalTiers, ProxyUnderTest, launch_proxy
+from tests.integration.conftest import STRONG, LocalTiers, ProxyUnderTest, config_outside_the_checkout, launch_proxy
 
 pytestmark = pytest.mark.integration
 
@@ -56,14 +56,13 @@ def proxies(local_tiers: LocalTiers, tmp_path_factory: pytest.TempPathFactory) -
     folder = tmp_path_factory.mktemp("fuzz")
     configs = []
     for name, callbacks in (("ours", True), ("plain", False)):
-        config = yaml.safe_load(CONFIG.read_text())
+        config = config_outside_the_checkout()
         if not callbacks:
             config["litellm_settings"].pop("callbacks", None)
         config.setdefault("router_settings", {})["num_retries"] = 0
         path = folder / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
         configs.append(path)
-    (folder / "integrations").symlink_to(ROOT / "integrations")
     ours = launch_proxy(folder / "ours", configs[0])
     alone = launch_proxy(folder / "plain", configs[1])
     yield ours, alone

@@ -9,24 +9,24 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.integration.conftest import CONFIG, ROOT, LocalTiers
+from tests.integration.conftest import ROOT, LocalTiers, config_outside_the_checkout
 
 pytestmark = pytest.mark.integration
 
 
-def _config_beside_integrations(folder: Path) -> Path:
-    """config.yaml as it is, in a folder of its own (the soak writes next to it)."""
+def _config_of_its_own(folder: Path) -> Path:
+    """config.yaml, in a folder of its own (the soak writes next to it)."""
     path = folder / "config.yaml"
-    shutil.copy(CONFIG, path)
-    (folder / "integrations").symlink_to(ROOT / "integrations")
+    path.write_text(yaml.safe_dump(config_outside_the_checkout()))
     return path
 
 
 def test_a_short_soak_answers_every_request_and_reports_memory(local_tiers: LocalTiers, tmp_path: Path) -> None:
     # On the configured ports the soak finds the session's tiers answering and uses them (it stops only
     # servers it started); its Redis, Chroma server and two proxy workers are its own.
-    config = _config_beside_integrations(tmp_path)
+    config = _config_of_its_own(tmp_path)
     done = subprocess.run(
         [
             sys.executable, "-m", "echolm_middleware.cli.main", "soak", "--config", str(config),

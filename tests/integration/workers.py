@@ -27,7 +27,15 @@ from echolm_lab.local_tiers.from_config import specs_for_config
 from echolm_lab.local_tiers.servers import RunningTier, TierSpec, running_tiers
 from echolm_lab.proxy_process import ProxyProcess, start_proxy
 from echolm_middleware.config import read_config_file
-from tests.integration.conftest import CHEAP, CONFIG, ROOT, STRONG, alias_of, recorded_by, wait_recorded
+from tests.integration.conftest import (
+    CHEAP,
+    CONFIG,
+    STRONG,
+    alias_of,
+    config_outside_the_checkout,
+    recorded_by,
+    wait_recorded,
+)
 
 FAULTS = Path(__file__).with_name("faults")
 
@@ -128,13 +136,12 @@ def _mount_small_disk(path: Path, size: str = "48m") -> bool:
 
 
 def _config_with_cheap_on(port: int, folder: Path) -> Path:
-    config = yaml.safe_load(CONFIG.read_text())
+    config = config_outside_the_checkout()
     for entry in config["model_list"]:
         if entry["model_name"] == CHEAP:
             entry["litellm_params"]["api_base"] = f"http://127.0.0.1:{port}/v1"
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    (folder / "integrations").symlink_to(ROOT / "integrations")
     return path
 
 
