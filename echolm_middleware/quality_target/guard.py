@@ -24,10 +24,6 @@ class QualityGuard:
         self._lock = threading.Lock()
         self._sampled: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
 
-    @property
-    def bias(self) -> float:
-        return self.controller.bias
-
     def strongest_bias(self) -> float:
         return self.controller.bias
 
