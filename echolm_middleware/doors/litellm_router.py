@@ -4,15 +4,21 @@
     door = install_echolm(router, engine)          # engine = build_engine(settings, router.model_list)
     await router.acompletion(model="strong", messages=[...], metadata={"echolm_tenant": "acme"})
 
-The custom routing strategy asks the engine for the tier, rewrites the messages in place (the Router
-sends the same list object it passes to the strategy), and lets the Router's own choice among the
+The custom routing strategy asks the engine for the tier and lets the Router's own choice among the
 tier's deployments stand. A callback records the outcome. Fails open exactly like the proxy door; when
 the tier we chose fails and the Router retries (`num_retries`), the retry goes to the model the caller
 named with the caller's own messages.
+
+The caller's message list and metadata dict are never changed: applications reuse both across calls,
+and LiteLLM may run one call's log events after the next call has begun. What we send and what we
+decided go into the attempt's own `request_kwargs` (a fresh dict per attempt, whose `messages` and
+`metadata` the Router sends on in place of the caller's), and a call is known across its retries by
+the `litellm_trace_id` the Router gives it.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,13 +26,14 @@ from litellm.router import Router
 from litellm.types.router import CustomRoutingStrategyBase
 
 from echolm_middleware.core.engine import Engine
+from echolm_middleware.core.summary import DecisionSummary
 from echolm_middleware.core.types import ChatRequest
 from echolm_middleware.doors.access import TENANT_KEY, EngineHandle, FailOpenCounter, prepare_or_fail_open, summary_of
-from echolm_middleware.doors.litellm_common import RecordingCallback, carry, summary_in
+from echolm_middleware.doors.litellm_common import RecordingCallback, carry
 
-# Where a routed call keeps the caller's messages (we rewrite them in place) and what we sent instead, in
-# case the Router retries it. Plain lists, so loggers that serialise metadata can.
-_ROUTED = "echolm_routed"
+# How many calls' decisions the strategy remembers for their retries. A retry follows its failed
+# attempt within the Router's backoff, so only the newest calls matter; the bound keeps memory flat.
+_REMEMBERED_CALLS = 4096
 
 
 def _tenant(request_kwargs: Mapping[str, Any] | None) -> str:
@@ -47,6 +54,7 @@ class EchoLMRoutingStrategy(CustomRoutingStrategyBase):
         # Captured before the strategy replaces them on the instance.
         self._default_async = router.async_get_available_deployment
         self._default_sync = router.get_available_deployment
+        self._decided: OrderedDict[str, DecisionSummary] = OrderedDict()
 
     async def async_get_available_deployment(
         self,
@@ -85,42 +93,53 @@ class EchoLMRoutingStrategy(CustomRoutingStrategyBase):
         )
 
     async def _route(self, model: str, messages: list[Any], request_kwargs: dict[str, Any] | None) -> str:
-        metadata = (request_kwargs or {}).get("metadata")
-        routed = metadata.get(_ROUTED) if isinstance(metadata, dict) else None
-        # A retry passes the same list we rewrote. The Router also writes into the caller's metadata dict,
-        # which an application may reuse for its next call: only the rewritten messages mark a retry.
-        if isinstance(metadata, dict) and isinstance(routed, dict) and messages == routed.get("sent"):
-            return self._retried(model, messages, metadata)
+        kwargs = request_kwargs if request_kwargs is not None else {}
+        trace_id = kwargs.get("litellm_trace_id")
+        call_id = trace_id if isinstance(trace_id, str) else None
+        decided = self._decided.get(call_id) if call_id is not None else None
+        if call_id is not None and decided is not None:
+            return self._retried(model, kwargs, call_id, decided)
         request = ChatRequest(
-            tenant=_tenant(request_kwargs),
+            tenant=_tenant(kwargs),
             model=model,
             messages=list(messages),
-            has_tools=bool((request_kwargs or {}).get("tools") or (request_kwargs or {}).get("functions")),
+            has_tools=bool(kwargs.get("tools") or kwargs.get("functions")),
         )
         prepared, _ = await prepare_or_fail_open(self._handle, self._counter, self._timeout_s, request)
         if prepared is None:
             return model
-        if request_kwargs is not None:
-            metadata = request_kwargs.setdefault("metadata", {})
-            if isinstance(metadata, dict):
-                carry(metadata, summary_of(request, prepared))
+        summary = summary_of(request, prepared)
+        self._carry(kwargs, summary)
+        if call_id is not None:
+            self._remember(call_id, summary)
         if prepared.routed:
-            if isinstance(metadata, dict):
-                metadata[_ROUTED] = {"original": list(messages), "sent": list(prepared.messages)}
-            messages[:] = prepared.messages
+            kwargs["messages"] = list(prepared.messages)
             return prepared.tier
         return model
 
-    def _retried(self, model: str, messages: list[Any], metadata: dict[str, Any]) -> str:
+    def _retried(self, model: str, kwargs: dict[str, Any], call_id: str, summary: DecisionSummary) -> str:
         """The Router retries a call we already decided: the tier we chose failed. The retry goes to the
         model the caller named with the caller's own messages (fail open), and is decided only once."""
-        original = metadata.pop(_ROUTED)["original"]
-        summary = summary_in(metadata)
-        if summary is not None and (summary.tier != model or summary.examples):
-            messages[:] = original
+        if summary.action != "fail_open" and (summary.tier != model or summary.examples):
             self._counter.add(f"chosen tier failed: {summary.tier}")
-            carry(metadata, summary.chosen_tier_failed(model))
+            summary = summary.chosen_tier_failed(model)
+            self._remember(call_id, summary)
+        self._carry(kwargs, summary)
         return model
+
+    def _remember(self, call_id: str, summary: DecisionSummary) -> None:
+        self._decided[call_id] = summary
+        self._decided.move_to_end(call_id)
+        while len(self._decided) > _REMEMBERED_CALLS:
+            self._decided.popitem(last=False)
+
+    @staticmethod
+    def _carry(kwargs: dict[str, Any], summary: DecisionSummary) -> None:
+        """This attempt's own copy of the caller's metadata, with our summary, for its log events."""
+        callers = kwargs.get("metadata")
+        metadata = dict(callers) if isinstance(callers, Mapping) else {}
+        carry(metadata, summary)
+        kwargs["metadata"] = metadata
 
 
 class EchoLMRouterDoor:

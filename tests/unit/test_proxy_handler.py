@@ -151,15 +151,6 @@ def test_a_request_the_caller_bypasses_goes_unchanged_and_is_counted(installed: 
     assert _requests_counted("strong", "team:B", "pass_through") == before + 1
 
 
-@pytest.mark.xfail(
-    reason=(
-        "known bug, open: with one metadata dict reused for two calls, LiteLLM may run the first call's success"
-        " event after the second call's strategy wrote its summary there, so the first answer is recorded under"
-        " the second request's id (2 of 3 clean-clone runs on 2026-12-02); the fix is to find a call's summary"
-        " by something of its own, not by the shared dict"
-    ),
-    strict=False,
-)
 def test_the_router_doors_retry_goes_to_the_named_model_with_the_callers_messages(
     make_engine: Any, router_with_a_dead_cheap_tier: Any
 ) -> None:
@@ -184,12 +175,14 @@ def test_the_router_doors_retry_goes_to_the_named_model_with_the_callers_message
         return result
 
     kit.engine.record = traced_record  # type: ignore[method-assign]
+    messages = [dict(message) for message in original]
+    metadata: dict[str, Any] = {"echolm_tenant": "acme"}
     try:
 
         async def run() -> list[Any]:
-            metadata = {"echolm_tenant": "acme"}  # one dict for both calls, as applications do
+            # One message list and one metadata dict for both calls, as applications do.
             responses = [
-                await router.acompletion(model="strong", messages=list(original), metadata=metadata, num_retries=1)
+                await router.acompletion(model="strong", messages=messages, metadata=metadata, num_retries=1)
                 for _ in range(2)
             ]
             deadline = time.monotonic() + 20
@@ -210,3 +203,6 @@ def test_the_router_doors_retry_goes_to_the_named_model_with_the_callers_message
     # Recorded as the strong tier's answer to the caller's prompt.
     assert kit.engine.store.count("acme") == 2, records
     assert [m for m in sent.by_group.values()] == [original]
+    # The caller's own list and dict are left as they were: nothing of ours was written into them.
+    assert messages == original
+    assert not any(key.startswith("echolm") and key != "echolm_tenant" for key in metadata), metadata
