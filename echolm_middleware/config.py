@@ -114,6 +114,9 @@ class AdmissionSettings(_Strict):
     min_answer_chars: int = Field(default=1, ge=1)
     max_answer_chars: int = Field(default=4000, ge=1)
     max_prompt_chars: int = Field(default=4000, ge=1)
+    max_temperature: float = Field(
+        default=1.0, ge=0, description="Answers sampled at a higher temperature the caller set are not cached."
+    )
     refuse_instructions: bool = Field(
         default=True,
         description=(

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from echolm_middleware.config import UpkeepSettings
 from echolm_middleware.core.engine import Engine
 from echolm_middleware.core.ports import Completer, DecisionHistory, Leases, UpkeepJournal
+from echolm_middleware.core.requests import context_key
 from echolm_middleware.core.types import Decision, Example
 from echolm_middleware.core.upkeep_rules import Miss, cluster_misses, plan_eviction, plan_replay
 
@@ -176,28 +177,32 @@ class Upkeep:
 
     def _miss_clusters(self, tenant: str, recent: Sequence[Decision]) -> list[list[Miss]]:
         """Clusters of the tenant's recent requests that found no useful example and no cached answer covers yet."""
-        queries: dict[str, str] = {}  # query -> the instructions it came with
+        # Per system message, the queries that missed under it. A request with earlier turns or with
+        # parameters that shape its answer cannot be asked again as it was: coverage leaves it out.
+        by_instructions: dict[str, dict[str, None]] = {}
         for decision in recent:
             if decision.action != "route" or not decision.query:
                 continue
             if decision.examples or decision.passed_over:
                 continue  # it found examples: not a miss
+            if decision.history_turns or decision.not_cached:
+                continue
             if self.history.recorded_by(decision.request_id) == self.strongest:
                 continue  # the strongest tier answered it, and that answer was offered for admission
-            queries[decision.query] = decision.instructions
-        if not queries:
-            return []
-        vectors = self.engine.embedder.embed(list(queries))
-        misses = [Miss(query, vector, queries[query]) for query, vector in zip(queries, vectors, strict=True)]
-        clusters = cluster_misses(misses, min_similarity=self.settings.coverage_similarity)
+            by_instructions.setdefault(decision.instructions, {})[decision.query] = None
         covered = []
-        for cluster in clusters:
-            if len(cluster) < self.settings.coverage_min_cluster:
-                continue
-            nearest = self.engine.store.nearest(tenant, cluster[0].vector, 1)
-            if nearest and nearest[0].similarity >= self.settings.coverage_similarity:
-                continue  # an example close enough exists by now
-            covered.append(cluster)
+        for instructions, queries in by_instructions.items():
+            context = context_key(instructions, (), {})
+            vectors = self.engine.embedder.embed(list(queries))
+            misses = [Miss(query, vector, instructions) for query, vector in zip(queries, vectors, strict=True)]
+            for cluster in cluster_misses(misses, min_similarity=self.settings.coverage_similarity):
+                if len(cluster) < self.settings.coverage_min_cluster:
+                    continue
+                nearest = self.engine.store.nearest(tenant, cluster[0].vector, 1, context=context)
+                if nearest and nearest[0].similarity >= self.settings.coverage_similarity:
+                    continue  # an example close enough exists by now
+                covered.append(cluster)
+        covered.sort(key=len, reverse=True)
         return covered
 
     # ---- running ----------------------------------------------------------------------------------
@@ -280,7 +285,9 @@ class Upkeep:
             )
             result.outcome = "upgraded" if changed else "skipped: example gone"
         else:
-            admitted = self.engine.admit(step["tenant"], step["prompt"], answer, self.strongest, instructions)
+            admitted = self.engine.admit(
+                step["tenant"], step["prompt"], answer, self.strongest, instructions, admitted_by="upkeep: coverage"
+            )
             result.outcome = "admitted" if admitted else "skipped: below the admission bar"
         result.gain_after = 0.0 if result.outcome in ("upgraded", "admitted") else result.gain_before
         return result

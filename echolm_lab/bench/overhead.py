@@ -37,11 +37,14 @@ from tqdm import tqdm
 from echolm_lab.demo import percentile
 from echolm_middleware.config import load_settings
 from echolm_middleware.core.engine import Engine, example_id
+from echolm_middleware.core.requests import context_key
 from echolm_middleware.core.types import ChatRequest, Example
 from echolm_middleware.errors import EchoLMError
 from echolm_middleware.factory import build_engine
 
 TENANT = "bench"
+# The context of the bench's requests (a bare question): the stored examples must be kept under it to serve.
+BARE_CONTEXT = context_key("", (), {})
 WARM_UP = 5
 FILL_BATCH = 1000
 # Per-dimension σ on a unit 384-d vector: a synthetic entry sits at cosine ≈ 0.86 to the real one it
@@ -81,7 +84,7 @@ def split_prompts(
 ) -> tuple[list[BenchPrompt], list[BenchPrompt]]:
     """A seeded shuffle into held-out queries (the warm-up ones first) and the pool the store is filled from.
 
-    Prompts that differ only in case or spacing are one (`example_id` would store them under one id).
+    Prompts that differ only in case or spacing are one: a held-out query must not find its own copy.
     """
     prompts = list({" ".join(p.prompt.lower().split()): p for p in prompts}.values())
     held = queries + WARM_UP
@@ -139,12 +142,13 @@ def _example(engine: Engine, pool: Sequence[BenchPrompt], index: int, created: f
     source = pool[index % len(pool)]
     prompt = source.prompt if index < len(pool) else f"[synthetic {index}] {source.prompt}"
     return Example(
-        id=example_id(TENANT, prompt),
+        id=example_id(TENANT, BARE_CONTEXT, prompt),
         prompt=prompt,
         answer=source.answer,
         source_tier=engine.strongest,
         quality=engine.settings.admission.initial_quality,
         created_at=created,
+        context=BARE_CONTEXT,
     )
 
 
@@ -211,7 +215,7 @@ def measure_size(
         vector = engine.embedder.embed([item.prompt])[0]
         embed_ms.append((time.perf_counter() - began) * 1000)
         began = time.perf_counter()
-        engine.store.nearest(TENANT, vector, settings.retrieval.candidates)
+        engine.store.nearest(TENANT, vector, settings.retrieval.candidates, context=BARE_CONTEXT)
         nearest_ms.append((time.perf_counter() - began) * 1000)
     return {
         "entries": entries,

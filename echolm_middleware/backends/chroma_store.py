@@ -23,8 +23,6 @@ from echolm_middleware.errors import StoreUnavailable
 
 logger = logging.getLogger("echolm")
 
-_METADATA_FIELDS = ("answer", "source_tier", "quality", "created_at", "uses", "offload_successes")
-
 
 def collection_name(prefix: str, tenant: str) -> str:
     """A valid Chroma collection name for a tenant; hashing keeps any tenant id safe and fixed-length."""
@@ -67,6 +65,9 @@ def _to_metadata(example: Example) -> dict[str, Any]:
         "value": float(example.value),
         "value_at": float(example.value_at),
         "instructions": example.instructions,
+        "context": example.context,
+        "admitted_by": example.admitted_by,
+        "origin": example.origin,
     }
 
 
@@ -87,6 +88,9 @@ def _to_example(example_id: str, document: str, metadata: Mapping[str, Any]) -> 
         value=float(metadata.get("value", 0.0)),
         value_at=float(metadata.get("value_at", 0.0)),
         instructions=str(metadata.get("instructions", "")),  # entries written before it was kept have none
+        context=str(metadata.get("context", "")),  # so do these: such an entry serves no context
+        admitted_by=str(metadata.get("admitted_by", "")),
+        origin=str(metadata.get("origin", "")),
     )
 
 
@@ -158,7 +162,7 @@ class ChromaExampleStore:
     def _chromadb_errors() -> Any:
         return require("chromadb.errors", "chroma")
 
-    def nearest(self, tenant: str, vector: Vector, n: int) -> list[Candidate]:
+    def nearest(self, tenant: str, vector: Vector, n: int, *, context: str | None = None) -> list[Candidate]:
         with self._translated("query"):
             collection = self._collection(tenant, create=False)
             if collection is None:
@@ -168,6 +172,7 @@ class ChromaExampleStore:
             result = collection.query(
                 query_embeddings=[list(vector)],
                 n_results=n,
+                where={"context": context} if context is not None else None,
                 include=["documents", "metadatas", "distances", "embeddings"],
             )
         # Results are nested per query; cosine space returns distances, 1 − cos.
@@ -197,6 +202,30 @@ class ChromaExampleStore:
                     metadatas=[_to_metadata(e) for e in chunk],
                     embeddings=[list(v) for v in vectors[start : start + batch]],
                 )
+
+    def add(self, tenant: str, examples: Sequence[Example], vectors: Sequence[Vector]) -> int:
+        if len(examples) != len(vectors):
+            raise ValueError("one vector per example")
+        # Held ids are left as they are. Under this process's lock; several workers on one Chroma server
+        # may both find an id absent, and chromadb's `add` then keeps the first and ignores the second.
+        with self._lock, self._translated("add"):
+            collection = self._collection(tenant, create=True)
+            held = set(collection.get(ids=list(dict.fromkeys(e.id for e in examples)), include=[])["ids"])
+            unique: dict[str, tuple[Example, Vector]] = {}
+            for example, vector in zip(examples, vectors, strict=True):
+                if example.id not in held:
+                    unique.setdefault(example.id, (example, vector))  # the first of an id in the batch too
+            fresh = list(unique.values())
+            batch = self._settings.batch_size
+            for start in range(0, len(fresh), batch):
+                chunk = fresh[start : start + batch]
+                collection.add(
+                    ids=[e.id for e, _ in chunk],
+                    documents=[e.prompt for e, _ in chunk],
+                    metadatas=[_to_metadata(e) for e, _ in chunk],
+                    embeddings=[list(v) for _, v in chunk],
+                )
+            return len(fresh)
 
     def modify(self, tenant: str, ids: Sequence[str], change: Callable[[Example], Example]) -> int:
         with self._lock, self._translated("update"):

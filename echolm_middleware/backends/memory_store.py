@@ -21,10 +21,14 @@ class InMemoryExampleStore:
         self._examples: dict[str, dict[str, tuple[Example, list[float]]]] = {}
         self._lock = threading.Lock()
 
-    def nearest(self, tenant: str, vector: Vector, n: int) -> list[Candidate]:
+    def nearest(self, tenant: str, vector: Vector, n: int, *, context: str | None = None) -> list[Candidate]:
         query = _unit(vector)
         with self._lock:
-            items = list(self._examples.get(tenant, {}).values())
+            items = [
+                (example, stored)
+                for example, stored in self._examples.get(tenant, {}).values()
+                if context is None or example.context == context
+            ]
         scored = [
             Candidate(example, sum(a * b for a, b in zip(query, stored, strict=True)), stored)
             for example, stored in items
@@ -39,6 +43,18 @@ class InMemoryExampleStore:
             partition = self._examples.setdefault(tenant, {})
             for example, vector in zip(examples, vectors, strict=True):
                 partition[example.id] = (example, _unit(vector))
+
+    def add(self, tenant: str, examples: Sequence[Example], vectors: Sequence[Vector]) -> int:
+        if len(examples) != len(vectors):
+            raise ValueError("one vector per example")
+        added = 0
+        with self._lock:
+            partition = self._examples.setdefault(tenant, {})
+            for example, vector in zip(examples, vectors, strict=True):
+                if example.id not in partition:
+                    partition[example.id] = (example, _unit(vector))
+                    added += 1
+        return added
 
     def modify(self, tenant: str, ids: Sequence[str], change: Callable[[Example], Example]) -> int:
         with self._lock:

@@ -23,6 +23,7 @@ from echolm_middleware.config import (
     UpkeepSettings,
 )
 from echolm_middleware.core import selection
+from echolm_middleware.core.generation_params import judge_params
 from echolm_middleware.core.injection import looks_like_instructions
 from echolm_middleware.core.pii import scrub
 from echolm_middleware.core.ports import (
@@ -35,7 +36,7 @@ from echolm_middleware.core.ports import (
     TokenCounter,
 )
 from echolm_middleware.core.prompting import augment
-from echolm_middleware.core.requests import RequestView, inspect_request, is_valid_utf8
+from echolm_middleware.core.requests import RequestView, context_key, inspect_request, is_valid_utf8
 from echolm_middleware.core.routing import (
     LoadTracker,
     TierProfile,
@@ -56,6 +57,7 @@ from echolm_middleware.core.types import (
     ScoredExample,
 )
 from echolm_middleware.core.upkeep_rules import after_cheap_use, after_feedback, after_passed_over
+from echolm_middleware.core.whole_answers import why_not_whole
 from echolm_middleware.errors import FeedbackAlreadyGiven, UnknownRequest
 
 _QUERY_VECTOR_CACHE = 4096
@@ -84,10 +86,15 @@ def _copied(messages: Sequence[Any]) -> list[Any]:
     return [dict(message) if isinstance(message, Mapping) else message for message in messages]
 
 
-def example_id(tenant: str, prompt: str) -> str:
-    """Stable id of a tenant's example for a prompt: re-admitting the same prompt replaces it."""
-    normalized = " ".join(prompt.lower().split())
-    return hashlib.sha256(f"{tenant}\0{normalized}".encode()).hexdigest()[:32]
+def example_id(tenant: str, context: str, prompt: str) -> str:
+    """Id of a tenant's example for a prompt, exactly as asked, in one context. The store never replaces
+    an example it holds: the same prompt asked again in the same context keeps the first answer."""
+    return hashlib.sha256(f"{tenant}\0{context}\0{prompt}".encode()).hexdigest()[:32]
+
+
+def admitted_id(tenant: str, prompt: str, instructions: str = "") -> str:
+    """The id `Engine.admit` gives a pair: asked under `instructions` alone (no earlier turns)."""
+    return example_id(tenant, context_key(instructions.strip(), (), {}), prompt.strip())
 
 
 class Engine:
@@ -164,14 +171,22 @@ class Engine:
             return self._pass_through(decision, request, f"model {request.model!r} is not an EchoLM tier", started)
         if not view.routable:
             return self._pass_through(decision, request, view.reason, started)
+        params = judge_params(request.params, max_temperature=self.settings.admission.max_temperature)
+        if params.pass_reason:
+            return self._pass_through(decision, request, params.pass_reason, started)
         decision.query = view.query
         decision.instructions = view.instructions
+        decision.context = context_key(view.instructions, view.history, params.shaping)
+        decision.not_cached = params.not_cached_reason
+        decision.history_turns = len(view.history)
         eligible = self._fitting_tiers(requested, view)
         if not eligible:
             return self._pass_through(decision, request, "prompt exceeds the requested tier's context", started)
 
         vector = self.embedder.embed([view.query])[0]
-        candidates = self.store.nearest(request.tenant, vector, self.settings.retrieval.candidates)
+        candidates = self.store.nearest(
+            request.tenant, vector, self.settings.retrieval.candidates, context=decision.context
+        )
         chosen = self._choose_examples(candidates)
         bucket = context_bucket(chosen)
         with self._lock:
@@ -258,9 +273,9 @@ class Engine:
             return "skipped"
         if not self.decisions.mark_recorded(outcome.request_id, outcome.served_by):
             return "duplicate"
-        clean = outcome.finish_reason in (None, "stop") and bool(outcome.answer.strip())
+        whole = not why_not_whole(outcome)
         if self.quality is not None:
-            comparable = clean and outcome.served_by != self.strongest
+            comparable = whole and outcome.served_by != self.strongest
             self.quality.compare(outcome.request_id, outcome.answer, comparable=comparable)
         now, alpha = self._now(), self.settings.upkeep.gain_alpha
         cost = self._cost_of(outcome.served_by)
@@ -272,14 +287,17 @@ class Engine:
                     decision.passed_over,
                     lambda e: after_passed_over(e, quality=quality, served_cost=cost, now=now, alpha=alpha),
                 )
-            return "admitted" if clean and self._admit_from(decision, outcome) else "skipped"
+            if not whole or decision.not_cached:
+                return "skipped"
+            return "admitted" if self._admit_from(decision, outcome) else "skipped"
         if decision.examples:
-            success = 1.0 if clean else 0.0
-            quality = success * _expected_quality(decision, outcome.served_by)
+            # An answer that is not whole says the examples did not do their job; a whole one says only
+            # that the request was served (evidence of quality comes from feedback).
+            quality = _expected_quality(decision, outcome.served_by) if whole else 0.0
             self.store.modify(
                 decision.tenant,
                 [trace.id for trace in decision.examples],
-                lambda e: after_cheap_use(e, success=success, quality=quality, served_cost=cost, now=now, alpha=alpha),
+                lambda e: after_cheap_use(e, quality=quality, served_cost=cost, alpha=alpha),
             )
             return "offload_counted"
         return "skipped"
@@ -287,23 +305,38 @@ class Engine:
     async def arecord(self, outcome: Outcome) -> RecordResult:
         return await asyncio.to_thread(self.record, outcome)
 
-    def admit(self, tenant: str, prompt: str, answer: str, source_tier: str, instructions: str = "") -> bool:
+    def admit(
+        self,
+        tenant: str,
+        prompt: str,
+        answer: str,
+        source_tier: str,
+        instructions: str = "",
+        *,
+        admitted_by: str = "admit",
+    ) -> bool:
         """Admit one (prompt, answer) pair directly, e.g. to warm a cache from known strong answers.
 
-        `instructions`: the system message the answer was given under, if any (replay asks with it).
+        `instructions`: the system message the answer was given under, if any: the pair then serves
+        requests with that system message and no earlier turns. An example the store already holds for
+        the prompt in that context is kept, not replaced (False).
         """
-        return self._admit(tenant, prompt, answer, source_tier, vector=None, instructions=instructions)
+        context = context_key(instructions.strip(), (), {})  # as `admitted_id` computes it
+        return self._admit(
+            tenant, prompt, answer, source_tier, None, instructions, context=context, admitted_by=admitted_by
+        )
 
-    def feedback(self, request_id: str, score: float) -> None:
-        """A quality score (0-1) for a past response: updates the router and the examples it used.
+    def feedback(self, request_id: str, score: float, *, tenant: str) -> None:
+        """A quality score (0-1) for a past response of `tenant`: updates the router and the examples it used.
 
         Each response is scored at most once (marked before the updates): a repeat raises
-        FeedbackAlreadyGiven rather than counting the same response twice.
+        FeedbackAlreadyGiven rather than counting the same response twice. Another tenant's request id
+        is unknown to the caller, exactly as one that never existed.
         """
         if not 0.0 <= score <= 1.0:
             raise ValueError("score must lie in [0, 1]")
         decision = self.decisions.get(request_id)
-        if decision is None or decision.action != "route":
+        if decision is None or decision.action != "route" or decision.tenant != tenant:
             raise UnknownRequest(f"no routed decision with request id {request_id!r}")
         if not self.decisions.mark_feedback(request_id, score):
             raise FeedbackAlreadyGiven(f"request {request_id!r} already has feedback; it counts once")
@@ -314,9 +347,10 @@ class Engine:
             successes, failures = self._posteriors.get((decision.tier, bucket), (0.0, 0.0))
             self._posteriors[(decision.tier, bucket)] = (successes + score, failures + 1.0 - score)
         if strongest:
-            # The answer this request admitted is only as good as the feedback says.
+            # The answer this request admitted, if it was the one kept, is only as good as the feedback says.
+            key = example_id(decision.tenant, decision.context, decision.query.strip())
             self.store.modify(
-                decision.tenant, [example_id(decision.tenant, decision.query)], lambda e: replace(e, quality=score)
+                decision.tenant, [key], lambda e: replace(e, quality=score) if e.origin == request_id else e
             )
             return
         if decision.examples:
@@ -329,7 +363,6 @@ class Engine:
                 lambda e: after_feedback(
                     e,
                     score=score,
-                    assumed_success=1.0,
                     assumed_quality=expected,
                     served_cost=cost,
                     now=now,
@@ -370,6 +403,7 @@ class Engine:
             action="pass_through",
             reason="",
             tier=request.model,
+            caller=request.caller,
         )
 
     def _pass_through(self, decision: Decision, request: ChatRequest, reason: str, started: float) -> Prepared:
@@ -440,7 +474,15 @@ class Engine:
         with self._lock:
             vector = self._vectors.pop(decision.request_id, None)
         return self._admit(
-            decision.tenant, decision.query, outcome.answer, outcome.served_by, vector, decision.instructions
+            decision.tenant,
+            decision.query,
+            outcome.answer,
+            outcome.served_by,
+            vector,
+            decision.instructions,
+            context=decision.context,
+            admitted_by=decision.caller or "anonymous",
+            origin=decision.request_id,
         )
 
     def _admit(
@@ -450,7 +492,11 @@ class Engine:
         answer: str,
         source_tier: str,
         vector: list[float] | None,
-        instructions: str = "",
+        instructions: str,
+        *,
+        context: str,
+        admitted_by: str,
+        origin: str = "",
     ) -> bool:
         admission = self.settings.admission
         prompt, answer = prompt.strip(), answer.strip()
@@ -465,7 +511,7 @@ class Engine:
         if admission.initial_quality < admission.min_quality:
             return False
         # The id stays that of the prompt as asked: feedback and replay find the example by it.
-        key = example_id(tenant, prompt)
+        key = example_id(tenant, context, prompt)
         if admission.pii != "keep":
             texts = [scrub(text) for text in (prompt, answer, instructions)]
             if any(text.found for text in texts):
@@ -483,6 +529,9 @@ class Engine:
             quality=admission.initial_quality,
             created_at=self._now(),
             instructions=instructions.strip(),
+            context=context,
+            admitted_by=admitted_by,
+            origin=origin,
         )
-        self.store.upsert(tenant, [example], [vector])
-        return True
+        # Never over another's example: a prompt asked again in the same context keeps the first answer.
+        return self.store.add(tenant, [example], [vector]) == 1

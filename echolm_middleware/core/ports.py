@@ -17,9 +17,17 @@ class Embedder(Protocol):
 class ExampleStore(Protocol):
     """Tenant-partitioned examples; every call names its tenant and never sees another's."""
 
-    def nearest(self, tenant: str, vector: Vector, n: int) -> list[Candidate]: ...
+    def nearest(self, tenant: str, vector: Vector, n: int, *, context: str | None = None) -> list[Candidate]:
+        """The `n` examples nearest `vector`; with `context`, only those kept under that context key."""
+        ...
 
-    def upsert(self, tenant: str, examples: Sequence[Example], vectors: Sequence[Vector]) -> None: ...
+    def add(self, tenant: str, examples: Sequence[Example], vectors: Sequence[Vector]) -> int:
+        """Add the examples whose ids the tenant does not hold yet; never replaces one. Returns how many."""
+        ...
+
+    def upsert(self, tenant: str, examples: Sequence[Example], vectors: Sequence[Vector]) -> None:
+        """Write the examples, replacing those with the same ids (bulk loads; live requests use `add`)."""
+        ...
 
     def modify(self, tenant: str, ids: Sequence[str], change: Callable[[Example], Example]) -> int:
         """Read, change and write back each listed example under one lock; unknown ids are ignored.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +29,9 @@ class RequestView:
     # The system (and developer) messages: the framing an answer was given under, kept with an example
     # so that a replay asks the strongest tier the same request, not the bare question.
     instructions: str = ""
+    # The turns before the question (role, text), system messages aside: part of the context an answer
+    # was given in, so part of the key an example is kept under (`context_key`).
+    history: tuple[tuple[str, str], ...] = ()
 
 
 def message_text(content: Any) -> str | None:
@@ -71,6 +76,7 @@ def inspect_request(request: ChatRequest, *, max_messages: int, context_turns: i
     user_turns: list[str] = []
     texts: list[str] = []
     instructions: list[str] = []
+    history: list[tuple[str, str]] = []
     for message in messages:
         if not isinstance(message, Mapping):
             return _pass("a message is not an object")
@@ -83,10 +89,13 @@ def inspect_request(request: ChatRequest, *, max_messages: int, context_turns: i
         if not is_valid_utf8(text):
             return _pass("text is not valid UTF-8")
         texts.append(text)
-        if role == "user":
-            user_turns.append(text)
-        elif role in ("system", "developer") and text.strip():
-            instructions.append(text.strip())
+        if role in ("system", "developer"):
+            if text.strip():
+                instructions.append(text.strip())
+        else:
+            history.append((str(role), text))
+            if role == "user":
+                user_turns.append(text)
     last = messages[-1]
     if last.get("role") != "user":
         return _pass("last turn is not from the user")
@@ -105,4 +114,18 @@ def inspect_request(request: ChatRequest, *, max_messages: int, context_turns: i
         text=text,
         chars=len(text),
         instructions="\n\n".join(instructions),
+        history=tuple(history[:-1]),  # the last is the question itself
     )
+
+
+def context_key(instructions: str, history: Sequence[tuple[str, str]], shaping: Mapping[str, Any]) -> str:
+    """The key of the context an answer was given in: system messages, earlier turns and the parameters
+    that shape the answer. An example serves a request only under the same key, so an answer about
+    one caller's document or conversation never reaches a request that lacks it or has another."""
+    canonical = json.dumps(
+        {"instructions": instructions, "history": [list(turn) for turn in history], "shaping": shaping},
+        sort_keys=True,
+        ensure_ascii=False,
+        default=repr,
+    )
+    return hashlib.sha256(canonical.encode("utf-8", "backslashreplace")).hexdigest()[:32]

@@ -20,6 +20,7 @@ class Example:
     source_tier: str
     quality: float
     created_at: float
+    # Judged uses: cheaper-tier answers with it in the prompt that feedback scored, and their scores summed.
     uses: int = 0
     offload_successes: float = 0.0
     # Replay priority G: moving average of (1 − quality of a request it served) × relative cost of the
@@ -33,10 +34,16 @@ class Example:
     value_at: float = 0.0
     # The system messages it was answered under ("" for none): replay and coverage ask with them.
     instructions: str = ""
+    # The key of the whole context it was answered in (`core.requests.context_key`): it serves only
+    # requests under the same key. Entries kept before the key existed have "" and serve none.
+    context: str = ""
+    # Who admitted it (the caller's identity within the tenant, or how it came in) and from which request.
+    admitted_by: str = ""
+    origin: str = ""
 
     @property
     def offload_rate(self) -> float:
-        """Laplace-smoothed share of cheap-tier answers that went well when this example was shown."""
+        """Laplace-smoothed share of judged cheap-tier answers that went well when this example was shown."""
         return (self.offload_successes + 1.0) / (self.uses + 2.0)
 
 
@@ -79,6 +86,11 @@ class ChatRequest:
     model: str
     messages: Sequence[Message]
     has_tools: bool = False
+    # The generation parameters the caller set (the body less model, messages and metadata): some pass
+    # the request through, some keep its answer out of the cache (`core.generation_params`).
+    params: Mapping[str, Any] = field(default_factory=dict)
+    # Who asks within the tenant (a key or user id), kept with an example it admits; "" when unknown.
+    caller: str = ""
 
 
 @dataclass(frozen=True)
@@ -137,6 +149,13 @@ class Decision:
     # Examples selected for a cheaper tier, but the request went to the strongest: their replay gain grows.
     passed_over: list[str] = field(default_factory=list)
     instructions: str = ""
+    # The context key examples were looked up under and an answer would be kept under.
+    context: str = ""
+    # Why the answer may not become an example whatever comes back ("" when it may): shaping parameters.
+    not_cached: str = ""
+    # Earlier turns of the conversation (system messages aside): a replay cannot ask them again.
+    history_turns: int = 0
+    caller: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -176,6 +195,11 @@ class Outcome:
     answer: str
     finish_reason: str | None = None
     latency_s: float | None = None
+    # Why the answer is not whole though it came back ("" when nothing says so): the client hung up, the
+    # stream ended without the upstream's finish reason. Such an answer is never cached.
+    cut_short: str = ""
+    # The tier declined to answer (OpenAI's `refusal` field): never cached either.
+    refused: bool = False
 
 
 RecordResult = Literal["admitted", "offload_counted", "skipped", "duplicate"]

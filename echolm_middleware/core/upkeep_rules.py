@@ -32,58 +32,50 @@ def _moving_average(previous: float, sample: float, alpha: float, first: bool) -
     return sample if first else (1.0 - alpha) * previous + alpha * sample
 
 
-def after_cheap_use(
-    example: Example, *, success: float, quality: float, served_cost: float, now: float, alpha: float
-) -> Example:
+def _first_step(example: Example) -> bool:
+    """No use has moved the gain yet: its moving average starts at the first sample."""
+    return example.selected == 0 and example.gain == 0.0
+
+
+def after_cheap_use(example: Example, *, quality: float, served_cost: float, alpha: float) -> Example:
     """A cheaper tier answered with this example in its prompt.
 
-    `success` (1 for a clean answer, else 0) counts toward its offload record and value; `quality` is
-    the expected quality of that answer (the router's estimate, until feedback says otherwise) and
-    moves the replay gain by (1 − quality) × the serving tier's cost.
+    That a request was served says nothing of how well: the offload record (`uses`, `offload_successes`)
+    and the eviction value move only with evidence (`after_feedback`). `quality` is the expected quality
+    of that answer (the router's estimate; 0 for an answer that was not whole) and moves the replay gain
+    by (1 − quality) × the serving tier's cost.
     """
-    first = example.uses == 0 and example.gain == 0.0
     return replace(
         example,
-        uses=example.uses + 1,
         selected=example.selected + 1,
-        offload_successes=example.offload_successes + success,
-        gain=_moving_average(example.gain, (1.0 - quality) * served_cost, alpha, first),
-        value=decayed_value(example, now) + success,
-        value_at=now,
+        gain=_moving_average(example.gain, (1.0 - quality) * served_cost, alpha, _first_step(example)),
     )
 
 
 def after_passed_over(example: Example, *, quality: float, served_cost: float, now: float, alpha: float) -> Example:
     """The example was selected, yet the request still went to a dearer tier: only its gain moves."""
-    first = example.uses == 0 and example.gain == 0.0
     return replace(
         example,
         selected=example.selected + 1,
-        gain=_moving_average(example.gain, (1.0 - quality) * served_cost, alpha, first),
+        gain=_moving_average(example.gain, (1.0 - quality) * served_cost, alpha, _first_step(example)),
     )
 
 
 def after_feedback(
-    example: Example,
-    *,
-    score: float,
-    assumed_success: float,
-    assumed_quality: float,
-    served_cost: float,
-    now: float,
-    alpha: float,
+    example: Example, *, score: float, assumed_quality: float, served_cost: float, now: float, alpha: float
 ) -> Example:
-    """Feedback replaces what was assumed when the use was recorded by the real `score`.
+    """Evidence: a cheaper tier's answer with this example in its prompt was scored `score` (0-1).
 
-    The gain's last moving-average step is corrected by the same difference, exactly when no other use
-    came in between and approximately otherwise.
+    It counts as one judged use with `score` successes, and adds `score` to the eviction value. The
+    gain's last moving-average step assumed `assumed_quality`; it is corrected by the difference, exactly
+    when no other use came in between and approximately otherwise.
     """
-    correction = score - assumed_success
     return replace(
         example,
-        offload_successes=max(0.0, example.offload_successes + correction),
+        uses=example.uses + 1,
+        offload_successes=example.offload_successes + score,
         gain=max(0.0, example.gain - alpha * (score - assumed_quality) * served_cost),
-        value=max(0.0, decayed_value(example, now) + correction),
+        value=decayed_value(example, now) + score,
         value_at=now,
     )
 

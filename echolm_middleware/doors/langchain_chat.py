@@ -35,6 +35,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from echolm_middleware.config import Settings, TierSettings
 from echolm_middleware.core.engine import Engine
+from echolm_middleware.core.generation_params import judged_params
 from echolm_middleware.core.summary import DecisionSummary
 from echolm_middleware.core.types import ChatRequest, Outcome, Prepared
 from echolm_middleware.doors.access import (
@@ -171,9 +172,12 @@ class EchoLMChatModel(BaseChatModel):
         engine: Engine = self._handle.get_sync(timeout_s)
         return engine
 
-    def feedback(self, request_id: str, score: float) -> None:
-        """A quality score (0-1) for a past response, by the request id in its `response_metadata`."""
-        self.wait_until_ready(self.startup_wait_s).feedback(request_id, score)
+    def feedback(self, request_id: str, score: float, *, tenant: str | None = None) -> None:
+        """A quality score (0-1) for a past response, by the request id in its `response_metadata`.
+
+        `tenant`: the one the request was made for, when it came in the call's metadata rather than
+        from this model's `tenant`; another tenant's request id is unknown here."""
+        self.wait_until_ready(self.startup_wait_s).feedback(request_id, score, tenant=tenant or self.tenant)
 
     def bind_tools(
         self,
@@ -195,13 +199,16 @@ class EchoLMChatModel(BaseChatModel):
 
     # ---- one request ----------------------------------------------------------------------------
 
-    def _request(self, messages: list[BaseMessage], metadata: Mapping[str, Any] | None) -> ChatRequest:
+    def _request(
+        self, messages: list[BaseMessage], metadata: Mapping[str, Any] | None, params: Mapping[str, Any]
+    ) -> ChatRequest:
         tenant = (metadata or {}).get(TENANT_KEY) or self.tenant
         return ChatRequest(
             tenant=str(tenant),
             model=self.requested_tier or (self.tier_names or [])[-1],
             messages=convert_to_openai_messages(messages),
             has_tools=self._bound_tools is not None,
+            params=params,
         )
 
     def _timeout_s(self) -> float:
@@ -239,17 +246,21 @@ class EchoLMChatModel(BaseChatModel):
         tier, messages = call.requested
         return _Call(self._tier(tier), tier, messages, call.summary.chosen_tier_failed(tier), None, None, call.started)
 
-    def _prepare(self, messages: list[BaseMessage], run_manager: CallbackManagerForLLMRun | None) -> _Call:
+    def _prepare(
+        self, messages: list[BaseMessage], run_manager: CallbackManagerForLLMRun | None, params: Mapping[str, Any]
+    ) -> _Call:
         started = time.perf_counter()
-        request = self._request(messages, run_manager.metadata if run_manager else None)
+        request = self._request(messages, run_manager.metadata if run_manager else None, params)
         prepared, engine = prepare_or_fail_open_sync(self._handle, self._counter, self._timeout_s(), request)
         call = self._call_for(messages, request, prepared, engine)
         call.summary = call.summary.with_overhead((time.perf_counter() - started) * 1000)
         return call
 
-    async def _aprepare(self, messages: list[BaseMessage], run_manager: AsyncCallbackManagerForLLMRun | None) -> _Call:
+    async def _aprepare(
+        self, messages: list[BaseMessage], run_manager: AsyncCallbackManagerForLLMRun | None, params: Mapping[str, Any]
+    ) -> _Call:
         started = time.perf_counter()
-        request = self._request(messages, run_manager.metadata if run_manager else None)
+        request = self._request(messages, run_manager.metadata if run_manager else None, params)
         prepared, engine = await prepare_or_fail_open(self._handle, self._counter, self._timeout_s(), request)
         call = self._call_for(messages, request, prepared, engine)
         call.summary = call.summary.with_overhead((time.perf_counter() - started) * 1000)
@@ -301,7 +312,7 @@ class EchoLMChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        call = self._prepare(messages, run_manager)
+        call = self._prepare(messages, run_manager, judged_params({"stop": stop, **kwargs}))
         try:
             try:
                 message = call.runnable.invoke(call.messages, self._config(run_manager), stop=stop, **kwargs)
@@ -321,7 +332,7 @@ class EchoLMChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        call = await self._aprepare(messages, run_manager)
+        call = await self._aprepare(messages, run_manager, judged_params({"stop": stop, **kwargs}))
         try:
             try:
                 message = await call.runnable.ainvoke(call.messages, self._config(run_manager), stop=stop, **kwargs)
@@ -341,7 +352,7 @@ class EchoLMChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        call = self._prepare(messages, run_manager)
+        call = self._prepare(messages, run_manager, judged_params({"stop": stop, **kwargs}))
         assembled = _Assembler(call.summary)
         try:
             try:
@@ -367,7 +378,7 @@ class EchoLMChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        call = await self._aprepare(messages, run_manager)
+        call = await self._aprepare(messages, run_manager, judged_params({"stop": stop, **kwargs}))
         assembled = _Assembler(call.summary)
         try:
             try:

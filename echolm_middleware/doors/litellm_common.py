@@ -63,14 +63,24 @@ def as_served(summary: DecisionSummary, response: Any) -> DecisionSummary:
     return summary.chosen_tier_failed(str(served))
 
 
-def answer_of(response_obj: Any) -> tuple[str, str | None]:
-    """Text and finish reason of a (complete, possibly stream-assembled) chat response."""
+def answer_of(response_obj: Any) -> tuple[str, str | None, bool]:
+    """Text, finish reason and whether the tier refused (OpenAI's `refusal`), of a chat response."""
     try:
         choice = response_obj.choices[0]
         content = choice.message.content
-        return (content if isinstance(content, str) else ""), choice.finish_reason
+        refusal = getattr(choice.message, "refusal", None)
+        return (content if isinstance(content, str) else ""), choice.finish_reason, bool(refusal)
     except (AttributeError, IndexError, TypeError):
-        return "", None
+        return "", None, False
+
+
+def client_hung_up(kwargs: Mapping[str, Any]) -> bool:
+    """LiteLLM's mark on a call whose client disconnected: it still logs a success, with what was read."""
+    params = kwargs.get("litellm_params") or {}
+    for metadata in (params.get("metadata"), kwargs.get("metadata")):
+        if isinstance(metadata, Mapping) and metadata.get("client_disconnected"):
+            return True
+    return False
 
 
 def tokens_of(response_obj: Any) -> int:
@@ -97,7 +107,14 @@ def summary_from_kwargs(kwargs: Mapping[str, Any]) -> DecisionSummary | None:
 
 
 class RecordingCallback(CustomLogger):
-    """Records outcomes from LiteLLM's log events (streamed responses arrive here once, assembled)."""
+    """Records outcomes from LiteLLM's log events (streamed responses arrive here once, assembled).
+
+    A door that sees its streams go by (the proxy's iterator hook) records them itself, from what the
+    client was sent: LiteLLM's assembled stream names "stop" as its finish reason whether or not the
+    upstream sent one, and also when the client hung up part way.
+    """
+
+    records_streams_itself = False
 
     def __init__(self, handle: EngineHandle, counter: FailOpenCounter) -> None:
         super().__init__()
@@ -121,7 +138,9 @@ class RecordingCallback(CustomLogger):
         if summary.routed:
             prices = {tier.name: tier.price_per_1k for tier in engine.tiers}
             observe_saving(summary.tenant, served_by, tokens_of(response_obj), prices)
-        answer, finish_reason = answer_of(response_obj)
+        if self.records_streams_itself and kwargs.get("stream"):
+            return
+        answer, finish_reason, refused = answer_of(response_obj)
         try:
             latency = (end_time - start_time).total_seconds()
         except (AttributeError, TypeError):
@@ -133,6 +152,8 @@ class RecordingCallback(CustomLogger):
             answer=answer,
             finish_reason=finish_reason,
             latency_s=latency,
+            cut_short="the client hung up" if client_hung_up(kwargs) else "",
+            refused=refused,
         )
         await arecord_or_count(engine, outcome, self.fail_open)
 

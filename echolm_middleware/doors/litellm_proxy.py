@@ -26,11 +26,13 @@ from fastapi import Request, Response
 
 from echolm_middleware.config import check_tiers_exist, config_path_from_env, load_settings, model_groups_in
 from echolm_middleware.core.engine import Engine
+from echolm_middleware.core.generation_params import judged_params
 from echolm_middleware.core.summary import DecisionSummary
-from echolm_middleware.core.types import ChatRequest
+from echolm_middleware.core.types import ChatRequest, Outcome
 from echolm_middleware.doors.access import (
     EngineHandle,
     FailOpenCounter,
+    arecord_or_count,
     logger,
     prepare_or_fail_open,
     release_or_count,
@@ -58,6 +60,16 @@ def tenant_of(user_api_key_dict: Any) -> str:
         if isinstance(value, str) and value:
             return f"{prefix}:{value}"
     return "default"
+
+
+def caller_of(user_api_key_dict: Any) -> str:
+    """Who asks within the tenant, kept with an example the request admits: the key's user, else the key
+    (LiteLLM holds keys hashed; the hash is cut short here)."""
+    user = getattr(user_api_key_dict, "user_id", None)
+    if isinstance(user, str) and user:
+        return f"user:{user}"
+    token = getattr(user_api_key_dict, "token", None)
+    return f"key:{token[:16]}" if isinstance(token, str) and token else ""
 
 
 def _proxy_config_path() -> Path:
@@ -133,6 +145,8 @@ class EchoLMProxyHandler(RecordingCallback):
     """LiteLLM `CustomLogger` for the proxy; builds its engine in the background as soon as a running
     proxy loads it (elsewhere, on the first request)."""
 
+    records_streams_itself = True  # in the streaming iterator hook, from what the client was sent
+
     def __init__(
         self, handle: EngineHandle | None = None, timeout_s: float | None = None, startup_wait_s: float = 30.0
     ) -> None:
@@ -192,6 +206,8 @@ class EchoLMProxyHandler(RecordingCallback):
             model=str(data.get("model", "")),
             messages=messages if isinstance(messages, list) else [],
             has_tools=bool(data.get("tools") or data.get("functions")),
+            params=judged_params(data),
+            caller=caller_of(user_api_key_dict),
         )
         if metadata.pop(BYPASS_KEY, False):
             summary = await self._bypass(request)
@@ -222,16 +238,38 @@ class EchoLMProxyHandler(RecordingCallback):
     async def async_post_call_streaming_iterator_hook(
         self, user_api_key_dict: Any, response: Any, request_data: dict[str, Any]
     ) -> AsyncGenerator[Any, None]:
-        """Relays a streamed answer unchanged. A stream that does not run to its end (the client hung up,
-        perhaps before the first token, when LiteLLM fires no log event at all) releases its tier's load."""
+        """Relays a streamed answer unchanged, and records it once the client has read it to its end.
+
+        A stream that does not run to its end (the client hung up, perhaps before the first token, when
+        LiteLLM fires no log event at all) is never recorded, and releases its tier's load.
+        """
         finished = False
+        stream = _StreamSeen()
         try:
             async for chunk in response:
+                stream.add(chunk)
                 yield chunk
             finished = True
         finally:
             if not finished:
                 self._release(request_data)
+        await self._record_stream(request_data, response, stream)
+
+    async def _record_stream(self, request_data: Any, response: Any, stream: _StreamSeen) -> None:
+        summary = summary_in(request_data.get("metadata")) if isinstance(request_data, dict) else None
+        engine = self.handle.ready()
+        if summary is None or not summary.request_id or engine is None:
+            return
+        upstream_reason = upstream_finish_reason(response, stream.finish_reason)
+        outcome = Outcome(
+            request_id=summary.request_id,
+            served_by=as_served(summary, response).tier,
+            answer=stream.text,
+            finish_reason=upstream_reason,
+            cut_short="" if upstream_reason else "the stream ended without the upstream's finish reason",
+            refused=stream.refused,
+        )
+        await arecord_or_count(engine, outcome, self.fail_open)
 
     def _release(self, request_data: Any) -> None:
         summary = summary_in(request_data.get("metadata")) if isinstance(request_data, dict) else None
@@ -257,6 +295,51 @@ class EchoLMProxyHandler(RecordingCallback):
             with contextlib.suppress(AttributeError, TypeError, ValueError):
                 setattr(response, METADATA_KEY, summary.caller_view())
         return response
+
+
+def upstream_finish_reason(response: Any, seen: str | None) -> str | None:
+    """The finish reason the upstream itself sent on a stream, None when it sent none.
+
+    The client is sent a "stop" of LiteLLM's making when the upstream ends without one, so what the
+    client saw (`seen`) cannot tell. LiteLLM's stream wrapper keeps the upstream's chunks, the last with
+    its finish reason only if the upstream sent one (litellm 1.108: `chunks`, which the Router's fallback
+    wrapper shares with the stream it wraps); a stream behind another wrapper falls back to `seen`.
+    """
+    chunks = getattr(response, "chunks", None)
+    if isinstance(chunks, list):
+        reasons = [getattr(choice, "finish_reason", None) for chunk in chunks for choice in _choices(chunk)]
+        return next((reason for reason in reversed(reasons) if reason), None)
+    return seen
+
+
+def _choices(chunk: Any) -> list[Any]:
+    choices = getattr(chunk, "choices", None)
+    return list(choices) if isinstance(choices, list) else []
+
+
+class _StreamSeen:
+    """What the client of a stream was sent: the text, the last finish reason, whether the tier refused."""
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self.finish_reason: str | None = None
+        self.refused = False
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)
+
+    def add(self, chunk: Any) -> None:
+        try:
+            choice = chunk.choices[0]
+        except (AttributeError, IndexError, TypeError):
+            return
+        delta = getattr(choice, "delta", None)
+        content = getattr(delta, "content", None)
+        if isinstance(content, str):
+            self._parts.append(content)
+        self.refused = self.refused or bool(getattr(delta, "refusal", None))
+        self.finish_reason = getattr(choice, "finish_reason", None) or self.finish_reason
 
 
 # The instance LiteLLM's config names; constructing it does no I/O.

@@ -26,6 +26,7 @@ from litellm.router import Router
 from litellm.types.router import CustomRoutingStrategyBase
 
 from echolm_middleware.core.engine import Engine
+from echolm_middleware.core.generation_params import judged_params
 from echolm_middleware.core.summary import DecisionSummary
 from echolm_middleware.core.types import ChatRequest
 from echolm_middleware.doors.access import TENANT_KEY, EngineHandle, FailOpenCounter, prepare_or_fail_open, summary_of
@@ -104,6 +105,7 @@ class EchoLMRoutingStrategy(CustomRoutingStrategyBase):
             model=model,
             messages=list(messages),
             has_tools=bool(kwargs.get("tools") or kwargs.get("functions")),
+            params=judged_params(kwargs),
         )
         prepared, _ = await prepare_or_fail_open(self._handle, self._counter, self._timeout_s, request)
         if prepared is None:

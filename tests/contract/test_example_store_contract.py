@@ -141,6 +141,28 @@ def test_upserting_an_existing_id_replaces_it(store: ExampleStore) -> None:
     assert [(c.example.answer, round(c.similarity, 4)) for c in found] == [("new", 1.0)]
 
 
+def test_add_never_replaces_an_example_the_tenant_holds(store: ExampleStore) -> None:
+    assert store.add("A", [_example("e", answer="first", admitted_by="user:alice", origin="r1")], [X]) == 1
+
+    assert store.add("A", [_example("e", answer="second"), _example("f"), _example("f", answer="dup")], [Y, Y, Y]) == 1
+
+    held = _everything(store, "A")
+    assert (held["e"].answer, held["e"].admitted_by, held["e"].origin) == ("first", "user:alice", "r1")
+    assert held["f"].answer == "answer f"  # the first of an id within one batch
+    assert store.nearest("A", X, 1)[0].example.id == "e"  # the first vector stays too
+    assert store.add("B", [_example("e", answer="B's own")], [X]) == 1  # another tenant's id space
+
+
+def test_nearest_with_a_context_sees_only_that_contexts_examples(store: ExampleStore) -> None:
+    store.add("A", [_example("doc1", context="c1"), _example("doc2", context="c2"), _example("old")], [X, X, X])
+
+    assert [c.example.id for c in store.nearest("A", X, 10, context="c1")] == ["doc1"]
+    assert [c.example.id for c in store.nearest("A", X, 10, context="c2")] == ["doc2"]
+    assert store.nearest("A", X, 10, context="c3") == []
+    assert {c.example.id for c in store.nearest("A", X, 10)} == {"doc1", "doc2", "old"}  # no context: all
+    assert _everything(store, "A")["doc1"].context == "c1"
+
+
 def test_upserts_larger_than_a_batch_store_everything(store: ExampleStore) -> None:
     examples = [_example(f"e{i}") for i in range(7)]
     vectors = [[1.0, i / 10, 0.0, 0.0] for i in range(7)]

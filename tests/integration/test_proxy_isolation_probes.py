@@ -19,7 +19,7 @@ import pytest
 from echolm_middleware.backends.minilm import MiniLMEmbedder
 from echolm_middleware.backends.sqlite_state import SQLiteState
 from echolm_middleware.config import load_settings
-from echolm_middleware.core.engine import example_id
+from echolm_middleware.core.engine import admitted_id
 from echolm_middleware.factory import build_engine
 from tests.integration.conftest import CONFIG, STRONG, ProxyFactory, ProxyUnderTest, config_with_team_keys
 from tests.integration.tenant_auth import TEAMS
@@ -94,7 +94,7 @@ def test_a_thousand_probes_through_the_proxy_reach_none_of_another_tenants_examp
     seeding = build_engine(settings, raw["model_list"], embedder=embedder)
     for n, prompt in enumerate(VICTIM_PROMPTS):
         assert seeding.admit(TENANT_A, prompt, f"CANARY-{n}: the answer to this question.", STRONG)
-    victim_ids = {example_id(TENANT_A, prompt) for prompt in VICTIM_PROMPTS}
+    victim_ids = {admitted_id(TENANT_A, prompt) for prompt in VICTIM_PROMPTS}
     del seeding
     spoofs = _spoofs()
     probes = [

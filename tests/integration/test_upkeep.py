@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from echolm_middleware.config import Settings
-from echolm_middleware.core.engine import example_id
+from echolm_middleware.core.engine import admitted_id
 from echolm_middleware.core.types import Decision
 from echolm_middleware.factory import State, build_engine, build_state, build_upkeep
 from echolm_middleware.upkeep import Upkeep
@@ -67,7 +67,7 @@ def _in_process(local_tiers: LocalTiers, tmp_path: Path, **upkeep: Any) -> Upkee
 
 def _degrade(upkeep: Upkeep, prompt: str, gain: float, tenant: str = "default") -> str:
     upkeep.engine.admit(tenant, prompt, DEGRADED, "cheap")
-    key = example_id(tenant, prompt)
+    key = admitted_id(tenant, prompt)
     upkeep.engine.store.modify(
         tenant,
         [key],
@@ -132,7 +132,7 @@ def test_eviction_keeps_the_highest_value_set_in_real_chroma(local_tiers: LocalT
     for prompt, value in values.items():
         upkeep.engine.admit("default", prompt, "an answer", STRONG)
         store.modify(
-            "default", [example_id("default", prompt)], lambda e, v=value: replace(e, value=v, value_at=time.time())
+            "default", [admitted_id("default", prompt)], lambda e, v=value: replace(e, value=v, value_at=time.time())
         )
 
     report = upkeep.run_pass()

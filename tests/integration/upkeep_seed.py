@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from echolm_middleware.config import load_settings
-from echolm_middleware.core.engine import example_id
+from echolm_middleware.core.engine import admitted_id
 from echolm_middleware.factory import build_engine
 
 QUESTIONS = [
@@ -39,7 +39,7 @@ def seed(config: Path, count: int, tenant: str = "default") -> list[str]:
         # Shown often and still needing the big model: high gain, first in replay order.
         engine.store.modify(
             tenant,
-            [example_id(tenant, prompt)],
+            [admitted_id(tenant, prompt)],
             lambda e, g=0.9 - rank * 0.05: replace(
                 e, gain=g, uses=40, selected=40, quality=0.3, created_at=now - 10 * 86400
             ),

@@ -90,6 +90,50 @@ def test_another_tenant_never_sees_a_tenants_example(make_engine: Any) -> None:
     assert kit.store.count("B") == 0
 
 
+DOCUMENT = "Confidential memo: Project Falcon ships on 3 March to Acme Corp for 2.4M."
+
+
+def _with_context(text: str, *, system: str | None = None, history: list[dict[str, str]] | None = None) -> ChatRequest:
+    messages = ([{"role": "system", "content": system}] if system else []) + (history or [])
+    return ChatRequest(tenant="A", model="strong", messages=[*messages, {"role": "user", "content": text}])
+
+
+def _answered(kit: Any, request: ChatRequest, answer: str) -> None:
+    prepared = kit.engine.prepare(request)
+    assert kit.engine.record(Outcome(prepared.decision.request_id, "strong", answer, "stop")) == "admitted"
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        _with_context(PARAPHRASE),  # no document at all
+        _with_context(PARAPHRASE, system="Another memo: nothing ships this year."),  # another document
+        _with_context(PARAPHRASE, system=DOCUMENT, history=[{"role": "user", "content": "Hi"}]),  # another chat
+        # The same document and words, asked with a parameter that shapes the answer.
+        ChatRequest("A", "strong", _with_context(PARAPHRASE, system=DOCUMENT).messages, params={"stop": ["."]}),
+    ],
+)
+def test_an_answer_given_under_one_context_never_serves_another(make_engine: Any, other: ChatRequest) -> None:
+    kit = make_engine()
+    _answered(kit, _with_context(QUESTION, system=DOCUMENT), "Falcon ships to Acme on 3 March for 2.4M.")
+
+    prepared = kit.engine.prepare(other)
+
+    assert prepared.decision.candidates_considered == 0
+    assert prepared.decision.examples == [] and "ships to Acme" not in _content(prepared.messages)
+
+
+def test_the_same_context_is_served_its_own_examples(make_engine: Any) -> None:
+    kit = make_engine()
+    history = [{"role": "user", "content": "Read the memo."}, {"role": "assistant", "content": "Done."}]
+    _answered(kit, _with_context(QUESTION, system=DOCUMENT, history=history), "Falcon ships to Acme on 3 March.")
+
+    prepared = kit.engine.prepare(_with_context(PARAPHRASE, system=DOCUMENT, history=history))
+
+    assert prepared.tier == "cheap" and [t.prompt for t in prepared.decision.examples] == [QUESTION]
+    assert prepared.decision.history_turns == 2
+
+
 def test_an_unrelated_question_gets_no_example(make_engine: Any) -> None:
     kit = make_engine()
     kit.engine.admit("A", QUESTION, ANSWER, "strong")
@@ -120,7 +164,7 @@ def test_when_the_strong_tier_wins_it_gets_no_examples_even_if_some_cleared_the_
 
 def test_few_shot_format_puts_the_example_as_turns_before_the_question(make_engine: Any) -> None:
     kit = make_engine(augmentation=AugmentationSettings(format="few_shot"))
-    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+    kit.engine.admit("A", QUESTION, ANSWER, "strong", instructions="Be brief.")  # the context asked in
     request = ChatRequest(
         tenant="A",
         model="strong",
@@ -304,8 +348,11 @@ def test_a_strong_answer_is_admitted_once_and_then_helps_a_paraphrase(make_engin
     assert example.answer == ANSWER
     assert example.source_tier == "strong"
     assert example.quality == 0.8
-    assert example.id == example_id("A", QUESTION)
+    assert example.id == example_id("A", first.decision.context, QUESTION)
     assert example.created_at == kit.clock.now
+    # Who admitted it, from which request, in which context.
+    assert (example.admitted_by, example.origin) == ("anonymous", first.decision.request_id)
+    assert example.context == first.decision.context != ""
     assert kit.state.recorded_by(first.decision.request_id) == "strong"
 
     second = kit.engine.prepare(_ask(PARAPHRASE))
@@ -315,7 +362,16 @@ def test_a_strong_answer_is_admitted_once_and_then_helps_a_paraphrase(make_engin
 
 @pytest.mark.parametrize(
     ("answer", "finish_reason"),
-    [(ANSWER, "length"), (ANSWER, "content_filter"), ("", "stop"), ("   \n", "stop"), ("", None)],
+    [
+        (ANSWER, "length"),
+        (ANSWER, "content_filter"),
+        (ANSWER, "tool_calls"),
+        (ANSWER, None),  # the upstream never said it finished
+        ("", "stop"),
+        ("   \n", "stop"),
+        ("I'm sorry, but I can't help with that request.", "stop"),
+        ("Error: upstream timed out", "stop"),
+    ],
 )
 def test_a_truncated_or_empty_strong_answer_is_not_admitted(
     make_engine: Any, answer: str, finish_reason: str | None
@@ -332,11 +388,65 @@ def test_a_truncated_or_empty_strong_answer_is_not_admitted(
     assert kit.store.count("A") == 0
 
 
-def test_a_finish_reason_of_none_is_a_clean_answer(make_engine: Any) -> None:
+@pytest.mark.parametrize(
+    "outcome",
+    [{"cut_short": "the client hung up"}, {"refused": True}],
+)
+def test_an_answer_cut_short_or_refused_is_not_admitted(make_engine: Any, outcome: dict[str, Any]) -> None:
     kit = make_engine()
     prepared = kit.engine.prepare(_ask(QUESTION))
 
-    assert kit.engine.record(Outcome(prepared.decision.request_id, "strong", ANSWER)) == "admitted"
+    assert kit.engine.record(Outcome(prepared.decision.request_id, "strong", ANSWER, "stop", **outcome)) == "skipped"
+    assert kit.store.count("A") == 0
+
+
+@pytest.mark.parametrize(
+    ("params", "reason"),
+    [
+        ({"stop": ["\n"]}, "stop shapes the answer"),
+        ({"logit_bias": {"50256": -100}}, "logit_bias shapes the answer"),
+        ({"response_format": {"type": "json_object"}}, "response_format shapes the answer"),
+        ({"temperature": 1.5}, "temperature 1.5 is above 1"),
+    ],
+)
+def test_an_answer_shaped_by_its_parameters_is_routed_but_not_admitted(
+    make_engine: Any, params: dict[str, Any], reason: str
+) -> None:
+    kit = make_engine()
+    prepared = kit.engine.prepare(_ask(QUESTION, params=params))
+
+    assert prepared.routed and prepared.decision.not_cached == reason
+    assert kit.engine.record(Outcome(prepared.decision.request_id, "strong", ANSWER, "stop")) == "skipped"
+    assert kit.store.count("A") == 0
+
+
+@pytest.mark.parametrize(
+    ("params", "reason"),
+    [
+        ({"n": 2}, "n=2 asks the named model for several answers"),
+        ({"logprobs": True}, "logprobs is a promise about the named model"),
+        ({"top_logprobs": 3}, "top_logprobs is a promise about the named model"),
+        ({"seed": 7}, "seed is a promise about the named model"),
+    ],
+)
+def test_parameters_that_promise_something_of_the_named_model_pass_through(
+    make_engine: Any, params: dict[str, Any], reason: str
+) -> None:
+    kit = make_engine()
+    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+
+    prepared = kit.engine.prepare(_ask(PARAPHRASE, params=params))
+
+    assert (prepared.decision.action, prepared.decision.reason, prepared.tier) == ("pass_through", reason, "strong")
+    assert prepared.messages == [{"role": "user", "content": PARAPHRASE}]
+
+
+def test_an_ordinary_temperature_and_max_tokens_leave_the_answer_cacheable(make_engine: Any) -> None:
+    kit = make_engine()
+    prepared = kit.engine.prepare(_ask(QUESTION, params={"temperature": 0.7, "max_tokens": 64}))
+
+    assert prepared.decision.not_cached == ""
+    assert kit.engine.record(Outcome(prepared.decision.request_id, "strong", ANSWER, "stop")) == "admitted"
 
 
 def test_a_cheap_answer_is_never_admitted_but_counts_an_offload_on_its_examples(make_engine: Any) -> None:
@@ -350,7 +460,9 @@ def test_a_cheap_answer_is_never_admitted_but_counts_an_offload_on_its_examples(
     assert result == "offload_counted"
     stored = _stored(kit)
     assert list(stored) == [QUESTION]  # the paraphrase and its cheap answer were not admitted
-    assert (stored[QUESTION].uses, stored[QUESTION].offload_successes) == (1, 1.0)
+    # Served is not evidence of quality: the use is counted, its offload record and value wait for feedback.
+    example = stored[QUESTION]
+    assert (example.selected, example.uses, example.offload_successes, example.value) == (1, 0, 0.0, 0.0)
 
 
 def test_a_truncated_cheap_answer_counts_a_use_without_a_success(make_engine: Any) -> None:
@@ -361,7 +473,7 @@ def test_a_truncated_cheap_answer_counts_a_use_without_a_success(make_engine: An
     assert kit.engine.record(Outcome(prepared.decision.request_id, "cheap", "Par", "length")) == "offload_counted"
 
     example = _stored(kit)[QUESTION]
-    assert (example.uses, example.offload_successes) == (1, 0.0)
+    assert (example.selected, example.uses, example.offload_successes) == (1, 0, 0.0)
 
 
 def test_a_cheap_answer_without_examples_records_nothing(make_engine: Any) -> None:
@@ -381,14 +493,20 @@ def test_outcomes_of_unknown_or_pass_through_requests_are_skipped(make_engine: A
     assert kit.store.count("A") == 0
 
 
-def test_admit_replaces_the_answer_of_the_same_prompt(make_engine: Any) -> None:
+def test_admission_never_replaces_an_example_the_store_holds(make_engine: Any) -> None:
     kit = make_engine()
+    assert kit.engine.admit("A", QUESTION, "Lyon.", "strong", admitted_by="user:alice") is True
 
-    kit.engine.admit("A", QUESTION, "Lyon.", "strong")
-    kit.engine.admit("A", "  what is the CAPITAL of france?  ", ANSWER, "strong")
+    # The same prompt again, directly or from a live request: the first answer stays, with who gave it.
+    assert kit.engine.admit("A", QUESTION, ANSWER, "strong", admitted_by="user:mallory") is False
+    asked = kit.engine.prepare(_ask(QUESTION, caller="user:mallory"))
+    assert kit.engine.record(Outcome(asked.decision.request_id, "strong", ANSWER, "stop")) == "skipped"
+    # A prompt spelled differently is another example, not the same one overwritten.
+    assert kit.engine.admit("A", "  what is the CAPITAL of france?  ", ANSWER, "strong") is True
 
-    assert kit.store.count("A") == 1
-    assert next(iter(_stored(kit).values())).answer == ANSWER
+    stored = _stored(kit)
+    assert (stored[QUESTION].answer, stored[QUESTION].admitted_by) == ("Lyon.", "user:alice")
+    assert kit.store.count("A") == 2
 
 
 @pytest.mark.parametrize(
@@ -424,7 +542,8 @@ def test_with_pii_scrub_a_strong_answer_is_cached_without_the_address_and_keeps_
     (example,) = kit.store.examples("A")
     assert example.prompt == "How do I reach support? I am [EMAIL]"
     assert example.answer == "Mail [EMAIL] or call [PHONE]."
-    assert example.id == example_id("A", question)  # feedback and replay still find it by the request
+    # Feedback and replay still find it by the request.
+    assert example.id == example_id("A", first.decision.context, question)
 
 
 def test_with_pii_refuse_a_pair_with_a_card_number_is_not_cached(make_engine: Any) -> None:
@@ -484,7 +603,7 @@ def test_feedback_on_a_cheap_answer_updates_the_posterior_the_weights_and_the_of
     weights_before = kit.engine.utility_weights()
     trace = decision.examples[0]
 
-    kit.engine.feedback(decision.request_id, 0.2)
+    kit.engine.feedback(decision.request_id, 0.2, tenant="A")
 
     assert kit.state.load_posteriors() == {("cheap", "high"): pytest.approx((0.2, 0.8))}
     weights_after = kit.engine.utility_weights()
@@ -493,8 +612,9 @@ def test_feedback_on_a_cheap_answer_updates_the_posterior_the_weights_and_the_of
     # The fit moved this example's utility towards the low score it earned.
     assert utility(trace.features, weights_after) < utility(trace.features, weights_before)
     example = _stored(kit)[QUESTION]
-    assert example.uses == 1
-    assert example.offload_successes == pytest.approx(0.2)  # counted 1.0 at record, corrected by 0.2 - 1
+    assert example.uses == 1  # one judged use
+    assert example.offload_successes == pytest.approx(0.2)
+    assert example.value == pytest.approx(0.2)
 
 
 def test_feedback_accumulates_and_a_restarted_engine_reads_it_back(make_engine: Any, tmp_path: Any) -> None:
@@ -502,8 +622,8 @@ def test_feedback_accumulates_and_a_restarted_engine_reads_it_back(make_engine: 
     kit = make_engine(state=state)
     first, second = _cheap_with_example(kit), kit.engine.prepare(_ask(PARAPHRASE)).decision
 
-    kit.engine.feedback(first.request_id, 1.0)
-    kit.engine.feedback(second.request_id, 0.25)
+    kit.engine.feedback(first.request_id, 1.0, tenant="A")
+    kit.engine.feedback(second.request_id, 0.25, tenant="A")
     saved_weights = kit.engine.utility_weights()
     state.close()
 
@@ -520,7 +640,7 @@ def test_feedback_accumulates_and_a_restarted_engine_reads_it_back(make_engine: 
 def test_repeated_bad_feedback_on_the_cheap_tier_moves_routing_back_to_strong(make_engine: Any) -> None:
     kit = make_engine()
     decision = _cheap_with_example(kit)
-    kit.engine.feedback(decision.request_id, 0.0)
+    kit.engine.feedback(decision.request_id, 0.0, tenant="A")
 
     cheap_answers_scored = 1
     while cheap_answers_scored < 10:
@@ -528,7 +648,7 @@ def test_repeated_bad_feedback_on_the_cheap_tier_moves_routing_back_to_strong(ma
         kit.engine.release(prepared.decision.request_id)  # answered: it no longer loads its tier
         if prepared.tier != "cheap":
             break
-        kit.engine.feedback(prepared.decision.request_id, 0.0)
+        kit.engine.feedback(prepared.decision.request_id, 0.0, tenant="A")
         cheap_answers_scored += 1
 
     assert cheap_answers_scored < 10
@@ -543,7 +663,7 @@ def test_low_feedback_on_a_strong_answer_demotes_the_example_it_admitted(make_en
     assert kit.engine.record(Outcome(first.decision.request_id, "strong", ANSWER, "stop")) == "admitted"
     assert kit.engine.prepare(_ask(PARAPHRASE)).tier == "cheap"
 
-    kit.engine.feedback(first.decision.request_id, 0.1)
+    kit.engine.feedback(first.decision.request_id, 0.1, tenant="A")
 
     assert _stored(kit)[QUESTION].quality == pytest.approx(0.1)
     assert kit.state.load_posteriors() == {("strong", "any"): pytest.approx((0.1, 0.9))}
@@ -559,10 +679,33 @@ def test_feedback_on_an_unknown_or_pass_through_request_raises_unknown_request(m
     passed = kit.engine.prepare(_ask(QUESTION, model="gpt-4o"))
 
     with pytest.raises(UnknownRequest, match="no-such-id"):
-        kit.engine.feedback("no-such-id", 1.0)
+        kit.engine.feedback("no-such-id", 1.0, tenant="A")
     with pytest.raises(UnknownRequest):
-        kit.engine.feedback(passed.decision.request_id, 1.0)
+        kit.engine.feedback(passed.decision.request_id, 1.0, tenant="A")
     assert kit.state.load_posteriors() == {}
+
+
+def test_feedback_on_another_tenants_request_is_refused_as_unknown(make_engine: Any) -> None:
+    kit = make_engine()
+    decision = _cheap_with_example(kit)
+
+    with pytest.raises(UnknownRequest):
+        kit.engine.feedback(decision.request_id, 0.0, tenant="B")
+    assert kit.state.load_posteriors() == {}
+    kit.engine.feedback(decision.request_id, 1.0, tenant="A")  # its own tenant still may, once
+
+
+def test_feedback_on_a_strong_answer_leaves_an_example_another_request_admitted(make_engine: Any) -> None:
+    kit = make_engine(routing=ROUTING.model_copy(update={"example_uplift": 0.0}))  # both go to strong
+    first = kit.engine.prepare(_ask(QUESTION))
+    assert kit.engine.record(Outcome(first.decision.request_id, "strong", ANSWER, "stop")) == "admitted"
+    again = kit.engine.prepare(_ask(QUESTION))
+    assert again.tier == "strong"
+    kit.engine.record(Outcome(again.decision.request_id, "strong", "Lyon.", "stop"))  # not admitted: held
+
+    kit.engine.feedback(again.decision.request_id, 0.0, tenant="A")  # about "Lyon.", which was never kept
+
+    assert _stored(kit)[QUESTION].quality == 0.8
 
 
 def test_a_cheap_use_moves_the_examples_gain_and_value(make_engine: Any) -> None:
@@ -572,9 +715,8 @@ def test_a_cheap_use_moves_the_examples_gain_and_value(make_engine: Any) -> None
     kit.engine.record(Outcome(decision.request_id, "cheap", "Paris", "length"))  # cut short: not a success
 
     stored = _stored(kit)[QUESTION]
-    assert (stored.uses, stored.offload_successes, stored.value) == (1, 0.0, 0.0)
+    assert (stored.selected, stored.uses, stored.offload_successes, stored.value) == (1, 0, 0.0, 0.0)
     assert stored.gain == pytest.approx(CHEAP.cost)  # (1 − 0) × the cheap tier's relative cost
-    assert stored.value_at == kit.clock.now
 
 
 def test_a_strong_answer_despite_selected_examples_raises_their_gain(make_engine: Any) -> None:
@@ -583,7 +725,7 @@ def test_a_strong_answer_despite_selected_examples_raises_their_gain(make_engine
 
     prepared = kit.engine.prepare(_ask(PARAPHRASE))
     assert prepared.tier == "strong" and prepared.decision.examples == []
-    assert prepared.decision.passed_over == [example_id("A", QUESTION)]
+    assert prepared.decision.passed_over == [example_id("A", prepared.decision.context, QUESTION)]
     kit.engine.record(Outcome(prepared.decision.request_id, "strong", "Paris.", "stop"))
 
     stored = _stored(kit)[QUESTION]
@@ -594,11 +736,11 @@ def test_a_strong_answer_despite_selected_examples_raises_their_gain(make_engine
 def test_feedback_counts_once_per_request(make_engine: Any) -> None:
     kit = make_engine()
     decision = _cheap_with_example(kit)
-    kit.engine.feedback(decision.request_id, 0.0)
+    kit.engine.feedback(decision.request_id, 0.0, tenant="A")
     after_first = kit.state.load_posteriors()
 
     with pytest.raises(FeedbackAlreadyGiven, match=decision.request_id):
-        kit.engine.feedback(decision.request_id, 0.0)
+        kit.engine.feedback(decision.request_id, 0.0, tenant="A")
     assert kit.state.load_posteriors() == after_first
 
 
@@ -608,7 +750,7 @@ def test_feedback_outside_zero_to_one_is_refused(make_engine: Any, score: float)
     prepared = kit.engine.prepare(_ask(QUESTION))
 
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        kit.engine.feedback(prepared.decision.request_id, score)
+        kit.engine.feedback(prepared.decision.request_id, score, tenant="A")
     assert kit.state.load_posteriors() == {}
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,10 +22,12 @@ from echolm_middleware.doors.access import EngineHandle
 from echolm_middleware.doors.litellm_common import METADATA_KEY, as_served, fall_back_to_requested
 from echolm_middleware.doors.litellm_proxy import EchoLMProxyHandler
 from echolm_middleware.metrics import metrics
+from tests.echo_tier import WORDS, EchoTier
 
 QUESTION = "What is the capital of France?"
 PARAPHRASE = "What is the capital city of France?"
-STRONG_ANSWER = "The capital of France is Paris."
+# What the strong tier (an EchoTier: real HTTP, a finish reason on its streams) answers.
+STRONG_ANSWER = "strong: " + " ".join(f"tok{i}" for i in range(WORDS))
 
 
 class SentMessages(CustomLogger):
@@ -40,7 +43,12 @@ class SentMessages(CustomLogger):
 
 
 @pytest.fixture
-def router_with_a_dead_cheap_tier() -> Any:
+def router_with_a_dead_cheap_tier() -> Iterator[Any]:
+    with EchoTier("strong") as strong:
+        yield _router_to(strong)
+
+
+def _router_to(strong: EchoTier) -> Any:
     return litellm.Router(
         model_list=[
             {
@@ -51,7 +59,10 @@ def router_with_a_dead_cheap_tier() -> Any:
                     "api_key": "local",
                 },
             },
-            {"model_name": "strong", "litellm_params": {"model": "openai/strong", "mock_response": STRONG_ANSWER}},
+            {
+                "model_name": "strong",
+                "litellm_params": {"model": "openai/strong", "api_base": strong.api_base, "api_key": "local"},
+            },
         ],
         num_retries=0,
     )
@@ -95,8 +106,9 @@ def test_a_request_routed_to_a_dead_tier_is_answered_by_the_requested_model_unch
         await handler.async_pre_call_hook(SimpleNamespace(team_id="A"), None, data, "acompletion")
         assert data["model"] == "cheap" and data["messages"] != original  # routed, with the example
         response = await router_with_a_dead_cheap_tier.acompletion(**data)
-        if stream:
-            text = "".join([chunk.choices[0].delta.content or "" async for chunk in response])
+        if stream:  # relayed through the door's stream hook, as the proxy does
+            relayed = handler.async_post_call_streaming_iterator_hook(None, response, data)
+            text = "".join([chunk.choices[0].delta.content or "" async for chunk in relayed])
         else:
             text = response.choices[0].message.content
         # LiteLLM logs success in the background: wait for the recording (admitting an example).

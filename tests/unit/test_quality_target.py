@@ -83,7 +83,7 @@ def _serve(kit: Any, text: str) -> tuple[str, Any]:
 def test_a_sampled_cheap_answer_is_compared_on_the_original_request(make_engine: Any) -> None:
     shadow = ImmediateShadow(score=1.0)
     kit = make_engine(routing=_routing(), shadow=shadow)
-    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+    kit.engine.admit("A", QUESTION, ANSWER, "strong", instructions="Be brief.")
 
     tier, _ = _serve(kit, PARAPHRASE)
 
@@ -98,7 +98,7 @@ def test_a_sampled_cheap_answer_is_compared_on_the_original_request(make_engine:
 def test_cheap_answers_below_the_target_move_traffic_to_the_strongest_tier(make_engine: Any) -> None:
     shadow = ImmediateShadow(score=0.0)
     kit = make_engine(routing=_routing(), shadow=shadow)
-    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+    kit.engine.admit("A", QUESTION, ANSWER, "strong", instructions="Be brief.")
 
     tiers = [_serve(kit, PARAPHRASE)[0] for _ in range(8)]
 
@@ -112,7 +112,7 @@ def test_cheap_answers_below_the_target_move_traffic_to_the_strongest_tier(make_
 
 def test_without_a_shadow_there_is_no_target_and_no_bias(make_engine: Any) -> None:
     kit = make_engine(routing=_routing())
-    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+    kit.engine.admit("A", QUESTION, ANSWER, "strong", instructions="Be brief.")
     assert kit.engine.quality is None
     _, prepared = _serve(kit, PARAPHRASE)
     assert all(score.target_bias == 0.0 for score in prepared.decision.scores)

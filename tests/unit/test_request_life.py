@@ -188,20 +188,54 @@ def test_the_proxy_door_releases_a_stream_whose_client_hangs_up_before_its_first
     assert asyncio.run(hang_up()) == (1, 0)
 
 
-def test_the_proxy_doors_stream_hook_leaves_a_finished_stream_to_its_success_event(
-    make_engine: EngineFactory,
+def _chunk(content: str | None, finish_reason: str | None = None) -> SimpleNamespace:
+    """A streamed chunk as LiteLLM's ModelResponseStream reads: choices[0].delta.content, finish_reason."""
+    return SimpleNamespace(
+        choices=[SimpleNamespace(delta=SimpleNamespace(content=content), finish_reason=finish_reason)]
+    )
+
+
+class _Wrapper:
+    """LiteLLM's stream wrapper as the hook sees it: it relays the chunks the client is sent (ending in a
+    "stop" of its own making when the upstream sent none) and keeps the upstream's in `chunks`."""
+
+    def __init__(self, sent: list[SimpleNamespace], upstream_reason: str | None) -> None:
+        self._chunks = sent
+        self.chunks = [*sent[:-1], _chunk(None, upstream_reason)] if upstream_reason else sent[:-1]
+
+    def __aiter__(self) -> AsyncIterator[SimpleNamespace]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[SimpleNamespace]:
+        for chunk in self._chunks:
+            yield chunk
+
+
+@pytest.mark.parametrize(
+    ("upstream_reason", "admitted"),
+    [
+        ("stop", 1),  # the upstream finished: the answer the client read is cached
+        (None, 0),  # it sent no finish reason: the "stop" the client saw was LiteLLM's, not whole
+        ("length", 0),  # cut at max_tokens
+    ],
+)
+def test_the_proxy_doors_stream_hook_records_a_finished_stream_from_what_the_client_read(
+    make_engine: EngineFactory, upstream_reason: str | None, admitted: int
 ) -> None:
-    engine = make_engine().engine
+    kit = make_engine()
+    engine = kit.engine
     handler = EchoLMProxyHandler(handle=EngineHandle(lambda: engine))
     data: dict[str, Any] = {"model": "strong", "messages": [{"role": "user", "content": QUESTION}], "stream": True}
+    words = ANSWER.split(" ")
+    chunks = [_chunk(word if i == 0 else " " + word) for i, word in enumerate(words)] + [_chunk(None, "stop")]
 
-    async def upstream() -> AsyncIterator[str]:
-        for word in ANSWER.split():
-            yield word
-
-    async def relay_all() -> list[str]:
+    async def relay_all() -> list[Any]:
         await handler.async_pre_call_hook(SimpleNamespace(team_id="A"), None, data, "acompletion")
-        return [chunk async for chunk in handler.async_post_call_streaming_iterator_hook(None, upstream(), data)]
+        stream = _Wrapper(chunks, upstream_reason)
+        return [chunk async for chunk in handler.async_post_call_streaming_iterator_hook(None, stream, data)]
 
-    assert asyncio.run(relay_all()) == ANSWER.split()  # relayed unchanged
-    assert _in_flight(engine) == 1  # still the request's until its success event records the answer
+    assert asyncio.run(relay_all()) == chunks  # relayed unchanged
+    assert _in_flight(engine) == 0  # recorded, which ended its load
+    assert kit.store.count("team:A") == admitted
+    if admitted:
+        assert [e.answer for e in kit.store.examples("team:A")] == [ANSWER]

@@ -17,7 +17,7 @@ import pytest
 from echolm_middleware.backends.memory_store import InMemoryExampleStore
 from echolm_middleware.backends.sqlite_state import SQLiteState
 from echolm_middleware.config import Settings, StateSettings, StoreSettings, TierSettings, UpkeepSettings
-from echolm_middleware.core.engine import example_id
+from echolm_middleware.core.engine import admitted_id
 from echolm_middleware.core.types import ChatRequest, Completion, Decision, Example, Outcome
 from echolm_middleware.errors import ConfigError
 from echolm_middleware.factory import build_engine, build_state, build_upkeep
@@ -67,7 +67,7 @@ def _upkeep(kit: EngineKit, completer: ScriptedStrongTier, *, clock: Any = None,
 def _degraded(kit: EngineKit, prompt: str, *, gain: float = 0.5, uses: int = 30, tenant: str = "A") -> str:
     """A cheap-tier answer that was reused often and still needed the big model: worth replaying."""
     kit.engine.admit(tenant, prompt, "a poor answer", "cheap")
-    key = example_id(tenant, prompt)
+    key = admitted_id(tenant, prompt)
     kit.store.modify(
         tenant, [key], lambda e: replace(e, gain=gain, uses=uses, selected=uses, created_at=kit.clock.now - 86400 * 10)
     )
@@ -164,7 +164,7 @@ def test_eviction_keeps_the_most_valuable_entries_under_the_entry_budget(make_en
     for name, value in [("low", 0.1), ("high", 5.0), ("mid", 1.0)]:
         kit.engine.admit("A", f"question {name}", f"answer {name}", "strong")
         kit.store.modify(
-            "A", [example_id("A", f"question {name}")], lambda e, v=value: replace(e, value=v, value_at=kit.clock.now)
+            "A", [admitted_id("A", f"question {name}")], lambda e, v=value: replace(e, value=v, value_at=kit.clock.now)
         )
 
     report = _upkeep(kit, ScriptedStrongTier(), max_entries=2).run_pass()
@@ -283,7 +283,9 @@ def test_a_replay_asks_the_strongest_tier_under_the_examples_system_message(make
     kit = make_engine()
     kit.engine.admit("A", "my card has not come yet", "I am not sure.", "cheap", instructions=SYSTEM)
     kit.store.modify(
-        "A", [example_id("A", "my card has not come yet")], lambda e: replace(e, gain=0.6, uses=30, selected=30)
+        "A",
+        [admitted_id("A", "my card has not come yet", SYSTEM)],
+        lambda e: replace(e, gain=0.6, uses=30, selected=30),
     )
     tier = ScriptedStrongTier()
 
