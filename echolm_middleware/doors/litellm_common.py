@@ -3,6 +3,7 @@ LiteLLM's log events (a success records the outcome; a failure releases the requ
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Mapping
@@ -74,6 +75,25 @@ def answer_of(response_obj: Any) -> tuple[str, str | None, bool]:
         return "", None, False
 
 
+def upstream_finish_reason(kwargs: Mapping[str, Any], reported: str | None) -> str | None:
+    """The finish reason the upstream itself sent with a non-streamed answer.
+
+    LiteLLM reports "stop" where an OpenAI-compatible upstream sent none (null); the raw response it
+    logs (`original_response`) still says what was sent. Other formats keep what LiteLLM `reported`.
+    """
+    raw = kwargs.get("original_response")
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return reported
+    choices = raw.get("choices") if isinstance(raw, Mapping) else None
+    if isinstance(choices, list) and choices and isinstance(choices[0], Mapping) and "finish_reason" in choices[0]:
+        sent = choices[0]["finish_reason"]
+        return sent if isinstance(sent, str) else None
+    return reported
+
+
 def client_hung_up(kwargs: Mapping[str, Any]) -> bool:
     """LiteLLM's mark on a call whose client disconnected: it still logs a success, with what was read."""
     params = kwargs.get("litellm_params") or {}
@@ -141,6 +161,8 @@ class RecordingCallback(CustomLogger):
         if self.records_streams_itself and kwargs.get("stream"):
             return
         answer, finish_reason, refused = answer_of(response_obj)
+        if not kwargs.get("stream"):
+            finish_reason = upstream_finish_reason(kwargs, finish_reason)
         try:
             latency = (end_time - start_time).total_seconds()
         except (AttributeError, TypeError):

@@ -1,0 +1,174 @@
+"""What a shared cache admits, and who reads it back, through a real LiteLLM proxy with team keys.
+
+The tiers are fake (tests/echo_tier.py): they answer at once with `<tier>: tok0 ... tok19` and keep
+every request they were sent, so a test sees exactly which answer reached which prompt. Alice and Bob
+are teammates (one tenant); each scenario asks about a topic of its own, so one scenario's examples
+never reach another's prompts.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.echo_tier import EchoTier
+from tests.integration.conftest import ProxyUnderTest, config_outside_the_checkout, launch_proxy
+
+pytestmark = pytest.mark.integration
+
+ALICE, BOB = "sk-alice", "sk-bob"
+STRONG_ANSWER = "strong: tok0 tok1 tok2"  # the start of every strong-tier answer
+
+
+class Stack:
+    def __init__(self, proxy: ProxyUnderTest, cheap: EchoTier, strong: EchoTier) -> None:
+        self.proxy, self.cheap, self.strong = proxy, cheap, strong
+
+    def ask(self, key: str, messages: list[dict[str, str]], **body: Any) -> tuple[dict[str, Any], Mapping[str, str]]:
+        """A non-streamed chat completion: (its JSON body, its response headers)."""
+        response = httpx.post(
+            f"{self.proxy.url}/v1/chat/completions",
+            json={"model": "strong", "messages": messages, **body},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
+        return response.json(), response.headers
+
+    def stream(self, key: str, messages: list[dict[str, str]], *, read_chunks: int | None = None) -> str:
+        """A streamed completion, read to its end or hung up on after `read_chunks` chunks; its request id."""
+        with (
+            httpx.Client(timeout=60) as client,
+            client.stream(
+                "POST",
+                f"{self.proxy.url}/v1/chat/completions",
+                json={"model": "strong", "messages": messages, "stream": True},
+                headers={"Authorization": f"Bearer {key}"},
+            ) as response,
+        ):
+            assert response.status_code == 200
+            request_id = response.headers["x-echolm-request-id"]
+            read = 0
+            for line in response.iter_lines():
+                if line.startswith("data: {"):
+                    read += 1
+                    if read_chunks is not None and read >= read_chunks:
+                        break  # leaving the block closes the connection: the client hung up
+        return request_id
+
+    def settled(self, request_id: str, seconds: float) -> str | None:
+        """The tier the request was recorded as served by, after waiting `seconds` for any recording."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if recorded := self.proxy.recorded_by(request_id):
+                return recorded
+            time.sleep(0.2)
+        return None
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    directory = tmp_path_factory.mktemp("safe-to-share")
+    with EchoTier("cheap") as cheap, EchoTier("strong") as strong:
+        config = config_outside_the_checkout()
+        config["model_list"] = [
+            {"model_name": tier.name, "litellm_params": {"model": f"openai/{tier.name}", "api_base": tier.api_base, "api_key": "x"}}
+            for tier in (cheap, strong)
+        ]  # fmt: skip
+        config.setdefault("general_settings", {})["custom_auth"] = "team_keys.user_api_key_auth"
+        (directory / "config.yaml").write_text(yaml.safe_dump(config))
+        shutil.copy(Path(__file__).with_name("team_keys.py"), directory / "team_keys.py")
+        proxy = launch_proxy(directory / "state", directory / "config.yaml")
+        try:
+            yield Stack(proxy, cheap, strong)
+        finally:
+            proxy.stop()
+
+
+def _user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def test_a_stream_the_client_hung_up_on_is_never_cached(stack: Stack) -> None:
+    # The control: a stream read to its end is cached, and a teammate's paraphrase is served from it.
+    read = stack.stream(ALICE, _user("How tall is the Eiffel Tower in metres? [slow]"))
+    assert stack.settled(read, 20) == "strong"
+    _, headers = stack.ask(BOB, _user("How tall is the Eiffel Tower in metres?"))
+    assert (headers["x-echolm-tier"], headers["x-echolm-examples"]) == ("cheap", "1")
+
+    hung_up = stack.stream(ALICE, _user("How deep is the Mariana Trench in metres? [slow]"), read_chunks=3)
+    # The upstream goes on for about 6 s; whatever LiteLLM logs for the cut stream comes by then.
+    assert stack.settled(hung_up, 10) is None
+    stack.cheap.clear()
+    _, headers = stack.ask(BOB, _user("How deep is the Mariana Trench in metres?"))
+
+    assert headers["x-echolm-examples"] == "0" and headers["x-echolm-tier"] == "strong"
+    assert stack.cheap.prompts() == []  # no partial answer went anywhere
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+def test_an_answer_the_upstream_never_finished_is_never_cached(stack: Stack, streamed: bool) -> None:
+    topic = "the speed of sound in dry air" if streamed else "the freezing point of mercury"
+    question = f"What is {topic}? [no-finish]"
+    if streamed:
+        request_id = stack.stream(ALICE, _user(question))
+    else:
+        body, headers = stack.ask(ALICE, _user(question))
+        request_id = headers["x-echolm-request-id"]
+        assert body["choices"][0]["message"]["content"].startswith(STRONG_ANSWER)
+    # Recorded (the client read it all), and not admitted: a teammate's paraphrase finds nothing.
+    assert stack.settled(request_id, 20) == "strong"
+    _, headers = stack.ask(BOB, _user(f"what is {topic}"))
+
+    assert headers["x-echolm-examples"] == "0" and headers["x-echolm-tier"] == "strong"
+
+
+DOCUMENT = "CONFIDENTIAL. Project Heron: the Lisbon office closes on 30 June; 41 staff move to Porto."
+
+
+def test_an_answer_about_one_users_document_never_reaches_a_teammate_without_it(stack: Stack) -> None:
+    with_document = [{"role": "system", "content": f"Answer from this document.\n\n{DOCUMENT}"}]
+    question = "Summarize the document in one line."
+    _, headers = stack.ask(ALICE, [*with_document, *_user(question)])
+    assert stack.settled(headers["x-echolm-request-id"], 20) == "strong"
+    # The control: under the same document, the same words are served from Alice's answer.
+    _, same = stack.ask(ALICE, [*with_document, *_user("Summarise the document in a single line.")])
+    assert (same["x-echolm-tier"], same["x-echolm-examples"]) == ("cheap", "1")
+
+    stack.cheap.clear()
+    stack.strong.clear()
+    for messages in (
+        _user(question),  # Bob has no document
+        [{"role": "system", "content": "Answer from this document.\n\nNothing moves this year."}, *_user(question)],
+        [*_user("Here is my memo: the canteen reopens Monday."), {"role": "assistant", "content": "Noted."}, *_user(question)],
+    ):  # fmt: skip
+        _, headers = stack.ask(BOB, messages)
+        assert headers["x-echolm-examples"] == "0" and headers["x-echolm-tier"] == "strong", messages
+
+    seen = "\n".join(stack.cheap.prompts() + stack.strong.prompts())
+    assert "Heron" not in seen and STRONG_ANSWER not in seen  # neither the document nor Alice's answer
+
+
+def test_an_answer_shaped_by_stop_is_routed_but_never_cached(stack: Stack) -> None:
+    _, headers = stack.ask(ALICE, _user("Name the largest moon of Saturn."), stop=["tok5"])
+    assert stack.settled(headers["x-echolm-request-id"], 20) == "strong"
+
+    _, headers = stack.ask(BOB, _user("name the largest moon of saturn"))
+
+    assert headers["x-echolm-examples"] == "0"
+
+
+def test_a_seed_passes_the_request_through_untouched(stack: Stack) -> None:
+    stack.strong.clear()
+    _, headers = stack.ask(ALICE, _user("Pick a colour at random."), seed=7)
+
+    assert headers["x-echolm-action"] == "pass_through"
+    assert headers["x-echolm-reason"] == "seed is a promise about the named model"
+    assert stack.strong.bodies[-1]["seed"] == 7
