@@ -56,11 +56,18 @@ def start_proxy(
     log_path: Path,
     workers: int = 1,
     ready_timeout: float = 180.0,
+    master_key: bool = True,
 ) -> ProxyProcess:
-    """Launch `litellm --config` and wait until it answers its liveliness probe."""
+    """Launch `litellm --config` and wait until it answers its liveliness probe (`master_key=False`: a
+    proxy with none, which LiteLLM runs when neither its config nor LITELLM_MASTER_KEY names one)."""
     validate_proxy_config(config)
     port = port or free_port()
     environment = proxy_environment(env, workers=workers)
+    # The lab's proxies serve one user, its master key: they share one cache because this says so.
+    # A test of tenancy itself sets ECHOLM_TENANCY__SHARED in `env`, and wins.
+    environment.setdefault("ECHOLM_TENANCY__SHARED", "true")
+    if not master_key:
+        environment.pop("LITELLM_MASTER_KEY")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable, "-m", "litellm.proxy.proxy_cli",
@@ -71,7 +78,7 @@ def start_proxy(
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=str(config.resolve().parent)
         )
-    proxy = ProxyProcess(process, f"http://127.0.0.1:{port}", environment["LITELLM_MASTER_KEY"], log_path)
+    proxy = ProxyProcess(process, f"http://127.0.0.1:{port}", environment.get("LITELLM_MASTER_KEY", ""), log_path)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -182,6 +182,19 @@ class RequestSettings(_Strict):
     query_context_turns: int = Field(default=0, ge=0, description="Earlier user turns added to the query.")
 
 
+class TenancySettings(_Strict):
+    """Who shares a cache. The tenant is a request's authenticated identity: its LiteLLM team, else its
+    user, else its virtual key (proxy); the `echolm_tenant` the application names (Router, LangChain)."""
+
+    shared: bool = Field(
+        default=False,
+        description=(
+            "Requests with no identity (the proxy's master key, a proxy without one, a Router or LangChain"
+            " call naming no tenant) share one cache, tenant 'shared'. Off: they pass through untouched."
+        ),
+    )
+
+
 class UpkeepSettings(_Strict):
     """Cost-aware replay, coverage of misses and eviction (see README "Keeping the cache useful")."""
 
@@ -222,6 +235,7 @@ class Settings(BaseSettings):
     # Every door reads it, not only the proxy: `proxy` is still accepted, in config files and as ECHOLM_PROXY__*.
     requests: RequestSettings = Field(default=RequestSettings(), validation_alias=AliasChoices("requests", "proxy"))
     upkeep: UpkeepSettings = UpkeepSettings()
+    tenancy: TenancySettings = TenancySettings()
 
     @model_validator(mode="after")
     def _unique_tier_names(self) -> Settings:

@@ -137,6 +137,7 @@ def build_engine(
             admission=settings.admission,
             requests=settings.requests,
             upkeep=settings.upkeep,
+            tenancy=settings.tenancy,
         ),
         tier_profiles(settings.tiers, model_list),
         embedder=embedder or EMBEDDERS[settings.embedder.backend](settings),

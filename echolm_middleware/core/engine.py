@@ -20,6 +20,7 @@ from echolm_middleware.config import (
     RequestSettings,
     RetrievalSettings,
     RoutingSettings,
+    TenancySettings,
     UpkeepSettings,
 )
 from echolm_middleware.core import selection
@@ -62,6 +63,8 @@ from echolm_middleware.errors import FeedbackAlreadyGiven, UnknownRequest
 
 _QUERY_VECTOR_CACHE = 4096
 _WARM_UP_TENANT = "echolm-warm-up"
+# Where requests with no identity go when the operator shares one cache between them (tenancy.shared).
+SHARED_TENANT = "shared"
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class EngineSettings:
     admission: AdmissionSettings
     requests: RequestSettings
     upkeep: UpkeepSettings = field(default_factory=UpkeepSettings)
+    tenancy: TenancySettings = field(default_factory=TenancySettings)
 
 
 def _expected_quality(decision: Decision, tier: str) -> float:
@@ -156,9 +160,17 @@ class Engine:
         return self.load.loads()
 
     def prepare(self, request: ChatRequest) -> Prepared:
-        """Decide the tier and the messages for one request; the decision is kept under a new id."""
+        """Decide the tier and the messages for one request; the decision is kept under a new id.
+
+        A request with no tenant (no identity) reads and writes no cache unless `tenancy.shared` says
+        such requests share one: then its tenant is SHARED_TENANT.
+        """
         started = time.perf_counter()
+        if not request.tenant and self.settings.tenancy.shared:
+            request = replace(request, tenant=SHARED_TENANT)
         decision = self._new_decision(request)
+        if not request.tenant:
+            return self._pass_through(decision, request, "no tenant identity (tenancy.shared is off)", started)
         view = inspect_request(
             request,
             max_messages=self.settings.requests.max_messages,

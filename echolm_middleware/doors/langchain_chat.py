@@ -34,7 +34,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from echolm_middleware.config import Settings, TierSettings
-from echolm_middleware.core.engine import Engine
+from echolm_middleware.core.engine import SHARED_TENANT, Engine
 from echolm_middleware.core.generation_params import judged_params
 from echolm_middleware.core.summary import DecisionSummary
 from echolm_middleware.core.types import ChatRequest, Outcome, Prepared
@@ -117,7 +117,14 @@ class EchoLMChatModel(BaseChatModel):
         default=None, description="EchoLM settings; their `tiers` name the models in order. Default: built-in."
     )
     engine: Engine | None = Field(default=None, description="A prebuilt engine to share (else built from settings).")
-    tenant: str = Field(default="default", min_length=1, description="Namespace of examples and decisions.")
+    tenant: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Namespace of examples and decisions (a call's metadata `echolm_tenant` wins). None: calls that"
+            " name no tenant pass through untouched, unless the settings share one cache (tenancy.shared)."
+        ),
+    )
     requested_tier: str | None = Field(
         default=None, description="The tier a request names (pass-throughs go there); default: the strongest."
     )
@@ -177,7 +184,8 @@ class EchoLMChatModel(BaseChatModel):
 
         `tenant`: the one the request was made for, when it came in the call's metadata rather than
         from this model's `tenant`; another tenant's request id is unknown here."""
-        self.wait_until_ready(self.startup_wait_s).feedback(request_id, score, tenant=tenant or self.tenant)
+        named = tenant or self.tenant or SHARED_TENANT  # a request that named none can only be the shared one's
+        self.wait_until_ready(self.startup_wait_s).feedback(request_id, score, tenant=named)
 
     def bind_tools(
         self,
@@ -202,7 +210,7 @@ class EchoLMChatModel(BaseChatModel):
     def _request(
         self, messages: list[BaseMessage], metadata: Mapping[str, Any] | None, params: Mapping[str, Any]
     ) -> ChatRequest:
-        tenant = (metadata or {}).get(TENANT_KEY) or self.tenant
+        tenant = (metadata or {}).get(TENANT_KEY) or self.tenant or ""
         return ChatRequest(
             tenant=str(tenant),
             model=self.requested_tier or (self.tier_names or [])[-1],

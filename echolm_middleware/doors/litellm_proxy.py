@@ -53,13 +53,32 @@ from echolm_middleware.metrics import metrics, observe_decision
 _CHAT_CALL_TYPES = frozenset({"acompletion", "completion"})
 
 
+# How LiteLLM authenticates its master key: the proxy admin, with no team, user or key of its own.
+_PROXY_ADMIN_USER = "default_user_id"
+_MASTER_KEY_ALIAS = "litellm_proxy_master_key"
+
+
 def tenant_of(user_api_key_dict: Any) -> str:
-    """The tenant from the authenticated key only: its team, else its user, else the key itself."""
-    for field, prefix in (("team_id", "team"), ("user_id", "user"), ("token", "key"), ("api_key", "key")):
+    """The tenant from the authenticated key only: its team, else its user, else its virtual key; "" for
+    no identity (the master key, or a key a proxy without a key database took on trust)."""
+    if getattr(user_api_key_dict, "user_id", None) == _PROXY_ADMIN_USER:
+        return ""
+    if getattr(user_api_key_dict, "api_key", None) == _MASTER_KEY_ALIAS:
+        return ""
+    for field, prefix in (("team_id", "team"), ("user_id", "user")):
         value = getattr(user_api_key_dict, field, None)
         if isinstance(value, str) and value:
             return f"{prefix}:{value}"
-    return "default"
+    token = getattr(user_api_key_dict, "token", None)
+    # Without its database LiteLLM accepts any key and hashes whatever was sent: not an identity.
+    if isinstance(token, str) and token and _proxy_has_key_database():
+        return f"key:{token}"
+    return ""
+
+
+def _proxy_has_key_database() -> bool:
+    proxy_server = sys.modules.get("litellm.proxy.proxy_server")
+    return getattr(proxy_server, "prisma_client", None) is not None
 
 
 def caller_of(user_api_key_dict: Any) -> str:
@@ -84,6 +103,19 @@ def _proxy_config_path() -> Path:
     raise FileNotFoundError("no config file: start the proxy with --config or set ECHOLM_CONFIG")
 
 
+def tenancy_notice(shared: bool) -> str:
+    """What the proxy says at start about requests with no team, user or virtual-key identity."""
+    if shared:
+        return (
+            "tenancy.shared is on: requests with no team, user or virtual-key identity (the master key among"
+            " them) share one cache, tenant 'shared'. Fine for one user; give each team its own key otherwise."
+        )
+    return (
+        "tenancy.shared is off: requests with no team, user or virtual-key identity (the master key among"
+        " them) pass through untouched. Give each team its own key, or set tenancy.shared: true for one user."
+    )
+
+
 def engine_from_proxy_config() -> Engine:
     """Build the engine from the `echolm` section of the proxy's own config file."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -94,6 +126,7 @@ def engine_from_proxy_config() -> Engine:
     state = build_state(settings)
     engine = build_engine(settings, model_list, state=state)
     engine.warm_up()
+    logger.warning("echolm: %s", tenancy_notice(settings.tenancy.shared))
     if settings.upkeep.schedule_minutes is not None:
         from echolm_middleware.factory import build_upkeep
         from echolm_middleware.scheduling import start_upkeep_scheduler

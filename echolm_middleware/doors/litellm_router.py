@@ -4,6 +4,8 @@
     door = install_echolm(router, engine)          # engine = build_engine(settings, router.model_list)
     await router.acompletion(model="strong", messages=[...], metadata={"echolm_tenant": "acme"})
 
+A call that names no `echolm_tenant` passes through untouched, unless `tenancy.shared` is on.
+
 The custom routing strategy asks the engine for the tier and lets the Router's own choice among the
 tier's deployments stand. A callback records the outcome. Fails open exactly like the proxy door; when
 the tier we chose fails and the Router retries (`num_retries`), the retry goes to the model the caller
@@ -38,10 +40,11 @@ _REMEMBERED_CALLS = 4096
 
 
 def _tenant(request_kwargs: Mapping[str, Any] | None) -> str:
-    # In-process callers are the application itself, which knows who it serves.
+    # In-process callers are the application itself, which knows who it serves. A call that names no
+    # tenant has no identity: it passes through unless the settings share one cache (tenancy.shared).
     metadata = (request_kwargs or {}).get("metadata") or {}
     tenant = metadata.get(TENANT_KEY) if isinstance(metadata, Mapping) else None
-    return str(tenant) if tenant else "default"
+    return str(tenant) if tenant else ""
 
 
 class EchoLMRoutingStrategy(CustomRoutingStrategyBase):

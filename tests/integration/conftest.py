@@ -108,13 +108,17 @@ class ProxyUnderTest:
 ProxyFactory = Callable[..., ProxyUnderTest]
 
 
-def launch_proxy(state_dir: Path, config: Path = CONFIG, extra_env: Mapping[str, str] | None = None) -> ProxyUnderTest:
+def launch_proxy(
+    state_dir: Path, config: Path = CONFIG, extra_env: Mapping[str, str] | None = None, *, master_key: bool = True
+) -> ProxyUnderTest:
     """A proxy from a config (default: the repo's config.yaml) on the store and state under `state_dir`."""
     env = dict(os.environ)
     env["ECHOLM_STORE__PATH"] = str(state_dir / "chroma")
     env["ECHOLM_STATE__PATH"] = str(state_dir / "state.db")
     env.update(extra_env or {})
-    process = start_proxy(config, env=env, log_path=state_dir / "proxy.log")
+    if not master_key:
+        env.pop("LITELLM_MASTER_KEY", None)
+    process = start_proxy(config, env=env, log_path=state_dir / "proxy.log", master_key=master_key)
     return ProxyUnderTest(process, state_dir, env)
 
 

@@ -74,22 +74,40 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    directory = tmp_path_factory.mktemp("safe-to-share")
+def echo_tiers() -> Iterator[tuple[EchoTier, EchoTier]]:
     with EchoTier("cheap") as cheap, EchoTier("strong") as strong:
-        config = config_outside_the_checkout()
-        config["model_list"] = [
-            {"model_name": tier.name, "litellm_params": {"model": f"openai/{tier.name}", "api_base": tier.api_base, "api_key": "x"}}
-            for tier in (cheap, strong)
-        ]  # fmt: skip
-        config.setdefault("general_settings", {})["custom_auth"] = "team_keys.user_api_key_auth"
-        (directory / "config.yaml").write_text(yaml.safe_dump(config))
-        shutil.copy(Path(__file__).with_name("team_keys.py"), directory / "team_keys.py")
-        proxy = launch_proxy(directory / "state", directory / "config.yaml")
-        try:
-            yield Stack(proxy, cheap, strong)
-        finally:
-            proxy.stop()
+        yield cheap, strong
+
+
+def _config(tiers: tuple[EchoTier, ...], *, team_keys: bool, master_key: bool = True) -> dict[str, Any]:
+    config = config_outside_the_checkout()
+    config["model_list"] = [
+        {"model_name": tier.name, "litellm_params": {"model": f"openai/{tier.name}", "api_base": tier.api_base, "api_key": "x"}}
+        for tier in tiers
+    ]  # fmt: skip
+    general = config.setdefault("general_settings", {})
+    if team_keys:
+        general["custom_auth"] = "team_keys.user_api_key_auth"
+    if not master_key:
+        general.pop("master_key", None)
+    return config
+
+
+def _launch(directory: Path, config: dict[str, Any], *, master_key: bool = True, **env: str) -> ProxyUnderTest:
+    (directory / "config.yaml").write_text(yaml.safe_dump(config))
+    shutil.copy(Path(__file__).with_name("team_keys.py"), directory / "team_keys.py")
+    # The safe default, whatever the lab's proxies share (they serve one user).
+    env = {"ECHOLM_TENANCY__SHARED": "false", **env}
+    return launch_proxy(directory / "state", directory / "config.yaml", env, master_key=master_key)
+
+
+@pytest.fixture(scope="module")
+def stack(echo_tiers: tuple[EchoTier, EchoTier], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    proxy = _launch(tmp_path_factory.mktemp("safe-to-share"), _config(echo_tiers, team_keys=True))
+    try:
+        yield Stack(proxy, *echo_tiers)
+    finally:
+        proxy.stop()
 
 
 def _user(text: str) -> list[dict[str, str]]:
@@ -172,3 +190,45 @@ def test_a_seed_passes_the_request_through_untouched(stack: Stack) -> None:
     assert headers["x-echolm-action"] == "pass_through"
     assert headers["x-echolm-reason"] == "seed is a promise about the named model"
     assert stack.strong.bodies[-1]["seed"] == 7
+
+
+@pytest.mark.parametrize("master_key", [True, False])
+def test_requests_with_no_identity_pass_through_untouched_by_default(
+    echo_tiers: tuple[EchoTier, EchoTier], tmp_path: Path, master_key: bool
+) -> None:
+    """The master key itself, or any key a proxy without one accepts on trust, is nobody in particular."""
+    # LiteLLM 1.108 refuses to start without a master key unless told to (older ones start anyway).
+    permit = {} if master_key else {"LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true"}
+    config = _config(echo_tiers, team_keys=False, master_key=master_key)
+    proxy = _launch(tmp_path, config, master_key=master_key, **permit)
+    try:
+        stack = Stack(proxy, *echo_tiers)
+        key = proxy.process.master_key if master_key else "any-key-at-all"
+        _, first = stack.ask(key, _user("What is the tallest mountain in Africa?"))
+        assert stack.settled(first["x-echolm-request-id"], 5) is None  # nothing recorded, nothing cached
+        _, again = stack.ask(key, _user("what is the tallest mountain in africa"))
+        log = proxy.process.log_tail(400)
+    finally:
+        proxy.stop()
+
+    for headers in (first, again):
+        assert headers["x-echolm-action"] == "pass_through"
+        assert headers["x-echolm-reason"] == "no tenant identity (tenancy.shared is off)"
+    assert "tenancy.shared is off: requests with no team, user or virtual-key identity" in log
+
+
+def test_shared_mode_is_the_operators_explicit_choice_and_the_proxy_says_so(
+    echo_tiers: tuple[EchoTier, EchoTier], tmp_path: Path
+) -> None:
+    proxy = _launch(tmp_path, _config(echo_tiers, team_keys=False), ECHOLM_TENANCY__SHARED="true")
+    try:
+        stack = Stack(proxy, *echo_tiers)
+        _, first = stack.ask(proxy.process.master_key, _user("What is the longest river in Asia?"))
+        assert stack.settled(first["x-echolm-request-id"], 20) == "strong"
+        _, again = stack.ask(proxy.process.master_key, _user("what is the longest river in asia"))
+        log = proxy.process.log_tail(400)
+    finally:
+        proxy.stop()
+
+    assert (again["x-echolm-tier"], again["x-echolm-examples"]) == ("cheap", "1")
+    assert "tenancy.shared is on" in log

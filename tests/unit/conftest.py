@@ -20,6 +20,7 @@ from echolm_middleware.config import (
     RequestSettings,
     RetrievalSettings,
     RoutingSettings,
+    TenancySettings,
     UtilityWeights,
 )
 from echolm_middleware.core.engine import Engine, EngineSettings
@@ -109,6 +110,7 @@ def engine_settings(
     routing: RoutingSettings | None = None,
     admission: AdmissionSettings | None = None,
     requests: RequestSettings | None = None,
+    tenancy: TenancySettings | None = None,
 ) -> EngineSettings:
     return EngineSettings(
         retrieval=retrieval or RETRIEVAL,
@@ -116,6 +118,7 @@ def engine_settings(
         routing=routing or ROUTING,
         admission=admission or ADMISSION,
         requests=requests or RequestSettings(),
+        tenancy=tenancy or TenancySettings(),
     )
 
 

@@ -20,6 +20,7 @@ from langchain_core.runnables import Runnable
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, PrivateAttr
 
+from echolm_middleware.config import TenancySettings
 from echolm_middleware.core.engine import Engine
 from echolm_middleware.doors.langchain_chat import EchoLMChatModel, default_settings
 from echolm_middleware.errors import UnknownRequest
@@ -96,7 +97,7 @@ class Door:
         self.kit = kit
         self.cheap = ScriptedTier(answer="cheap answer")
         self.strong = ScriptedTier(answer=ANSWER)
-        self.model = EchoLMChatModel(tiers=[self.cheap, self.strong], engine=kit.engine)
+        self.model = EchoLMChatModel(tenant="default", tiers=[self.cheap, self.strong], engine=kit.engine)
 
     @property
     def engine(self) -> Engine:
@@ -194,6 +195,21 @@ def test_constructor_tenant_is_the_default_namespace(make_engine: EngineFactory)
     assert kit.store.nearest("acme", vector, 5) and not kit.store.nearest("default", vector, 5)
 
 
+def test_a_model_that_names_no_tenant_passes_through_unless_the_cache_is_shared(make_engine: EngineFactory) -> None:
+    kit = make_engine()
+    kit.engine.admit("shared", QUESTION, ANSWER, "strong")
+    anonymous = EchoLMChatModel(tiers=[ScriptedTier(answer="x"), ScriptedTier(answer=ANSWER)], engine=kit.engine)
+
+    message = anonymous.invoke(PARAPHRASE)
+
+    assert _echolm(message)["action"] == "pass_through"
+    assert _echolm(message)["reason"] == "no tenant identity (tenancy.shared is off)"
+    shared = make_engine(tenancy=TenancySettings(shared=True))
+    shared.engine.admit("shared", QUESTION, ANSWER, "strong")
+    model = EchoLMChatModel(tiers=[ScriptedTier(answer="x"), ScriptedTier(answer=ANSWER)], engine=shared.engine)
+    assert _echolm(model.invoke(PARAPHRASE))["examples"]  # the shared cache served it
+
+
 def test_bound_tools_pass_through_to_the_requested_tier_untouched(door: Door) -> None:
     class GetWeather(BaseModel):
         """Weather in a city."""
@@ -241,7 +257,9 @@ def test_an_engine_that_never_builds_fails_open(make_engine: EngineFactory) -> N
     )
     assert isinstance(settings, Settings)
     strong = ScriptedTier(answer=ANSWER)
-    model = EchoLMChatModel(tiers=[ScriptedTier(answer="x"), strong], settings=settings, startup_wait_s=5)
+    model = EchoLMChatModel(
+        tenant="default", tiers=[ScriptedTier(answer="x"), strong], settings=settings, startup_wait_s=5
+    )
     result = model.invoke(QUESTION)
 
     assert result.content == ANSWER and _echolm(result)["action"] == "fail_open"

@@ -68,7 +68,7 @@ def test_a_langchain_stream_the_caller_hangs_up_before_its_first_token_leaves_no
 ) -> None:
     engine = make_engine().engine
     strong = HangingTier(answer=ANSWER)
-    model = EchoLMChatModel(tiers=[ScriptedTier(answer="cheap"), strong], engine=engine)
+    model = EchoLMChatModel(tenant="default", tiers=[ScriptedTier(answer="cheap"), strong], engine=engine)
 
     async def hang_up() -> tuple[int, int]:
         async def read() -> None:
@@ -93,7 +93,9 @@ def test_a_langchain_stream_the_caller_hangs_up_before_its_first_token_leaves_no
 @pytest.mark.parametrize("path", ["invoke", "ainvoke", "stream", "astream"])
 def test_every_langchain_path_ends_the_load_after_an_answer(make_engine: EngineFactory, path: str) -> None:
     engine = make_engine().engine
-    model = EchoLMChatModel(tiers=[ScriptedTier(answer="cheap"), ScriptedTier(answer=ANSWER)], engine=engine)
+    model = EchoLMChatModel(
+        tenant="default", tiers=[ScriptedTier(answer="cheap"), ScriptedTier(answer=ANSWER)], engine=engine
+    )
 
     async def call(question: str) -> None:
         if path == "invoke":
@@ -114,7 +116,9 @@ def test_every_langchain_path_ends_the_load_after_an_answer(make_engine: EngineF
 
 def test_a_sync_stream_closed_after_its_first_chunk_ends_the_load(make_engine: EngineFactory) -> None:
     engine = make_engine().engine
-    model = EchoLMChatModel(tiers=[ScriptedTier(answer="cheap"), ScriptedTier(answer=ANSWER)], engine=engine)
+    model = EchoLMChatModel(
+        tenant="default", tiers=[ScriptedTier(answer="cheap"), ScriptedTier(answer=ANSWER)], engine=engine
+    )
 
     stream = model.stream(QUESTION)
     next(stream)
@@ -127,7 +131,7 @@ def test_a_sync_stream_closed_after_its_first_chunk_ends_the_load(make_engine: E
 def test_a_failing_tier_ends_the_load_of_the_call_it_failed(make_engine: EngineFactory) -> None:
     engine = make_engine().engine
     failing = ScriptedTier(answer="cheap", fails_after_chunks=0)
-    model = EchoLMChatModel(tiers=[failing, ScriptedTier(answer=ANSWER)], engine=engine)
+    model = EchoLMChatModel(tenant="default", tiers=[failing, ScriptedTier(answer=ANSWER)], engine=engine)
     model.invoke(QUESTION)
 
     model.invoke(PARAPHRASE)  # routed to the failing cheap tier, then to the strong one unchanged
