@@ -63,7 +63,9 @@ def main() -> None:
     specs = specs_for_config(read_config_file(args.config), default_model_dir())
     with running_tiers(specs, ROOT / ".echolm" / "run"):
         model = EchoLMChatModel(
-            tiers=[chat_model_for(tier.name, raw["model_list"]) for tier in settings.tiers], settings=settings
+            tenant="qa-demo",  # whom the cache serves: calls that name no tenant pass through
+            tiers=[chat_model_for(tier.name, raw["model_list"]) for tier in settings.tiers],
+            settings=settings,
         )
         engine = model.wait_until_ready()
         prompt = ChatPromptTemplate.from_messages(

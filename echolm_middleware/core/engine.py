@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import hashlib
 import random
 import threading
@@ -83,6 +84,21 @@ class EngineSettings:
 def _expected_quality(decision: Decision, tier: str) -> float:
     """The router's quality estimate for the tier that served, when it decided (0.5 if it has none)."""
     return next((score.quality for score in decision.scores if score.tier == tier), 0.5)
+
+
+# LiteLLM's names for "every model" in a key's or team's list.
+_EVERY_MODEL = frozenset({"*", "all-proxy-models"})
+
+
+def _allowed(tier: str, request: ChatRequest) -> bool:
+    """Whether every allow-list the caller carries admits the tier (the tier named always is: the host
+    checked that before us). A list naming only access groups admits no other tier: never wider."""
+    if tier == request.model:
+        return True
+    return all(
+        not models or any(m in _EVERY_MODEL or fnmatch.fnmatchcase(tier, m) for m in models)
+        for models in request.allowed_models
+    )
 
 
 def _copied(messages: Sequence[Any]) -> list[Any]:
@@ -191,7 +207,7 @@ class Engine:
         decision.context = context_key(view.instructions, view.history, params.shaping)
         decision.not_cached = params.not_cached_reason
         decision.history_turns = len(view.history)
-        eligible = self._fitting_tiers(requested, view)
+        eligible = [tier for tier in self._fitting_tiers(requested, view) if _allowed(tier.name, request)]
         if not eligible:
             return self._pass_through(decision, request, "prompt exceeds the requested tier's context", started)
 

@@ -91,6 +91,9 @@ class ChatRequest:
     params: Mapping[str, Any] = field(default_factory=dict)
     # Who asks within the tenant (a key or user id), kept with an example it admits; "" when unknown.
     caller: str = ""
+    # The model allow-lists the caller's credentials carry (a key's, its team's): a tier is a candidate
+    # only if every list admits it (fnmatch patterns, as LiteLLM's wildcards). None or empty: no limit.
+    allowed_models: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True)

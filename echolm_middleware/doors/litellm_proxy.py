@@ -76,6 +76,17 @@ def tenant_of(user_api_key_dict: Any) -> str:
     return ""
 
 
+def allow_lists_of(user_api_key_dict: Any) -> tuple[tuple[str, ...], ...]:
+    """The model allow-lists of the key and of its team. LiteLLM checks the model the caller named
+    before our hook runs; any other tier we might pick must pass the same lists."""
+    lists = []
+    for field in ("models", "team_models"):
+        models = getattr(user_api_key_dict, field, None)
+        if isinstance(models, list | tuple) and models:
+            lists.append(tuple(str(model) for model in models))
+    return tuple(lists)
+
+
 def _proxy_has_key_database() -> bool:
     proxy_server = sys.modules.get("litellm.proxy.proxy_server")
     return getattr(proxy_server, "prisma_client", None) is not None
@@ -241,6 +252,7 @@ class EchoLMProxyHandler(RecordingCallback):
             has_tools=bool(data.get("tools") or data.get("functions")),
             params=judged_params(data),
             caller=caller_of(user_api_key_dict),
+            allowed_models=allow_lists_of(user_api_key_dict),
         )
         if metadata.pop(BYPASS_KEY, False):
             summary = await self._bypass(request)

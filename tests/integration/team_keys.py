@@ -15,6 +15,7 @@ KEYS: dict[str, dict[str, Any]] = {
     "sk-alice": {"team_id": "team-a", "user_id": "alice"},
     "sk-bob": {"team_id": "team-a", "user_id": "bob"},
     "sk-carol": {"team_id": "team-b", "user_id": "carol"},
+    "sk-dave": {"team_id": "team-a", "user_id": "dave", "models": ["strong"]},  # may call only strong
 }
 
 

@@ -59,7 +59,9 @@ def model(local_tiers: LocalTiers, embedder: MiniLMEmbedder, tmp_path: Path) -> 
     """
     engine = build_engine(_settings(tmp_path), embedder=embedder)
     engine.warm_up()
-    wrapper = EchoLMChatModel(tiers=[_chat_model(local_tiers, CHEAP), _chat_model(local_tiers, STRONG)], engine=engine)
+    wrapper = EchoLMChatModel(
+        tenant="default", tiers=[_chat_model(local_tiers, CHEAP), _chat_model(local_tiers, STRONG)], engine=engine
+    )
     wrapper.wait_until_ready()
     local_tiers.recorder.clear()
     yield wrapper
@@ -110,7 +112,9 @@ def test_streaming_yields_several_chunks_and_records_once(model: EchoLMChatModel
 def test_async_batch_of_twenty_loses_and_duplicates_nothing(local_tiers: LocalTiers, tmp_path: Path) -> None:
     # Short answers keep twenty real generations quick; every one of them must be recorded once.
     model = EchoLMChatModel(
-        tiers=[_chat_model(local_tiers, CHEAP, 8), _chat_model(local_tiers, STRONG, 8)], settings=_settings(tmp_path)
+        tenant="default",
+        tiers=[_chat_model(local_tiers, CHEAP, 8), _chat_model(local_tiers, STRONG, 8)],
+        settings=_settings(tmp_path),
     )
     model.wait_until_ready()
     countries = ["France", "Japan", "Brazil", "Kenya", "Canada", "Egypt", "India", "Peru", "Norway", "Chile"]
@@ -159,7 +163,9 @@ class BrokenEmbedder:
 
 def test_a_failing_embedder_fails_open_to_the_strong_tier(local_tiers: LocalTiers, tmp_path: Path) -> None:
     engine = build_engine(_settings(tmp_path), embedder=BrokenEmbedder())
-    model = EchoLMChatModel(tiers=[_chat_model(local_tiers, CHEAP), _chat_model(local_tiers, STRONG)], engine=engine)
+    model = EchoLMChatModel(
+        tenant="default", tiers=[_chat_model(local_tiers, CHEAP), _chat_model(local_tiers, STRONG)], engine=engine
+    )
 
     result = model.invoke(QUESTION)
 
@@ -175,7 +181,10 @@ def test_an_unreachable_store_fails_open(local_tiers: LocalTiers, tmp_path: Path
         update={"store": settings.store.model_copy(update={"server_url": "http://127.0.0.1:9"})}
     )
     model = EchoLMChatModel(
-        tiers=[_chat_model(local_tiers, CHEAP), _chat_model(local_tiers, STRONG)], settings=settings, startup_wait_s=10
+        tenant="default",
+        tiers=[_chat_model(local_tiers, CHEAP), _chat_model(local_tiers, STRONG)],
+        settings=settings,
+        startup_wait_s=10,
     )
 
     result = model.invoke(QUESTION)

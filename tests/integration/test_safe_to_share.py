@@ -232,3 +232,45 @@ def test_shared_mode_is_the_operators_explicit_choice_and_the_proxy_says_so(
 
     assert (again["x-echolm-tier"], again["x-echolm-examples"]) == ("cheap", "1")
     assert "tenancy.shared is on" in log
+
+
+def test_static_team_keys_make_each_team_a_tenant_without_a_key_database(
+    echo_tiers: tuple[EchoTier, EchoTier], tmp_path: Path
+) -> None:
+    config = _config(echo_tiers, team_keys=False)
+    config["general_settings"]["custom_auth"] = "echolm_middleware.doors.static_keys.user_api_key_auth"
+    proxy = _launch(tmp_path, config, ECHOLM_STATIC_KEYS="sk-acme-1=acme,sk-acme-2=acme,sk-beta-1=beta")
+    try:
+        stack = Stack(proxy, *echo_tiers)
+        _, first = stack.ask("sk-acme-1", _user("Which planet has the most moons?"))
+        assert stack.settled(first["x-echolm-request-id"], 20) == "strong"
+        _, teammate = stack.ask("sk-acme-2", _user("which planet has the most moons"))
+        _, other_team = stack.ask("sk-beta-1", _user("which planet has the most moons"))
+        _, admin = stack.ask(proxy.process.master_key, _user("which planet has the most moons"))
+        refused = httpx.post(
+            f"{proxy.url}/v1/chat/completions",
+            json={"model": "strong", "messages": _user("hi")},
+            headers={"Authorization": "Bearer sk-not-listed"},
+            timeout=30,
+        )
+    finally:
+        proxy.stop()
+
+    assert (teammate["x-echolm-tier"], teammate["x-echolm-examples"]) == ("cheap", "1")
+    assert (other_team["x-echolm-tier"], other_team["x-echolm-examples"]) == ("strong", "0")
+    assert admin["x-echolm-action"] == "pass_through"
+    assert refused.status_code in (401, 403)
+
+
+def test_a_key_limited_to_strong_is_never_routed_to_cheap(stack: Stack) -> None:
+    _, headers = stack.ask(ALICE, _user("What is the chemical symbol for tungsten?"))
+    assert stack.settled(headers["x-echolm-request-id"], 20) == "strong"
+    stack.cheap.clear()
+
+    _, dave = stack.ask("sk-dave", _user("what is the chemical symbol for tungsten"))
+    _, bob = stack.ask(BOB, _user("what is the chemical symbol for tungsten"))
+
+    assert dave["x-echolm-tier"] == "strong" and dave["x-echolm-examples"] == "0"
+    # The same team with no limit: served from Alice's answer and Dave's (his strong answer was cached).
+    assert (bob["x-echolm-tier"], bob["x-echolm-examples"]) == ("cheap", "2")
+    assert len(stack.cheap.bodies) == 1  # Bob's alone

@@ -861,3 +861,28 @@ def test_a_tenant_id_that_is_not_valid_unicode_passes_through_and_is_kept_for_ex
     assert prepared.tier == "strong"
     kept = kit.state.get(prepared.decision.request_id)
     assert kept is not None and kept.tenant == "team-\\ud800"  # escaped, so SQLite can hold it
+
+
+@pytest.mark.parametrize(
+    ("allowed", "tier"),
+    [
+        ((("strong",),), "strong"),  # the key may call only strong: never routed to cheap
+        ((("cheap", "strong"), ("strong",)), "strong"),  # the team's list rules cheap out too
+        ((("team-access-group",),), "strong"),  # a list of access groups names no other tier
+        ((("*",),), "cheap"),
+        ((("ch*", "strong"),), "cheap"),  # LiteLLM-style wildcards
+        ((), "cheap"),  # no list: no limit
+    ],
+)
+def test_only_tiers_the_callers_allow_lists_admit_are_candidates(
+    make_engine: Any, allowed: tuple[tuple[str, ...], ...], tier: str
+) -> None:
+    kit = make_engine()
+    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+
+    prepared = kit.engine.prepare(_ask(PARAPHRASE, allowed_models=allowed))
+
+    assert prepared.tier == tier
+    assert [score.tier for score in prepared.decision.scores] == (
+        ["strong"] if tier == "strong" else ["cheap", "strong"]
+    )

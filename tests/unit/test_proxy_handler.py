@@ -15,12 +15,13 @@ from typing import Any
 import litellm
 import pytest
 from litellm.integrations.custom_logger import CustomLogger
+from litellm.proxy._types import UserAPIKeyAuth
 
 from echolm_lab.local_services import free_port
 from echolm_middleware.core.summary import DecisionSummary
 from echolm_middleware.doors.access import EngineHandle
 from echolm_middleware.doors.litellm_common import METADATA_KEY, as_served, fall_back_to_requested
-from echolm_middleware.doors.litellm_proxy import EchoLMProxyHandler
+from echolm_middleware.doors.litellm_proxy import EchoLMProxyHandler, caller_of, tenant_of
 from echolm_middleware.metrics import metrics
 from tests.echo_tier import WORDS, EchoTier
 
@@ -218,3 +219,19 @@ def test_the_router_doors_retry_goes_to_the_named_model_with_the_callers_message
     # The caller's own list and dict are left as they were: nothing of ours was written into them.
     assert messages == original
     assert not any(key.startswith("echolm") and key != "echolm_tenant" for key in metadata), metadata
+
+
+@pytest.mark.parametrize(
+    ("key", "tenant", "caller"),
+    [
+        (UserAPIKeyAuth(api_key="k", team_id="acme", user_id="alice"), "team:acme", "user:alice"),
+        (UserAPIKeyAuth(api_key="k", user_id="alice"), "user:alice", "user:alice"),
+        # The master key, as LiteLLM authenticates it: the proxy admin, nobody in particular.
+        (UserAPIKeyAuth(api_key="litellm_proxy_master_key", user_id="default_user_id"), "", "user:default_user_id"),
+        # A key a proxy without a key database took on trust (it hashes whatever was sent).
+        (UserAPIKeyAuth(api_key="sk-anything"), "", "key:"),
+    ],
+)
+def test_the_tenant_comes_from_an_authenticated_identity_only(key: Any, tenant: str, caller: str) -> None:
+    assert tenant_of(key) == tenant
+    assert caller_of(key).startswith(caller)
