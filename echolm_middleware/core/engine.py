@@ -101,6 +101,23 @@ def _allowed(tier: str, request: ChatRequest) -> bool:
     )
 
 
+def tenant_bucket(bucket: str, tenant: str) -> str:
+    """How a tenant's posterior for a context bucket is stored (bucket names hold no "|")."""
+    return f"{bucket}|{tenant}"
+
+
+def _by_tenant(
+    stored: Mapping[tuple[str, str], tuple[float, float]],
+) -> dict[str, dict[tuple[str, str], tuple[float, float]]]:
+    """Stored posteriors split by tenant; ones kept before they were per tenant (no "|") are left out."""
+    split: dict[str, dict[tuple[str, str], tuple[float, float]]] = {}
+    for (tier, key), counts in stored.items():
+        bucket, sep, tenant = key.partition("|")
+        if sep:
+            split.setdefault(tenant, {})[(tier, bucket)] = counts
+    return split
+
+
 def _copied(messages: Sequence[Any]) -> list[Any]:
     """The caller's messages, each object copied; anything malformed is passed on as it came."""
     return [dict(message) if isinstance(message, Mapping) else message for message in messages]
@@ -152,7 +169,8 @@ class Engine:
         self._now = clock or time.time
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
-        self._posteriors = stats.load_posteriors()
+        # Per tenant: one tenant's feedback moves its own routing, never everyone's.
+        self._posteriors = _by_tenant(stats.load_posteriors())
         self._weights = stats.load_weights() or settings.retrieval.weights.model_dump()
         self._vectors: OrderedDict[str, list[float]] = OrderedDict()
         # The quality target (routing.quality_target): sampled cheap-tier answers move the strongest's bias.
@@ -218,7 +236,7 @@ class Engine:
         chosen = self._choose_examples(candidates)
         bucket = context_bucket(chosen)
         with self._lock:
-            observed = dict(self._posteriors)
+            observed = dict(self._posteriors.get(request.tenant, {}))
         scores = score_tiers(
             eligible,
             strongest=self.strongest,
@@ -370,10 +388,11 @@ class Engine:
             raise FeedbackAlreadyGiven(f"request {request_id!r} already has feedback; it counts once")
         strongest = decision.tier == self.strongest
         bucket = tier_bucket(decision.bucket, strongest=strongest)
-        self.stats.add_to_posterior(decision.tier, bucket, score, 1.0 - score)
+        self.stats.add_to_posterior(decision.tier, tenant_bucket(bucket, tenant), score, 1.0 - score)
         with self._lock:
-            successes, failures = self._posteriors.get((decision.tier, bucket), (0.0, 0.0))
-            self._posteriors[(decision.tier, bucket)] = (successes + score, failures + 1.0 - score)
+            observed = self._posteriors.setdefault(tenant, {})
+            successes, failures = observed.get((decision.tier, bucket), (0.0, 0.0))
+            observed[(decision.tier, bucket)] = (successes + score, failures + 1.0 - score)
         if strongest:
             # The answer this request admitted, if it was the one kept, is only as good as the feedback says.
             key = example_id(decision.tenant, decision.context, decision.query.strip())

@@ -605,7 +605,7 @@ def test_feedback_on_a_cheap_answer_updates_the_posterior_the_weights_and_the_of
 
     kit.engine.feedback(decision.request_id, 0.2, tenant="A")
 
-    assert kit.state.load_posteriors() == {("cheap", "high"): pytest.approx((0.2, 0.8))}
+    assert kit.state.load_posteriors() == {("cheap", "high|A"): pytest.approx((0.2, 0.8))}
     weights_after = kit.engine.utility_weights()
     assert weights_after != weights_before
     assert kit.state.load_weights() == pytest.approx(weights_after)
@@ -629,12 +629,27 @@ def test_feedback_accumulates_and_a_restarted_engine_reads_it_back(make_engine: 
 
     reopened = SQLiteState(tmp_path / "state.db")
     try:
-        assert reopened.load_posteriors() == {("cheap", "high"): pytest.approx((1.25, 0.75))}
+        assert reopened.load_posteriors() == {("cheap", "high|A"): pytest.approx((1.25, 0.75))}
         restarted = make_engine(state=reopened)
         assert restarted.engine.utility_weights() == pytest.approx(saved_weights)
         assert restarted.engine.explain(first.request_id).tier == "cheap"
     finally:
         reopened.close()
+
+
+def test_one_tenants_feedback_moves_its_own_routing_not_anothers(make_engine: Any) -> None:
+    kit = make_engine()
+    kit.engine.admit("B", QUESTION, ANSWER, "strong")
+    decision = _cheap_with_example(kit)
+    for _ in range(10):  # tenant A says, over and over, that the cheap tier is useless
+        prepared = kit.engine.prepare(_ask(PARAPHRASE))
+        kit.engine.release(prepared.decision.request_id)
+        if prepared.tier == "cheap":
+            kit.engine.feedback(prepared.decision.request_id, 0.0, tenant="A")
+    kit.engine.feedback(decision.request_id, 0.0, tenant="A")
+
+    assert kit.engine.prepare(_ask(PARAPHRASE)).tier == "strong"
+    assert kit.engine.prepare(_ask(PARAPHRASE, tenant="B")).tier == "cheap"  # B's routing never moved
 
 
 def test_repeated_bad_feedback_on_the_cheap_tier_moves_routing_back_to_strong(make_engine: Any) -> None:
@@ -666,7 +681,7 @@ def test_low_feedback_on_a_strong_answer_demotes_the_example_it_admitted(make_en
     kit.engine.feedback(first.decision.request_id, 0.1, tenant="A")
 
     assert _stored(kit)[QUESTION].quality == pytest.approx(0.1)
-    assert kit.state.load_posteriors() == {("strong", "any"): pytest.approx((0.1, 0.9))}
+    assert kit.state.load_posteriors() == {("strong", "any|A"): pytest.approx((0.1, 0.9))}
     after = kit.engine.prepare(_ask(PARAPHRASE))
     assert after.tier == "strong"
     assert after.decision.candidates_considered == 1
