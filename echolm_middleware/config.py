@@ -245,6 +245,17 @@ class Settings(BaseSettings):
             raise ValueError(f"tier names must be unique; repeated: {', '.join(duplicates)}")
         return self
 
+    @model_validator(mode="after")
+    def _few_shot_needs_the_screen(self) -> Settings:
+        # Few-shot turns cannot be fenced as data: cached text becomes conversation turns of their own,
+        # so only screened text may go there.
+        if self.augmentation.format == "few_shot" and not self.admission.refuse_instructions:
+            raise ValueError(
+                "augmentation.format few_shot needs admission.refuse_instructions: true (turns cannot be"
+                " fenced as data); use inline to show unscreened examples"
+            )
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -480,7 +480,10 @@ class Engine:
         for candidate in candidates:
             if candidate.example.quality < self.settings.admission.min_quality:
                 continue  # feedback sank this answer below the bar: never show it again
-            if self.settings.admission.refuse_instructions and looks_like_instructions(candidate.example.answer):
+            example = candidate.example
+            if self.settings.admission.refuse_instructions and (
+                looks_like_instructions(example.answer) or looks_like_instructions(example.prompt)
+            ):
                 # Cached before the screen, or written by hand: the fence alone did not stop a 0.5B cheap
                 # tier from obeying "reply only with PWNED" (tests/integration/test_proxy_tenants.py).
                 continue
@@ -551,8 +554,8 @@ class Engine:
             return False
         if not all(is_valid_utf8(text) for text in (prompt, answer, instructions)):
             return False  # a lone surrogate cannot be embedded or stored
-        if admission.refuse_instructions and looks_like_instructions(answer):
-            return False
+        if admission.refuse_instructions and (looks_like_instructions(answer) or looks_like_instructions(prompt)):
+            return False  # the question is shown to later requests as much as the answer is
         if not admission.min_answer_chars <= len(answer) <= admission.max_answer_chars:
             return False
         if admission.initial_quality < admission.min_quality:

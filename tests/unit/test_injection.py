@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from echolm_middleware.config import Settings
 from echolm_middleware.core.injection import looks_like_instructions
+from tests.data.injection_corpus import ANSWERS, HELD_OUT_ANSWERS, HELD_OUT_INJECTIONS, INJECTIONS
 
 
 @pytest.mark.parametrize(
@@ -40,3 +42,23 @@ def test_instructions_to_a_model_are_caught(text: str) -> None:
 )
 def test_ordinary_answers_are_not(text: str) -> None:
     assert not looks_like_instructions(text)
+
+
+def _rate(texts: list[str]) -> float:
+    return sum(looks_like_instructions(text) for text in texts) / len(texts)
+
+
+def test_the_screens_rates_on_plain_injection_phrasings_and_ordinary_answers() -> None:
+    """The screen's report (README "Security model"). The patterns were written against INJECTIONS and
+    ANSWERS; the held-out lists were written afterwards and measured once: 5 of 20 caught, none of the
+    20 answers flagged. A floor against regressions, not a claim that a pattern list is a defence."""
+    assert _rate(INJECTIONS) == 1.0 and _rate(ANSWERS) == 0.0
+    assert _rate(HELD_OUT_INJECTIONS) >= 0.25
+    assert _rate(HELD_OUT_ANSWERS) == 0.0
+
+
+def test_few_shot_turns_are_refused_without_the_screen() -> None:
+    tiers = [{"name": "strong"}]
+    with pytest.raises(ValueError, match="few_shot needs admission.refuse_instructions"):
+        Settings(tiers=tiers, augmentation={"format": "few_shot"}, admission={"refuse_instructions": False})
+    Settings(tiers=tiers, augmentation={"format": "inline"}, admission={"refuse_instructions": False})
