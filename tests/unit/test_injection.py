@@ -59,6 +59,6 @@ def test_the_screens_rates_on_plain_injection_phrasings_and_ordinary_answers() -
 
 def test_few_shot_turns_are_refused_without_the_screen() -> None:
     tiers = [{"name": "strong"}]
-    with pytest.raises(ValueError, match="few_shot needs admission.refuse_instructions"):
+    with pytest.raises(ValueError, match=r"few_shot needs admission\.refuse_instructions"):
         Settings(tiers=tiers, augmentation={"format": "few_shot"}, admission={"refuse_instructions": False})
     Settings(tiers=tiers, augmentation={"format": "inline"}, admission={"refuse_instructions": False})
