@@ -26,6 +26,12 @@ METADATA_KEY = "echolm"
 BYPASS_KEY = "echolm_bypass"
 
 
+def bypass_requested(value: object) -> bool:
+    """Whether a caller's `echolm_bypass` asks us to stay out: true or "true" (any case), nothing else;
+    "false", 0, "no" or garbage leave the request to us."""
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+
+
 def fall_back_to_requested(data: dict[str, Any], chosen: str, requested: str, requested_messages: list[Any]) -> None:
     """If the tier we chose fails before it answers (its server down, an error, a stream that dies before
     its first token), LiteLLM's router sends the request as the caller sent it to the model it named.

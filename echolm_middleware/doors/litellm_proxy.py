@@ -43,6 +43,7 @@ from echolm_middleware.doors.litellm_common import (
     METADATA_KEY,
     RecordingCallback,
     as_served,
+    bypass_requested,
     carry,
     fall_back_to_requested,
     summary_in,
@@ -254,7 +255,7 @@ class EchoLMProxyHandler(RecordingCallback):
             caller=caller_of(user_api_key_dict),
             allowed_models=allow_lists_of(user_api_key_dict),
         )
-        if metadata.pop(BYPASS_KEY, False):
+        if bypass_requested(metadata.pop(BYPASS_KEY, False)):
             summary = await self._bypass(request)
             observe_decision(summary)  # counted like every other request
         else:

@@ -20,7 +20,7 @@ from litellm.proxy._types import UserAPIKeyAuth
 from echolm_lab.local_services import free_port
 from echolm_middleware.core.summary import DecisionSummary
 from echolm_middleware.doors.access import EngineHandle
-from echolm_middleware.doors.litellm_common import METADATA_KEY, as_served, fall_back_to_requested
+from echolm_middleware.doors.litellm_common import METADATA_KEY, as_served, bypass_requested, fall_back_to_requested
 from echolm_middleware.doors.litellm_proxy import EchoLMProxyHandler, caller_of, tenant_of
 from echolm_middleware.metrics import metrics
 from tests.echo_tier import WORDS, EchoTier
@@ -235,3 +235,20 @@ def test_the_router_doors_retry_goes_to_the_named_model_with_the_callers_message
 def test_the_tenant_comes_from_an_authenticated_identity_only(key: Any, tenant: str, caller: str) -> None:
     assert tenant_of(key) == tenant
     assert caller_of(key).startswith(caller)
+
+
+@pytest.mark.parametrize(
+    ("value", "bypassed"),
+    [
+        (True, True),
+        ("true", True),
+        (" TRUE ", True),
+        ("false", False),
+        (False, False),
+        (0, False),
+        ("yes", False),
+        (1, False),
+    ],
+)
+def test_the_bypass_flag_is_parsed_strictly(value: Any, bypassed: bool) -> None:
+    assert bypass_requested(value) is bypassed
