@@ -26,7 +26,7 @@ from echolm_middleware.config import (
 )
 from echolm_middleware.core import selection
 from echolm_middleware.core.generation_params import judge_params
-from echolm_middleware.core.injection import looks_like_instructions
+from echolm_middleware.core.injection import looks_like_injection, looks_like_instructions
 from echolm_middleware.core.pii import scrub
 from echolm_middleware.core.ports import (
     DecisionLog,
@@ -482,7 +482,7 @@ class Engine:
                 continue  # feedback sank this answer below the bar: never show it again
             example = candidate.example
             if self.settings.admission.refuse_instructions and (
-                looks_like_instructions(example.answer) or looks_like_instructions(example.prompt)
+                looks_like_instructions(example.answer) or looks_like_injection(example.prompt)
             ):
                 # Cached before the screen, or written by hand: the fence alone did not stop a 0.5B cheap
                 # tier from obeying "reply only with PWNED" (tests/integration/test_proxy_tenants.py).
@@ -554,7 +554,7 @@ class Engine:
             return False
         if not all(is_valid_utf8(text) for text in (prompt, answer, instructions)):
             return False  # a lone surrogate cannot be embedded or stored
-        if admission.refuse_instructions and (looks_like_instructions(answer) or looks_like_instructions(prompt)):
+        if admission.refuse_instructions and (looks_like_instructions(answer) or looks_like_injection(prompt)):
             return False  # the question is shown to later requests as much as the answer is
         if not admission.min_answer_chars <= len(answer) <= admission.max_answer_chars:
             return False
