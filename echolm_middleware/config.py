@@ -155,6 +155,11 @@ class StateSettings(_Strict):
     backend: Literal["sqlite", "memory"] = "sqlite"
     path: Path = Path(".echolm/state.db")
     retention_days: float = Field(default=7.0, gt=0, description="Decisions older than this are deleted.")
+    busy_timeout_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How long a write waits for another process's; keep it under requests.timeout_ms.",
+    )
 
 
 class CoordinationSettings(_Strict):
@@ -180,6 +185,13 @@ class RequestSettings(_Strict):
     timeout_ms: float = Field(default=2000, gt=0, description="Budget of our pre-call work; past it, fail open.")
     max_messages: int = Field(default=256, ge=1, description="Longer conversations pass through untouched.")
     query_context_turns: int = Field(default=0, ge=0, description="Earlier user turns added to the query.")
+    best_similarity_header: bool = Field(
+        default=False,
+        description=(
+            "Send x-echolm-best-similarity (and best_similarity in the body). Off: within a tenant it tells"
+            " a caller whether a teammate asked something alike."
+        ),
+    )
 
 
 class TenancySettings(_Strict):

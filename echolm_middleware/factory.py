@@ -47,7 +47,9 @@ class State(DecisionLog, DecisionHistory, RouterStatsStore, Leases, UpkeepJourna
 
 
 STATES: dict[str, Callable[[Settings], State]] = {
-    "sqlite": lambda s: SQLiteState(s.state.path, retention_s=s.state.retention_days * 86400),
+    "sqlite": lambda s: SQLiteState(
+        s.state.path, retention_s=s.state.retention_days * 86400, busy_timeout_s=s.state.busy_timeout_s
+    ),
     "memory": lambda s: SQLiteState(":memory:"),
 }
 

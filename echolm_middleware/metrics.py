@@ -117,13 +117,41 @@ def quietly(report: Callable[[], object]) -> None:
         logger.warning("echolm: a metrics update failed: %s", exc)
 
 
+class BoundedLabel:
+    """Label values for a metric, at most `limit` distinct ones per process; later newcomers read "other".
+
+    A tier label is whatever model a caller named (a pass-through request may name anything) and a
+    tenant label grows with the teams: unbounded labels would grow the scrape and the process without
+    end. The first values seen keep their own series.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str) -> str:
+        with self._lock:
+            if value in self._seen:
+                return value
+            if len(self._seen) < self._limit:
+                self._seen.add(value)
+                return value
+        return "other"
+
+
+# Per process: a few configured tiers, and tenants up to what a scrape stays readable with.
+tier_label = BoundedLabel(32)
+tenant_label = BoundedLabel(200)
+
+
 def observe_decision(summary: DecisionSummary) -> None:
     """One request's decision (tier, action, examples, best similarity): every door's requests pass here once."""
 
     def report() -> None:
         m = metrics()
-        tier = summary.tier or "unknown"
-        m.requests.labels(tier=tier, tenant=summary.tenant, action=summary.action).inc()
+        tier = tier_label(summary.tier or "unknown")
+        m.requests.labels(tier=tier, tenant=tenant_label(summary.tenant), action=summary.action).inc()
         if summary.routed:
             m.examples.labels(tier=tier).observe(summary.examples)
         if summary.best_similarity is not None:
@@ -141,6 +169,6 @@ def observe_saving(tenant: str, served_by: str, tokens: int, prices_per_1k: Mapp
         strongest = max(prices_per_1k.values())
         saved = (strongest - prices_per_1k[served_by]) * tokens / 1000
         if saved > 0:
-            metrics().cost_saved.labels(tenant=tenant).inc(saved)
+            metrics().cost_saved.labels(tenant=tenant_label(tenant)).inc(saved)
 
     quietly(report)

@@ -51,13 +51,17 @@ CREATE TABLE IF NOT EXISTS upkeep_steps (
 class _Connection:
     """One database file (or `:memory:`), one connection, one lock; the tables every part below uses."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, busy_timeout_s: float = 1.0) -> None:
         self._path = str(path)
         if self._path != ":memory:":
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(self._path, check_same_thread=False, timeout=10.0, isolation_level=None)
+            # How long a write waits while another process holds the database: a request's decision is
+            # written in its time budget, so past this it fails open instead of holding a thread.
+            self._db = sqlite3.connect(
+                self._path, check_same_thread=False, timeout=busy_timeout_s, isolation_level=None
+            )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
@@ -99,8 +103,8 @@ class SQLiteDecisions(_Connection):
     # Pruning old decisions on every write would cost a scan; once per this many writes is enough.
     _PRUNE_EVERY = 1000
 
-    def __init__(self, path: Path | str, retention_s: float | None = None) -> None:
-        super().__init__(path)
+    def __init__(self, path: Path | str, retention_s: float | None = None, busy_timeout_s: float = 1.0) -> None:
+        super().__init__(path, busy_timeout_s)
         self._retention_s = retention_s
         self._writes = 0
 

@@ -267,6 +267,7 @@ class Engine:
         decision.examples = [self._trace(item) for item in chosen] if gets_examples else []
         decision.candidates_considered = len(candidates)
         decision.best_similarity = max((c.similarity for c in candidates), default=None)
+        decision.similarity_shown = self.settings.requests.best_similarity_header
         decision.example_tokens = sum(item.tokens for item in chosen) if gets_examples else 0
         decision.scores = scores
         if chosen and not gets_examples:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, get_args
@@ -9,6 +10,14 @@ from typing import Any, get_args
 from echolm_middleware.core.types import Action, Decision
 
 _ACTIONS = frozenset(get_args(Action))
+# What a failure's text may carry that the caller must not read: our servers' addresses and our files.
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://\S+")
+_PATH = re.compile(r"(?<![\w.])(?:~|\.{1,2})?(?:/[\w.@+-]+){2,}/?")
+
+
+def public_reason(reason: str) -> str:
+    """A reason as the caller may read it: addresses and file paths from our own errors left out."""
+    return _PATH.sub("<path>", _URL.sub("<url>", reason))
 
 
 def header_value(value: object, limit: int = 200) -> str:
@@ -34,6 +43,8 @@ class DecisionSummary:
     tenant: str = ""
     # What our part added to the request's latency, as the door measured it (thread hops and waits included).
     overhead_ms: float | None = None
+    # Whether the caller sees `best_similarity` (requests.best_similarity_header); our metrics always do.
+    similarity_shown: bool = False
 
     @classmethod
     def of(cls, decision: Decision) -> DecisionSummary:
@@ -44,6 +55,7 @@ class DecisionSummary:
             examples=len(decision.examples),
             example_tokens=decision.example_tokens,
             best_similarity=None if decision.best_similarity is None else round(decision.best_similarity, 4),
+            similarity_shown=decision.similarity_shown,
             reason=decision.reason,
             tenant=decision.tenant,
         )
@@ -67,7 +79,10 @@ class DecisionSummary:
     def caller_view(self) -> dict[str, Any]:
         """The summary as the caller may see it in a response body: the tenant label stays with us."""
         view = asdict(self)
-        del view["tenant"]
+        del view["tenant"], view["similarity_shown"]
+        view["reason"] = public_reason(self.reason)
+        if not self.similarity_shown:
+            view["best_similarity"] = None
         if view["overhead_ms"] is None:
             del view["overhead_ms"]
         return view
@@ -83,10 +98,10 @@ class DecisionSummary:
         }
         if self.overhead_ms is not None:
             headers["x-echolm-overhead-ms"] = f"{self.overhead_ms:.2f}"
-        if self.best_similarity is not None:
+        if self.best_similarity is not None and self.similarity_shown:
             headers["x-echolm-best-similarity"] = f"{self.best_similarity:.4f}"
         if not self.routed:
-            headers["x-echolm-reason"] = header_value(self.reason)
+            headers["x-echolm-reason"] = header_value(public_reason(self.reason))
         return headers
 
     def to_metadata(self) -> dict[str, Any]:
@@ -104,6 +119,8 @@ class DecisionSummary:
         for key, kinds in _KINDS.items():
             if not isinstance(fields[key], kinds) or isinstance(fields[key], bool):
                 return None
+        if not isinstance(fields["similarity_shown"], bool):
+            return None
         return cls(**fields)
 
 
@@ -117,6 +134,7 @@ _DEFAULTS: dict[str, Any] = {
     "reason": "",
     "tenant": "",
     "overhead_ms": None,
+    "similarity_shown": False,
 }
 _KINDS: dict[str, type | tuple[type, ...]] = {
     "request_id": str,

@@ -147,6 +147,9 @@ class Decision:
     candidates_considered: int = 0
     scores: list[TierScore] = field(default_factory=list)
     best_similarity: float | None = None
+    # Whether the caller may be shown it (requests.best_similarity_header): a caller who reads it can
+    # tell whether a teammate asked something alike. Metrics and `explain` always have it.
+    similarity_shown: bool = False
     example_tokens: int = 0
     overhead_ms: float = 0.0
     # Examples selected for a cheaper tier, but the request went to the strongest: their replay gain grows.

@@ -49,7 +49,7 @@ from echolm_middleware.doors.litellm_common import (
     summary_in,
 )
 from echolm_middleware.factory import build_engine, build_state
-from echolm_middleware.metrics import metrics, observe_decision
+from echolm_middleware.metrics import metrics, observe_decision, tenant_label
 
 _CHAT_CALL_TYPES = frozenset({"acompletion", "completion"})
 
@@ -212,7 +212,7 @@ class EchoLMProxyHandler(RecordingCallback):
         m = metrics()
         try:
             for tenant in engine.store.tenants():
-                m.store_examples.labels(tenant=tenant).set(engine.store.count(tenant))
+                m.store_examples.labels(tenant=tenant_label(tenant)).set(engine.store.count(tenant))
         except Exception as exc:  # the store may be what is down; the scrape still answers
             logger.warning("echolm: store size unreadable for the metrics: %s", exc)
         try:

@@ -303,3 +303,23 @@ def test_a_pass_killed_in_one_process_is_found_by_the_next_on_the_file(tmp_path:
     finally:
         later.close()
         killed.close()
+
+
+def test_a_write_blocked_by_another_process_fails_within_the_busy_timeout(tmp_path: Path) -> None:
+    """A request's decision is written in its time budget: a database another process holds makes the
+    write fail (and the request fail open) after `state.busy_timeout_s`, not after sqlite's usual wait."""
+    import sqlite3
+    import time
+
+    state = SQLiteState(tmp_path / "state.db", busy_timeout_s=0.3)
+    holder = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        with pytest.raises(StateUnavailable, match="locked"):
+            state.put(Decision("r1", "A", 1.0, "strong", "route", "routed", "strong"))
+        assert time.monotonic() - started < 2.0
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        state.close()

@@ -146,7 +146,10 @@ def repo_proxy(local_tiers: LocalTiers, tmp_path_factory: pytest.TempPathFactory
     Its tests ask about topics of their own (cosine similarity under 0.3 between any two of them,
     against `retrieval.threshold` 0.5), so one test's examples never reach another's prompts.
     """
-    proxy = launch_proxy(tmp_path_factory.mktemp("repo-proxy"))
+    # It shows the best similarity (off by default), which the routing tests read.
+    proxy = launch_proxy(
+        tmp_path_factory.mktemp("repo-proxy"), extra_env={"ECHOLM_REQUESTS__BEST_SIMILARITY_HEADER": "true"}
+    )
     yield proxy
     proxy.stop()
 

@@ -91,7 +91,8 @@ def test_a_chain_run_twice_on_paraphrases_answers_the_second_on_the_cheap_tier(
 
     assert _echolm(first)["tier"] == STRONG and str(first.content).strip()
     meta = _echolm(second)
-    assert meta["tier"] == CHEAP and meta["examples"] == 1 and meta["best_similarity"] > 0.9
+    assert meta["tier"] == CHEAP and meta["examples"] == 1
+    assert meta["best_similarity"] is None  # not shown unless requests.best_similarity_header
     (cheap_prompt,) = _cheap_prompts(local_tiers)
     assert str(first.content).strip() in cheap_prompt  # the first answer reached the cheap tier as an example
     assert _recorded(tmp_path) == {_echolm(first)["request_id"]: STRONG, meta["request_id"]: CHEAP}

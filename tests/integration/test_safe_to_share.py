@@ -129,6 +129,7 @@ def test_a_stream_the_client_hung_up_on_is_never_cached(stack: Stack) -> None:
 
     assert headers["x-echolm-examples"] == "0" and headers["x-echolm-tier"] == "strong"
     assert stack.cheap.prompts() == []  # no partial answer went anywhere
+    assert "x-echolm-best-similarity" not in headers  # off by default: a membership oracle
 
 
 @pytest.mark.parametrize("streamed", [True, False])

@@ -124,7 +124,8 @@ def test_second_paraphrase_goes_to_the_cheap_tier_with_the_first_answer(door: Do
     assert first.content == ANSWER
     assert _echolm(first)["tier"] == "strong" and _echolm(first)["examples"] == 0
     meta = _echolm(second)
-    assert meta["tier"] == "cheap" and meta["examples"] == 1 and meta["best_similarity"] > 0.9
+    assert meta["tier"] == "cheap" and meta["examples"] == 1
+    assert meta["best_similarity"] is None  # not shown unless requests.best_similarity_header
     assert second.content == "cheap answer"
     assert ANSWER in _text(door.cheap.seen[-1])  # the example reached the cheap tier's prompt
     assert door.kit.state.recorded_by(meta["request_id"]) == "cheap"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from echolm_middleware.core.summary import DecisionSummary, header_value
+from echolm_middleware.metrics import BoundedLabel
 
 
 def test_control_characters_and_non_ascii_in_a_reason_or_model_become_question_marks() -> None:
@@ -28,7 +29,9 @@ def test_long_values_are_cut() -> None:
 
 
 def test_a_routed_summary_shows_its_figures_and_no_reason() -> None:
-    summary = DecisionSummary("r1", "route", "cheap", examples=2, example_tokens=40, best_similarity=0.91234)
+    summary = DecisionSummary(
+        "r1", "route", "cheap", examples=2, example_tokens=40, best_similarity=0.91234, similarity_shown=True
+    )
 
     headers = summary.with_overhead(3.14159).headers()
 
@@ -79,3 +82,37 @@ def test_a_summary_survives_the_trip_through_request_metadata() -> None:
 )
 def test_anything_else_in_metadata_is_not_a_summary(planted: object) -> None:
     assert DecisionSummary.from_metadata(planted) is None
+
+
+def test_the_best_similarity_is_shown_only_when_the_operator_allows_it() -> None:
+    """Within a tenant it says whether a teammate asked something alike (requests.best_similarity_header)."""
+    hidden = DecisionSummary("r1", "route", "cheap", best_similarity=0.9)
+
+    assert "x-echolm-best-similarity" not in hidden.headers()
+    assert hidden.caller_view()["best_similarity"] is None
+    assert hidden.to_metadata()["best_similarity"] == 0.9  # our metrics still have it
+    assert DecisionSummary.from_metadata(hidden.to_metadata()) == hidden
+
+
+def test_a_reason_leaves_out_our_addresses_and_files() -> None:
+    reason = (
+        "StoreUnavailable: chroma query failed: http://10.0.0.7:8000/api/v2/tenants failed;"
+        " see /var/lib/echolm/chroma/chroma.sqlite3"
+    )
+    summary = DecisionSummary("r1", "fail_open", "strong", reason=reason)
+
+    for shown in (summary.headers()["x-echolm-reason"], summary.caller_view()["reason"]):
+        assert "10.0.0.7" not in shown and "/var/lib" not in shown
+        assert shown.startswith("StoreUnavailable: chroma query failed: <url>")
+
+
+def test_metric_labels_are_bounded_per_process() -> None:
+    label = BoundedLabel(2)
+
+    assert [label(value) for value in ("team:a", "team:b", "team:c", "team:a", "gpt-anything")] == [
+        "team:a",
+        "team:b",
+        "other",
+        "team:a",
+        "other",
+    ]
