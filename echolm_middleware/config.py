@@ -245,7 +245,11 @@ class Settings(BaseSettings):
     state: StateSettings = StateSettings()
     coordination: CoordinationSettings = CoordinationSettings()
     # Every door reads it, not only the proxy: `proxy` is still accepted, in config files and as ECHOLM_PROXY__*.
-    requests: RequestSettings = Field(default=RequestSettings(), validation_alias=AliasChoices("requests", "proxy"))
+    # A field with an alias takes its environment variable from the alias, without the env prefix:
+    # "echolm_requests" is what makes ECHOLM_REQUESTS__TIMEOUT_MS work like every other section's.
+    requests: RequestSettings = Field(
+        default=RequestSettings(), validation_alias=AliasChoices("requests", "proxy", "echolm_requests")
+    )
     upkeep: UpkeepSettings = UpkeepSettings()
     tenancy: TenancySettings = TenancySettings()
 

@@ -165,6 +165,20 @@ def test_an_env_override_wins_over_the_file_and_merges_with_its_nested_values(
     assert [tier.name for tier in settings.tiers] == ["cheap", "strong"]
 
 
+@pytest.mark.parametrize("section", ["requests", "proxy"])
+def test_every_section_takes_env_overrides_the_aliased_requests_section_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, section: str
+) -> None:
+    path = _write(tmp_path / "c.yaml", {"echolm": {"tiers": TWO_TIERS, section: {"max_messages": 9}}})
+    monkeypatch.setenv("ECHOLM_REQUESTS__TIMEOUT_MS", "999")
+    monkeypatch.setenv("ECHOLM_REQUESTS__BEST_SIMILARITY_HEADER", "true")
+
+    settings, _ = load_settings(path)
+
+    assert (settings.requests.timeout_ms, settings.requests.best_similarity_header) == (999, True)
+    assert settings.requests.max_messages == 9  # the file's sibling value survives
+
+
 def test_an_invalid_env_override_is_a_config_error_naming_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ECHOLM_RETRIEVAL__K", "99")
 
