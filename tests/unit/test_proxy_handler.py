@@ -252,3 +252,28 @@ def test_the_tenant_comes_from_an_authenticated_identity_only(key: Any, tenant: 
 )
 def test_the_bypass_flag_is_parsed_strictly(value: Any, bypassed: bool) -> None:
     assert bypass_requested(value) is bypassed
+
+
+def test_a_router_call_that_names_no_tenant_passes_through_untouched(
+    make_engine: Any, router_with_a_dead_cheap_tier: Any
+) -> None:
+    from echolm_middleware.doors.litellm_router import install_echolm
+
+    kit = make_engine()
+    assert kit.engine.admit("shared", QUESTION, "Paris is the capital of France.", "strong")
+    door = install_echolm(router_with_a_dead_cheap_tier, kit.engine)
+    metadata: dict[str, Any] = {}
+    try:
+        response = asyncio.run(
+            router_with_a_dead_cheap_tier.acompletion(
+                model="strong", messages=[{"role": "user", "content": PARAPHRASE}], metadata=metadata
+            )
+        )
+    finally:
+        for registered in (litellm.callbacks, litellm._async_success_callback, litellm._async_failure_callback):
+            registered[:] = [callback for callback in registered if callback is not door.callback]
+
+    assert response.choices[0].message.content == STRONG_ANSWER  # the named model, not the dead cheap tier
+    assert door.fail_open_counts == {}
+    (decision,) = kit.state.recent(0.0)  # every decision kept
+    assert (decision.action, decision.reason) == ("pass_through", "no tenant identity (tenancy.shared is off)")
