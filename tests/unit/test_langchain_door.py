@@ -304,6 +304,21 @@ def test_feedback_reaches_the_engine_and_rejects_bad_input(door: Door) -> None:
         door.model.feedback("no-such-request", 0.5)
 
 
+def test_feedback_names_the_tenant_a_call_named_and_no_other(make_engine: EngineFactory) -> None:
+    kit = make_engine()
+    kit.engine.admit("acme", QUESTION, ANSWER, "strong")
+    model = EchoLMChatModel(tiers=[ScriptedTier(answer="x"), ScriptedTier(answer=ANSWER)], engine=kit.engine)
+    routed = model.invoke(PARAPHRASE, config={"metadata": {"echolm_tenant": "acme"}})
+    request_id = _echolm(routed)["request_id"]
+
+    with pytest.raises(UnknownRequest):
+        model.feedback(request_id, 1.0)  # the model itself names no tenant: not acme's request to score
+    with pytest.raises(UnknownRequest):
+        model.feedback(request_id, 1.0, tenant="globex")
+    model.feedback(request_id, 1.0, tenant="acme")
+    assert kit.state.load_posteriors() == {("cheap", "high|acme"): pytest.approx((1.0, 0.0))}
+
+
 def test_tier_names_must_match_the_models() -> None:
     with pytest.raises(ValueError, match="one unique name per tier"):
         EchoLMChatModel(tiers=[ScriptedTier(answer="a")], tier_names=["a", "b"])
