@@ -24,6 +24,8 @@ from echolm_middleware.metrics import observe_saving
 # overwrites it, so a caller cannot plant one.
 METADATA_KEY = "echolm"
 BYPASS_KEY = "echolm_bypass"
+# The user LiteLLM's own auth gives its master key: the proxy admin, nobody's tenant.
+PROXY_ADMIN_USER = "default_user_id"
 
 
 def bypass_requested(value: object) -> bool:

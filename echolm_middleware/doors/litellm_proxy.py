@@ -41,6 +41,7 @@ from echolm_middleware.doors.access import (
 from echolm_middleware.doors.litellm_common import (
     BYPASS_KEY,
     METADATA_KEY,
+    PROXY_ADMIN_USER,
     RecordingCallback,
     as_served,
     bypass_requested,
@@ -54,15 +55,14 @@ from echolm_middleware.metrics import metrics, observe_decision, tenant_label
 _CHAT_CALL_TYPES = frozenset({"acompletion", "completion"})
 
 
-# How LiteLLM authenticates its master key: the proxy admin, with no team, user or key of its own.
-_PROXY_ADMIN_USER = "default_user_id"
+# How LiteLLM 1.108 names its master key once authenticated (older versions keep the key itself).
 _MASTER_KEY_ALIAS = "litellm_proxy_master_key"
 
 
 def tenant_of(user_api_key_dict: Any) -> str:
     """The tenant from the authenticated key only: its team, else its user, else its virtual key; "" for
     no identity (the master key, or a key a proxy without a key database took on trust)."""
-    if getattr(user_api_key_dict, "user_id", None) == _PROXY_ADMIN_USER:
+    if getattr(user_api_key_dict, "user_id", None) == PROXY_ADMIN_USER:
         return ""
     if getattr(user_api_key_dict, "api_key", None) == _MASTER_KEY_ALIAS:
         return ""

@@ -21,15 +21,14 @@ from fastapi import Request
 from litellm.proxy._types import LitellmUserRoles, ProxyException, UserAPIKeyAuth
 
 from echolm_middleware.config import static_keys_from_env
-
-_PROXY_ADMIN_USER = "default_user_id"  # the user LiteLLM's own auth gives its master key
+from echolm_middleware.doors.litellm_common import PROXY_ADMIN_USER
 
 
 async def user_api_key_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
     key = api_key.removeprefix("Bearer ").strip()
     master = getattr(sys.modules.get("litellm.proxy.proxy_server"), "master_key", None)
     if isinstance(master, str) and master and hmac.compare_digest(key.encode(), master.encode()):
-        return UserAPIKeyAuth(api_key=key, user_role=LitellmUserRoles.PROXY_ADMIN, user_id=_PROXY_ADMIN_USER)
+        return UserAPIKeyAuth(api_key=key, user_role=LitellmUserRoles.PROXY_ADMIN, user_id=PROXY_ADMIN_USER)
     team = None
     for listed, listed_team in static_keys_from_env().items():
         if hmac.compare_digest(key.encode(), listed.encode()):

@@ -28,18 +28,7 @@ def test_instructions_to_a_model_are_caught(text: str) -> None:
     assert looks_like_instructions(text)
 
 
-@pytest.mark.parametrize(
-    "text",
-    [
-        "Paris is the capital of France.",
-        "Ignore the noise in the first few samples; the trend starts at day 3.",
-        "You can ignore warnings about deprecated options in version 2.",
-        "The previous owner of the house was the mayor.",
-        "Reply to the email within two days.",
-        "Use the `--system` flag to print the system information.",
-        "Say hello in French: bonjour.",
-    ],
-)
+@pytest.mark.parametrize("text", ANSWERS + HELD_OUT_ANSWERS)  # one test each, naming the one flagged
 def test_ordinary_answers_are_not(text: str) -> None:
     assert not looks_like_instructions(text)
 
