@@ -8,12 +8,14 @@ many workers fire, one pass runs per period (see `echolm_middleware.upkeep.run_e
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from echolm_middleware.metrics import metrics, quietly
 from echolm_middleware.upkeep import Upkeep, process_holder, run_exclusive
 
 JOB_ID = "echolm-upkeep"
+FIRE_AFTER_PERIOD_START_S = 5.0
 logger = logging.getLogger("echolm")
 
 
@@ -44,6 +46,17 @@ def upkeep_job(upkeep: Upkeep, holder: str, period_s: float) -> None:
     )
 
 
+def first_firing_anchor(period_s: float) -> datetime:
+    """The instant every worker's firings are counted from: a little after an epoch-aligned period start.
+
+    Periods are `time // period_s` (the lease's name), so workers that fire a little after each period
+    starts all contend for the same period's lease, whenever each one started; one that fired at its
+    own start time plus n periods could land in the period before or after its peers'. The offset keeps a
+    worker whose clock runs slightly behind out of the previous period.
+    """
+    return datetime.fromtimestamp(min(FIRE_AFTER_PERIOD_START_S, period_s / 10), tz=UTC)
+
+
 def start_upkeep_scheduler(upkeep: Upkeep, minutes: float, holder: str | None = None) -> Any:
     """Start a background APScheduler running the upkeep every `minutes`; returns the scheduler."""
     from echolm_middleware.backends._lazy import require
@@ -55,6 +68,7 @@ def start_upkeep_scheduler(upkeep: Upkeep, minutes: float, holder: str | None = 
         upkeep_job,
         "interval",
         seconds=period_s,
+        start_date=first_firing_anchor(period_s),  # long past: the next firing is the next period's
         id=JOB_ID,
         replace_existing=True,
         max_instances=1,  # a pass still running when the next firing comes is not started twice

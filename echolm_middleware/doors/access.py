@@ -12,21 +12,18 @@ import collections
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 
 from echolm_middleware.core.engine import Engine
 from echolm_middleware.core.summary import DecisionSummary
 from echolm_middleware.core.types import ChatRequest, Outcome, Prepared
+from echolm_middleware.doors.bounded_threads import PREPARE, WRITES, Saturated
 from echolm_middleware.metrics import metrics, observe_decision, quietly
 
 logger = logging.getLogger("echolm")
 
 # The metadata key an in-process caller (Router, LangChain) uses to say whom a request serves.
 TENANT_KEY = "echolm_tenant"
-
-# Every door's `prepare` runs on these threads, so that a caller can stop waiting at its time budget (a hung
-# store cannot hold it) while the decision, if it still comes, is released rather than left as load.
-_PREPARE_THREADS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="echolm-prepare")
 
 
 def summary_of(request: ChatRequest, prepared: Prepared | None) -> DecisionSummary:
@@ -89,6 +86,8 @@ class FailOpenCounter:
 def fail_open_reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return "timeout"
+    if isinstance(exc, Saturated):
+        return "saturated"
     return type(exc).__name__
 
 
@@ -113,7 +112,18 @@ def _release_if_decided(engine: Engine, future: Future[Prepared]) -> None:
 
 
 def _submit_prepare(engine: Engine, request: ChatRequest) -> Future[Prepared]:
-    return _PREPARE_THREADS.submit(engine.prepare, request)
+    # On threads of our own, so that a caller can stop waiting at its time budget (a hung store cannot
+    # hold it) while the decision, if it still comes, is released rather than left as load.
+    return PREPARE.submit(engine.prepare, request)
+
+
+def _keep_in_background(engine: Engine, prepared: Prepared, counter: FailOpenCounter) -> None:
+    """Keep a failed-open decision for `explain`, off the caller's path: a hung state database (perhaps
+    the very reason it failed open) must not delay the request."""
+    try:
+        WRITES.submit(engine.keep_quietly, prepared.decision)
+    except Saturated as exc:
+        counter.add("keep: saturated", exc)
 
 
 def _give_up_on(engine: Engine, future: Future[Prepared]) -> None:
@@ -143,8 +153,7 @@ async def prepare_or_fail_open(
     except Exception as exc:
         prepared, engine = _failed_open(counter, engine, request, exc)
         if prepared is not None and engine is not None:
-            # Off the event loop and not awaited: a hung state database must not delay the request.
-            asyncio.get_running_loop().run_in_executor(None, engine.keep_quietly, prepared.decision)
+            _keep_in_background(engine, prepared, counter)
     observe_decision(summary_of(request, prepared))
     return prepared, engine
 
@@ -166,7 +175,7 @@ def prepare_or_fail_open_sync(
     except Exception as exc:
         prepared, engine = _failed_open(counter, engine, request, exc)
         if prepared is not None and engine is not None:
-            _PREPARE_THREADS.submit(engine.keep_quietly, prepared.decision)
+            _keep_in_background(engine, prepared, counter)
     observe_decision(summary_of(request, prepared))
     return prepared, engine
 
@@ -180,16 +189,28 @@ def record_or_count(engine: Engine, outcome: Outcome, counter: FailOpenCounter) 
 
 
 async def arecord_or_count(engine: Engine, outcome: Outcome, counter: FailOpenCounter) -> None:
-    """`record_or_count` off the event loop."""
+    """`record_or_count` on our own write threads, off the event loop (dropped and counted when they are full)."""
     try:
-        await engine.arecord(outcome)
-    except Exception as exc:
-        counter.add(f"record: {fail_open_reason(exc)}", exc)
+        await WRITES.run(record_or_count, engine, outcome, counter)
+    except Saturated as exc:
+        counter.add("record: saturated", exc)
 
 
 def release_or_count(engine: Engine, request_id: str, counter: FailOpenCounter) -> None:
-    """End a request's load without an outcome (its tier failed, it was cancelled, the client hung up)."""
+    """End a request's load without an outcome (its tier failed, it was cancelled, the client hung up).
+
+    In the background on our write threads, not awaited: with Redis coordination the end is a network call,
+    and it must not run on an event loop or hold a hang-up's cleanup. If those threads are full, the load
+    stops counting after `routing.load_stale_after_s`.
+    """
+
+    def release() -> None:
+        try:
+            engine.release(request_id)
+        except Exception as exc:
+            counter.add(f"release: {fail_open_reason(exc)}", exc)
+
     try:
-        engine.release(request_id)
-    except Exception as exc:
-        counter.add(f"release: {fail_open_reason(exc)}", exc)
+        WRITES.submit(release)
+    except Saturated as exc:
+        counter.add("release: saturated", exc)

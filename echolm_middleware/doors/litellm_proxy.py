@@ -38,6 +38,7 @@ from echolm_middleware.doors.access import (
     release_or_count,
     summary_of,
 )
+from echolm_middleware.doors.bounded_threads import PREPARE, SCRAPES, Saturated
 from echolm_middleware.doors.litellm_common import (
     BYPASS_KEY,
     METADATA_KEY,
@@ -152,6 +153,7 @@ def engine_from_proxy_config() -> Engine:
 
 
 METRICS_PATH = "/echolm/metrics"
+GAUGE_REFRESH_TIMEOUT_S = 2.0
 
 
 def mount_metrics_route() -> bool:
@@ -173,8 +175,11 @@ def mount_metrics_route() -> bool:
             return Response("master key required\n", status_code=401, media_type="text/plain")
         handler = next((cb for cb in _callbacks() if isinstance(cb, EchoLMProxyHandler)), None)
         if handler is not None:
-            await asyncio.to_thread(handler.refresh_gauges)
-        return Response(await asyncio.to_thread(metrics().render), media_type=CONTENT_TYPE)
+            # The store's size is read on a pool of its own, briefly: a hung store leaves the gauges as
+            # they were, and the scrape still answers.
+            with contextlib.suppress(Saturated, TimeoutError):
+                await asyncio.wait_for(SCRAPES.run(handler.refresh_gauges), GAUGE_REFRESH_TIMEOUT_S)
+        return Response(metrics().render(), media_type=CONTENT_TYPE)  # in memory: quick
 
     app.add_api_route(METRICS_PATH, echolm_metrics, methods=["GET"], include_in_schema=False)
     return True
@@ -275,7 +280,7 @@ class EchoLMProxyHandler(RecordingCallback):
         engine = self.handle.ready()
         if engine is not None:
             try:
-                return DecisionSummary.of((await asyncio.to_thread(engine.bypass, request)).decision)
+                return DecisionSummary.of((await PREPARE.run(engine.bypass, request)).decision)
             except Exception as exc:
                 self.fail_open.add("bypass: could not keep the decision", exc)
         return DecisionSummary.without_decision(request.model, "pass_through", "bypass requested", request.tenant)

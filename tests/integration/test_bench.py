@@ -31,7 +31,7 @@ def test_a_tiny_bench_serves_every_system_and_writes_its_report(tmp_path: Path) 
             sys.executable, "-m", "echolm_middleware.cli.main", "bench", "--config", str(config),
             "--workloads", "nq_open", "--warm", "12", "--requests", "6", "--semantic-thresholds", "0.8",
             "--difficulty-strong-shares", "0.5", "--cost-weights", "0.1", "--quality-targets", "0.8",
-            "--echolm-points", "routing.load_signal=ema", "--rates", "1", "--rate-requests", "3",
+            "--rates", "1", "--rate-requests", "3",
             "--replica-ports", "8303", "8304", "--overhead-sizes", "200", "--overhead-queries", "10",
             "--results", str(tmp_path / "results"), "--work", str(tmp_path / "work"), "--run", "tiny",
         ],
@@ -56,7 +56,7 @@ def test_a_tiny_bench_serves_every_system_and_writes_its_report(tmp_path: Path) 
     # EchoLM's own overhead comes back in its response headers; the quality-target point is in the sweep.
     assert workload["systems"]["echolm"]["overhead_p50_ms"] > 0
     points = [p["operating_point"] for p in workload["sweeps"]["echolm"]]
-    assert points == ["cost weight 0.1", "routing.load_signal=ema", "quality target 0.8"]
+    assert points == ["cost weight 0.1", "quality target 0.8"]
     # The semantic cache's misses went to both strong servers; Poisson passes ran for strong-only and EchoLM.
     assert set(workload["systems"]["semantic_cache"]["share_by_tier"]) <= {"cache", "strong@x2"}
     for name in ("strong_only", "echolm"):
@@ -64,9 +64,9 @@ def test_a_tiny_bench_serves_every_system_and_writes_its_report(tmp_path: Path) 
         assert poisson["rate_rps"] == 1.0 and poisson["errors"] == 0
         assert sum(poisson["share_by_tier"].values()) == pytest.approx(1.0, abs=0.01)
         assert 0 <= poisson["quality"] <= 1  # scored on the pass's own answers
-    # One row per request of every pass: 6 per closed loop (7 of them), 3 per Poisson pass (2).
+    # One row per request of every pass: 6 per closed loop (6 of them), 3 per Poisson pass (2).
     rows = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
-    assert len(rows) == 7 * 6 + 2 * 3 and not (out / "requests.jsonl.partial").exists()
+    assert len(rows) == 6 * 6 + 2 * 3 and not (out / "requests.jsonl.partial").exists()
     assert {row["system"] for row in rows} == set(workload["systems"])
     assert all(row["error"] is None and row["latency_s"] > 0 for row in rows)
     assert summary["overhead"]["sizes"][0]["entries"] == 200

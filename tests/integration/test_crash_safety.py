@@ -21,12 +21,10 @@ from tests.integration.conftest import STRONG, LocalTiers, ProxyFactory, ask
 
 pytestmark = pytest.mark.integration
 
-SAFE = ["Who painted the Mona Lisa?", "What is the largest desert on Earth?", "Who discovered penicillin?"]
-KILLED = [
-    "What is the tallest mountain in Africa?",
-    "Which metal is liquid at room temperature?",
-    "Who wrote Don Quixote?",
-]
+# Two kills: each lands at another point of the record (the response's timing varies), and each restart
+# opens a store the kill before it may have cut short.
+SAFE = ["Who painted the Mona Lisa?", "Who discovered penicillin?"]
+KILLED = ["What is the tallest mountain in Africa?", "Which metal is liquid at room temperature?"]
 
 
 def _strong_decisions(state_db: Path) -> tuple[str, dict[str, str | None]]:

@@ -33,6 +33,7 @@ from tests.integration.conftest import (
     settings_for_tests,
 )
 from tests.integration.upkeep_seed import DEGRADED
+from tests.integration.workers import metric_total, metrics_text
 
 pytestmark = pytest.mark.integration
 
@@ -252,7 +253,7 @@ def test_two_proxy_workers_run_one_scheduled_pass_per_period(start_proxy_for: Pr
     with the same degraded examples, and both share the state database that holds the period's lease.
     Whichever worker wins the period upgrades its own store; the other's store must stay untouched.
     """
-    period_s = 45.0
+    period_s = 30.0  # firings come 3 s into each period (scheduling.first_firing_anchor)
     envs: dict[str, dict[str, str]] = {}
     for name in ("a", "b"):
         envs[name] = _env(
@@ -263,36 +264,33 @@ def test_two_proxy_workers_run_one_scheduled_pass_per_period(start_proxy_for: Pr
     prompts = {name: _seed(tmp_path, 2, env) for name, env in envs.items()}
 
     workers = {name: start_proxy_for(state_dir=tmp_path / name, extra_env=env) for name, env in envs.items()}
-    # Build both engines (which start the schedulers) just after a period begins, so that both first
-    # firings, one period later, fall into the same period whatever the start-up skew.
-    while time.time() % period_s > 1.0:
-        time.sleep(0.2)
-    period_start = time.time() - time.time() % period_s
     with ThreadPoolExecutor(2) as pool:
-        ready = list(pool.map(_engine_ready, workers.values()))
-    assert max(ready) + period_s < period_start + 2 * period_s - 15, "start-up too slow to fit one period"
-
-    def periods_logged(name: str) -> list[str]:
-        log = (tmp_path / name / "proxy.log").read_text(errors="replace")
-        assert "echolm upkeep pass failed" not in log
-        return re.findall(r"echolm upkeep pass \S+ for period (\d+)", log)  # a finished scheduled pass
-
-    # Both schedulers have fired once the later one's interval is up; give the winner's pass time to end,
-    # and stop before the next period begins. (A proxy builds its engine, and starts its scheduler, as it
-    # loads: an early firing may take the period before, so passes are counted per period.)
-    next_period = period_start + 2 * period_s
-    while time.time() < min(max(ready) + period_s + 12, next_period - 2):
+        ready = max(pool.map(_engine_ready, workers.values()))
+    # Both schedulers run by now, and both fire 3 s into the next period, whenever each one started.
+    both_fire = (ready // period_s + 1) * period_s + 3.0
+    while time.time() < both_fire + 15:  # the winner's pass (two answers from the strong tier) is done by then
         time.sleep(0.5)
+    stood_aside = {
+        name: metric_total(metrics_text(worker.process, worker.process.master_key), "echolm_upkeep_passes_total", outcome="skipped")
+        for name, worker in workers.items()
+    }  # fmt: skip
     for worker in workers.values():
         worker.stop()
 
-    logged = {name: periods_logged(name) for name in workers}
+    def log_of(name: str) -> str:
+        log = (tmp_path / name / "proxy.log").read_text(errors="replace")
+        assert "echolm upkeep pass failed" not in log
+        return log
+
+    logs = {name: log_of(name) for name in workers}
+    logged = {name: re.findall(r"echolm upkeep pass \S+ for period (\d+)", log) for name, log in logs.items()}
     periods = [period for found in logged.values() for period in found]
-    assert periods and len(periods) == len(set(periods)), logged  # one pass per period between the two
-    # The pass of the period both fired in went to one worker, which upgraded its own store.
-    last = max(periods, key=int)
-    winner = next(name for name, found in logged.items() if last in found)
-    loser = next(name for name in workers if name != winner)
+    assert len(periods) == len(set(periods)), logged  # one pass per period between the two
+    # The period both fired in went to one worker, which upgraded its own store; the other stood aside.
+    both = str(int(both_fire // period_s))
+    (winner,) = [name for name, found in logged.items() if both in found]
+    (loser,) = [name for name in workers if name != winner]
+    assert stood_aside[loser] >= 1, stood_aside  # it fired too, and found the period's lease taken
     assert all(a != DEGRADED for a in _answers(tmp_path, prompts[winner], envs[winner]).values())
     if not logged[loser]:
         assert all(a == DEGRADED for a in _answers(tmp_path, prompts[loser], envs[loser]).values())

@@ -82,6 +82,45 @@ def test_an_echolm_point_the_config_refuses_stops_the_bench_before_it_starts(spe
     assert not set(point_overrides(spec)) & set(os.environ)  # the check left nothing behind
 
 
+def test_every_echolm_point_runs_on_its_own_proxy_settings_after_the_cost_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep's plan without servers: which EchoLM passes run, in which order, with which overrides."""
+    config = Path(__file__).resolve().parents[2] / "config.yaml"
+    options = BenchOptions(
+        config=config, workloads=[], data_dir=DATA, run_dir=tmp_path, sizes={"nq_open": (4, 2)},
+        semantic_thresholds=[], difficulty_strong_shares=[],  # the baselines' sweeps are not under test
+        echolm_cost_weights=[0.1, 0.3], echolm_points=["routing.load_signal=ema"], quality_targets=[0.8],
+    )  # fmt: skip
+    bench = Bench(options)
+    planned: list[tuple[str, bool, dict[str, str]]] = []
+
+    def echolm(workload: Workload, split: Split, folder: Path, point: str, *, with_rates: bool, **settings: str):  # type: ignore[no-untyped-def]
+        planned.append((point, with_rates, settings))
+        return []
+
+    monkeypatch.setattr(bench, "_echolm", echolm)
+    monkeypatch.setattr(bench, "_warm", lambda workload, split, folder: {})
+    monkeypatch.setattr(bench, "_difficulty_labels", lambda *args: [])
+    monkeypatch.setattr(bench, "_serve", lambda *args: [])
+    monkeypatch.setattr(bench, "_serve_with_rates", lambda *args: [])
+    monkeypatch.setattr(bench, "_score", lambda *args: None)
+
+    result = bench.run_workload("nq_open", chat=None)  # type: ignore[arg-type]
+
+    assert [(point, rates) for point, rates, _ in planned] == [
+        ("cost weight 0.1", True),  # the default point: its Poisson passes too
+        ("cost weight 0.3", False),
+        ("routing.load_signal=ema", False),
+        ("quality target 0.8", False),
+    ]
+    assert planned[1][2] == {"ECHOLM_ROUTING__COST_WEIGHT": "0.3"}
+    assert planned[2][2] == {"ECHOLM_ROUTING__LOAD_SIGNAL": "ema"}
+    assert planned[3][2]["ECHOLM_ROUTING__QUALITY_TARGET__TARGET"] == "0.8"
+    assert planned[3][2]["ECHOLM_ROUTING__QUALITY_TARGET__METRIC"] == "agreement"
+    assert [run.point for run in result.runs if run.system == "echolm"] == [point for point, _, _ in planned]
+
+
 def test_judged_workloads_hold_win_rate_targets_and_the_others_agreement_targets(tmp_path: Path) -> None:
     config = Path(__file__).resolve().parents[2] / "config.yaml"
     options = BenchOptions(

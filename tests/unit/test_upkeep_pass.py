@@ -264,6 +264,30 @@ def test_two_schedulers_on_one_state_run_one_pass_per_period(make_engine: Engine
     assert len(periods) == len(set(periods)), periods
 
 
+@pytest.mark.parametrize("minutes", [1.0, 30.0, 1 / 60])
+def test_every_worker_fires_a_little_after_each_period_starts_whenever_it_started(
+    make_engine: EngineFactory, tmp_path: Path, minutes: float
+) -> None:
+    from echolm_middleware.scheduling import FIRE_AFTER_PERIOD_START_S, JOB_ID, start_upkeep_scheduler
+
+    kit = make_engine(state=SQLiteState(tmp_path / "state.db"))
+    scheduler = start_upkeep_scheduler(_upkeep(kit, ScriptedStrongTier(), clock=time.time), minutes=minutes)
+    try:
+        job = scheduler.get_job(JOB_ID)
+        assert job is not None
+        first = job.next_run_time.timestamp()
+    finally:
+        scheduler.shutdown(wait=False)
+
+    period_s = minutes * 60
+    offset = min(FIRE_AFTER_PERIOD_START_S, period_s / 10)
+    assert time.time() < first <= time.time() + period_s
+    # The period the lease is named after is the one that has just begun, the same for every worker.
+    assert (first - offset) % period_s == pytest.approx(0, abs=1e-3) or (first - offset) % period_s == pytest.approx(
+        period_s, abs=1e-3
+    )
+
+
 # ---- the request's framing goes with it ------------------------------------------------------------
 
 SYSTEM = "Classify the query into one intent name: card_arrival, lost_or_stolen_card."

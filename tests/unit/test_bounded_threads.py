@@ -1,0 +1,132 @@
+"""Our own bounded thread pools: a hung part of ours fills them and then fails open, never queues a request."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from echolm_middleware.core.types import ChatRequest, Outcome
+from echolm_middleware.doors.access import EngineHandle, FailOpenCounter, arecord_or_count, prepare_or_fail_open
+from echolm_middleware.doors.bounded_threads import PREPARE, WRITES, BoundedThreads, Saturated
+from tests.unit.conftest import EngineFactory
+
+QUESTION = "What is the capital of France?"
+
+
+def test_a_full_pool_refuses_at_once_and_takes_work_again_once_its_tasks_end() -> None:
+    pool = BoundedThreads("test", threads=1, queued=1)
+    gate = threading.Event()
+    running = [pool.submit(gate.wait, 5), pool.submit(gate.wait, 5)]  # one runs, one waits in the queue
+
+    started = time.monotonic()
+    with pytest.raises(Saturated, match="test threads are all busy"):
+        pool.submit(print, "never")
+    assert time.monotonic() - started < 0.1  # refused, not queued
+
+    assert pool.in_use() == 2
+    gate.set()
+    assert all(future.result(5) for future in running)
+    assert pool.submit(lambda: 42).result(5) == 42
+    assert pool.in_use() == 0
+
+
+def test_a_task_cancelled_in_the_queue_gives_its_slot_back() -> None:
+    pool = BoundedThreads("test", threads=1, queued=1)
+    gate = threading.Event()
+    first, queued = pool.submit(gate.wait, 5), pool.submit(gate.wait, 5)
+    assert queued.cancel()
+    assert pool.submit(lambda: "taken").cancel() is True  # the cancelled task's slot was free again
+    gate.set()
+    assert first.result(5)
+
+
+class HungDecisions:
+    """A state database that hangs on every write until `gate` opens (a stuck NFS file, a held lock)."""
+
+    def __init__(self, real: Any, gate: threading.Event) -> None:
+        self._real, self._gate = real, gate
+
+    def put(self, decision: Any) -> None:
+        self._gate.wait(30)
+        self._real.put(decision)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def test_with_a_hung_state_database_every_request_is_answered_within_its_budget(make_engine: EngineFactory) -> None:
+    """More requests than our threads and queue hold, on a loop whose default executor is itself hung."""
+    engine = make_engine().engine
+    gate = threading.Event()
+    engine.decisions = HungDecisions(engine.decisions, gate)  # type: ignore[assignment]
+    handle, counter = EngineHandle(lambda: engine), FailOpenCounter()
+    handle.start().result()
+    budget_s = 0.2
+    requests = PREPARE.capacity + 40
+
+    async def burst() -> tuple[list[Any], float]:
+        hung_default = ThreadPoolExecutor(1)
+        hung_default.submit(gate.wait, 30)  # LiteLLM's or the app's work stuck on the shared executor
+        asyncio.get_running_loop().set_default_executor(hung_default)
+        started = time.monotonic()
+        decided = await asyncio.gather(
+            *(
+                prepare_or_fail_open(handle, counter, budget_s, ChatRequest("A", "strong", [{"role": "user", "content": f"{QUESTION} {n}"}]))
+                for n in range(requests)
+            )
+        )  # fmt: skip
+        took = time.monotonic() - started
+        gate.set()  # before the loop closes: asyncio.run waits for its default executor's threads
+        return [prepared for prepared, _ in decided], took
+
+    try:
+        prepared, took = asyncio.run(burst())
+    finally:
+        gate.set()
+
+    assert took < budget_s + 1.0  # all of them, together: none queued behind the hung ones
+    assert all(p is not None and p.decision.action == "fail_open" and p.tier == "strong" for p in prepared)
+    assert counter.counts["timeout"] >= 1  # the first ones waited their budget on a hung thread ...
+    assert counter.counts["saturated"] >= 40  # ... the rest were refused at once by the full pool
+
+
+def test_records_past_the_write_queue_are_dropped_and_counted_while_the_loop_stays_free(
+    make_engine: EngineFactory,
+) -> None:
+    engine = make_engine().engine
+    gate = threading.Event()
+    record = engine.record
+
+    def hung_record(outcome: Outcome) -> Any:
+        gate.wait(30)
+        return record(outcome)
+
+    engine.record = hung_record  # type: ignore[method-assign]
+    counter = FailOpenCounter()
+    deadline = time.monotonic() + 10
+    while WRITES.in_use() and time.monotonic() < deadline:  # what earlier tests left to write
+        time.sleep(0.01)
+
+    async def flood() -> float:
+        outcome = Outcome(request_id="r", served_by="strong", answer="Paris.", finish_reason="stop")
+        waiting = [asyncio.create_task(arecord_or_count(engine, outcome, counter)) for _ in range(WRITES.capacity + 5)]
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        await asyncio.sleep(0.01)  # the loop itself still runs at once
+        lag = time.monotonic() - started
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(*waiting), 30)
+        return lag
+
+    try:
+        lag = asyncio.run(flood())
+    finally:
+        gate.set()
+
+    assert lag < 0.1
+    assert counter.counts["record: saturated"] == 5
