@@ -244,21 +244,24 @@ class ChromaExampleStore:
             return len(changed)
 
     def examples(self, tenant: str) -> list[Example]:
-        with self._lock, self._translated("scan"):
-            collection = self._collection(tenant, create=False)
-            if collection is None:
-                return []
-            found: list[Example] = []
-            while True:
+        found: dict[str, Example] = {}
+        offset = 0
+        while True:
+            # A page at a time under the lock: a whole-tenant scan (the upkeep's) must not hold, for all of
+            # it, the lock that admissions on the request path take. A write between two pages may shift
+            # the offsets: an id read twice is kept once, and an example missed is read by the next scan.
+            with self._lock, self._translated("scan"):
+                collection = self._collection(tenant, create=False)
+                if collection is None:
+                    return []
                 page = collection.get(
-                    limit=self._settings.batch_size * 16, offset=len(found), include=["documents", "metadatas"]
+                    limit=self._settings.batch_size * 16, offset=offset, include=["documents", "metadatas"]
                 )
-                if not page["ids"]:
-                    return found
-                found += [
-                    _to_example(i, d, m)
-                    for i, d, m in zip(page["ids"], page["documents"], page["metadatas"], strict=True)
-                ]
+            if not page["ids"]:
+                return list(found.values())
+            offset += len(page["ids"])
+            for i, d, m in zip(page["ids"], page["documents"], page["metadatas"], strict=True):
+                found.setdefault(i, _to_example(i, d, m))
 
     def delete(self, tenant: str, ids: Sequence[str]) -> None:
         with self._lock, self._translated("delete"):

@@ -46,6 +46,9 @@ class EngineHandle:
             if self._future is None or (self._future.done() and self._future.exception() is not None):
                 # A failed build (say, Chroma's server was down) is retried on a later request.
                 future: Future[Engine] = Future()
+                # Running from the start: a caller that stops waiting (asyncio cancels the future it
+                # waited on, and with it this one) must not cancel the build for everyone after it.
+                future.set_running_or_notify_cancel()
                 self._future = future
                 threading.Thread(target=self._run, args=(future,), name="echolm-engine-build", daemon=True).start()
             return self._future

@@ -213,6 +213,41 @@ def test_examples_lists_every_example_of_one_tenant(store: ExampleStore) -> None
     assert store.examples("nobody") == []
 
 
+def test_a_whole_tenant_scan_lets_admissions_through_between_its_pages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upkeep scans whole tenants; an admission on the request path waits at most one page, not the scan."""
+    import threading
+
+    from echolm_middleware.backends import chroma_store as module
+
+    store = ChromaExampleStore(StoreSettings(path=tmp_path / "chroma", batch_size=2))  # pages of 32
+    many = [_example(f"e{n:03d}") for n in range(100)]
+    store.upsert("A", many, [X] * len(many))
+    between_pages, admitted = threading.Event(), threading.Event()
+    to_example = module._to_example
+
+    def slow_reader(*args: object) -> Example:
+        between_pages.set()
+        admitted.wait(10)  # the scan reads its first page's rows while the admission runs
+        return to_example(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "_to_example", slow_reader)
+    scanned: list[Example] = []
+    scan = threading.Thread(target=lambda: scanned.extend(store.examples("A")))
+    scan.start()
+    assert between_pages.wait(10)
+    started = time.monotonic()
+    store.add("A", [_example("new")], [Y])  # blocks until the scan ends if the scan holds the lock
+    took = time.monotonic() - started
+    admitted.set()
+    scan.join(30)
+
+    assert took < 5
+    assert {e.id for e in many} <= {e.id for e in scanned}  # every example there before the scan, once
+    assert len(scanned) == len({e.id for e in scanned})
+
+
 def test_delete_removes_only_the_listed_examples(store: ExampleStore) -> None:
     store.upsert("A", [_example("a"), _example("b")], [X, Y])
     store.upsert("B", [_example("a")], [X])

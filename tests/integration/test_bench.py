@@ -10,20 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import CONFIG, ROOT
+from tests.integration.conftest import CONFIG, ROOT, LocalTiers
 
 pytestmark = pytest.mark.integration
 
-# Ports of its own: the session's tiers (and their recorder) hold the config's.
-PORTS = {"8101": "8301", "8102": "8302"}
 
-
-def test_a_tiny_bench_serves_every_system_and_writes_its_report(tmp_path: Path) -> None:
+def test_a_tiny_bench_serves_every_system_and_writes_its_report(local_tiers: LocalTiers, tmp_path: Path) -> None:
+    # On the configured ports the bench finds the session's tiers answering and uses them (it stops only
+    # the servers it started: here the second cheap and the second strong server).
     config = tmp_path / "config.yaml"
-    text = CONFIG.read_text()
-    for old, new in PORTS.items():
-        text = text.replace(old, new)
-    config.write_text(text)
+    config.write_text(CONFIG.read_text())
     env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", OMP_NUM_THREADS="1")
 
     done = subprocess.run(

@@ -30,7 +30,7 @@ def test_a_short_soak_answers_every_request_and_reports_memory(local_tiers: Loca
     done = subprocess.run(
         [
             sys.executable, "-m", "echolm_middleware.cli.main", "soak", "--config", str(config),
-            "--minutes", "0.4", "--rate", "0.5", "--rss-every", "2", "--workers", "2",
+            "--minutes", "0.25", "--rate", "0.5", "--rss-every", "2", "--workers", "2",
             "--results", str(tmp_path / "results"), "--run", "smoke", "--work", str(tmp_path / "work"),
         ],
         capture_output=True, text=True, timeout=600, cwd=ROOT,

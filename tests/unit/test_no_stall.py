@@ -1,4 +1,5 @@
-"""Our own bounded thread pools: a hung part of ours fills them and then fails open, never queues a request."""
+"""Our parts never stall a request: bounded pools that fail open when full, a hung state database, a
+store that is down when the engine is built."""
 
 from __future__ import annotations
 
@@ -130,3 +131,52 @@ def test_records_past_the_write_queue_are_dropped_and_counted_while_the_loop_sta
 
     assert lag < 0.1
     assert counter.counts["record: saturated"] == 5
+
+
+def test_while_the_engine_cannot_be_built_every_request_fails_open_within_its_budget() -> None:
+    """A Chroma server that is down at start: each build attempt takes long (connection timeouts) and fails;
+    requests meanwhile wait at most their budget, and do not each start a build of their own."""
+    builds: list[float] = []
+
+    def build() -> Any:
+        builds.append(time.monotonic())
+        time.sleep(1.0)
+        raise ConnectionError("Could not connect to a Chroma server")
+
+    handle, counter = EngineHandle(build), FailOpenCounter()
+    budget_s = 0.1
+    request = ChatRequest("A", "strong", [{"role": "user", "content": QUESTION}])
+
+    async def one_after_another() -> list[float]:
+        took = []
+        for _ in range(12):
+            started = time.monotonic()
+            prepared, engine = await prepare_or_fail_open(handle, counter, budget_s, request)
+            took.append(time.monotonic() - started)
+            assert prepared is None and engine is None  # the request goes out as asked
+        return took
+
+    took = asyncio.run(one_after_another())
+
+    assert max(took) < budget_s + 0.1
+    assert len(builds) <= 2  # one build at a time: 12 requests in about 1.2 s saw at most two attempts
+    assert sum(counter.counts.values()) == 12
+
+
+def test_a_request_that_stops_waiting_for_the_engine_does_not_cancel_its_build() -> None:
+    """The first requests after start wait at most their budget for the engine; the build goes on for the
+    requests after them (a waiter's timeout once cancelled it, and every request failed open for good)."""
+
+    def build() -> Any:
+        time.sleep(0.5)
+        return "the engine"
+
+    handle = EngineHandle(build)  # type: ignore[arg-type]
+
+    async def two_requests() -> tuple[str, Any]:
+        with pytest.raises(TimeoutError):
+            await handle.get(0.1)  # the budget runs out while the engine is still being built
+        await asyncio.sleep(0.8)
+        return await handle.get(0.1), handle.ready()
+
+    assert asyncio.run(two_requests()) == ("the engine", "the engine")
