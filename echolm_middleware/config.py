@@ -184,6 +184,14 @@ class RequestSettings(_Strict):
 
     timeout_ms: float = Field(default=2000, gt=0, description="Budget of our pre-call work; past it, fail open.")
     max_messages: int = Field(default=256, ge=1, description="Longer conversations pass through untouched.")
+    max_kept_chars: int = Field(
+        default=16_000,
+        ge=100,
+        description=(
+            "Longest question or system prompt a decision keeps; a longer one is kept cut, and its answer is"
+            " not cached (an example needs its whole context)."
+        ),
+    )
     query_context_turns: int = Field(default=0, ge=0, description="Earlier user turns added to the query.")
     best_similarity_header: bool = Field(
         default=False,

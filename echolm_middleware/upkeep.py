@@ -269,6 +269,13 @@ class Upkeep:
             result.outcome = "skipped: no clean answer"
             return result
         if step["kind"] == "replay":
+            # Through the same screens as a live request's answer (scrubbed, refused when it reads like
+            # instructions); a coverage answer goes through `admit`, which applies them.
+            kept = self.engine.answer_to_keep(answer)
+            if kept is None:
+                result.outcome = "skipped: refused by admission"
+                return result
+            answer = kept
             quality = self.engine.settings.admission.initial_quality
             replays_after = int(step["replays_after"])
             changed = self.engine.store.modify(

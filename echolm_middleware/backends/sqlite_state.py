@@ -10,14 +10,18 @@ a running proxy).
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from echolm_middleware.core.types import Decision
 from echolm_middleware.errors import StateUnavailable
+
+logger = logging.getLogger("echolm")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -98,15 +102,49 @@ class _Connection:
 
 
 class SQLiteDecisions(_Connection):
-    """DecisionLog and DecisionHistory: every decision by request id, pruned after `retention_s`."""
+    """DecisionLog and DecisionHistory: every decision by request id, deleted `retention_s` after it was made.
 
-    # Pruning old decisions on every write would cost a scan; once per this many writes is enough.
-    _PRUNE_EVERY = 1000
+    Decisions hold what callers asked, so their retention is a promise about personal data: it is kept
+    on a timer (at open, then every `prune_every_s`), not on the next writes, which may never come.
+    """
 
-    def __init__(self, path: Path | str, retention_s: float | None = None, busy_timeout_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        retention_s: float | None = None,
+        busy_timeout_s: float = 1.0,
+        *,
+        prune_every_s: float = 300.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         super().__init__(path, busy_timeout_s)
         self._retention_s = retention_s
-        self._writes = 0
+        self._clock = clock
+        self._stopped = threading.Event()
+        if retention_s is not None:
+            self.prune()  # what expired while no process had the file open
+            threading.Thread(
+                target=self._prune_every, args=(prune_every_s,), name="echolm-state-retention", daemon=True
+            ).start()
+
+    def prune(self) -> int:
+        """Delete the decisions older than the retention; how many were deleted."""
+        if self._retention_s is None:
+            return 0
+        with self._transaction() as db:
+            cursor = db.execute("DELETE FROM decisions WHERE created_at < ?", (self._clock() - self._retention_s,))
+            return cursor.rowcount
+
+    def _prune_every(self, interval_s: float) -> None:
+        while not self._stopped.wait(interval_s):
+            try:
+                self.prune()
+            except StateUnavailable as exc:  # a locked or vanished file: the next round tries again
+                logger.warning("echolm: pruning old decisions failed: %s", exc)
+
+    def close(self) -> None:
+        self._stopped.set()
+        super().close()
 
     def put(self, decision: Decision) -> None:
         body = json.dumps(decision.to_dict(), ensure_ascii=True)
@@ -115,9 +153,6 @@ class SQLiteDecisions(_Connection):
                 "INSERT OR REPLACE INTO decisions (request_id, tenant, created_at, body) VALUES (?, ?, ?, ?)",
                 (decision.request_id, decision.tenant, decision.created_at, body),
             )
-            self._writes += 1
-            if self._retention_s is not None and self._writes % self._PRUNE_EVERY == 0:
-                db.execute("DELETE FROM decisions WHERE created_at < ?", (decision.created_at - self._retention_s,))
 
     def get(self, request_id: str) -> Decision | None:
         rows = self._query("SELECT body FROM decisions WHERE request_id = ?", (request_id,))

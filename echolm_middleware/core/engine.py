@@ -63,6 +63,9 @@ from echolm_middleware.core.whole_answers import why_not_whole
 from echolm_middleware.errors import FeedbackAlreadyGiven, UnknownRequest
 
 _QUERY_VECTOR_CACHE = 4096
+# What of a question is embedded: far more than MiniLM's 256 word pieces in any text but a pathological
+# one, so the vector is the whole question's (and serves its admission), without tokenizing 200k characters.
+_EMBEDDED_CHARS = 8_000
 _WARM_UP_TENANT = "echolm-warm-up"
 # Where requests with no identity go when the operator shares one cache between them (tenancy.shared).
 SHARED_TENANT = "shared"
@@ -220,16 +223,15 @@ class Engine:
         params = judge_params(request.params, max_temperature=self.settings.admission.max_temperature)
         if params.pass_reason:
             return self._pass_through(decision, request, params.pass_reason, started)
-        decision.query = view.query
-        decision.instructions = view.instructions
         decision.context = context_key(view.instructions, view.history, params.shaping)
         decision.not_cached = params.not_cached_reason
+        scrubbed = self._keep_question(decision, view)
         decision.history_turns = len(view.history)
         eligible = [tier for tier in self._fitting_tiers(requested, view) if _allowed(tier.name, request)]
         if not eligible:
             return self._pass_through(decision, request, "prompt exceeds the requested tier's context", started)
 
-        vector = self.embedder.embed([view.query])[0]
+        vector = self.embedder.embed([view.query[:_EMBEDDED_CHARS]])[0]
         candidates = self.store.nearest(
             request.tenant, vector, self.settings.retrieval.candidates, context=decision.context
         )
@@ -274,7 +276,8 @@ class Engine:
             decision.passed_over = [item.candidate.example.id for item in chosen]
         decision.overhead_ms = (time.perf_counter() - started) * 1000
         self.decisions.put(decision)
-        self._remember_vector(decision.request_id, vector)
+        if not scrubbed:  # else the example is embedded from the scrubbed text it will hold
+            self._remember_vector(decision.request_id, vector)
         if best.tier != self.strongest and self.quality is not None:
             self.quality.sample(decision.request_id, request.messages)
         # The request is in flight on its tier from here until `record` or `release` (the doors call one).
@@ -515,6 +518,46 @@ class Engine:
             tokens=item.tokens,
         )
 
+    def answer_to_keep(self, answer: str) -> str | None:
+        """An answer as the cache would hold it (scrubbed), or None where admission refuses it.
+
+        Every write of an answer goes through here: a live request's admission and the upkeep's replays.
+        """
+        admission = self.settings.admission
+        answer = answer.strip()
+        if not answer or not is_valid_utf8(answer):
+            return None
+        if admission.refuse_instructions and looks_like_instructions(answer):
+            return None
+        if not admission.min_answer_chars <= len(answer) <= admission.max_answer_chars:
+            return None
+        if admission.pii != "keep":
+            scrubbed = scrub(answer)
+            if scrubbed.found and admission.pii == "refuse":
+                return None
+            answer = scrubbed.text
+        return answer
+
+    def _keep_question(self, decision: Decision, view: RequestView) -> bool:
+        """Put in the decision the question and system prompt it keeps (and an answer would be cached
+        under): cut at `requests.max_kept_chars`, scrubbed when `admission.pii` is not `keep`, so the state
+        database holds no more personal data than the cache would. True when scrubbing changed them."""
+        keep = self.settings.requests.max_kept_chars
+        query, instructions = view.query[:keep], view.instructions[:keep]
+        if not decision.not_cached and max(len(view.query), len(view.instructions)) > keep:
+            decision.not_cached = "prompt longer than requests.max_kept_chars: not kept whole"
+        pii = self.settings.admission.pii
+        found = False
+        if pii != "keep":
+            texts = [scrub(text) for text in (query, instructions)]
+            found = any(text.found for text in texts)
+            if found:
+                query, instructions = (text.text for text in texts)
+                if pii == "refuse" and not decision.not_cached:
+                    decision.not_cached = "personal data in the prompt (admission.pii: refuse)"
+        decision.query, decision.instructions = query, instructions
+        return found
+
     def _remember_vector(self, request_id: str, vector: list[float]) -> None:
         with self._lock:
             self._vectors[request_id] = vector
@@ -550,25 +593,27 @@ class Engine:
         origin: str = "",
     ) -> bool:
         admission = self.settings.admission
-        prompt, answer = prompt.strip(), answer.strip()
-        if not prompt or not answer or len(prompt) > admission.max_prompt_chars:
+        prompt = prompt.strip()
+        if not prompt or len(prompt) > admission.max_prompt_chars:
             return False
-        if not all(is_valid_utf8(text) for text in (prompt, answer, instructions)):
+        if not all(is_valid_utf8(text) for text in (prompt, instructions)):
             return False  # a lone surrogate cannot be embedded or stored
-        if admission.refuse_instructions and (looks_like_instructions(answer) or looks_like_injection(prompt)):
+        if admission.refuse_instructions and looks_like_injection(prompt):
             return False  # the question is shown to later requests as much as the answer is
-        if not admission.min_answer_chars <= len(answer) <= admission.max_answer_chars:
-            return False
         if admission.initial_quality < admission.min_quality:
             return False
+        kept_answer = self.answer_to_keep(answer)
+        if kept_answer is None:
+            return False
+        answer = kept_answer
         # The id stays that of the prompt as asked: feedback and replay find the example by it.
         key = example_id(tenant, context, prompt)
         if admission.pii != "keep":
-            texts = [scrub(text) for text in (prompt, answer, instructions)]
+            texts = [scrub(text) for text in (prompt, instructions)]
             if any(text.found for text in texts):
                 if admission.pii == "refuse":
                     return False
-                prompt, answer, instructions = (text.text for text in texts)
+                prompt, instructions = (text.text for text in texts)
                 vector = None  # embed what is stored, not what was scrubbed away
         if vector is None:
             vector = self.embedder.embed([prompt])[0]

@@ -9,6 +9,7 @@ param of that fixture. Tests that open `SQLiteState` themselves are about SQLite
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -219,14 +220,36 @@ def test_a_closed_state_raises_state_unavailable(tmp_path: Path) -> None:
         closed.put(_decision())
 
 
-def test_decisions_older_than_the_retention_are_pruned(tmp_path: Path) -> None:
-    state = SQLiteState(tmp_path / "state.db", retention_s=3600.0)
-    old = Decision("old", "t", 1_000.0, "strong", "route", "routed", "strong")
-    state.put(old)
-    for n in range(SQLiteState._PRUNE_EVERY - 1):
-        state.put(Decision(f"new{n}", "t", 1_000_000.0 + n, "strong", "route", "routed", "strong"))
-    assert state.get("old") is None
-    assert state.get("new0") is not None
+def test_decisions_past_their_retention_are_deleted_on_a_timer_with_no_writes_at_all(tmp_path: Path) -> None:
+    now = [1_000_000.0]
+    writer = SQLiteState(tmp_path / "state.db")
+    writer.put(Decision("old", "t", now[0] - 3_000, "strong", "route", "routed", "strong"))
+    writer.put(Decision("new", "t", now[0] - 10, "strong", "route", "routed", "strong"))
+    writer.close()
+
+    state = SQLiteState(tmp_path / "state.db", retention_s=3_600.0, prune_every_s=0.05, clock=lambda: now[0])
+    try:
+        assert state.get("old") is not None and state.get("new") is not None  # within the retention at open
+        now[0] += 1_000  # "old" is now 4,000 s old; nothing is written from here on
+        deadline = time.monotonic() + 5
+        while state.get("old") is not None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert state.get("old") is None
+        assert state.get("new") is not None
+    finally:
+        state.close()
+
+
+def test_decisions_that_expired_while_no_process_ran_are_deleted_at_open(tmp_path: Path) -> None:
+    writer = SQLiteState(tmp_path / "state.db")
+    writer.put(Decision("old", "t", time.time() - 8 * 86_400, "strong", "route", "routed", "strong"))
+    writer.close()
+
+    state = SQLiteState(tmp_path / "state.db", retention_s=7 * 86_400)
+    try:
+        assert state.get("old") is None
+    finally:
+        state.close()
 
 
 # ---- DecisionHistory: what coverage reads its misses from ----------------------------------------

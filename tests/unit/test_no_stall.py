@@ -180,3 +180,26 @@ def test_a_request_that_stops_waiting_for_the_engine_does_not_cancel_its_build()
         return await handle.get(0.1), handle.ready()
 
     assert asyncio.run(two_requests()) == ("the engine", "the engine")
+
+
+def test_a_200k_character_prompt_is_decided_and_recorded_at_once_and_kept_cut_not_cached(
+    make_engine: EngineFactory,
+) -> None:
+    from echolm_middleware.config import AdmissionSettings
+    from tests.unit.conftest import ADMISSION
+
+    kit = make_engine(admission=ADMISSION.model_copy(update={"pii": "scrub"}))
+    assert isinstance(kit.engine.settings.admission, AdmissionSettings)
+    document = ("Contact jane.doe@example.com or +44 20 7946 0958 about invoice 4111 1111 1111 1111. " * 2400)[:200_000]
+    messages = [{"role": "system", "content": document}, {"role": "user", "content": f"{QUESTION} {document}"}]
+
+    started = time.monotonic()
+    prepared = kit.engine.prepare(ChatRequest("A", "strong", messages))
+    kit.engine.record(Outcome(prepared.decision.request_id, "strong", "Paris.", finish_reason="stop"))
+    took = time.monotonic() - started
+
+    assert took < 1.0
+    kept = kit.state.get(prepared.decision.request_id)
+    assert kept is not None and kept.not_cached == "prompt longer than requests.max_kept_chars: not kept whole"
+    assert len(kept.query) == len(kept.instructions) == kit.engine.settings.requests.max_kept_chars
+    assert kit.store.count("A") == 0  # an example needs its whole context

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from echolm_middleware.core.pii import scrub
+from tests.unit.conftest import ADMISSION, EngineFactory
 
 
 @pytest.mark.parametrize(
@@ -53,3 +56,54 @@ def test_several_kinds_in_one_text_are_all_replaced() -> None:
     text = "Reach me at a@b.io or +1 415 555 0100; card 4111-1111-1111-1111; key sk-ant-0123456789abcdefXYZ."
 
     assert scrub(text).text == "Reach me at [EMAIL] or [PHONE]; card [CARD_NUMBER]; key [SECRET]."
+
+
+# ---- what the engine keeps: the cache and the state database alike ------------------------------------
+
+SYSTEM_WITH_PII = "You answer for Jane (jane.doe@example.com, +44 20 7946 0958)."
+QUESTION_WITH_PII = "Is card 4111 1111 1111 1111 still blocked?"
+
+
+def _asked(kit: Any) -> Any:
+    from echolm_middleware.core.types import ChatRequest, Outcome
+
+    messages = [{"role": "system", "content": SYSTEM_WITH_PII}, {"role": "user", "content": QUESTION_WITH_PII}]
+    prepared = kit.engine.prepare(ChatRequest("A", "strong", messages))
+    kit.engine.record(Outcome(prepared.decision.request_id, "strong", "It is blocked until Monday.", "stop"))
+    return kit.state.get(prepared.decision.request_id)
+
+
+def test_with_scrubbing_on_the_state_database_keeps_the_scrubbed_question_and_system_prompt(
+    make_engine: EngineFactory,
+) -> None:
+    kit = make_engine(admission=ADMISSION.model_copy(update={"pii": "scrub"}))
+
+    kept = _asked(kit)
+
+    assert kept.query == "Is card [CARD_NUMBER] still blocked?"
+    assert kept.instructions == "You answer for Jane ([EMAIL], [PHONE])."
+    (example,) = kit.store.examples("A")
+    assert (example.prompt, example.instructions) == (kept.query, kept.instructions)
+    stored = [c for c in kit.store.nearest("A", kit.embedder.embed([kept.query])[0], 1)]
+    assert stored and stored[0].similarity > 0.999  # embedded from the scrubbed text it holds
+
+
+def test_with_refuse_a_prompt_holding_personal_data_is_kept_scrubbed_and_never_cached(
+    make_engine: EngineFactory,
+) -> None:
+    kit = make_engine(admission=ADMISSION.model_copy(update={"pii": "refuse"}))
+
+    kept = _asked(kit)
+
+    assert kept.not_cached == "personal data in the prompt (admission.pii: refuse)"
+    assert "4111" not in kept.query and "jane.doe" not in kept.instructions
+    assert kit.store.count("A") == 0
+
+
+def test_with_keep_the_state_database_keeps_the_question_as_asked(make_engine: EngineFactory) -> None:
+    kit = make_engine(admission=ADMISSION.model_copy(update={"pii": "keep"}))
+
+    kept = _asked(kit)
+
+    assert (kept.query, kept.instructions) == (QUESTION_WITH_PII, SYSTEM_WITH_PII)
+    assert kit.store.count("A") == 1
