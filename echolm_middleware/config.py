@@ -236,6 +236,14 @@ class UpkeepSettings(_Strict):
     ttl_days: float | None = Field(default=30.0, gt=0, description="Examples older than this are evicted.")
     max_entries: int | None = Field(default=100_000, ge=1, description="Entry budget per tenant.")
     max_bytes: int | None = Field(default=None, ge=1, description="Byte budget per tenant (texts + vector).")
+    evict_every_minutes: float | None = Field(
+        default=60.0,
+        gt=0,
+        description=(
+            "Without schedule_minutes, the proxy still applies ttl_days and the budgets this often (no model"
+            " calls); None: only in upkeep passes."
+        ),
+    )
 
 
 class Settings(BaseSettings):

@@ -8,9 +8,11 @@ many workers fire, one pass runs per period (see `echolm_middleware.upkeep.run_e
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from echolm_middleware.config import UpkeepSettings
 from echolm_middleware.metrics import metrics, quietly
 from echolm_middleware.upkeep import Upkeep, process_holder, run_exclusive
 
@@ -77,3 +79,56 @@ def start_upkeep_scheduler(upkeep: Upkeep, minutes: float, holder: str | None = 
     )
     scheduler.start()
     return scheduler
+
+
+EVICTION_JOB_ID = "echolm-eviction"
+
+
+def eviction_job(upkeep: Upkeep) -> None:
+    """One eviction round; never raises (the next round tries again)."""
+    try:
+        report = upkeep.evict()
+    except Exception as exc:
+        logger.error("echolm eviction failed: %s", exc)
+        return
+    removed = sum(report.evicted.values()) + sum(report.expired.values())
+    if removed:
+        logger.warning(
+            "echolm eviction: %d expired, %d over budget",
+            sum(report.expired.values()),
+            removed - sum(report.expired.values()),
+        )
+
+
+def start_eviction_scheduler(upkeep: Upkeep, minutes: float) -> Any:
+    """Without a scheduled upkeep, keep `ttl_days` and the budgets anyway: eviction alone every `minutes`.
+
+    Every worker runs it: eviction is idempotent and calls no model, so no lease is needed.
+    """
+    from echolm_middleware.backends._lazy import require
+
+    background = require("apscheduler.schedulers.background", "scheduler")
+    scheduler = background.BackgroundScheduler(daemon=True)
+    scheduler.add_job(
+        eviction_job,
+        "interval",
+        seconds=minutes * 60.0,
+        id=EVICTION_JOB_ID,
+        replace_existing=True,
+        max_instances=1,
+        coalesce=True,
+        next_run_time=datetime.now(UTC),  # once at start too: what expired while the proxy was down
+        args=[upkeep],
+    )
+    scheduler.start()
+    return scheduler
+
+
+def start_schedules(settings: UpkeepSettings, build_upkeep: Callable[[], Upkeep]) -> Any | None:
+    """A proxy's schedule: whole passes every `schedule_minutes` (each ends with eviction), else eviction
+    alone every `evict_every_minutes`; None when both are off."""
+    if settings.schedule_minutes is not None:
+        return start_upkeep_scheduler(build_upkeep(), settings.schedule_minutes)
+    if settings.evict_every_minutes is not None:
+        return start_eviction_scheduler(build_upkeep(), settings.evict_every_minutes)
+    return None

@@ -323,6 +323,12 @@ class Upkeep:
         agreement = [sum(sum(a * b for a, b in zip(v, w, strict=True)) for w in vectors) for v in vectors]
         return answers[max(range(len(answers)), key=agreement.__getitem__)]
 
+    def evict(self) -> PassReport:
+        """Eviction alone (ttl_days and the budgets) over every tenant that has examples: no model calls."""
+        report = PassReport(uuid.uuid4().hex, False, 0, None)
+        self._evict(self.engine.store.tenants(), report)
+        return report
+
     def _evict(self, tenants: Sequence[str], report: PassReport) -> None:
         for tenant in tenants:
             plan = plan_eviction(

@@ -140,15 +140,13 @@ def engine_from_proxy_config() -> Engine:
     engine = build_engine(settings, model_list, state=state)
     engine.warm_up()
     logger.warning("echolm: %s", tenancy_notice(settings.tenancy.shared))
-    if settings.upkeep.schedule_minutes is not None:
-        from echolm_middleware.factory import build_upkeep
-        from echolm_middleware.scheduling import start_upkeep_scheduler
+    from echolm_middleware.factory import build_upkeep
+    from echolm_middleware.scheduling import start_schedules
 
-        try:
-            upkeep = build_upkeep(settings, model_list, engine=engine, state=state)
-            start_upkeep_scheduler(upkeep, settings.upkeep.schedule_minutes)
-        except Exception as exc:  # the cache's upkeep is optional; routing must not go down with it
-            logger.error("echolm: the upkeep scheduler did not start: %s", exc)
+    try:
+        start_schedules(settings.upkeep, lambda: build_upkeep(settings, model_list, engine=engine, state=state))
+    except Exception as exc:  # the cache's upkeep is optional; routing must not go down with it
+        logger.error("echolm: the upkeep scheduler did not start: %s", exc)
     return engine
 
 

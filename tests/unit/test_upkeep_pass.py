@@ -314,6 +314,52 @@ def test_every_worker_fires_a_little_after_each_period_starts_whenever_it_starte
     )
 
 
+def test_without_a_scheduled_pass_the_proxy_still_evicts_what_expired_at_start_and_hourly(
+    make_engine: EngineFactory,
+) -> None:
+    from echolm_middleware.scheduling import EVICTION_JOB_ID, start_eviction_scheduler
+
+    kit = make_engine()
+    kit.engine.admit("A", QUESTION, "an answer kept 40 days", "strong")
+    kit.engine.admit("A", "What is the tallest mountain?", "an answer kept today", "strong")
+    key = admitted_id("A", QUESTION)
+    kit.store.modify("A", [key], lambda e: replace(e, created_at=kit.clock.now - 40 * 86_400))
+    completer = ScriptedStrongTier()
+    scheduler = start_eviction_scheduler(_upkeep(kit, completer, ttl_days=30.0), minutes=60)
+    try:
+        job = scheduler.get_job(EVICTION_JOB_ID)
+        assert job is not None
+        deadline = time.monotonic() + 5
+        while kit.store.count("A") == 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [e.answer for e in kit.store.examples("A")] == ["an answer kept today"]
+        assert 3590 < job.next_run_time.timestamp() - time.time() <= 3600  # and every hour after
+    finally:
+        scheduler.shutdown(wait=False)
+    assert completer.prompts == []  # eviction alone calls no model
+
+
+@pytest.mark.parametrize(
+    ("schedule_minutes", "evict_every_minutes", "job"),
+    [(None, 60.0, "echolm-eviction"), (30.0, 60.0, "echolm-upkeep"), (None, None, None)],
+)
+def test_a_proxy_schedules_whole_passes_else_eviction_alone_by_default(
+    make_engine: EngineFactory, schedule_minutes: float | None, evict_every_minutes: float | None, job: str | None
+) -> None:
+    from echolm_middleware.scheduling import start_schedules
+
+    kit = make_engine()
+    settings = UpkeepSettings(schedule_minutes=schedule_minutes, evict_every_minutes=evict_every_minutes)
+    assert UpkeepSettings().evict_every_minutes == 60.0 and UpkeepSettings().schedule_minutes is None  # defaults
+
+    scheduler = start_schedules(settings, lambda: _upkeep(kit, ScriptedStrongTier()))
+    try:
+        assert [j.id for j in scheduler.get_jobs()] == [job] if job else scheduler is None
+    finally:
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
+
+
 # ---- the request's framing goes with it ------------------------------------------------------------
 
 SYSTEM = "Classify the query into one intent name: card_arrival, lost_or_stolen_card."
