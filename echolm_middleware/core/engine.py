@@ -121,6 +121,17 @@ def _by_tenant(
     return split
 
 
+def _weights_by_tenant(stored: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """Stored utility weights ("name|tenant") split by tenant; ones kept before they were per tenant (no "|",
+    fitted to every tenant's feedback at once) are left out, as the posteriors' are."""
+    split: dict[str, dict[str, float]] = {}
+    for key, value in stored.items():
+        name, sep, tenant = key.partition("|")
+        if sep:
+            split.setdefault(tenant, {})[name] = value
+    return split
+
+
 def _copied(messages: Sequence[Any]) -> list[Any]:
     """The caller's messages, each object copied; anything malformed is passed on as it came."""
     return [dict(message) if isinstance(message, Mapping) else message for message in messages]
@@ -174,7 +185,8 @@ class Engine:
         self._lock = threading.Lock()
         # Per tenant: one tenant's feedback moves its own routing, never everyone's.
         self._posteriors = _by_tenant(stats.load_posteriors())
-        self._weights = stats.load_weights() or settings.retrieval.weights.model_dump()
+        self._default_weights = settings.retrieval.weights.model_dump()
+        self._weights = _weights_by_tenant(stats.load_weights() or {})
         self._vectors: OrderedDict[str, list[float]] = OrderedDict()
         # The quality target (routing.quality_target): sampled cheap-tier answers move the strongest's bias.
         self.quality = quality
@@ -235,7 +247,7 @@ class Engine:
         candidates = self.store.nearest(
             request.tenant, vector, self.settings.retrieval.candidates, context=decision.context
         )
-        chosen = self._choose_examples(candidates)
+        chosen = self._choose_examples(request.tenant, candidates)
         bucket = context_bucket(chosen)
         with self._lock:
             observed = dict(self._posteriors.get(request.tenant, {}))
@@ -421,11 +433,11 @@ class Engine:
                 ),
             )
             with self._lock:
-                weights = self._weights
+                weights = self._weights.get(decision.tenant, self._default_weights)
                 for trace in decision.examples:
                     weights = selection.fit_step(weights, trace.features, score, self.settings.retrieval.learning_rate)
-                self._weights = weights
-            self.stats.save_weights(weights)
+                self._weights[decision.tenant] = weights
+            self.stats.save_weights({f"{name}|{decision.tenant}": value for name, value in weights.items()})
 
     def explain(self, request_id: str) -> Decision:
         decision = self.decisions.get(request_id)
@@ -438,9 +450,10 @@ class Engine:
         profile = self._by_name.get(tier)
         return profile.cost if profile is not None else 1.0
 
-    def utility_weights(self) -> dict[str, float]:
+    def utility_weights(self, tenant: str) -> dict[str, float]:
+        """The example-utility weights of `tenant`: fitted to its own feedback, the configured ones before."""
         with self._lock:
-            return dict(self._weights)
+            return dict(self._weights.get(tenant, self._default_weights))
 
     # ---- internals ----------------------------------------------------------------------------
 
@@ -476,10 +489,10 @@ class Engine:
         prompt_tokens = self.tokens.count(view.text) if view.chars < 200_000 else view.chars
         return [tier for tier in affordable if prompt_tokens + budget <= tier.max_input_tokens]
 
-    def _choose_examples(self, candidates: Sequence[Candidate]) -> list[ScoredExample]:
+    def _choose_examples(self, tenant: str, candidates: Sequence[Candidate]) -> list[ScoredExample]:
         retrieval = self.settings.retrieval
         now = self._now()
-        weights = self.utility_weights()
+        weights = self.utility_weights(tenant)
         scored = []
         for candidate in candidates:
             if candidate.example.quality < self.settings.admission.min_quality:

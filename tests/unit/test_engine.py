@@ -542,8 +542,10 @@ def test_with_pii_scrub_a_strong_answer_is_cached_without_the_address_and_keeps_
     (example,) = kit.store.examples("A")
     assert example.prompt == "How do I reach support? I am [EMAIL]"
     assert example.answer == "Mail [EMAIL] or call [PHONE]."
-    # Feedback and replay still find it by the request.
-    assert example.id == example_id("A", first.decision.context, question)
+    # Its id is that of the question as the decision keeps it (scrubbed too), so feedback finds it.
+    assert example.id == example_id("A", first.decision.context, "How do I reach support? I am [EMAIL]")
+    kit.engine.feedback(first.decision.request_id, 0.6, tenant="A")
+    assert kit.store.examples("A")[0].quality == pytest.approx(0.6)
 
 
 def test_with_pii_refuse_a_pair_with_a_card_number_is_not_cached(make_engine: Any) -> None:
@@ -600,15 +602,16 @@ def test_feedback_on_a_cheap_answer_updates_the_posterior_the_weights_and_the_of
     kit = make_engine()
     decision = _cheap_with_example(kit)
     kit.engine.record(Outcome(decision.request_id, "cheap", "Lyon.", "stop"))
-    weights_before = kit.engine.utility_weights()
+    weights_before = kit.engine.utility_weights("A")
     trace = decision.examples[0]
 
     kit.engine.feedback(decision.request_id, 0.2, tenant="A")
 
     assert kit.state.load_posteriors() == {("cheap", "high|A"): pytest.approx((0.2, 0.8))}
-    weights_after = kit.engine.utility_weights()
+    weights_after = kit.engine.utility_weights("A")
     assert weights_after != weights_before
-    assert kit.state.load_weights() == pytest.approx(weights_after)
+    assert kit.state.load_weights() == pytest.approx({f"{name}|A": value for name, value in weights_after.items()})
+    assert kit.engine.utility_weights("B") == weights_before  # another tenant's weights never moved
     # The fit moved this example's utility towards the low score it earned.
     assert utility(trace.features, weights_after) < utility(trace.features, weights_before)
     example = _stored(kit)[QUESTION]
@@ -624,14 +627,14 @@ def test_feedback_accumulates_and_a_restarted_engine_reads_it_back(make_engine: 
 
     kit.engine.feedback(first.request_id, 1.0, tenant="A")
     kit.engine.feedback(second.request_id, 0.25, tenant="A")
-    saved_weights = kit.engine.utility_weights()
+    saved_weights = kit.engine.utility_weights("A")
     state.close()
 
     reopened = SQLiteState(tmp_path / "state.db")
     try:
         assert reopened.load_posteriors() == {("cheap", "high|A"): pytest.approx((1.25, 0.75))}
         restarted = make_engine(state=reopened)
-        assert restarted.engine.utility_weights() == pytest.approx(saved_weights)
+        assert restarted.engine.utility_weights("A") == pytest.approx(saved_weights)
         assert restarted.engine.explain(first.request_id).tier == "cheap"
     finally:
         reopened.close()
