@@ -336,9 +336,8 @@ class Engine:
         if not self.decisions.mark_recorded(outcome.request_id, outcome.served_by):
             return "duplicate"
         whole = not why_not_whole(outcome)
-        if self.quality is not None:
-            comparable = whole and outcome.served_by != self.strongest
-            self.quality.compare(outcome.request_id, outcome.answer, comparable=comparable)
+        if self.quality is not None and not (whole and outcome.served_by != self.strongest):
+            self.quality.compare(outcome.request_id, outcome.answer, comparable=False)  # forget its sample
         now, alpha = self._now(), self.settings.upkeep.gain_alpha
         cost = self._cost_of(outcome.served_by)
         if outcome.served_by == self.strongest:
@@ -361,8 +360,15 @@ class Engine:
                 [trace.id for trace in decision.examples],
                 lambda e: after_cheap_use(e, quality=quality, served_cost=cost, alpha=alpha),
             )
-            return "offload_counted"
-        return "skipped"
+        if self.quality is not None and whole:
+            # After the use is counted: a comparison's score then corrects it as feedback would.
+            self.quality.compare(
+                outcome.request_id,
+                outcome.answer,
+                comparable=True,
+                evidence=lambda score: self._compared(decision, outcome.served_by, score),
+            )
+        return "offload_counted" if decision.examples else "skipped"
 
     async def arecord(self, outcome: Outcome) -> RecordResult:
         return await asyncio.to_thread(self.record, outcome)
@@ -438,6 +444,20 @@ class Engine:
                     weights = selection.fit_step(weights, trace.features, score, self.settings.retrieval.learning_rate)
                 self._weights[decision.tenant] = weights
             self.stats.save_weights({f"{name}|{decision.tenant}": value for name, value in weights.items()})
+
+    def _compared(self, decision: Decision, served_by: str, score: float) -> None:
+        """A shadow comparison scored a cheaper tier's answer (0-1): evidence for the examples it used, as
+        feedback is. It moves neither the router's posteriors nor the utility weights, and the caller's own
+        feedback on the request is still taken."""
+        if not decision.examples:
+            return
+        now, alpha, cost = self._now(), self.settings.upkeep.gain_alpha, self._cost_of(served_by)
+        expected = _expected_quality(decision, served_by)
+        self.store.modify(
+            decision.tenant,
+            [trace.id for trace in decision.examples],
+            lambda e: after_feedback(e, score=score, assumed_quality=expected, served_cost=cost, now=now, alpha=alpha),
+        )
 
     def explain(self, request_id: str) -> Decision:
         decision = self.decisions.get(request_id)

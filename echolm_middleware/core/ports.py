@@ -135,8 +135,11 @@ class QualityCheck(Protocol):
         """A request routed to a cheaper tier, as the caller sent it: kept if it is one to compare."""
         ...
 
-    def compare(self, request_id: str, answer: str, *, comparable: bool) -> None:
-        """The cheaper tier's answer: compared (off the request path) if the request was kept and it is whole."""
+    def compare(
+        self, request_id: str, answer: str, *, comparable: bool, evidence: Callable[[float], None] | None = None
+    ) -> None:
+        """The cheaper tier's answer: compared (off the request path) if the request was kept and it is whole;
+        `evidence` gets the comparison's score (0-1) too."""
         ...
 
 

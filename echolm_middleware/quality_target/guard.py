@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from echolm_middleware.core.types import Message
@@ -36,8 +36,11 @@ class QualityGuard:
             while len(self._sampled) > _MAX_PENDING_SAMPLES:
                 self._sampled.popitem(last=False)
 
-    def compare(self, request_id: str, answer: str, *, comparable: bool) -> None:
-        """Hand a sampled cheap-tier answer to the shadow comparison; its score later moves the bias."""
+    def compare(
+        self, request_id: str, answer: str, *, comparable: bool, evidence: Callable[[float], None] | None = None
+    ) -> None:
+        """Hand a sampled cheap-tier answer to the shadow comparison; its score later moves the bias and is
+        passed to `evidence` (the examples the answer used)."""
         with self._lock:
             messages = self._sampled.pop(request_id, None)
         if messages is None or not comparable:
@@ -46,5 +49,7 @@ class QualityGuard:
 
         def observe(score: float) -> None:
             controller.observe(score)
+            if evidence is not None:
+                evidence(score)
 
         self._shadow.submit(messages, answer, observe)

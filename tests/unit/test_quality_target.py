@@ -162,3 +162,19 @@ def test_a_failed_comparison_is_counted_and_a_full_queue_drops_samples() -> None
     assert failing.submit([{"role": "user", "content": "q"}], "a", scores.append)
     assert failing.wait_idle(5)
     assert failing.failed == 1 and scores == []
+
+
+@pytest.mark.parametrize("score", [0.0, 1.0])
+def test_a_comparisons_score_is_evidence_for_the_examples_the_cheap_answer_used(make_engine: Any, score: float) -> None:
+    kit = make_engine(routing=_routing(), shadow=ImmediateShadow(score=score))
+    kit.engine.admit("A", QUESTION, ANSWER, "strong", instructions="Be brief.")
+
+    tier, prepared = _serve(kit, PARAPHRASE)
+
+    assert tier == "cheap" and prepared.decision.examples
+    (example,) = kit.store.examples("A")
+    # One judged use, scored by the comparison, as the caller's own feedback would count it ...
+    assert (example.uses, example.offload_successes, example.value) == (1, pytest.approx(score), pytest.approx(score))
+    # ... which moves neither the router's learned state nor takes the caller's own feedback away.
+    assert kit.state.load_posteriors() == {}
+    kit.engine.feedback(prepared.decision.request_id, 1.0, tenant="A")
