@@ -278,7 +278,9 @@ class EchoLMProxyHandler(RecordingCallback):
         engine = self.handle.ready()
         if engine is not None:
             try:
-                return DecisionSummary.of((await PREPARE.run(engine.bypass, request)).decision)
+                # Within the request's budget like every other decision: keeping it writes to the state.
+                kept = await asyncio.wait_for(PREPARE.run(engine.bypass, request), self._timeout())
+                return DecisionSummary.of(kept.decision)
             except Exception as exc:
                 self.fail_open.add("bypass: could not keep the decision", exc)
         return DecisionSummary.without_decision(request.model, "pass_through", "bypass requested", request.tenant)

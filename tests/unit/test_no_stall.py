@@ -203,3 +203,28 @@ def test_a_200k_character_prompt_is_decided_and_recorded_at_once_and_kept_cut_no
     assert kept is not None and kept.not_cached == "prompt longer than requests.max_kept_chars: not kept whole"
     assert len(kept.query) == len(kept.instructions) == kit.engine.settings.requests.max_kept_chars
     assert kit.store.count("A") == 0  # an example needs its whole context
+
+
+def test_a_bypassed_request_on_a_hung_state_database_goes_out_within_its_budget(make_engine: EngineFactory) -> None:
+    from types import SimpleNamespace
+
+    from echolm_middleware.doors.litellm_proxy import EchoLMProxyHandler
+
+    engine = make_engine().engine
+    gate = threading.Event()
+    engine.decisions = HungDecisions(engine.decisions, gate)  # type: ignore[assignment]
+    handler = EchoLMProxyHandler(handle=EngineHandle(lambda: engine), timeout_s=0.2)
+    handler.handle.start().result()
+    messages = [{"role": "user", "content": QUESTION}]
+    data: dict[str, Any] = {"model": "strong", "messages": messages, "metadata": {"echolm_bypass": "true"}}
+
+    started = time.monotonic()
+    try:
+        asyncio.run(handler.async_pre_call_hook(SimpleNamespace(team_id="A"), None, data, "acompletion"))
+        took = time.monotonic() - started
+    finally:
+        gate.set()
+
+    assert took < 0.2 + 0.5
+    assert data["model"] == "strong" and data["messages"] == messages
+    assert handler.fail_open.counts["bypass: could not keep the decision"] == 1
