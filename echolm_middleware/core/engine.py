@@ -243,11 +243,7 @@ class Engine:
         if not eligible:
             return self._pass_through(decision, request, "prompt exceeds the requested tier's context", started)
 
-        vector = self.embedder.embed([view.query[:_EMBEDDED_CHARS]])[0]
-        candidates = self.store.nearest(
-            request.tenant, vector, self.settings.retrieval.candidates, context=decision.context
-        )
-        chosen = self._choose_examples(request.tenant, candidates)
+        vector, candidates, chosen = self._retrieve(request.tenant, view.query, decision.context)
         bucket = context_bucket(chosen)
         with self._lock:
             observed = dict(self._posteriors.get(request.tenant, {}))
@@ -263,16 +259,7 @@ class Engine:
         )
         best = choose_tier(scores)
         gets_examples = best.tier != self.strongest and bool(chosen)
-        messages = (
-            augment(
-                request.messages,
-                [item.candidate.example for item in chosen],
-                fmt=self.settings.augmentation.format,
-                max_answer_chars=self.settings.augmentation.max_answer_chars,
-            )
-            if gets_examples
-            else _copied(request.messages)
-        )
+        messages = self._augmented(request.messages, chosen if gets_examples else [])
         decision.action = "route"
         decision.reason = "routed"
         decision.tier = best.tier
@@ -295,6 +282,39 @@ class Engine:
         # The request is in flight on its tier from here until `record` or `release` (the doors call one).
         self.load.begin(best.tier, decision.request_id)
         return Prepared(decision=decision, tier=best.tier, messages=messages)
+
+    def examples_for(self, request: ChatRequest) -> tuple[list[Example], list[dict[str, Any]]]:
+        """The examples retrieval picks for `request` among its tenant's, and the conversation a cheaper tier
+        would be sent with them, whatever the router would choose. Writes nothing and puts no load on a tier
+        (the lab's answers table records this choice for every request)."""
+        view = inspect_request(
+            request,
+            max_messages=self.settings.requests.max_messages,
+            context_turns=self.settings.requests.query_context_turns,
+        )
+        params = judge_params(request.params, max_temperature=self.settings.admission.max_temperature)
+        _, _, chosen = self._retrieve(
+            request.tenant, view.query, context_key(view.instructions, view.history, params.shaping)
+        )
+        return [item.candidate.example for item in chosen], self._augmented(request.messages, chosen)
+
+    def _retrieve(
+        self, tenant: str, query: str, context: str
+    ) -> tuple[list[float], list[Candidate], list[ScoredExample]]:
+        """The query's vector, the nearest examples under its context, and those worth showing."""
+        vector = self.embedder.embed([query[:_EMBEDDED_CHARS]])[0]
+        candidates = self.store.nearest(tenant, vector, self.settings.retrieval.candidates, context=context)
+        return vector, candidates, self._choose_examples(tenant, candidates)
+
+    def _augmented(self, messages: Sequence[Any], chosen: Sequence[ScoredExample]) -> list[dict[str, Any]]:
+        if not chosen:
+            return _copied(messages)
+        return augment(
+            messages,
+            [item.candidate.example for item in chosen],
+            fmt=self.settings.augmentation.format,
+            max_answer_chars=self.settings.augmentation.max_answer_chars,
+        )
 
     def bypass(self, request: ChatRequest) -> Prepared:
         """The caller asked us to stay out: the request goes out unchanged and is not recorded."""

@@ -1,0 +1,118 @@
+"""The answers table: every choice the router has, answered once per request and kept, so that the quality
+of any routing policy can be computed exactly (and paired) without asking a model again.
+
+One JSONL file per workload. Each line is one answer: which request, which choice (the strong tier, the
+cheap tier without examples, the cheap tier with the examples retrieval picks from the warm pool, or a
+warm-pool answer), the exact messages and parameters sent, the model file's hash and the server's
+version, and what came back with its token counts and latency. A line's key is a hash of what decides the
+answer (model hash, server version, messages, parameters), so a table is reused while nothing of that
+changes and a run killed midway resumes where it stopped: lines are appended and flushed one by one, and
+a last line cut by the kill is ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# The router's choices, as the table names them.
+STRONG = "strong"  # the strongest tier, the request as asked
+CHEAP = "cheap"  # the cheap tier, the request as asked
+CHEAP_WITH_EXAMPLES = "cheap+examples"  # the cheap tier, with the examples retrieval picks
+POOL = "pool"  # a warm-pool answer by the strong tier, which becomes an example
+CHOICES = (STRONG, CHEAP, CHEAP_WITH_EXAMPLES, POOL)
+
+
+def answer_key(
+    model_sha256: str, server_version: str, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]
+) -> str:
+    """What decides an answer at temperature 0, hashed: the same key, the same answer (the live passes
+    check how often that holds)."""
+    canonical = json.dumps(
+        {"model": model_sha256, "server": server_version, "messages": list(messages), "params": dict(params)},
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass
+class Answer:
+    key: str
+    workload: str
+    item: str  # the request's or the pool item's prompt, as the workload gives it
+    choice: str
+    tier: str  # the model group that answered (or "reference" for an external teacher's answer)
+    model_sha256: str
+    server_version: str
+    messages: list[dict[str, Any]]
+    params: dict[str, Any]
+    answer: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    examples: list[str] = field(default_factory=list)  # the prompts of the examples shown, in order
+    created_at: float = 0.0
+
+
+class AnswersTable:
+    """An append-only JSONL file of answers, read back by key; safe for several threads to append to."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._by_key: dict[str, Answer] = {}
+        if path.exists():
+            _drop_cut_line(path)
+            for answer in _read(path):
+                self._by_key[answer.key] = answer
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._by_key
+
+    def get(self, key: str) -> Answer | None:
+        return self._by_key.get(key)
+
+    def answers(self) -> list[Answer]:
+        return list(self._by_key.values())
+
+    def add(self, answer: Answer) -> None:
+        """Append one answer and flush it to disk (a kill then loses at most the line being written)."""
+        line = json.dumps(asdict(answer), ensure_ascii=False, separators=(",", ":")) + "\n"
+        with self._lock:
+            if answer.key in self._by_key:
+                return
+            with self.path.open("a", encoding="utf-8") as out:
+                out.write(line)
+                out.flush()
+                os.fsync(out.fileno())
+            self._by_key[answer.key] = answer
+
+
+def _read(path: Path) -> Iterator[Answer]:
+    with path.open(encoding="utf-8") as lines:
+        for line in lines:
+            try:
+                yield Answer(**json.loads(line))
+            except (ValueError, TypeError):
+                continue  # the line a kill cut short; its answer is asked again
+
+
+def _drop_cut_line(path: Path) -> None:
+    """A kill mid-write leaves a last line without its newline: cut it off, so the next append starts clean."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as out:
+            out.truncate(data.rfind(b"\n") + 1)

@@ -1,0 +1,90 @@
+"""`echolm answers`: fill a workload's answers table (every choice the router has, answered once)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from echolm_lab.cli.bench import _default_data_dir
+
+# Warm pool and request set per workload: real sizes (Arena-Hard has 196 topic clusters whose two prompts
+# both fit the judge; each gives one pool prompt and one request).
+SIZES = {"banking77": (5000, 1000), "nq_open": (3610, 1000), "arena_hard": (250, 250)}
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "answers",
+        help="answer a workload's requests once with every choice and keep them (the bench's answers table)",
+        description=(
+            "Answer the warm pool with the strong tier (Arena-Hard: GPT-4-0314's answers, distillation from an "
+            "external model), then every request with the strong tier, the cheap tier, and the cheap tier with "
+            "the examples the engine's retrieval picks from the pool, at temperature 0, straight from the "
+            "config's tier servers (local ones are started). Each answer is appended to TABLE as a JSON line "
+            "keyed by the model file's hash, the server's version, the messages and the parameters: a rerun "
+            "asks only what is missing, so a killed run resumes. Prints progress; takes hours on 2 cores once."
+        ),
+    )
+    parser.add_argument("--config", type=Path, default=Path("config.yaml"), help="proxy config (default: %(default)s)")
+    parser.add_argument("--workload", required=True, choices=sorted(SIZES), help="built-in workload")
+    parser.add_argument("--data-dir", type=Path, default=_default_data_dir(), help="shared data (default: %(default)s)")
+    parser.add_argument(
+        "--pool", type=int, help="warm pool size (default: banking77 5000, nq_open 3610, arena_hard 250)"
+    )
+    parser.add_argument("--requests", type=int, help="requests (default: banking77 1000, nq_open 1000, arena_hard 250)")
+    parser.add_argument("--table", type=Path, help="the JSONL table (default: benchmarks/tables/WORKLOAD.jsonl)")
+    parser.add_argument(
+        "--work", type=Path, default=Path(".echolm/answers"), help="tier servers' logs (default: %(default)s)"
+    )
+    parser.add_argument("--seed", type=int, default=7, help="split seed (default: %(default)s)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: Any) -> int:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    from tqdm import tqdm
+
+    from echolm_lab.bench.answers_table import CHOICES, AnswersTable
+    from echolm_lab.bench.table_build import endpoint_of, record_table, table_workload
+    from echolm_lab.local_tiers.assemble import default_model_dir
+    from echolm_lab.local_tiers.from_config import specs_for_config
+    from echolm_lab.local_tiers.servers import running_tiers
+    from echolm_middleware.config import load_settings
+    from echolm_middleware.factory import build_engine
+
+    settings, raw = load_settings(args.config)
+    pool_n, request_n = SIZES[args.workload]
+    source = table_workload(
+        args.workload, args.data_dir, pool_size=args.pool or pool_n, request_size=args.requests or request_n,
+        seed=args.seed,
+    )  # fmt: skip
+    table = AnswersTable(args.table or Path("benchmarks/tables") / f"{args.workload}.jsonl")
+    # Retrieval as the product does it, on a store of the run's own that holds the pool and nothing else.
+    in_memory = settings.model_copy(
+        update={
+            "store": settings.store.model_copy(update={"backend": "memory"}),
+            "state": settings.state.model_copy(update={"backend": "memory"}),
+        }
+    )
+    engine = build_engine(in_memory, raw["model_list"])
+    cheap, strong = (endpoint_of(raw, tier.name) for tier in (settings.tiers[0], settings.tiers[-1]))
+    total = len(source.pool) + 3 * len(source.requests)
+    print(
+        f"{args.workload}: pool {len(source.pool)}, requests {len(source.requests)}, "
+        f"table {table.path} ({len(table)} answers held)",
+        flush=True,
+    )
+    with (
+        running_tiers(specs_for_config(raw, default_model_dir()), args.work),
+        tqdm(total=total, desc=f"answers {args.workload}", unit="answer", file=sys.stderr, mininterval=30) as bar,
+    ):
+
+        def answered(choice: str) -> None:
+            bar.update(1)
+
+        asked = record_table(source, table, engine, strong=strong, cheap=cheap, done=answered)
+    held = {choice: sum(1 for a in table.answers() if a.choice == choice) for choice in CHOICES}
+    print(f"asked now: {asked}; held: {held}", flush=True)
+    return 0
