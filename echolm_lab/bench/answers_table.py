@@ -29,6 +29,15 @@ POOL = "pool"  # a warm-pool answer by the strong tier, which becomes an example
 CHOICES = (STRONG, CHEAP, CHEAP_WITH_EXAMPLES, POOL)
 
 
+def system_hash(messages: Sequence[Mapping[str, Any]]) -> str:
+    system = "".join(str(m.get("content", "")) for m in messages if m.get("role") == "system")
+    return hashlib.sha256(system.encode()).hexdigest() if system else ""
+
+
+def without_system(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [dict(m) for m in messages if m.get("role") != "system"]
+
+
 def answer_key(
     model_sha256: str, server_version: str, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]
 ) -> str:
@@ -52,7 +61,10 @@ class Answer:
     tier: str  # the model group that answered (or "reference" for an external teacher's answer)
     model_sha256: str
     server_version: str
+    # The messages sent, but for the system message: the workload's, the same on every line, kept as its
+    # hash (on Banking77 it is most of each line). The key is of the messages as sent, system message included.
     messages: list[dict[str, Any]]
+    system_sha256: str
     params: dict[str, Any]
     answer: str
     finish_reason: str | None

@@ -29,6 +29,8 @@ from echolm_lab.bench.answers_table import (
     Answer,
     AnswersTable,
     answer_key,
+    system_hash,
+    without_system,
 )
 from echolm_lab.bench.workloads import Workload, load_workload
 from echolm_lab.datasets import QARecord, load_records
@@ -189,8 +191,9 @@ def record_table(
             reply = asker(endpoint, messages, params)
             kept = Answer(
                 key=key, workload=workload.name, item=item.prompt, choice=choice, tier=endpoint.group,
-                model_sha256=endpoint.model_sha256, server_version=endpoint.server_version, messages=messages,
-                params=dict(params), examples=shown, created_at=time.time(), **reply,
+                model_sha256=endpoint.model_sha256, server_version=endpoint.server_version,
+                messages=without_system(messages), system_sha256=system_hash(messages), params=dict(params),
+                examples=shown, created_at=time.time(), **reply,
             )  # fmt: skip
             table.add(kept)
             asked[choice] += 1

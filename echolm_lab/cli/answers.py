@@ -39,7 +39,7 @@ def register(subparsers: Any) -> None:
         "--work", type=Path, default=Path(".echolm/answers"), help="tier servers' logs (default: %(default)s)"
     )
     parser.add_argument("--seed", type=int, default=7, help="split seed (default: %(default)s)")
-    parser.set_defaults(handler=run)
+    parser.set_defaults(func=run)
 
 
 def run(args: Any) -> int:

@@ -1,0 +1,112 @@
+"""The answers table: every choice answered once per request, resumable after a kill, pools disjoint from requests."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from echolm_lab.bench.answers_table import CHEAP, CHEAP_WITH_EXAMPLES, POOL, STRONG, AnswersTable
+from echolm_lab.bench.table_build import Endpoint, TableWorkload, record_table, table_workload
+from echolm_lab.bench.workloads import Workload
+from echolm_lab.datasets import QARecord
+from tests.unit.conftest import EngineFactory
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+STRONG_END = Endpoint("strong", "http://strong", "qwen2.5-1.5b", "sha-strong", "llama-cpp-python 0.3.36")
+CHEAP_END = Endpoint("cheap", "http://cheap", "qwen2.5-0.5b", "sha-cheap", "llama-cpp-python 0.3.36")
+
+
+class ScriptedServers:
+    """Answers as each tier would, counting what it was asked; thread-safe like two real servers."""
+
+    def __init__(self) -> None:
+        self.asked: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+    def __call__(self, endpoint: Endpoint, messages: list[dict[str, Any]], params: Mapping[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            self.asked[endpoint.group] += 1
+        question = messages[-1]["content"]
+        return {
+            "answer": f"{endpoint.group} answer to: {question[-40:]}",
+            "finish_reason": "stop",
+            "prompt_tokens": len(str(messages).split()),
+            "completion_tokens": 6,
+            "latency_s": 0.01,
+        }
+
+
+def _source() -> TableWorkload:
+    workload = Workload(
+        name="capitals", items=[], system_prompt="Answer briefly.", metric="exact_match", score=None, max_tokens=16
+    )
+    pool = [QARecord(f"What is the capital of country number {n}?", ()) for n in range(6)]
+    requests = [QARecord(f"what's the capital of country number {n}", ()) for n in range(4)]
+    return TableWorkload(workload, pool, requests)
+
+
+def test_each_request_is_answered_by_every_choice_and_the_pool_by_the_strong_tier(
+    make_engine: EngineFactory, tmp_path: Path
+) -> None:
+    table, servers = AnswersTable(tmp_path / "t.jsonl"), ScriptedServers()
+
+    asked = record_table(_source(), table, make_engine().engine, strong=STRONG_END, cheap=CHEAP_END, asker=servers)
+
+    assert asked == {POOL: 6, STRONG: 4, CHEAP: 4, CHEAP_WITH_EXAMPLES: 4}
+    assert servers.asked == {"strong": 10, "cheap": 8}
+    with_examples = [a for a in table.answers() if a.choice == CHEAP_WITH_EXAMPLES]
+    # Retrieval found each request's paraphrase in the pool, and the cheap tier was sent it.
+    assert all(a.examples and "capital" in a.examples[0] for a in with_examples)
+    assert all("strong answer to" in str(a.messages) for a in with_examples)
+    assert all(a.params == {"temperature": 0.0, "max_tokens": 16} for a in table.answers())
+    assert {a.model_sha256 for a in table.answers() if a.tier == "strong"} == {"sha-strong"}
+
+
+def test_a_killed_run_resumes_asking_only_what_is_missing(make_engine: EngineFactory, tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    record_table(
+        _source(), AnswersTable(path), make_engine().engine, strong=STRONG_END, cheap=CHEAP_END, asker=ScriptedServers()
+    )
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:-3]) + lines[-3][:25])  # the kill: two lines lost, one cut mid-way
+
+    servers = ScriptedServers()
+    table = AnswersTable(path)
+    asked = record_table(_source(), table, make_engine().engine, strong=STRONG_END, cheap=CHEAP_END, asker=servers)
+
+    assert sum(asked.values()) == 3 and sum(servers.asked.values()) == 3
+    assert len(table) == 18 and len(AnswersTable(path)) == 18  # and the file reads back whole
+
+
+def test_a_server_error_stops_the_run_with_what_was_answered_kept(make_engine: EngineFactory, tmp_path: Path) -> None:
+    calls = ScriptedServers()
+
+    def failing(endpoint: Endpoint, messages: list[dict[str, Any]], params: Mapping[str, Any]) -> dict[str, Any]:
+        if endpoint.group == "cheap" and calls.asked["cheap"] >= 2:
+            raise ConnectionError("cheap tier down")
+        return calls(endpoint, messages, params)
+
+    table = AnswersTable(tmp_path / "t.jsonl")
+    with pytest.raises(ConnectionError):
+        record_table(_source(), table, make_engine().engine, strong=STRONG_END, cheap=CHEAP_END, asker=failing)
+    assert Counter(a.choice for a in AnswersTable(tmp_path / "t.jsonl").answers())[CHEAP] == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "pool", "requests"), [("banking77", 5000, 1000), ("nq_open", 3610, 1000), ("arena_hard", 250, 250)]
+)
+def test_pools_and_requests_of_real_size_share_no_prompt(name: str, pool: int, requests: int) -> None:
+    source = table_workload(name, DATA, pool_size=pool, request_size=requests)
+
+    assert not {item.prompt for item in source.pool} & {item.prompt for item in source.requests}
+    if name == "arena_hard":  # one pool prompt and one request per topic cluster, the pool's taught by GPT-4
+        assert len(source.pool) == len(source.requests) == 196
+        assert source.teacher == "gpt-4-0314" and source.teacher_answers is not None
+        assert all(item.prompt in source.teacher_answers for item in source.pool)
+    else:
+        assert (len(source.pool), len(source.requests)) == (pool, requests)
