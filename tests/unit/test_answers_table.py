@@ -110,3 +110,46 @@ def test_pools_and_requests_of_real_size_share_no_prompt(name: str, pool: int, r
         assert all(item.prompt in source.teacher_answers for item in source.pool)
     else:
         assert (len(source.pool), len(source.requests)) == (pool, requests)
+
+
+# ---- scoring a policy off the table -------------------------------------------------------------------
+
+
+def _scored_table(tmp_path: Path, cheap_right: list[bool]) -> tuple[dict[str, dict[str, float]], Any]:
+    from echolm_lab.bench.answers_table import Answer
+    from echolm_lab.bench.table_scores import scores_by_choice
+
+    workload = Workload(
+        name="capitals", items=[], system_prompt=None, metric="exact_match",
+        score=lambda answer, item: float(answer == item.references[0]), max_tokens=8,
+    )  # fmt: skip
+    requests = [QARecord(f"question {n}", ("right",)) for n in range(len(cheap_right))]
+    answers = []
+    for item, right in zip(requests, cheap_right, strict=True):
+        for choice, text in ((STRONG, "right"), (CHEAP, "right" if right else "wrong"), (CHEAP_WITH_EXAMPLES, "right")):
+            answers.append(
+                Answer(key=f"{item.prompt}/{choice}", workload="capitals", item=item.prompt, choice=choice,
+                       tier=choice, model_sha256="", server_version="", messages=[], system_sha256="", params={},
+                       answer=text, finish_reason="stop", prompt_tokens=1, completion_tokens=1, latency_s=0.1)
+            )  # fmt: skip
+    return scores_by_choice(answers, workload, requests), workload
+
+
+def test_a_policys_quality_is_paired_with_strong_only_and_its_interval_covers_the_truth(tmp_path: Path) -> None:
+    from echolm_lab.bench.table_scores import fixed, oracle, score_policy
+
+    scored, _ = _scored_table(tmp_path, [n % 4 != 0 for n in range(400)])  # the cheap tier wrong on 1 in 4
+
+    strong = score_policy("strong_only", fixed(STRONG), scored)
+    cheap = score_policy("small_only", fixed(CHEAP), scored)
+    ceiling = score_policy("oracle", oracle(scored), scored)
+
+    assert (strong.quality, strong.difference, strong.interval) == (1.0, 0.0, (0.0, 0.0))
+    assert cheap.requests == 400 and cheap.quality == 0.75 and cheap.difference == -0.25
+    low, high = cheap.interval
+    assert low < -0.25 < high and high - low < 0.1  # about +/-0.04 at n = 400
+    assert cheap.shares == {CHEAP: pytest.approx(1.0)}
+    # The ceiling: the cheap tier where it was right, its examples where it was not, never the strong tier.
+    assert ceiling.difference == 0.0
+    assert ceiling.shares == {CHEAP: pytest.approx(0.75), CHEAP_WITH_EXAMPLES: pytest.approx(0.25)}
+    assert score_policy("again", fixed(CHEAP), scored).interval == cheap.interval  # seeded: reproducible
