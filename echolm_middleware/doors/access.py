@@ -40,6 +40,7 @@ class EngineHandle:
         self._build = build
         self._future: Future[Engine] | None = None
         self._lock = threading.Lock()
+        self.failed_builds = 0  # a build that failed is retried on a later request
 
     def start(self) -> Future[Engine]:
         with self._lock:
@@ -58,6 +59,7 @@ class EngineHandle:
             future.set_result(self._build())
         except BaseException as exc:
             logger.error("echolm: building the engine failed: %s", exc)
+            self.failed_builds += 1
             future.set_exception(exc)
 
     async def get(self, timeout: float) -> Engine:

@@ -24,7 +24,13 @@ from typing import Any
 # FastAPI reads the route's parameter types from this module's names (annotations are strings here).
 from fastapi import Request, Response
 
-from echolm_middleware.config import check_tiers_exist, config_path_from_env, load_settings, model_groups_in
+from echolm_middleware.config import (
+    RequestSettings,
+    check_tiers_exist,
+    config_path_from_env,
+    load_settings,
+    model_groups_in,
+)
 from echolm_middleware.core.engine import Engine
 from echolm_middleware.core.generation_params import judged_params
 from echolm_middleware.core.summary import DecisionSummary
@@ -200,6 +206,7 @@ class EchoLMProxyHandler(RecordingCallback):
     ) -> None:
         super().__init__(handle or EngineHandle(engine_from_proxy_config), FailOpenCounter())
         self._timeout_s = timeout_s
+        self._budget_s: float | None = None  # requests.timeout_ms, read from the config once needed
         # Loading the embedder takes seconds; requests arriving meanwhile wait this long, then fail open.
         self._startup_wait_s = startup_wait_s
         if mount_metrics_route():
@@ -229,7 +236,19 @@ class EchoLMProxyHandler(RecordingCallback):
         if self._timeout_s is not None:
             return self._timeout_s
         engine = self.handle.ready()
-        return engine.settings.requests.timeout_ms / 1000 if engine else self._startup_wait_s
+        if engine is not None:
+            return engine.settings.requests.timeout_ms / 1000
+        # The first build (loading the embedder) may take the start-up wait; once a build has failed (the
+        # store down at start, say), each request waits only its own budget for the retried one.
+        return self._configured_budget() if self.handle.failed_builds else self._startup_wait_s
+
+    def _configured_budget(self) -> float:
+        if self._budget_s is None:
+            try:
+                self._budget_s = load_settings(_proxy_config_path())[0].requests.timeout_ms / 1000
+            except Exception:  # a config the engine's build will report on; the default meanwhile
+                self._budget_s = RequestSettings().timeout_ms / 1000
+        return self._budget_s
 
     async def async_filter_listed_models(self, user_api_key_dict: Any, model_names: Any) -> Any:
         # Listing models (a readiness probe, say) starts building the engine before the first request.

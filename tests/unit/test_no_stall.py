@@ -7,9 +7,11 @@ import asyncio
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from echolm_middleware.core.types import ChatRequest, Outcome
 from echolm_middleware.doors.access import EngineHandle, FailOpenCounter, arecord_or_count, prepare_or_fail_open
@@ -202,6 +204,7 @@ def test_a_200k_character_prompt_is_decided_and_recorded_at_once_and_kept_cut_no
     kept = kit.state.get(prepared.decision.request_id)
     assert kept is not None and kept.not_cached == "prompt longer than requests.max_kept_chars: not kept whole"
     assert len(kept.query) == len(kept.instructions) == kit.engine.settings.requests.max_kept_chars
+    assert not any(digit in kept.query + kept.instructions for digit in "0123456789")  # scrubbed, then cut
     assert kit.store.count("A") == 0  # an example needs its whole context
 
 
@@ -228,3 +231,40 @@ def test_a_bypassed_request_on_a_hung_state_database_goes_out_within_its_budget(
     assert took < 0.2 + 0.5
     assert data["model"] == "strong" and data["messages"] == messages
     assert handler.fail_open.counts["bypass: could not keep the decision"] == 1
+
+
+def test_after_a_failed_build_a_proxy_request_waits_only_its_budget_not_the_start_up_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store is down at start: the first build fails; requests after it must not each wait the 30 s
+    start-up wait for a retried build, but `requests.timeout_ms`."""
+    from types import SimpleNamespace
+
+    from echolm_middleware.doors.litellm_proxy import EchoLMProxyHandler
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[2] / "config.yaml").read_text())
+    raw["echolm"].setdefault("requests", {})["timeout_ms"] = 300
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("ECHOLM_CONFIG", str(config))
+
+    def build() -> Any:
+        time.sleep(2.0)  # connection timeouts against a store that is not there
+        raise ConnectionError("Could not connect to a Chroma server")
+
+    handler = EchoLMProxyHandler(handle=EngineHandle(build), startup_wait_s=30.0)
+
+    async def requests() -> list[float]:
+        took = []
+        for _ in range(3):
+            data: dict[str, Any] = {"model": "strong", "messages": [{"role": "user", "content": QUESTION}]}
+            started = time.monotonic()
+            await handler.async_pre_call_hook(SimpleNamespace(team_id="A"), None, data, "acompletion")
+            took.append(time.monotonic() - started)
+            assert data["model"] == "strong"  # failed open: the request goes as asked
+        return took
+
+    first, *later = asyncio.run(requests())
+
+    assert 1.5 < first < 3.0  # the first waited for the first build, which failed
+    assert all(t < 0.3 + 0.3 for t in later), later
