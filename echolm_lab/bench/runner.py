@@ -37,11 +37,11 @@ from echolm_lab.bench.systems import (
     System,
 )
 from echolm_lab.bench.workloads import Split, Workload, load_workload, split_workload
-from echolm_lab.datasets import QARecord
+from echolm_lab.datasets import QARecord, load_records
 from echolm_lab.demo import wait_for_engine
 from echolm_lab.proxy_process import ProxyProcess, running_proxy
 from echolm_middleware.config import CONFIG_SECTION, load_settings, settings_from_mapping
-from echolm_middleware.errors import ConfigError
+from echolm_middleware.errors import ConfigError, EchoLMError
 from echolm_middleware.quality_target.judge import PairVerdict, judge_pair, win_rate
 from echolm_middleware.quality_target.shadow import agreement
 
@@ -89,6 +89,9 @@ class BenchOptions:
     target_sample_share: float = 0.3
     sweep_judged: bool = False
     replica_ports: tuple[int, int] = (8103, 8104)  # the second cheap and the second strong server
+    # The pool and the request set from files of their own (data never seen), else a split of the workload.
+    pool_file: Path | None = None
+    requests_file: Path | None = None
 
 
 @dataclass
@@ -206,7 +209,7 @@ class Bench:
     def run_workload(self, name: str, chat: ProxyChat) -> WorkloadRun:
         workload = load_workload(name, self.options.data_dir)
         warm_n, request_n = self.options.sizes.get(workload.name) or DEFAULT_SIZES.get(workload.name, USER_FILE_SIZES)
-        split = split_workload(workload.items, warm=warm_n, requests=request_n, seed=self.options.seed)
+        split = self._split(workload, warm_n, request_n)
         result = WorkloadRun(workload, split)
         folder = self.options.run_dir / workload.name
         self.log(f"{workload.name}: {len(split.warm)} warm-up, {len(split.requests)} requests, {workload.metric}")
@@ -262,6 +265,26 @@ class Bench:
         if not self.deployment.local:
             result.notes.append("tiers are not local: every system ran on the tiers as configured")
         return result
+
+    def _split(self, workload: Workload, warm_n: int, request_n: int) -> Split:
+        """A seeded split of the workload, with the pool or the requests taken from files where given."""
+        pool_file, requests_file, seed = self.options.pool_file, self.options.requests_file, self.options.seed
+        if pool_file is None and requests_file is None:
+            return split_workload(workload.items, warm=warm_n, requests=request_n, seed=seed)
+        if pool_file is not None:
+            warm = _first_unique(load_records(pool_file), warm_n)
+        else:
+            warm = split_workload(workload.items, warm=warm_n, requests=0, seed=seed).warm
+        asked = {item.prompt for item in warm}
+        if requests_file is not None:
+            requests = _first_unique(load_records(requests_file), request_n)
+        else:
+            others = [item for item in workload.items if item.prompt not in asked]
+            requests = split_workload(others, warm=0, requests=request_n, seed=seed).requests
+        shared = asked & {item.prompt for item in requests}
+        if shared:
+            raise EchoLMError(f"the pool and the requests share {len(shared)} prompts, e.g. {sorted(shared)[0]!r}")
+        return Split(warm=warm, requests=requests)
 
     def targets(self, workload: Workload) -> list[float]:
         """Quality-target points: agreement levels where there are references, win rates where judged."""
@@ -406,6 +429,14 @@ class Bench:
                 return verdict
 
             return list(pool.map(counted, range(len(items))))
+
+
+def _first_unique(records: Sequence[QARecord], n: int) -> list[QARecord]:
+    """The first `n` records of a file, in its order, each prompt once."""
+    seen: dict[str, QARecord] = {}
+    for record in records:
+        seen.setdefault(record.prompt, record)
+    return list(seen.values())[:n]
 
 
 def point_overrides(spec: str) -> dict[str, str]:

@@ -39,6 +39,10 @@ def register(subparsers: Any) -> None:
         "--work", type=Path, default=Path(".echolm/answers"), help="tier servers' logs (default: %(default)s)"
     )
     parser.add_argument("--seed", type=int, default=7, help="split seed (default: %(default)s)")
+    parser.add_argument(
+        "--report", action="store_true",
+        help="ask nothing: print what the table holds (cost per choice, fixed policies' paired quality) as Markdown",
+    )  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -61,6 +65,11 @@ def run(args: Any) -> int:
         seed=args.seed,
     )  # fmt: skip
     table = AnswersTable(args.table or Path("benchmarks/tables") / f"{args.workload}.jsonl")
+    if args.report:
+        from echolm_lab.bench.table_report import table_report
+
+        print(table_report(source, table.answers()))
+        return 0
     # Retrieval as the product does it, on a store of the run's own that holds the pool and nothing else.
     in_memory = settings.model_copy(
         update={

@@ -97,6 +97,15 @@ def register(subparsers: Any) -> None:
         help="every operating point on open-ended workloads too (default: each system's first; judge calls are dear)",
     )  # fmt: skip
     parser.add_argument(
+        "--pool-file", type=Path, metavar="FILE",
+        help="the warm-up pool from this JSONL/CSV file (`prompt` or `question`, optional `reference` or "
+        "`answer`) instead of a split of the workload, keeping the workload's framing and metric",
+    )  # fmt: skip
+    parser.add_argument(
+        "--requests-file", type=Path, metavar="FILE",
+        help="the request set from this file likewise; with --pool-file, the two must share no prompt",
+    )  # fmt: skip
+    parser.add_argument(
         "--replica-ports", type=int, nargs=2, default=[8103, 8104], metavar=("CHEAP", "STRONG"),
         help="ports of the second cheap and second strong server (default: %(default)s)",
     )  # fmt: skip
@@ -147,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
         echolm_points=list(args.echolm_points),
         sweep_judged=args.sweep_judged,
         replica_ports=(args.replica_ports[0], args.replica_ports[1]),
+        pool_file=args.pool_file,
+        requests_file=args.requests_file,
     )
 
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the servers and proxies this run started stop.

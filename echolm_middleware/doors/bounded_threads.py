@@ -44,6 +44,9 @@ class BoundedThreads:
             self._in_use += 1
         try:
             future = self._executor.submit(fn, *args, **kwargs)
+        except RuntimeError as exc:  # the interpreter is shutting down: nothing runs any more
+            self._done()
+            raise Saturated(f"echolm's {self.name} threads are shut down") from exc
         except BaseException:
             self._done()
             raise

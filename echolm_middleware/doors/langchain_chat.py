@@ -42,10 +42,10 @@ from echolm_middleware.doors.access import (
     TENANT_KEY,
     EngineHandle,
     FailOpenCounter,
-    arecord_or_count,
+    arecord_within,
     prepare_or_fail_open,
     prepare_or_fail_open_sync,
-    record_or_count,
+    record_within,
     release_or_count,
     summary_of,
 )
@@ -288,12 +288,12 @@ class EchoLMChatModel(BaseChatModel):
     def _record(self, call: _Call, answer: str, finish_reason: str | None) -> None:
         outcome = self._outcome(call, answer, finish_reason)
         if outcome is not None and call.engine is not None:
-            record_or_count(call.engine, outcome, self._counter)
+            record_within(call.engine, outcome, self._counter, self._timeout_s())
 
     async def _arecord(self, call: _Call, answer: str, finish_reason: str | None) -> None:
         outcome = self._outcome(call, answer, finish_reason)
         if outcome is not None and call.engine is not None:
-            await arecord_or_count(call.engine, outcome, self._counter)
+            await arecord_within(call.engine, outcome, self._counter, self._timeout_s())
 
     def _release(self, call: _Call) -> None:
         """The call ends without an outcome (the tier failed, the caller cancelled or stopped reading)."""

@@ -153,3 +153,24 @@ def test_a_policys_quality_is_paired_with_strong_only_and_its_interval_covers_th
     assert ceiling.difference == 0.0
     assert ceiling.shares == {CHEAP: pytest.approx(0.75), CHEAP_WITH_EXAMPLES: pytest.approx(0.25)}
     assert score_policy("again", fixed(CHEAP), scored).interval == cheap.interval  # seeded: reproducible
+
+
+def test_the_report_prints_each_choices_cost_and_the_policies_quality(
+    make_engine: EngineFactory, tmp_path: Path
+) -> None:
+    from echolm_lab.bench.table_report import table_report
+
+    source = _source()
+    scoring = Workload(
+        name="capitals", items=[], system_prompt="Answer briefly.", metric="exact_match",
+        score=lambda answer, item: float("strong" in answer), max_tokens=16,
+    )  # fmt: skip
+    source = TableWorkload(scoring, source.pool, source.requests)
+    table = AnswersTable(tmp_path / "t.jsonl")
+    record_table(source, table, make_engine().engine, strong=STRONG_END, cheap=CHEAP_END, asker=ScriptedServers())
+
+    report = table_report(source, table.answers())
+
+    assert "| strong | 4 |" in report and "| cheap+examples | 4 |" in report and "| pool | 6 |" in report
+    assert "| strong-only | 1.000 | +0.000 (+0.000 to +0.000) | strong 100% |" in report
+    assert "| cheap-only | 0.000 | -1.000 (-1.000 to -1.000) | cheap 100% |" in report

@@ -500,3 +500,27 @@ def test_a_semantic_cache_with_no_warm_answers_caches_its_first_miss() -> None:
     cache = SemanticCache("semantic_cache", embedder, 0.9, ModelSystem("strong", chat, "strong"), [])  # type: ignore[arg-type]
     assert cache.answer(_user("q"), 8).tier == "strong"
     assert cache.answer(_user("q"), 8).tier == CACHE_TIER and len(chat.calls) == 1
+
+
+def test_the_pool_and_the_requests_may_come_from_files_of_their_own(tmp_path: Path) -> None:
+    config = Path(__file__).resolve().parents[2] / "config.yaml"
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(f'{{"question": "pool question {n}", "answer": ["a{n}"]}}\n' for n in range(5)))
+    asked = tmp_path / "requests.csv"
+    asked.write_text("prompt,reference\n" + "".join(f"new question {n},r{n}\n" for n in range(4)))
+    workload = load_workload("nq_open", DATA)
+
+    def split(**files: Path) -> Split:
+        options = BenchOptions(config=config, workloads=[], data_dir=DATA, run_dir=tmp_path, **files)  # type: ignore[arg-type]
+        return Bench(options)._split(workload, 3, 2)
+
+    both = split(pool_file=pool, requests_file=asked)
+    assert [i.prompt for i in both.warm] == ["pool question 0", "pool question 1", "pool question 2"]
+    assert [i.prompt for i in both.requests] == ["new question 0", "new question 1"]
+    assert both.warm[0].references == ("a0",)  # scored by the workload's own metric against them
+    only_pool = split(pool_file=pool)
+    assert len(only_pool.requests) == 2 and {i.prompt for i in only_pool.requests} <= {i.prompt for i in workload.items}
+    overlapping = tmp_path / "overlap.jsonl"
+    overlapping.write_text('{"question": "pool question 1"}\n')
+    with pytest.raises(EchoLMError, match="share 1 prompts"):
+        split(pool_file=pool, requests_file=overlapping)

@@ -268,3 +268,47 @@ def test_after_a_failed_build_a_proxy_request_waits_only_its_budget_not_the_star
 
     assert 1.5 < first < 3.0  # the first waited for the first build, which failed
     assert all(t < 0.3 + 0.3 for t in later), later
+
+
+@pytest.mark.parametrize("path", ["invoke", "ainvoke"])
+def test_a_langchain_call_on_a_hung_store_returns_its_answer_within_its_budget(
+    make_engine: EngineFactory, path: str
+) -> None:
+    """The LangChain door waits for its record (so the next call finds the example), but only its budget."""
+    from echolm_middleware.config import RequestSettings
+    from echolm_middleware.doors.langchain_chat import EchoLMChatModel
+    from tests.unit.test_langchain_door import ANSWER, ScriptedTier
+
+    engine = make_engine(requests=RequestSettings(timeout_ms=200)).engine
+    gate = threading.Event()
+    record = engine.record
+
+    def hung_record(outcome: Outcome) -> Any:
+        gate.wait(30)
+        return record(outcome)
+
+    engine.record = hung_record  # type: ignore[method-assign]
+    model = EchoLMChatModel(
+        tenant="default", tiers=[ScriptedTier(answer="cheap"), ScriptedTier(answer=ANSWER)], engine=engine
+    )
+
+    started = time.monotonic()
+    try:
+        reply = model.invoke(QUESTION) if path == "invoke" else asyncio.run(model.ainvoke(QUESTION))
+        took = time.monotonic() - started
+    finally:
+        gate.set()
+
+    assert reply.content == ANSWER
+    assert took < 0.2 + 0.5
+    assert model.fail_open_counts["record: timeout (left running)"] == 1
+
+
+def test_work_submitted_while_the_interpreter_shuts_down_is_refused_as_saturated() -> None:
+    """LiteLLM's logging tasks may still record as a proxy exits: counted as saturation, not a traceback."""
+    pool = BoundedThreads("test", threads=1, queued=1)
+    pool._executor.shutdown()  # what the interpreter does to every executor at exit
+
+    with pytest.raises(Saturated, match="shut down"):
+        pool.submit(print, "never")
+    assert pool.in_use() == 0
