@@ -31,11 +31,21 @@ class LoadPass:
     answers: list[Answered]
     wall_s: float
     rate_rps: float | None = None  # the Poisson arrival rate of an open-loop pass
+    # Open loop: when each request arrived (seconds into the pass), and how long the start counts as
+    # warm-up: queues build from empty, so the first minute's latencies flatter any rate.
+    arrivals_s: list[float] | None = None
+    warmup_s: float = 0.0
 
     @property
     def throughput_rps(self) -> float:
         done = sum(1 for a in self.answers if a.error is None)
         return done / self.wall_s if self.wall_s > 0 else 0.0
+
+    def steady(self) -> list[Answered]:
+        """The answers latency is read from: past the warm-up (every answer of a closed loop)."""
+        if self.arrivals_s is None or self.warmup_s <= 0:
+            return list(self.answers)
+        return [a for a, at in zip(self.answers, self.arrivals_s, strict=True) if at >= self.warmup_s]
 
 
 def closed_loop(system: System, workload: Workload, items: Sequence[QARecord], *, clients: int, label: str) -> LoadPass:
@@ -53,9 +63,17 @@ def closed_loop(system: System, workload: Workload, items: Sequence[QARecord], *
 
 
 def open_loop(
-    system: System, workload: Workload, items: Sequence[QARecord], *, rate_rps: float, seed: int, label: str
+    system: System,
+    workload: Workload,
+    items: Sequence[QARecord],
+    *,
+    rate_rps: float,
+    seed: int,
+    label: str,
+    warmup_s: float = 0.0,
 ) -> LoadPass:
-    """Poisson arrivals at `rate_rps`; each request's latency runs from its arrival, so queueing shows."""
+    """Poisson arrivals at `rate_rps`; each request's latency runs from its arrival, so queueing shows.
+    Requests that arrive in the first `warmup_s` are served but not counted in the latency figures."""
     rng = random.Random(seed)
     arrivals, clock = [], 0.0
     for _ in items:
@@ -81,7 +99,9 @@ def open_loop(
         for future in futures:
             future.result()
     wall_s = time.perf_counter() - started
-    return LoadPass(system.name, f"Poisson, {rate_rps:g} req/s", _complete(results), wall_s, rate_rps)
+    return LoadPass(
+        system.name, f"Poisson, {rate_rps:g} req/s", _complete(results), wall_s, rate_rps, arrivals, warmup_s
+    )
 
 
 def _with_queueing(served: Answered, queued_s: float) -> Answered:

@@ -23,15 +23,17 @@ def _round(value: float | None, digits: int = 3) -> float | None:
 
 
 def pass_figures(load_pass: LoadPass) -> dict[str, Any]:
-    """Latency, throughput and tier shares of one pass (errors are counted, not timed)."""
+    """Latency, throughput and tier shares of one pass (errors are counted, not timed; an open-loop pass's
+    latency is read past its warm-up)."""
     ok = [a for a in load_pass.answers if a.error is None]
-    latencies = [a.latency_s for a in ok]
+    latencies = [a.latency_s for a in load_pass.steady() if a.error is None]
     ttfts = [a.ttft_s for a in ok if a.ttft_s is not None]
     overheads = [a.overhead_ms for a in ok if a.overhead_ms is not None]
     tiers = sorted({a.tier for a in ok})
     return {
         "load": load_pass.load,
         "requests": len(load_pass.answers),
+        "requests_timed": len(latencies),
         "errors": len(load_pass.answers) - len(ok),
         "wall_s": round(load_pass.wall_s, 2),
         "throughput_rps": round(load_pass.throughput_rps, 4),

@@ -73,6 +73,7 @@ class BenchOptions:
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
     rates: list[float] = field(default_factory=list)  # Poisson rates run for strong-only and EchoLM
     rate_requests: int = 30  # the first requests of the set that each Poisson pass sends
+    open_loop_warmup_s: float = 60.0  # a Poisson pass's first seconds: served, not timed
     # Operating points; the first of each list is the system's default, reported under its own name.
     semantic_thresholds: list[float] = field(default_factory=lambda: [0.9, 0.8])
     # The difficulty router's points as the share of requests it sends to the strong tier; its threshold is
@@ -182,7 +183,10 @@ class Bench:
     ) -> LoadPass:
         # Where latency is measured against the rate, a prefix of the set is enough and keeps each pass short.
         prefix = items[: self.options.rate_requests]
-        return open_loop(system, workload, prefix, rate_rps=rate, seed=self.options.seed, label=f"{label} @{rate:g}/s")
+        return open_loop(
+            system, workload, prefix, rate_rps=rate, seed=self.options.seed, label=f"{label} @{rate:g}/s",
+            warmup_s=self.options.open_loop_warmup_s,
+        )  # fmt: skip
 
     # ---- the run ----------------------------------------------------------------------------------
 

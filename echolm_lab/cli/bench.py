@@ -64,6 +64,10 @@ def register(subparsers: Any) -> None:
         "--rate-requests", type=int, default=30, metavar="N",
         help="requests each Poisson pass sends: the first N of the request set (default: %(default)s)",
     )  # fmt: skip
+    parser.add_argument(
+        "--warmup", type=float, default=60.0, metavar="SECONDS",
+        help="a Poisson pass's first seconds are served but not timed: queues start empty (default: %(default)s)",
+    )  # fmt: skip
     parser.add_argument("--p95-bound", type=float, default=10.0, help="latency bound for a sustained rate (s)")
     parser.add_argument(
         "--semantic-thresholds", type=_share, nargs="+", default=[0.9, 0.8], metavar="T",
@@ -148,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         sizes=sizes,
         rates=list(args.rates),
         rate_requests=args.rate_requests,
+        open_loop_warmup_s=args.warmup,
         semantic_thresholds=args.semantic_thresholds,
         difficulty_strong_shares=args.difficulty_strong_shares,
         echolm_cost_weights=list(args.cost_weights),

@@ -27,7 +27,7 @@ def test_a_tiny_bench_serves_every_system_and_writes_its_report(local_tiers: Loc
             sys.executable, "-m", "echolm_middleware.cli.main", "bench", "--config", str(config),
             "--workloads", "nq_open", "--warm", "12", "--requests", "6", "--semantic-thresholds", "0.8",
             "--difficulty-strong-shares", "0.5", "--cost-weights", "0.1", "--quality-targets", "0.8",
-            "--rates", "1", "--rate-requests", "3",
+            "--rates", "1", "--rate-requests", "3", "--warmup", "0",
             "--replica-ports", "8303", "8304", "--overhead-sizes", "200", "--overhead-queries", "10",
             "--results", str(tmp_path / "results"), "--work", str(tmp_path / "work"), "--run", "tiny",
         ],

@@ -355,6 +355,18 @@ def test_open_loop_spaces_arrivals_by_the_rate() -> None:
     assert 0.05 < result.wall_s < 1.5  # 20 arrivals at 100/s take about 0.2 s, not 0
 
 
+def test_an_open_loop_pass_times_only_the_requests_that_arrived_after_its_warm_up() -> None:
+    items = [QARecord(f"q{i}", ()) for i in range(40)]
+    result = open_loop(SleepySystem(0.001), WORKLOAD, items, rate_rps=100.0, seed=1, label="t", warmup_s=0.2)
+
+    assert result.arrivals_s is not None and len(result.arrivals_s) == 40
+    steady = result.steady()
+    assert 0 < len(steady) < 40  # about the last half of 0.4 s of arrivals
+    assert len(steady) == sum(1 for at in result.arrivals_s if at >= 0.2)
+    figures = report.pass_figures(result)
+    assert (figures["requests"], figures["requests_timed"]) == (40, len(steady))
+
+
 # ---- summary and targets ----------------------------------------------------------------------------
 
 
