@@ -1,8 +1,9 @@
-"""The periodic upkeep job: APScheduler 3 in each proxy process, one pass per period between them.
+"""The periodic jobs of a proxy process (APScheduler 3): the upkeep pass, or eviction alone.
 
-Every proxy worker that loads our callback with `upkeep.schedule_minutes` set starts this scheduler;
-the job takes a lease named after the period in the shared state database before it runs, so however
-many workers fire, one pass runs per period (see `echolm_middleware.upkeep.run_exclusive`).
+Every proxy worker that loads our callback with `upkeep.schedule_minutes` set runs the upkeep job; it
+takes a lease named after the period in the shared state database before it runs, so however many
+workers fire, one pass runs per period (see `echolm_middleware.upkeep.run_exclusive`). Without it, each
+worker evicts every `upkeep.evict_every_minutes` (on by default), which calls no model.
 """
 
 from __future__ import annotations
