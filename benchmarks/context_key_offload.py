@@ -70,10 +70,8 @@ def main() -> int:
 
     embedder = MiniLMEmbedder(EmbedderSettings(threads=1))
     print(
-        print(
-            "| workload | warm pool | requests | with examples (keyed / one key) "
-            "| to the cheap tier (keyed / one key) | requests decided differently |"
-        )
+        "| workload | warm pool | requests | with examples (keyed / one key) "
+        "| to the cheap tier (keyed / one key) | requests decided differently |"
     )
     print("|---|---|---|---|---|---|")
     for name in args.workloads:
