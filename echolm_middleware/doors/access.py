@@ -201,30 +201,33 @@ async def arecord_or_count(engine: Engine, outcome: Outcome, counter: FailOpenCo
         counter.add("record: saturated", exc)
 
 
+def _submit_record(engine: Engine, outcome: Outcome, counter: FailOpenCounter) -> Future[None] | None:
+    """The record on our write threads; None (dropped and counted) when they are full."""
+    try:
+        return WRITES.submit(record_or_count, engine, outcome, counter)
+    except Saturated as exc:
+        counter.add("record: saturated", exc)
+        return None
+
+
 def record_within(engine: Engine, outcome: Outcome, counter: FailOpenCounter, timeout_s: float) -> None:
     """Record on our write threads, waiting at most `timeout_s` for it: for a door whose caller gets its
     answer only once the record is done (the LangChain door, so that the next call finds the example), a
     hung store then holds the caller no longer than its budget; the record goes on in the background."""
+    future = _submit_record(engine, outcome, counter)
     try:
-        future = WRITES.submit(record_or_count, engine, outcome, counter)
-    except Saturated as exc:
-        counter.add("record: saturated", exc)
-        return
-    try:
-        future.result(timeout=timeout_s)
+        if future is not None:
+            future.result(timeout=timeout_s)
     except TimeoutError as exc:
         counter.add("record: timeout (left running)", exc)
 
 
 async def arecord_within(engine: Engine, outcome: Outcome, counter: FailOpenCounter, timeout_s: float) -> None:
     """`record_within` for callers on an event loop."""
+    future = _submit_record(engine, outcome, counter)
     try:
-        future = WRITES.submit(record_or_count, engine, outcome, counter)
-    except Saturated as exc:
-        counter.add("record: saturated", exc)
-        return
-    try:
-        await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout_s)
+        if future is not None:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout_s)
     except TimeoutError as exc:
         counter.add("record: timeout (left running)", exc)
 

@@ -48,6 +48,19 @@ def test_a_task_cancelled_in_the_queue_gives_its_slot_back() -> None:
     assert first.result(5)
 
 
+def _hang_records(engine: Any) -> threading.Event:
+    """Make every record of `engine` hang until the returned gate opens (a store that stopped answering)."""
+    gate = threading.Event()
+    record = engine.record
+
+    def hung_record(outcome: Outcome) -> Any:
+        gate.wait(30)
+        return record(outcome)
+
+    engine.record = hung_record
+    return gate
+
+
 class HungDecisions:
     """A state database that hangs on every write until `gate` opens (a stuck NFS file, a held lock)."""
 
@@ -102,14 +115,7 @@ def test_records_past_the_write_queue_are_dropped_and_counted_while_the_loop_sta
     make_engine: EngineFactory,
 ) -> None:
     engine = make_engine().engine
-    gate = threading.Event()
-    record = engine.record
-
-    def hung_record(outcome: Outcome) -> Any:
-        gate.wait(30)
-        return record(outcome)
-
-    engine.record = hung_record  # type: ignore[method-assign]
+    gate = _hang_records(engine)
     counter = FailOpenCounter()
     deadline = time.monotonic() + 10
     while WRITES.in_use() and time.monotonic() < deadline:  # what earlier tests left to write
@@ -280,14 +286,7 @@ def test_a_langchain_call_on_a_hung_store_returns_its_answer_within_its_budget(
     from tests.unit.test_langchain_door import ANSWER, ScriptedTier
 
     engine = make_engine(requests=RequestSettings(timeout_ms=200)).engine
-    gate = threading.Event()
-    record = engine.record
-
-    def hung_record(outcome: Outcome) -> Any:
-        gate.wait(30)
-        return record(outcome)
-
-    engine.record = hung_record  # type: ignore[method-assign]
+    gate = _hang_records(engine)
     model = EchoLMChatModel(
         tenant="default", tiers=[ScriptedTier(answer="cheap"), ScriptedTier(answer=ANSWER)], engine=engine
     )
