@@ -24,4 +24,16 @@ def test_the_compose_proxy_environment_gives_a_valid_several_worker_config(monke
     assert settings.store.server_url == "http://chroma:8000"
     assert settings.coordination.redis_url == "redis://redis:6379/0"
     assert "--workers" in compose["services"]["proxy"]["command"]
-    assert set(compose["services"]) == {"redis", "chroma", "proxy"}
+    assert set(compose["services"]) == {"postgres", "redis", "chroma", "proxy"}
+
+
+def test_the_compose_proxy_keeps_virtual_keys_in_its_postgres() -> None:
+    """Per-team keys are the documented path: LiteLLM's key database is the compose file's Postgres."""
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    proxy, postgres = compose["services"]["proxy"], compose["services"]["postgres"]
+    database_url = proxy["environment"]["DATABASE_URL"]
+    assert database_url.startswith("postgresql://")
+    assert f"@postgres:5432/{postgres['environment']['POSTGRES_DB']}" in database_url
+    assert proxy["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert "prisma generate" in dockerfile  # the proxy image can reach the database without a network
