@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -172,5 +172,19 @@ def test_the_report_prints_each_choices_cost_and_the_policies_quality(
     report = table_report(source, table.answers())
 
     assert "| strong | 4 |" in report and "| cheap+examples | 4 |" in report and "| pool | 6 |" in report
-    assert "| strong-only | 1.000 | +0.000 (+0.000 to +0.000) | strong 100% |" in report
+    assert "| strong-only | 1.000 | +0.000 (+0.000 to +0.000) | strong 100% | 0.50x | 1.00x |" in report
     assert "| cheap-only | 0.000 | -1.000 (-1.000 to -1.000) | cheap 100% |" in report
+    assert "semantic cache" not in report  # no embedder given: no policy that needs retrieval
+
+    def by_country(texts: Sequence[str]) -> list[list[float]]:
+        return [[1.0 if text.rstrip("?").endswith(f" {n}") else 0.0 for n in range(6)] for text in texts]
+
+    report = table_report(source, table.answers(), by_country, reuse_s=0.001)
+
+    # Reused pool answers are the strong tier's own: as good as strong-only, at no model's cost.
+    assert "| reuse for all (nearest pool answer) | 1.000 | +0.000 (+0.000 to +0.000) | reuse 100% |" in report
+    assert "| semantic cache 0.9 | 1.000 |" in report and "| difficulty router, strong share 0.5 |" in report
+    assert (
+        "| oracle with reuse (a ceiling: reads the answers) | 1.000 | +0.000 (+0.000 to +0.000) | reuse 100% |"
+        in report
+    )

@@ -1,0 +1,203 @@
+"""Routing policies scored off an answers table, and the most throughput each could reach on our servers.
+
+Besides the three choices the table answers (strong, cheap, cheap with examples), a fourth costs no
+inference: serving the nearest warm-pool answer as it is (a semantic cache's hit, `reuse`). Its answer
+is read from the pool, so it is scored like the others without asking a model.
+
+The baselines are policies over these choices, decided from the request alone, so their quality is exact
+over every request of the table, paired with strong-only:
+
+- the semantic cache at a similarity threshold: reuse at or above it, else the strong tier;
+- the difficulty router (RouteLLM's similarity-weighted ranking) at a share of strong calls, its labels
+  (did the cheap tier do as well as the strong one?) read from the table by cross-fitting: a request is
+  predicted from the labels of the other folds only, never from its own answers.
+
+A policy's ceiling is the highest arrival rate its shares allow on the equal-hardware deployments, from
+each chosen answer's measured service time (the table's latency, both servers busy, one thread each):
+
+- fixed split, one cheap and one strong server: each server's utilisation must stay below 1;
+- elastic co-location, two slots shared by every tier: the two slots' utilisation must stay below 1;
+
+each as a ratio to strong-only's ceiling on the same cores (two strong servers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from echolm_lab.bench.answers_table import CHEAP, CHEAP_WITH_EXAMPLES, POOL, STRONG, Answer
+from echolm_lab.bench.table_build import TableWorkload
+from echolm_lab.bench.table_scores import Policy
+
+REUSE = "reuse"  # the nearest warm-pool answer, as it is
+Embed = Callable[[Sequence[str]], Sequence[Sequence[float]]]
+FOLDS = 5
+NEIGHBOURS = 10  # the difficulty router's k, as in the live baseline (`systems.DifficultyRouter`)
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    prompt: str  # the nearest pool prompt
+    answer: str  # its answer (the strong tier's, or the external teacher's)
+    similarity: float  # cosine of the two prompts' MiniLM vectors
+
+
+def pool_answers(source: TableWorkload, answers: Sequence[Answer]) -> dict[str, str]:
+    """Pool prompt -> the answer an example of it would carry (the teacher's where one taught the pool)."""
+    if source.teacher_answers is not None:
+        return {item.prompt: source.teacher_answers[item.prompt] for item in source.pool}
+    pooled = {item.prompt for item in source.pool}
+    return {a.item: a.answer for a in answers if a.choice == POOL and a.item in pooled and a.answer}
+
+
+def unit_vectors(embed: Embed, texts: Sequence[str]) -> np.ndarray:
+    vectors = np.asarray(embed(texts), dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit: np.ndarray = vectors / np.clip(norms, 1e-12, None)
+    return unit
+
+
+def nearest_in_pool(embed: Embed, pool: Mapping[str, str], requests: Sequence[str]) -> dict[str, Neighbour]:
+    """Each request's nearest pool prompt (exact search: a matrix product), as a semantic cache would find it."""
+    if not pool or not requests:
+        return {}
+    prompts = list(pool)
+    similarities = unit_vectors(embed, requests) @ unit_vectors(embed, prompts).T
+    best = similarities.argmax(axis=1)
+    return {
+        request: Neighbour(prompts[j], pool[prompts[j]], float(similarities[i, j]))
+        for i, (request, j) in enumerate(zip(requests, best, strict=True))
+    }
+
+
+def semantic_cache(neighbours: Mapping[str, Neighbour], threshold: float) -> Policy:
+    """Reuse the nearest pool answer at or above `threshold`, else ask the strong tier."""
+
+    def choose(prompt: str) -> str:
+        near = neighbours.get(prompt)
+        return REUSE if near is not None and near.similarity >= threshold else STRONG
+
+    return choose
+
+
+def cross_fitted_ease(embed: Embed, scored: Mapping[str, Mapping[str, float]], *, seed: int = 7) -> dict[str, float]:
+    """Per request, RouteLLM's similarity-weighted share of its k nearest labelled requests on which the
+    cheap tier did as well as the strong one, the neighbours drawn from the other `FOLDS` - 1 folds only."""
+    prompts = [p for p in scored if STRONG in scored[p] and CHEAP in scored[p]]
+    if not prompts:
+        return {}
+    vectors = unit_vectors(embed, prompts)
+    labels = np.asarray([float(scored[p][CHEAP] >= scored[p][STRONG]) for p in prompts], dtype=np.float32)
+    folds = np.asarray([int(hashlib.sha256(f"{seed}:{p}".encode()).hexdigest(), 16) % FOLDS for p in prompts])
+    predicted = np.zeros(len(prompts), dtype=np.float64)
+    for fold in range(FOLDS):
+        mine, others = np.where(folds == fold)[0], np.where(folds != fold)[0]
+        if len(mine) == 0 or len(others) == 0:
+            continue
+        similarities = vectors[mine] @ vectors[others].T
+        k = min(NEIGHBOURS, len(others))
+        nearest = np.argpartition(-similarities, k - 1, axis=1)[:, :k]
+        weights = np.clip(np.take_along_axis(similarities, nearest, axis=1), 1e-6, None)
+        predicted[mine] = (weights * labels[others][nearest]).sum(axis=1) / weights.sum(axis=1)
+    return {prompt: float(value) for prompt, value in zip(prompts, predicted, strict=True)}
+
+
+def difficulty_router(
+    embed: Embed, scored: Mapping[str, Mapping[str, float]], *, strong_share: float, seed: int = 7
+) -> Policy:
+    """The cheap tier for the requests predicted easiest (`cross_fitted_ease`), the threshold set so that
+    `strong_share` of them go to the strong tier (RouteLLM's calibration, on the requests themselves)."""
+    ease = cross_fitted_ease(embed, scored, seed=seed)
+    # The lowest-ranked `strong_share` go strong; ties broken by a stable hash of the text.
+    order = sorted(ease, key=lambda prompt: (ease[prompt], hashlib.sha256(prompt.encode()).hexdigest()))
+    strong = set(order[: round(strong_share * len(order))])
+    return lambda prompt: STRONG if prompt in strong or prompt not in ease else CHEAP
+
+
+def oracle_with_reuse(scored: Mapping[str, Mapping[str, float]]) -> Policy:
+    """The cheapest choice as good as the strong tier on each request, reuse first (it costs nothing): the
+    most any router could offload at strong-only's quality. A ceiling, not a router: it reads the answers."""
+
+    def choose(prompt: str) -> str:
+        row = scored[prompt]
+        for choice in (REUSE, CHEAP, CHEAP_WITH_EXAMPLES):
+            if choice in row and STRONG in row and row[choice] >= row[STRONG]:
+                return choice
+        return STRONG
+
+    return choose
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """The highest arrival rate a policy's choices allow, as a ratio to strong-only's on the same cores."""
+
+    fixed_split: float  # one cheap + one strong server
+    elastic: float  # two slots shared by every tier
+    mean_service_s: dict[str, float]  # per tier server: mean busy seconds per request routed to it
+
+
+def service_times(answers: Sequence[Answer]) -> dict[str, dict[str, float]]:
+    """Request prompt -> choice -> its answer's measured latency (reuse costs no server time)."""
+    times: dict[str, dict[str, float]] = {}
+    for answer in answers:
+        if answer.choice in (STRONG, CHEAP, CHEAP_WITH_EXAMPLES):
+            times.setdefault(answer.item, {})[answer.choice] = answer.latency_s
+    for row in times.values():
+        row[REUSE] = 0.0
+    return times
+
+
+def ceiling(
+    policy: Policy, times: Mapping[str, Mapping[str, float]], prompts: Sequence[str], *, reuse_s: float = 0.0
+) -> Ceiling:
+    """Per request the server time its choice takes; the rate at which the busiest resource saturates.
+
+    A reused answer takes no model, only our lookup (`reuse_s`, measured by the caller): it is counted on
+    the two shared slots and, in the fixed split, on the strong server's core (the proxy shares the cores).
+    """
+    usable = [p for p in prompts if STRONG in times.get(p, {})]
+    if not usable:
+        raise ValueError("no request has the strong tier's answer in the table")
+    strong_work = cheap_work = 0.0
+    for prompt in usable:
+        choice = policy(prompt)
+        busy = times[prompt].get(choice, times[prompt][STRONG])  # a choice not in the table: the strong tier's
+        if choice == REUSE:
+            strong_work += reuse_s
+        elif choice == STRONG:
+            strong_work += busy
+        elif choice in (CHEAP, CHEAP_WITH_EXAMPLES):
+            cheap_work += busy
+    n = len(usable)
+    strong_only = 2 / (statistics.fmean(times[p][STRONG] for p in usable))  # two strong servers
+    per_request_strong, per_request_cheap = strong_work / n, cheap_work / n
+    bounds = [1 / w for w in (per_request_strong, per_request_cheap) if w > 0]
+    fixed = min(bounds) if bounds else float("inf")
+    total = per_request_strong + per_request_cheap
+    elastic = 2 / total if total > 0 else float("inf")
+    return Ceiling(
+        fixed_split=fixed / strong_only,
+        elastic=elastic / strong_only,
+        mean_service_s={"strong": per_request_strong, "cheap": per_request_cheap},
+    )
+
+
+def with_reuse(
+    scored: Mapping[str, Mapping[str, float]],
+    neighbours: Mapping[str, Neighbour],
+    score: Callable[[str, str], float],
+) -> dict[str, dict[str, float]]:
+    """The table's scores per request and choice, with the reused pool answer scored beside them
+    (`score(answer, request prompt)`)."""
+    rows = {prompt: dict(row) for prompt, row in scored.items()}
+    for prompt, row in rows.items():
+        near = neighbours.get(prompt)
+        if near is not None:
+            row[REUSE] = score(near.answer, prompt)
+    return rows

@@ -1,0 +1,114 @@
+"""Policies scored off an answers table: reuse of the nearest pool answer, the semantic cache, the
+cross-fitted difficulty router, and the throughput ceiling each policy's choices allow."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from echolm_lab.bench.answers_table import CHEAP, CHEAP_WITH_EXAMPLES, STRONG, Answer
+from echolm_lab.bench.table_policies import (
+    REUSE,
+    Neighbour,
+    ceiling,
+    cross_fitted_ease,
+    difficulty_router,
+    nearest_in_pool,
+    oracle_with_reuse,
+    semantic_cache,
+    service_times,
+    with_reuse,
+)
+from echolm_lab.bench.table_scores import fixed
+
+
+def topic_embed(texts: Sequence[str]) -> list[list[float]]:
+    """A vector per text that says which topic word it holds (cosine 1 within a topic, 0 across)."""
+    topics = ("card", "transfer", "refund", "pin")
+    return [[1.0 if topic in text else 0.0 for topic in topics] + [0.01] for text in texts]
+
+
+def test_each_request_reuses_the_answer_of_its_nearest_pool_prompt() -> None:
+    pool = {"my card is lost": "lost_card", "a refund please": "request_refund"}
+
+    near = nearest_in_pool(topic_embed, pool, ["where is my card", "refund my order"])
+
+    assert near["where is my card"].answer == "lost_card"
+    assert near["refund my order"].answer == "request_refund"
+    assert near["where is my card"].similarity == pytest.approx(1.0, abs=1e-3)
+
+
+def test_the_semantic_cache_reuses_only_at_or_above_its_threshold() -> None:
+    neighbours = {"a": Neighbour("a'", "x", 0.95), "b": Neighbour("b'", "y", 0.85)}
+
+    policy = semantic_cache(neighbours, 0.9)
+
+    assert (policy("a"), policy("b"), policy("never seen")) == (REUSE, STRONG, STRONG)
+
+
+def test_a_reused_answer_is_scored_by_the_workloads_metric_beside_the_tables_choices() -> None:
+    scored = {"q": {STRONG: 1.0, CHEAP: 0.0}}
+
+    rows = with_reuse(scored, {"q": Neighbour("q'", "right", 0.9)}, lambda answer, prompt: float(answer == "right"))
+
+    assert rows == {"q": {STRONG: 1.0, CHEAP: 0.0, REUSE: 1.0}}
+    assert scored == {"q": {STRONG: 1.0, CHEAP: 0.0}}  # the table's own scores untouched
+
+
+def test_the_difficulty_router_predicts_each_request_from_other_requests_labels_only() -> None:
+    # Card questions: the cheap tier as good as the strong one; transfer questions: never.
+    scored = {f"card question {n}": {STRONG: 1.0, CHEAP: 1.0} for n in range(20)}
+    scored |= {f"transfer question {n}": {STRONG: 1.0, CHEAP: 0.0} for n in range(20)}
+    # One card question the cheap tier got wrong: its own label must not decide its own route.
+    scored["card question 0"] = {STRONG: 1.0, CHEAP: 0.0}
+
+    policy = difficulty_router(topic_embed, scored, strong_share=0.5)
+
+    assert all(policy(f"transfer question {n}") == STRONG for n in range(20))
+    assert all(policy(f"card question {n}") == CHEAP for n in range(20))
+    # Its predicted ease comes from its 10 nearest other card questions, all labelled easy: 1.0, not 0.9.
+    assert cross_fitted_ease(topic_embed, scored)["card question 0"] == pytest.approx(1.0)
+
+
+def test_the_oracle_takes_reuse_first_then_the_cheap_tier_then_its_examples() -> None:
+    scored = {
+        "r": {STRONG: 1.0, REUSE: 1.0, CHEAP: 1.0},
+        "c": {STRONG: 1.0, REUSE: 0.0, CHEAP: 1.0},
+        "e": {STRONG: 1.0, REUSE: 0.0, CHEAP: 0.0, CHEAP_WITH_EXAMPLES: 1.0},
+        "s": {STRONG: 1.0, REUSE: 0.0, CHEAP: 0.0, CHEAP_WITH_EXAMPLES: 0.0},
+    }
+
+    policy = oracle_with_reuse(scored)
+
+    assert [policy(p) for p in "rces"] == [REUSE, CHEAP, CHEAP_WITH_EXAMPLES, STRONG]
+
+
+def _answer(item: str, choice: str, latency_s: float) -> Answer:
+    return Answer(
+        key=f"{item}/{choice}", workload="w", item=item, choice=choice, tier=choice, model_sha256="m",
+        server_version="v", messages=[], system_sha256="", params={}, answer="a", finish_reason="stop",
+        prompt_tokens=1, completion_tokens=1, latency_s=latency_s,
+    )  # fmt: skip
+
+
+def test_a_policys_ceiling_is_where_its_busiest_server_saturates_against_two_strong_servers() -> None:
+    # The strong tier takes 1 s, the cheap tier 0.5 s, with examples 1.5 s (prefill is not free).
+    prompts = [f"q{n}" for n in range(4)]
+    answers = [_answer(p, c, t) for p in prompts for c, t in ((STRONG, 1.0), (CHEAP, 0.5), (CHEAP_WITH_EXAMPLES, 1.5))]
+    times = service_times(answers)
+
+    strong_only = ceiling(fixed(STRONG), times, prompts)
+    cheap_only = ceiling(fixed(CHEAP), times, prompts)
+    examples_for_half = ceiling(lambda p: CHEAP_WITH_EXAMPLES if p in ("q0", "q1") else STRONG, times, prompts)
+    all_reused = ceiling(fixed(REUSE), times, prompts, reuse_s=0.01)
+
+    # Strong-only on one strong server of the split: half of two strong servers; on two shared slots: the same.
+    assert (strong_only.fixed_split, strong_only.elastic) == (0.5, 1.0)
+    # All cheap: the cheap server alone at 2/s against 2/s; two slots at 4/s.
+    assert (cheap_only.fixed_split, cheap_only.elastic) == (1.0, 2.0)
+    # Half to a slower cheap choice: the cheap server saturates at 1/0.75 per s; the slots at 2/1.25.
+    assert examples_for_half.fixed_split == pytest.approx((1 / 0.75) / 2)
+    assert examples_for_half.elastic == pytest.approx((2 / 1.25) / 2)
+    # Reuse costs our lookup only.
+    assert all_reused.elastic == pytest.approx(100.0)
