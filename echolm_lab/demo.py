@@ -1,9 +1,11 @@
 """The main job: real local tiers, the real proxy with our callback, real NQ-open requests, one summary.
 
-1. start the local tiers the config names; 2. warm the cache: a proxy with k=0 sends every warm-up
-question to the strongest tier, whose answers are admitted; 3. for each augmentation format, restart
-the proxy on a copy of that warm cache and send the request set over HTTP; 4. send the same requests
-with `echolm_bypass` (strong tier, no examples) as the baseline; 5. score against the gold answers.
+1. start the local tiers the config names, and a second strong server; 2. warm the cache: a proxy with
+k=0 sends every warm-up question to the strongest tier, whose answers are admitted; 3. for each
+augmentation format, restart the proxy on a copy of that warm cache and send the request set over HTTP;
+4. send the same requests with `echolm_bypass` to the strongest tier on two servers, no examples, as the
+baseline: EchoLM's cheap and strong servers take two cores, so strong-only gets two strong servers on the
+same cores (`bench.deployments`); 5. score against the gold answers.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import shutil
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,10 @@ from typing import Any
 
 from tqdm import tqdm
 
+from echolm_lab.bench.deployments import REPLICA_PORTS, REPLICATED, bench_deployment, write_proxy_config
 from echolm_lab.datasets import QARecord
+from echolm_lab.local_tiers.from_config import specs_for_config
+from echolm_lab.local_tiers.servers import TierSpec
 from echolm_lab.proxy_process import ProxyProcess, running_proxy
 from echolm_middleware.config import Settings, load_settings
 from echolm_middleware.quality_target.answer_match import exact_match, token_f1
@@ -29,7 +34,8 @@ SYSTEM_PROMPT = "Answer the question with a short phrase only, no explanation."
 
 @dataclass(frozen=True)
 class DemoOptions:
-    config: Path
+    config: Path  # the proxy config: the user's tiers, our callback, and a strong-only group on two servers
+    strong_only: str  # that group
     records_warm: Sequence[QARecord]
     records_requests: Sequence[QARecord]
     run_dir: Path
@@ -95,7 +101,7 @@ def ask(client: Any, model: str, record: QARecord, max_tokens: int, bypass: bool
         return RequestResult(
             record=record,
             answer=answer.strip(),
-            tier=headers.get("x-echolm-tier", model),
+            tier=headers.get("x-echolm-tier", model).removesuffix(REPLICATED),  # a replica group is its tier
             action=headers.get("x-echolm-action", "unknown"),
             examples=int(headers.get("x-echolm-examples", "0")),
             latency_s=time.perf_counter() - started,
@@ -151,6 +157,19 @@ def _proxy_env(run_dir: Path, **overrides: str) -> dict[str, str]:
     return env
 
 
+def equal_cores(
+    raw: Mapping[str, Any], settings: Settings, model_dir: Path, run_dir: Path
+) -> tuple[Path, str, list[TierSpec]]:
+    """The demo's proxy config (the config's tiers with our callback, plus each tier on two servers), the
+    model group strong-only is sent to (the strongest tier on two servers: EchoLM's cheap and strong
+    servers take two cores, so does the baseline), and the local servers to start."""
+    deployment = bench_deployment(
+        raw, settings.tiers[0].name, settings.tiers[-1].name, replica_ports=REPLICA_PORTS, model_dir=model_dir
+    )
+    config = write_proxy_config(raw, deployment, run_dir / "proxy.yaml", with_echolm=True)
+    return config, deployment.strong_x2, deployment.specs or specs_for_config(raw, model_dir)
+
+
 def run_demo(options: DemoOptions, settings: Settings, log: Callable[[str], None] = print) -> list[PassReport]:
     """Warm, then measure each augmentation format and the strong-only baseline on the same requests."""
     strongest = settings.tiers[-1].name
@@ -172,8 +191,9 @@ def run_demo(options: DemoOptions, settings: Settings, log: Callable[[str], None
         with running_proxy(options.config, env=env, log_path=options.run_dir / f"proxy-{fmt}.log") as proxy:
             wait_for_engine(proxy, settings.tiers[0].name)
             if index == 0:
-                baseline = send_all(proxy, strongest, options.records_requests, concurrency=options.concurrency,
-                                    max_tokens=options.max_tokens, bypass=True, label="strong only")  # fmt: skip
+                baseline = send_all(proxy, options.strong_only, options.records_requests,
+                                    concurrency=options.concurrency, max_tokens=options.max_tokens, bypass=True,
+                                    label="strong only x2")  # fmt: skip
             report = send_all(proxy, strongest, options.records_requests, concurrency=options.concurrency,
                               max_tokens=options.max_tokens, bypass=False, label=f"echolm {fmt}")  # fmt: skip
         reports.append(report)

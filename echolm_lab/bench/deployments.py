@@ -1,4 +1,4 @@
-"""What `echolm bench` serves each system on, so that every system gets the same cores.
+"""What `echolm bench` and `echolm demo` serve each system on, so that every system gets the same cores.
 
 EchoLM and the baselines that mix tiers use the config's tiers (one cheap and one strong llama.cpp
 server, one thread each). Strong-only and the semantic cache (which sends its misses to the strong tier)
@@ -28,6 +28,7 @@ from echolm_lab.local_tiers.servers import TierSpec, running_tiers
 # The callback as the installed package names it: generated configs live outside the checkout.
 PROXY_CALLBACK = "echolm_middleware.doors.litellm_proxy.proxy_handler"
 REPLICATED = "@x2"
+REPLICA_PORTS = (8103, 8104)  # the second cheap and the second strong server
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,17 @@ def _entry_for(model_list: Sequence[Mapping[str, Any]], group: str) -> dict[str,
     return copy.deepcopy(dict(next(e for e in model_list if e.get("model_name") == group)))
 
 
-def bench_deployment(raw: Mapping[str, Any], cheap: str, strong: str, *, replica_ports: tuple[int, int]) -> Deployment:
+def bench_deployment(
+    raw: Mapping[str, Any],
+    cheap: str,
+    strong: str,
+    *,
+    replica_ports: tuple[int, int],
+    model_dir: Path | None = None,
+) -> Deployment:
     """The config's model groups plus `<group>@x2` groups of two servers each for small- and strong-only."""
     model_list = [copy.deepcopy(dict(e)) for e in raw.get("model_list") or []]
-    specs = specs_for_config(raw, default_model_dir())
+    specs = specs_for_config(raw, model_dir or default_model_dir())
     replicas: list[dict[str, Any]] = []
     replica_specs: list[TierSpec] = []
     for group, port in zip((cheap, strong), replica_ports, strict=True):

@@ -25,7 +25,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from echolm_lab.bench.deployments import bench_deployment, serving, write_proxy_config
+from echolm_lab.bench.deployments import REPLICA_PORTS, bench_deployment, serving, write_proxy_config
 from echolm_lab.bench.load import LoadPass, closed_loop, open_loop
 from echolm_lab.bench.systems import (
     Answered,
@@ -89,7 +89,7 @@ class BenchOptions:
     echolm_points: list[str] = field(default_factory=list)
     target_sample_share: float = 0.3
     sweep_judged: bool = False
-    replica_ports: tuple[int, int] = (8103, 8104)  # the second cheap and the second strong server
+    replica_ports: tuple[int, int] = REPLICA_PORTS
     # The pool and the request set from files of their own (data never seen), else a split of the workload.
     pool_file: Path | None = None
     requests_file: Path | None = None
