@@ -27,6 +27,9 @@ CHEAP = "cheap"  # the cheap tier, the request as asked
 CHEAP_WITH_EXAMPLES = "cheap+examples"  # the cheap tier, with the examples retrieval picks
 POOL = "pool"  # a warm-pool answer by the strong tier, which becomes an example
 CHOICES = (STRONG, CHEAP, CHEAP_WITH_EXAMPLES, POOL)
+# Warm pool and request set per workload: real sizes (Arena-Hard has 196 topic clusters whose two prompts
+# both fit the judge; each gives one pool prompt and one request).
+SIZES = {"banking77": (5000, 1000), "nq_open": (3610, 1000), "arena_hard": (250, 250)}
 
 
 def system_hash(messages: Sequence[Mapping[str, Any]]) -> str:

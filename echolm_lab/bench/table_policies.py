@@ -32,11 +32,13 @@ import numpy as np
 
 from echolm_lab.bench.answers_table import CHEAP, CHEAP_WITH_EXAMPLES, POOL, STRONG, Answer
 from echolm_lab.bench.table_build import TableWorkload
-from echolm_lab.bench.table_scores import Policy
+from echolm_lab.bench.table_scores import Policy, PolicyScore, fixed, oracle, score_policy, scores_by_choice
 
 REUSE = "reuse"  # the nearest warm-pool answer, as it is
 Embed = Callable[[Sequence[str]], Sequence[Sequence[float]]]
 FOLDS = 5
+SEMANTIC_THRESHOLDS = (0.95, 0.9, 0.8)
+DIFFICULTY_STRONG_SHARES = (0.5, 0.25)
 NEIGHBOURS = 10  # the difficulty router's k, as in the live baseline (`systems.DifficultyRouter`)
 
 
@@ -201,3 +203,77 @@ def with_reuse(
         if near is not None:
             row[REUSE] = score(near.answer, prompt)
     return rows
+
+
+def tokens_by_choice(answers: Sequence[Answer]) -> dict[str, dict[str, int]]:
+    """Request prompt -> choice -> the tokens its answer took (prompt and completion; reuse takes none)."""
+    tokens: dict[str, dict[str, int]] = {}
+    for answer in answers:
+        if answer.choice in (STRONG, CHEAP, CHEAP_WITH_EXAMPLES):
+            tokens.setdefault(answer.item, {})[answer.choice] = answer.prompt_tokens + answer.completion_tokens
+    for row in tokens.values():
+        row[REUSE] = 0
+    return tokens
+
+
+def cost_per_request(
+    policy: Policy, tokens: Mapping[str, Mapping[str, int]], prompts: Sequence[str], price_per_1k: Mapping[str, float]
+) -> float:
+    """Mean price of a request under `policy`: its chosen answer's tokens at the price of the tier that
+    gave it (`price_per_1k` by choice; examples are paid for as prompt tokens)."""
+    spent = [tokens[p].get(policy(p), 0) / 1000 * price_per_1k.get(policy(p), 0.0) for p in prompts if p in tokens]
+    return statistics.fmean(spent) if spent else 0.0
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    score: PolicyScore
+    ceiling: Ceiling
+    cost_per_request: float  # at the tiers' prices; 0 where none was given
+
+
+def evaluate_policies(
+    source: TableWorkload,
+    answers: Sequence[Answer],
+    embed: Embed | None = None,
+    reuse_s: float = 0.0,
+    price_per_1k: Mapping[str, float] | None = None,
+) -> list[PolicyResult]:
+    """Every policy the table can score, paired with strong-only over the requests with all three choices
+    answered, each with its ceiling: the fixed choices and the oracle; with `embed` also reuse, the
+    semantic cache, the difficulty router and the oracle with reuse. Empty on a judged workload (its
+    quality needs the judge) or while no request is complete."""
+    workload = source.workload
+    metric = workload.score
+    if metric is None:
+        return []
+    complete = {p: row for p, row in scores_by_choice(answers, workload, source.requests).items() if len(row) == 3}
+    if not complete:
+        return []
+    named: list[tuple[str, Policy]] = [
+        ("strong-only", fixed(STRONG)),
+        ("cheap-only", fixed(CHEAP)),
+        ("cheap with examples for all", fixed(CHEAP_WITH_EXAMPLES)),
+        ("oracle over the three (a ceiling: reads the answers)", oracle(complete)),
+    ]
+    scored: dict[str, dict[str, float]] = {p: dict(row) for p, row in complete.items()}
+    if embed is not None:
+        items = {item.prompt: item for item in source.requests}
+        neighbours = nearest_in_pool(embed, pool_answers(source, answers), list(complete))
+        scored = with_reuse(complete, neighbours, lambda answer, prompt: metric(answer, items[prompt]))
+        named.insert(3, ("reuse for all (nearest pool answer)", fixed(REUSE)))
+        named += [(f"semantic cache {t:g}", semantic_cache(neighbours, t)) for t in SEMANTIC_THRESHOLDS]
+        for share in DIFFICULTY_STRONG_SHARES:
+            named.append(
+                (f"difficulty router, strong share {share:g}", difficulty_router(embed, scored, strong_share=share))
+            )
+        named.append(("oracle with reuse (a ceiling: reads the answers)", oracle_with_reuse(scored)))
+    times, tokens, prompts = service_times(answers), tokens_by_choice(answers), list(scored)
+    return [
+        PolicyResult(
+            score_policy(name, policy, scored),
+            ceiling(policy, times, prompts, reuse_s=reuse_s),
+            cost_per_request(policy, tokens, prompts, price_per_1k or {}),
+        )
+        for name, policy in named
+    ]

@@ -7,11 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from echolm_lab.bench.answers_table import SIZES
 from echolm_lab.cli.bench import _default_data_dir
-
-# Warm pool and request set per workload: real sizes (Arena-Hard has 196 topic clusters whose two prompts
-# both fit the judge; each gives one pool prompt and one request).
-SIZES = {"banking77": (5000, 1000), "nq_open": (3610, 1000), "arena_hard": (250, 250)}
 
 
 def register(subparsers: Any) -> None:

@@ -110,6 +110,22 @@ def register(subparsers: Any) -> None:
         help="the request set from this file likewise; with --pool-file, the two must share no prompt",
     )  # fmt: skip
     parser.add_argument(
+        "--tables", type=Path, metavar="DIR",
+        help="run on answers tables (`echolm answers` builds them: DIR/WORKLOAD.jsonl): the warm pool comes from "
+        "the table, every policy's quality is paired with strong-only over all the table's requests with a 95%% "
+        "interval and its throughput ceiling, and strong-only and EchoLM are timed in open-loop passes at "
+        "--load-multiples of strong-only's capacity, EchoLM's live answers scored and paired likewise; reference "
+        "workloads (nq_open, banking77) are timed, judged ones get the table's costs only",
+    )  # fmt: skip
+    parser.add_argument(
+        "--load-multiples", type=float, nargs="+", default=[0.6, 1.0, 1.5], metavar="X",
+        help="with --tables: Poisson rates as multiples of strong-only's capacity (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pass-requests", type=int, default=300, metavar="N",
+        help="with --tables: requests per open-loop pass, each pass its own slice of the table (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
         "--replica-ports", type=int, nargs=2, default=[8103, 8104], metavar=("CHEAP", "STRONG"),
         help="ports of the second cheap and second strong server (default: %(default)s)",
     )  # fmt: skip
@@ -125,6 +141,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.tables is not None:
+        return run_on_tables(args)
     from echolm_lab.bench import report
     from echolm_lab.bench.runner import Bench, BenchOptions
 
@@ -210,5 +228,58 @@ def run(args: argparse.Namespace) -> int:
         print(f"echolm bench: {exc}", file=sys.stderr)
         return 2
     write(results, overhead)
+    print(f"wrote {out / 'report.md'}")
+    return 0
+
+
+def run_on_tables(args: argparse.Namespace) -> int:
+    """`echolm bench --tables DIR`: policies off the tables, open-loop passes on the real servers."""
+    from echolm_lab.bench import table_bench_report as report
+    from echolm_lab.bench.answers_table import SIZES
+    from echolm_lab.bench.table_bench import TableBench, TableBenchOptions
+    from echolm_lab.bench.table_build import table_workload
+    from echolm_lab.cli.answers import lookup_seconds
+    from echolm_middleware.config import load_settings
+    from echolm_middleware.factory import EMBEDDERS
+
+    command = "echolm bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    name = args.run or time.strftime("bench-tables-%Y%m%d-%H%M%S", time.gmtime())
+    missing = [w for w in args.workloads if w not in SIZES or not (args.tables / f"{w}.jsonl").exists()]
+    if missing:
+        print(f"echolm bench: no answers table for {', '.join(missing)} in {args.tables}", file=sys.stderr)
+        return 2
+    out = args.results / name
+    out.mkdir(parents=True, exist_ok=True)
+    settings, _ = load_settings(args.config)
+    embedder = EMBEDDERS[settings.embedder.backend](settings)
+    options = TableBenchOptions(
+        config=args.config.resolve(), workloads=list(args.workloads), data_dir=args.data_dir, tables=args.tables,
+        run_dir=args.work.resolve() / name, seed=args.seed, load_multiples=list(args.load_multiples),
+        pass_requests=args.pass_requests, warmup_s=args.warmup,
+        replica_ports=(args.replica_ports[0], args.replica_ports[1]),
+    )  # fmt: skip
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    def write(runs: list[Any]) -> None:
+        summary = report.summarize(runs, command, args.p95_bound)
+        plots = [
+            report.plot_quality_vs_offload(summary, out / "quality_vs_offload.png"),
+            report.plot_latency_vs_load(summary, out / "latency_vs_load.png"),
+        ]
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        (out / "report.md").write_text(report.format_report(summary, [str(p) for p in plots]), encoding="utf-8")
+
+    try:
+        # Our lookup per reused answer (a policy's ceiling counts it), measured before any server is busy.
+        if args.workloads:
+            pool_n, request_n = SIZES[args.workloads[0]]
+            first = table_workload(args.workloads[0], args.data_dir, pool_size=pool_n, request_size=request_n,
+                                   seed=args.seed)  # fmt: skip
+            options.reuse_s = lookup_seconds(embedder.embed, first)
+        runs = TableBench(options, embedder, log=lambda line: print(line, file=sys.stderr)).run(write)
+    except EchoLMError as exc:
+        print(f"echolm bench: {exc}", file=sys.stderr)
+        return 2
+    write(runs)
     print(f"wrote {out / 'report.md'}")
     return 0

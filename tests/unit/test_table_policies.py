@@ -112,3 +112,16 @@ def test_a_policys_ceiling_is_where_its_busiest_server_saturates_against_two_str
     assert examples_for_half.elastic == pytest.approx((2 / 1.25) / 2)
     # Reuse costs our lookup only.
     assert all_reused.elastic == pytest.approx(100.0)
+
+
+def test_a_policys_cost_is_its_chosen_answers_tokens_at_their_tiers_price_examples_included() -> None:
+    from echolm_lab.bench.table_policies import cost_per_request, tokens_by_choice
+
+    answers = [_answer("q", STRONG, 1.0), _answer("q", CHEAP, 0.5), _answer("q", CHEAP_WITH_EXAMPLES, 0.7)]
+    answers[2].prompt_tokens = 499  # the examples: paid for as prompt tokens
+    tokens = tokens_by_choice(answers)
+    prices = {STRONG: 2.0, CHEAP: 0.1, CHEAP_WITH_EXAMPLES: 0.1}
+
+    assert cost_per_request(fixed(STRONG), tokens, ["q"], prices) == pytest.approx(2 / 1000 * 2.0)
+    assert cost_per_request(fixed(CHEAP_WITH_EXAMPLES), tokens, ["q"], prices) == pytest.approx(500 / 1000 * 0.1)
+    assert cost_per_request(fixed(REUSE), tokens, ["q"], prices) == 0.0

@@ -1,0 +1,240 @@
+"""`echolm bench --tables`: the benchmark on committed answers tables, with quality paired and timed at rates.
+
+Per workload with a table (`echolm answers` builds one):
+
+1. Policies off the table: strong-only, cheap-only, the cheap tier with examples, reuse, the semantic
+   cache and the difficulty router, each paired with strong-only over every request the table answered
+   (1,000 for Banking77 and NQ-open), with a 95% interval and its throughput ceiling on equal hardware.
+2. The warm pool goes into EchoLM's store from the table (the strong tier's answers, or the external
+   teacher's): nothing is generated to warm it.
+3. Open-loop passes on the real servers: Poisson arrivals at multiples of strong-only's capacity (two
+   strong servers, from the table's measured service time), the first `warmup_s` served but not timed,
+   strong-only (two strong servers) and EchoLM (one cheap + one strong) on the same requests at each
+   rate, each pass on its own slice of the request set. EchoLM's live answers are scored by the workload's
+   metric and paired with the table's strong answer to the same request; strong-only's live answers are
+   compared with the table's to check that a table answer is what the server gives (determinism).
+
+Open-ended workloads (Arena-Hard) need the judge for every policy's quality: they get the table's choice
+costs only, until a table of verdicts exists.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from echolm_lab.bench.answers_table import CHEAP, CHEAP_WITH_EXAMPLES, SIZES, STRONG, Answer, AnswersTable
+from echolm_lab.bench.deployments import REPLICA_PORTS, bench_deployment, serving, write_proxy_config
+from echolm_lab.bench.load import LoadPass, open_loop
+from echolm_lab.bench.systems import Answered, Embed, ModelSystem, ProxyChat
+from echolm_lab.bench.table_build import TableWorkload, table_workload
+from echolm_lab.bench.table_policies import PolicyResult, evaluate_policies, pool_answers
+from echolm_lab.bench.table_scores import paired_bootstrap
+from echolm_lab.bench.workloads import Workload
+from echolm_lab.datasets import QARecord
+from echolm_lab.demo import wait_for_engine
+from echolm_lab.proxy_process import running_proxy
+from echolm_middleware.config import Settings, load_settings
+from echolm_middleware.core.engine import SHARED_TENANT
+from echolm_middleware.factory import tier_profiles
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class TableBenchOptions:
+    config: Path
+    workloads: list[str]
+    data_dir: Path
+    tables: Path  # a folder of WORKLOAD.jsonl answers tables
+    run_dir: Path
+    seed: int = 7
+    load_multiples: list[float] = field(default_factory=lambda: [0.6, 1.0, 1.5])
+    pass_requests: int = 300
+    warmup_s: float = 60.0
+    reuse_s: float = 0.0  # our lookup per reused answer, as measured (policies' ceilings)
+    replica_ports: tuple[int, int] = REPLICA_PORTS
+
+
+@dataclass
+class LivePass:
+    """One open-loop pass of one system at one rate, with its answers scored against the table."""
+
+    system: str
+    multiple: float  # of strong-only's capacity
+    load: LoadPass
+    items: list[QARecord]
+    choices: list[str]  # per request: strong, cheap or cheap+examples (as the headers say)
+    quality: float | None = None
+    difference: float | None = None  # paired with the table's strong answers to the same requests
+    interval: tuple[float, float] | None = None
+    matched_table: tuple[int, int] = (0, 0)  # answers equal to the table's for the same choice, of those compared
+    cost_per_request: float = 0.0  # each chosen answer's tokens as the table holds them, at its tier's price
+
+
+@dataclass
+class TableWorkloadRun:
+    source: TableWorkload
+    policies: list[PolicyResult]
+    capacity_rps: float  # strong-only on two strong servers, from the table's strong service time
+    mean_service_s: dict[str, float]  # per choice, from the table
+    passes: list[LivePass] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def choice_of(answered: Answered, cheap: str, strong: str) -> str:
+    """The table's name for what served a live request: its tier, and whether examples went with it."""
+    if answered.tier == cheap:
+        return CHEAP_WITH_EXAMPLES if answered.examples > 0 else CHEAP
+    return STRONG if answered.tier.startswith(strong) else answered.tier
+
+
+def by_item(answers: Sequence[Answer]) -> dict[str, dict[str, Answer]]:
+    rows: dict[str, dict[str, Answer]] = {}
+    for answer in answers:
+        if answer.choice in (STRONG, CHEAP, CHEAP_WITH_EXAMPLES):
+            rows.setdefault(answer.item, {})[answer.choice] = answer
+    return rows
+
+
+def score_pass(
+    live: LivePass,
+    table: Mapping[str, Mapping[str, Answer]],
+    score: Callable[[str, QARecord], float],
+    price_per_1k: Mapping[str, float],
+) -> None:
+    """The pass's quality, paired with the table's strong answers; how often it gave the table's answer; its
+    cost per request."""
+    mine, differences, costs, compared, matched = [], [], [], 0, 0
+    for item, answered, choice in zip(live.items, live.load.answers, live.choices, strict=True):
+        if answered.error is not None:
+            continue
+        row = table.get(item.prompt, {})
+        quality = score(answered.answer, item)
+        mine.append(quality)
+        if STRONG in row:
+            differences.append(quality - score(row[STRONG].answer, item))
+        if choice in row:
+            costs.append((row[choice].prompt_tokens + row[choice].completion_tokens) / 1000 * price_per_1k[choice])
+        if choice in (STRONG, CHEAP) and choice in row:  # no examples: the same messages as the table's
+            compared += 1
+            matched += answered.answer.strip() == row[choice].answer.strip()
+    live.quality = statistics.fmean(mine) if mine else None
+    if differences:
+        live.difference = statistics.fmean(differences)
+        live.interval = paired_bootstrap(differences)
+    live.matched_table = (matched, compared)
+    live.cost_per_request = statistics.fmean(costs) if costs else 0.0
+
+
+def warm_store(settings: Settings, model_list: Sequence[Mapping[str, Any]], store_dir: Path, source: TableWorkload,
+               pool: Mapping[str, str], strongest: str) -> int:  # fmt: skip
+    """Admit the pool's answers into the store a proxy will open (`store_dir`), as the proxy's shared tenant,
+    under the workload's system prompt: what the live passes' requests are asked under."""
+    from echolm_middleware.factory import build_engine
+
+    local = settings.model_copy(
+        update={
+            "store": settings.store.model_copy(update={"backend": "chroma", "path": str(store_dir / "chroma")}),
+            "state": settings.state.model_copy(update={"path": str(store_dir / "state.db")}),
+        }
+    )
+    engine = build_engine(local, model_list)
+    instructions = source.workload.system_prompt or ""
+    return sum(
+        engine.admit(SHARED_TENANT, item.prompt, pool[item.prompt], strongest, instructions=instructions)
+        for item in source.pool
+        if item.prompt in pool
+    )
+
+
+class TableBench:
+    def __init__(self, options: TableBenchOptions, embed: Embed, log: Log = print) -> None:
+        self.options = options
+        self.embed = embed
+        self.log = log
+        self.settings, self.raw = load_settings(options.config)
+        self.cheap, self.strong = self.settings.tiers[0].name, self.settings.tiers[-1].name
+        self.deployment = bench_deployment(self.raw, self.cheap, self.strong, replica_ports=options.replica_ports)
+        profiles = {t.name: t for t in tier_profiles(self.settings.tiers, self.raw.get("model_list") or [])}
+        self.prices = {  # per 1k tokens, by the table's choices
+            STRONG: profiles[self.strong].price_per_1k,
+            CHEAP: profiles[self.cheap].price_per_1k,
+            CHEAP_WITH_EXAMPLES: profiles[self.cheap].price_per_1k,
+        }
+
+    def run(self, after_each: Callable[[list[TableWorkloadRun]], None] | None = None) -> list[TableWorkloadRun]:
+        results: list[TableWorkloadRun] = []
+        with serving(self.deployment, self.options.run_dir / "tiers"):
+            for name in self.options.workloads:
+                results.append(self.run_workload(name))
+                if after_each is not None:
+                    after_each(results)
+        return results
+
+    def offline(self, name: str) -> tuple[TableWorkloadRun, list[Answer]]:
+        """What the table alone says: the policies and each choice's service time."""
+        pool_n, request_n = SIZES[name]
+        source = table_workload(name, self.options.data_dir, pool_size=pool_n, request_size=request_n,
+                                seed=self.options.seed)  # fmt: skip
+        answers = AnswersTable(self.options.tables / f"{name}.jsonl").answers()
+        policies = evaluate_policies(source, answers, self.embed.embed, self.options.reuse_s, self.prices)
+        service = {
+            choice: statistics.fmean(a.latency_s for a in answers if a.choice == choice)
+            for choice in (STRONG, CHEAP, CHEAP_WITH_EXAMPLES)
+            if any(a.choice == choice for a in answers)
+        }
+        capacity = 2 / service[STRONG] if STRONG in service else 0.0
+        run = TableWorkloadRun(source, policies, capacity, service)
+        if source.workload.score is None:
+            run.notes.append("judged pairwise: policies' quality needs a table of verdicts (not built)")
+        return run, answers
+
+    def run_workload(self, name: str) -> TableWorkloadRun:
+        run, answers = self.offline(name)
+        source, folder = run.source, self.options.run_dir / name
+        table = by_item(answers)
+        complete = [item for item in source.requests if len(table.get(item.prompt, {})) == 3]
+        if not complete or run.capacity_rps <= 0 or source.workload.score is None:
+            run.notes.append("no live passes: the table has no complete request or no reference metric")
+            return run
+        admitted = warm_store(self.settings, self.deployment.model_list, folder / "warm", source,
+                              pool_answers(source, answers), self.strong)  # fmt: skip
+        self.log(f"{name}: {admitted} pool answers admitted; strong-only capacity {run.capacity_rps:.2f} req/s")
+        size = self.options.pass_requests
+        for index, multiple in enumerate(self.options.load_multiples):
+            items = [complete[(index * size + k) % len(complete)] for k in range(min(size, len(complete)))]
+            rate = multiple * run.capacity_rps
+            for system in ("strong_only", "echolm"):
+                load = self._pass(system, source.workload, items, rate, folder / f"{system}-{multiple:g}")
+                choices = [choice_of(a, self.cheap, self.strong) for a in load.answers]
+                live = LivePass(system, multiple, load, items, choices)
+                score_pass(live, table, source.workload.score, self.prices)
+                run.passes.append(live)
+        return run
+
+    def _pass(self, system: str, workload: Workload, items: Sequence[QARecord], rate: float, folder: Path) -> LoadPass:
+        """One open-loop pass: strong-only through LiteLLM alone on two strong servers; EchoLM through its
+        proxy on its own copy of the warm store (a pass never sees another pass's admissions)."""
+        echolm = system == "echolm"
+        env = dict(os.environ)
+        if echolm:
+            shutil.copytree(folder.parent / "warm", folder, ignore=shutil.ignore_patterns("*.log", "*.yaml"))
+            env.update(ECHOLM_STORE__PATH=str(folder / "chroma"), ECHOLM_STATE__PATH=str(folder / "state.db"))
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+        config = write_proxy_config(self.raw, self.deployment, folder / "proxy.yaml", with_echolm=echolm)
+        model = self.strong if echolm else self.deployment.strong_x2
+        with running_proxy(config, env=env, log_path=folder / "proxy.log") as proxy:
+            if echolm:
+                wait_for_engine(proxy, self.cheap)
+            chat = ProxyChat(proxy.url, proxy.master_key)
+            return open_loop(
+                ModelSystem(system, chat, model), workload, items, rate_rps=rate, seed=self.options.seed,
+                label=f"{system} @{rate:.2f}/s", warmup_s=self.options.warmup_s,
+            )  # fmt: skip

@@ -1,0 +1,222 @@
+"""What `echolm bench --tables` writes: summary.json, report.md and two plots a reader can read."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from echolm_lab.bench.report import pass_figures
+from echolm_lab.bench.table_bench import LivePass, TableWorkloadRun
+
+
+def _interval(value: tuple[float, float] | None) -> list[float] | None:
+    return None if value is None else [round(value[0], 4), round(value[1], 4)]
+
+
+def _finite(value: float) -> float | None:
+    return None if value == float("inf") else round(value, 3)
+
+
+def live_figures(live: LivePass) -> dict[str, Any]:
+    choices = [c for c, a in zip(live.choices, live.load.answers, strict=True) if a.error is None]
+    return {
+        "system": live.system,
+        "load_multiple": live.multiple,
+        "rate_rps": round(live.load.rate_rps or 0.0, 4),
+        **pass_figures(live.load),
+        "quality": None if live.quality is None else round(live.quality, 4),
+        "difference_to_strong_only": None if live.difference is None else round(live.difference, 4),
+        "difference_interval_95": _interval(live.interval),
+        "share_by_choice": {c: round(choices.count(c) / len(choices), 3) for c in sorted(set(choices))},
+        "cost_per_request_usd": round(live.cost_per_request, 8),
+        "answers_equal_to_table": {"equal": live.matched_table[0], "compared": live.matched_table[1]},
+    }
+
+
+def summarize(runs: Sequence[TableWorkloadRun], command: str, p95_bound_s: float) -> dict[str, Any]:
+    workloads: dict[str, Any] = {}
+    for run in runs:
+        passes = [live_figures(live) for live in run.passes]
+        sustained: dict[str, float | None] = {}
+        for system in ("strong_only", "echolm"):
+            held = [
+                p["rate_rps"]
+                for p in passes
+                if p["system"] == system and p["latency_p95_s"] is not None and p["latency_p95_s"] <= p95_bound_s
+            ]
+            sustained[system] = max(held) if held else None
+        workloads[run.source.workload.name] = {
+            "metric": run.source.workload.metric,
+            "pool": len(run.source.pool),
+            "pool_teacher": run.source.teacher or "strong tier",
+            "requests": len(run.source.requests),
+            "strong_only_capacity_rps": round(run.capacity_rps, 4),
+            "mean_service_s": {c: round(v, 4) for c, v in run.mean_service_s.items()},
+            "policies": [
+                {
+                    "policy": r.score.policy,
+                    "paired_requests": r.score.requests,
+                    "quality": round(r.score.quality, 4),
+                    "difference_to_strong_only": round(r.score.difference, 4),
+                    "difference_interval_95": _interval(r.score.interval),
+                    "share_by_choice": {c: round(v, 3) for c, v in sorted(r.score.shares.items())},
+                    "cost_per_request_usd": round(r.cost_per_request, 8),
+                    "ceiling_fixed_split": _finite(r.ceiling.fixed_split),
+                    "ceiling_elastic": _finite(r.ceiling.elastic),
+                }
+                for r in run.policies
+            ],
+            "open_loop": passes,
+            "sustained_rate_rps": sustained,
+            "notes": list(run.notes),
+        }
+    return {"command": command, "p95_bound_s": p95_bound_s, "workloads": workloads}
+
+
+def format_report(summary: dict[str, Any], plots: Sequence[str]) -> str:
+    lines = [
+        "# EchoLM benchmark on answers tables",
+        "",
+        f"`{summary['command']}`",
+        "",
+        "Quality is paired with strong-only on the same requests (95% paired-bootstrap intervals). Ceilings: "
+        "the highest arrival rate a policy's choices allow, as a ratio to strong-only on the same two cores "
+        "(two strong servers), from the measured service time of each choice; '1 cheap + 1 strong' is the "
+        "fixed split, '2 shared slots' elastic co-location.",
+        "",
+    ]
+    for name, data in summary["workloads"].items():
+        lines += [
+            f"## {name}",
+            "",
+            f"Pool {data['pool']} (answers by {data['pool_teacher']}), requests {data['requests']}, metric "
+            f"{data['metric']}; strong-only capacity {data['strong_only_capacity_rps']:.2f} req/s; mean service "
+            + ", ".join(f"{c} {v:.2f} s" for c, v in data["mean_service_s"].items())
+            + ".",
+            "",
+        ]
+        if data["policies"]:
+            lines += [
+                "| policy | n | quality | vs strong-only (95% CI) | shares | cost/request USD "
+                "| ceiling 1+1 | ceiling 2 slots |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
+            for p in data["policies"]:
+                low, high = p["difference_interval_95"]
+                shares = ", ".join(f"{c} {v:.0%}" for c, v in p["share_by_choice"].items())
+                lines.append(
+                    f"| {p['policy']} | {p['paired_requests']} | {p['quality']:.3f} "
+                    f"| {p['difference_to_strong_only']:+.3f} ({low:+.3f} to {high:+.3f}) | {shares} "
+                    f"| {p['cost_per_request_usd']:.2e} | {_x(p['ceiling_fixed_split'])} | {_x(p['ceiling_elastic'])} |"
+                )
+            lines.append("")
+        if data["open_loop"]:
+            lines += [
+                "| system | load | rate req/s | n (timed) | p50 / p95 s | throughput req/s | quality | vs strong-only "
+                "(95% CI) | shares | = table |",
+                "|---|---|---|---|---|---|---|---|---|---|",
+            ]
+            for p in data["open_loop"]:
+                ci = p["difference_interval_95"]
+                versus = "-" if ci is None else f"{p['difference_to_strong_only']:+.3f} ({ci[0]:+.3f} to {ci[1]:+.3f})"
+                shares = ", ".join(f"{c} {v:.0%}" for c, v in p["share_by_choice"].items())
+                equal = p["answers_equal_to_table"]
+                lines.append(
+                    f"| {p['system']} | {p['load_multiple']:g}x | {p['rate_rps']:.2f} "
+                    f"| {p['requests']} ({p['requests_timed']}) | {_s(p['latency_p50_s'])} / {_s(p['latency_p95_s'])} "
+                    f"| {p['throughput_rps']:.2f} | {_q(p['quality'])} | {versus} | {shares} "
+                    f"| {equal['equal']}/{equal['compared']} |"
+                )
+            sustained = data["sustained_rate_rps"]
+            lines += [
+                "",
+                f"Sustained rate (p95 <= {summary['p95_bound_s']:g} s): "
+                + ", ".join(f"{s} {_q(v)} req/s" for s, v in sustained.items())
+                + ".",
+                "",
+            ]
+        lines += [f"Note: {note}" for note in data["notes"]]
+        lines.append("")
+    lines += [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _x(value: float | None) -> str:
+    return "unbounded" if value is None else f"{value:.2f}x"
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _q(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def plot_quality_vs_offload(summary: dict[str, Any], path: Path) -> Path:
+    """Per workload: each policy's paired quality difference (95% CI bars) against its share not answered
+    by the strong tier, each point labelled; EchoLM's live passes beside them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = [(n, d) for n, d in summary["workloads"].items() if d["policies"]]
+    fig, axes = plt.subplots(1, max(1, len(workloads)), figsize=(7 * max(1, len(workloads)), 5), squeeze=False)
+    for ax, (name, data) in zip(axes[0], workloads, strict=False):
+        points = [(p["policy"], p) for p in data["policies"]]
+        points += [(f"echolm live {p['load_multiple']:g}x", p) for p in data["open_loop"] if p["system"] == "echolm"]
+        for label, p in points:
+            ci = p["difference_interval_95"]
+            if ci is None:
+                continue
+            offload = 1 - p["share_by_choice"].get("strong", 0.0)
+            y = p["difference_to_strong_only"]
+            live = label.startswith("echolm")
+            ax.errorbar(
+                offload, y, yerr=[[y - ci[0]], [ci[1] - y]], fmt="s" if live else "o", capsize=3,
+                color="tab:red" if live else "tab:blue",
+            )  # fmt: skip
+            ax.annotate(label, (offload, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.axhline(-0.03, color="grey", lw=0.8, ls="--", label="non-inferiority margin (-3 points)")
+        n = data["policies"][0]["paired_requests"]
+        ax.set_title(f"{name}: quality vs offload (n = {n} paired requests; live passes: their own n)")
+        ax.set_xlabel("share of requests not answered by the strong tier")
+        ax.set_ylabel(f"{data['metric']} minus strong-only's (95% CI)")
+        ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_latency_vs_load(summary: dict[str, Any], path: Path) -> Path:
+    """Per workload: p95 latency against offered load for strong-only and EchoLM, the bound drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = [(n, d) for n, d in summary["workloads"].items() if d["open_loop"]]
+    fig, axes = plt.subplots(1, max(1, len(workloads)), figsize=(6 * max(1, len(workloads)), 4.5), squeeze=False)
+    for ax, (name, data) in zip(axes[0], workloads, strict=False):
+        for system, marker in (("strong_only", "o-"), ("echolm", "s-")):
+            mine = sorted((p for p in data["open_loop"] if p["system"] == system), key=lambda p: p["rate_rps"])
+            xs = [p["rate_rps"] for p in mine if p["latency_p95_s"] is not None]
+            ys = [p["latency_p95_s"] for p in mine if p["latency_p95_s"] is not None]
+            n = sum(p["requests_timed"] for p in mine)
+            ax.plot(xs, ys, marker, label=f"{system} (n = {n} timed requests)")
+        ax.axhline(
+            summary["p95_bound_s"], color="grey", ls="--", lw=0.8, label=f"p95 bound {summary['p95_bound_s']:g} s"
+        )
+        ax.axvline(data["strong_only_capacity_rps"], color="grey", ls=":", lw=0.8, label="strong-only capacity")
+        ax.set_title(f"{name}: p95 latency vs offered load")
+        ax.set_xlabel("Poisson arrival rate (req/s)")
+        ax.set_ylabel("p95 latency (s), first minute untimed")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
