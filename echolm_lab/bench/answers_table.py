@@ -55,6 +55,12 @@ def answer_key(
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def alias_key(key: str, choice: str) -> str:
+    """The key of `choice`'s line when its messages are another choice's (the cheap tier with no example to
+    show asks exactly what the cheap tier asks): one line per choice, the same answer."""
+    return hashlib.sha256(f"{key}:{choice}".encode()).hexdigest()
+
+
 @dataclass
 class Answer:
     key: str

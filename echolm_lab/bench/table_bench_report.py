@@ -34,7 +34,9 @@ def live_figures(live: LivePass) -> dict[str, Any]:
     }
 
 
-def summarize(runs: Sequence[TableWorkloadRun], command: str, p95_bound_s: float) -> dict[str, Any]:
+def summarize(
+    runs: Sequence[TableWorkloadRun], command: str, p95_bound_s: float, warmup_s: float = 0.0
+) -> dict[str, Any]:
     workloads: dict[str, Any] = {}
     for run in runs:
         passes = [live_figures(live) for live in run.passes]
@@ -71,7 +73,7 @@ def summarize(runs: Sequence[TableWorkloadRun], command: str, p95_bound_s: float
             "sustained_rate_rps": sustained,
             "notes": list(run.notes),
         }
-    return {"command": command, "p95_bound_s": p95_bound_s, "workloads": workloads}
+    return {"command": command, "p95_bound_s": p95_bound_s, "warmup_s": warmup_s, "workloads": workloads}
 
 
 def format_report(summary: dict[str, Any], plots: Sequence[str]) -> str:
@@ -156,36 +158,41 @@ def _q(value: float | None) -> str:
 
 def plot_quality_vs_offload(summary: dict[str, Any], path: Path) -> Path:
     """Per workload: each policy's paired quality difference (95% CI bars) against its share not answered
-    by the strong tier, each point labelled; EchoLM's live passes beside them."""
+    by the strong tier, one legend entry per point (labels beside points overlap where policies agree);
+    EchoLM's live passes as squares."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     workloads = [(n, d) for n, d in summary["workloads"].items() if d["policies"]]
-    fig, axes = plt.subplots(1, max(1, len(workloads)), figsize=(7 * max(1, len(workloads)), 5), squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(workloads)), figsize=(11 * max(1, len(workloads)), 5.5), squeeze=False)
+    markers = "ovD^<>phP*Xd"
     for ax, (name, data) in zip(axes[0], workloads, strict=False):
-        points = [(p["policy"], p) for p in data["policies"]]
-        points += [(f"echolm live {p['load_multiple']:g}x", p) for p in data["open_loop"] if p["system"] == "echolm"]
-        for label, p in points:
+        points = [(p["policy"], p, False) for p in data["policies"]]
+        points += [
+            (f"EchoLM live, {p['load_multiple']:g}x capacity (n = {p['requests']})", p, True)
+            for p in data["open_loop"]
+            if p["system"] == "echolm"
+        ]
+        for index, (label, p, live) in enumerate(points):
             ci = p["difference_interval_95"]
             if ci is None:
                 continue
             offload = 1 - p["share_by_choice"].get("strong", 0.0)
             y = p["difference_to_strong_only"]
-            live = label.startswith("echolm")
             ax.errorbar(
-                offload, y, yerr=[[y - ci[0]], [ci[1] - y]], fmt="s" if live else "o", capsize=3,
-                color="tab:red" if live else "tab:blue",
+                offload, y, yerr=[[y - ci[0]], [ci[1] - y]], fmt="s" if live else markers[index % len(markers)],
+                capsize=3, color="tab:red" if live else f"C{index % 10}", label=label, alpha=0.85,
             )  # fmt: skip
-            ax.annotate(label, (offload, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.axhline(0, color="grey", lw=0.8)
         ax.axhline(-0.03, color="grey", lw=0.8, ls="--", label="non-inferiority margin (-3 points)")
         n = data["policies"][0]["paired_requests"]
-        ax.set_title(f"{name}: quality vs offload (n = {n} paired requests; live passes: their own n)")
+        ax.set_title(f"{name}: quality vs offload\n(policies: n = {n} paired requests)")
         ax.set_xlabel("share of requests not answered by the strong tier")
         ax.set_ylabel(f"{data['metric']} minus strong-only's (95% CI)")
-        ax.legend(loc="lower left", fontsize=8)
+        ax.set_xlim(-0.05, 1.05)
+        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -213,8 +220,10 @@ def plot_latency_vs_load(summary: dict[str, Any], path: Path) -> Path:
         )
         ax.axvline(data["strong_only_capacity_rps"], color="grey", ls=":", lw=0.8, label="strong-only capacity")
         ax.set_title(f"{name}: p95 latency vs offered load")
+        ax.set_xlim(left=0)
+        ax.set_ylim(bottom=0)
         ax.set_xlabel("Poisson arrival rate (req/s)")
-        ax.set_ylabel("p95 latency (s), first minute untimed")
+        ax.set_ylabel(f"p95 latency (s), first {summary.get('warmup_s', 0):g} s of each pass untimed")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

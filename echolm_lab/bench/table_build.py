@@ -14,7 +14,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from echolm_lab.bench.answers_table import (
     STRONG,
     Answer,
     AnswersTable,
+    alias_key,
     answer_key,
     system_hash,
     without_system,
@@ -186,6 +187,12 @@ def record_table(
         endpoint: Endpoint, item: QARecord, choice: str, messages: list[dict[str, Any]], shown: list[str]
     ) -> Answer:
         key = answer_key(endpoint.model_sha256, endpoint.server_version, messages, params)
+        if choice == CHEAP_WITH_EXAMPLES and not shown:
+            # No example was worth showing: the request goes out as asked, so this choice's answer is the
+            # cheap tier's own. It is kept under a key of its own (a line per choice), asked once at most.
+            key, same = alias_key(key, choice), key
+            if table.get(key) is None and (plain := table.get(same)) is not None:
+                table.add(replace(plain, key=key, choice=choice, examples=[], created_at=time.time()))
         kept = table.get(key)
         if kept is None:
             reply = asker(endpoint, messages, params)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,8 @@ def run(args: Any) -> int:
     from echolm_middleware.config import load_settings
     from echolm_middleware.factory import build_engine
 
+    # SIGTERM (`kill`, a CI timeout) unwinds like Ctrl-C, so the tier servers this run started stop with it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     settings, raw = load_settings(args.config)
     pool_n, request_n = SIZES[args.workload]
     source = table_workload(

@@ -261,7 +261,7 @@ def run_on_tables(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     def write(runs: list[Any]) -> None:
-        summary = report.summarize(runs, command, args.p95_bound)
+        summary = report.summarize(runs, command, args.p95_bound, args.warmup)
         plots = [
             report.plot_quality_vs_offload(summary, out / "quality_vs_offload.png"),
             report.plot_latency_vs_load(summary, out / "latency_vs_load.png"),

@@ -67,6 +67,28 @@ def test_each_request_is_answered_by_every_choice_and_the_pool_by_the_strong_tie
     assert {a.model_sha256 for a in table.answers() if a.tier == "strong"} == {"sha-strong"}
 
 
+def test_a_request_with_no_example_worth_showing_has_the_cheap_tiers_own_answer_as_that_choice(
+    make_engine: EngineFactory, tmp_path: Path
+) -> None:
+    source = _source()
+    lone = QARecord("zebra xylophone quartz", ())  # near nothing in the pool: no example is shown
+    source = TableWorkload(source.workload, source.pool, [*source.requests, lone])
+    table, servers = AnswersTable(tmp_path / "t.jsonl"), ScriptedServers()
+
+    asked = record_table(source, table, make_engine().engine, strong=STRONG_END, cheap=CHEAP_END, asker=servers)
+
+    assert servers.asked["cheap"] == 5 + 4  # the lone request is not asked twice
+    assert asked[CHEAP_WITH_EXAMPLES] == 4
+    rows = {a.choice: a for a in table.answers() if a.item == lone.prompt}
+    assert set(rows) == {STRONG, CHEAP, CHEAP_WITH_EXAMPLES}
+    assert rows[CHEAP_WITH_EXAMPLES].answer == rows[CHEAP].answer and rows[CHEAP_WITH_EXAMPLES].examples == []
+    assert rows[CHEAP_WITH_EXAMPLES].key != rows[CHEAP].key
+    # A rerun finds every choice held and asks nothing.
+    again = record_table(source, AnswersTable(tmp_path / "t.jsonl"), make_engine().engine, strong=STRONG_END,
+                         cheap=CHEAP_END, asker=servers)  # fmt: skip
+    assert sum(again.values()) == 0
+
+
 def test_a_killed_run_resumes_asking_only_what_is_missing(make_engine: EngineFactory, tmp_path: Path) -> None:
     path = tmp_path / "t.jsonl"
     record_table(
