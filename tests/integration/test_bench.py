@@ -71,3 +71,49 @@ def test_a_tiny_bench_serves_every_system_and_writes_its_report(local_tiers: Loc
     assert "nq_open: sustained rate (p95 ≤ 10 s, rates tried 1 req/s)" in report and "Poisson passes" in report
     for plot in ("quality_vs_throughput.png", "latency_cdf.png", "overhead_vs_cache_size.png"):
         assert (out / plot).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_tiny_bench_on_an_answers_table_pairs_every_policy_and_times_both_systems(
+    local_tiers: LocalTiers, tmp_path: Path
+) -> None:
+    """`echolm answers` fills a tiny table on the real tiers; `echolm bench --tables` scores every policy off
+    it and times strong-only and EchoLM on the real servers, checking their answers against the table."""
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.read_text())
+    env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", OMP_NUM_THREADS="1")
+    cli = [sys.executable, "-m", "echolm_middleware.cli.main"]
+
+    built = subprocess.run(
+        [*cli, "answers", "--config", str(config), "--workload", "nq_open", "--pool", "8", "--requests", "4",
+         "--table", str(tmp_path / "tables" / "nq_open.jsonl"), "--work", str(tmp_path / "answers")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert "held: {'strong': 4, 'cheap': 4, 'cheap+examples': 4, 'pool': 8}" in built.stdout
+
+    done = subprocess.run(
+        [*cli, "bench", "--config", str(config), "--tables", str(tmp_path / "tables"), "--workloads", "nq_open",
+         "--load-multiples", "1", "--pass-requests", "3", "--warmup", "0", "--replica-ports", "8303", "8304",
+         "--results", str(tmp_path / "results"), "--work", str(tmp_path / "work"), "--run", "tiny"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    out = tmp_path / "results" / "tiny"
+    workload = json.loads((out / "summary.json").read_text())["workloads"]["nq_open"]
+    policies = {p["policy"]: p for p in workload["policies"]}
+    assert policies["strong-only"]["paired_requests"] == 4 and policies["strong-only"]["difference_to_strong_only"] == 0
+    assert {"cheap-only", "semantic cache 0.9", "difficulty router, strong share 0.5"} <= set(policies)
+    assert all(p["difference_interval_95"][0] <= p["difference_to_strong_only"] <= p["difference_interval_95"][1]
+               for p in policies.values())  # fmt: skip
+    assert workload["strong_only_capacity_rps"] > 0
+    passes = {p["system"]: p for p in workload["open_loop"]}
+    assert set(passes) == {"strong_only", "echolm"}
+    for live in passes.values():
+        assert live["requests"] == 3 and live["errors"] == 0 and 0 <= live["quality"] <= 1
+    # Strong-only's live answers are the table's: the same server, the same messages, temperature 0.
+    equal = passes["strong_only"]["answers_equal_to_table"]
+    assert equal["compared"] == 3 and equal["equal"] >= 2
+    assert passes["strong_only"]["share_by_choice"] == {"strong": 1.0}
+    for plot in ("quality_vs_offload.png", "latency_vs_load.png"):
+        assert (out / plot).read_bytes()[:4] == b"\x89PNG"
