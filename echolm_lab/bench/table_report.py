@@ -8,7 +8,7 @@ import statistics
 from collections.abc import Sequence
 
 from echolm_lab.bench import table_policies as policies
-from echolm_lab.bench.answers_table import CHOICES, Answer
+from echolm_lab.bench.answers_table import CHEAP_WITH_EXAMPLES, CHOICES, Answer
 from echolm_lab.bench.table_build import TableWorkload
 from echolm_lab.bench.table_policies import evaluate_policies
 
@@ -19,8 +19,18 @@ def choice_costs(answers: Sequence[Answer]) -> list[str]:
         "| choice | answers | latency p50 / p95 s | prompt tokens | completion tokens | examples shown |",
         "|---|---|---|---|---|---|",
     ]
-    for choice in CHOICES:
-        mine = [a for a in answers if a.choice == choice]
+    groups: list[tuple[str, list[Answer]]] = [(c, [a for a in answers if a.choice == c]) for c in CHOICES]
+    # The cheap tier's cost with examples by how many it was shown: prefill is not free on a CPU.
+    shown = sorted({len(a.examples) for a in answers if a.choice == CHEAP_WITH_EXAMPLES})
+    if len(shown) > 1:
+        groups += [
+            (
+                f"{CHEAP_WITH_EXAMPLES}, {n} shown",
+                [a for a in answers if a.choice == CHEAP_WITH_EXAMPLES and len(a.examples) == n],
+            )
+            for n in shown
+        ]
+    for choice, mine in groups:
         if not mine:
             continue
         latencies = sorted(a.latency_s for a in mine)

@@ -83,6 +83,11 @@ def test_a_request_with_no_example_worth_showing_has_the_cheap_tiers_own_answer_
     assert set(rows) == {STRONG, CHEAP, CHEAP_WITH_EXAMPLES}
     assert rows[CHEAP_WITH_EXAMPLES].answer == rows[CHEAP].answer and rows[CHEAP_WITH_EXAMPLES].examples == []
     assert rows[CHEAP_WITH_EXAMPLES].key != rows[CHEAP].key
+    # The report breaks the cheap tier's cost with examples down by how many were shown.
+    from echolm_lab.bench.table_report import choice_costs
+
+    costs = "\n".join(choice_costs(table.answers()))
+    assert "| cheap+examples, 0 shown | 1 |" in costs and "| cheap+examples, 3 shown | 4 |" in costs
     # A rerun finds every choice held and asks nothing.
     again = record_table(source, AnswersTable(tmp_path / "t.jsonl"), make_engine().engine, strong=STRONG_END,
                          cheap=CHEAP_END, asker=servers)  # fmt: skip
