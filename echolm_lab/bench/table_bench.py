@@ -9,8 +9,10 @@ Per workload with a table (`echolm answers` builds one):
    teacher's): nothing is generated to warm it.
 3. Open-loop passes on the real servers: Poisson arrivals at multiples of strong-only's capacity (two
    strong servers, from the table's measured service time), the first `warmup_s` served but not timed,
-   strong-only (two strong servers) and EchoLM (one cheap + one strong) on the same requests at each
-   rate, each pass on its own slice of the request set. EchoLM's live answers are scored by the workload's
+   strong-only (two strong servers) and EchoLM on the same requests at each rate, each rate on its own
+   slice of the request set. EchoLM runs on both equal-hardware deployments: the fixed split (one cheap +
+   one strong server) and elastic co-location (two cheap and two strong servers, at most two generating
+   at once behind a gate of two slots: `slot_gate`). EchoLM's live answers are scored by the workload's
    metric and paired with the table's strong answer to the same request; strong-only's live answers are
    compared with the table's to check that a table answer is what the server gives (determinism).
 
@@ -20,17 +22,26 @@ costs only, until a table of verdicts exists.
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import statistics
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from echolm_lab.bench.answers_table import CHEAP, CHEAP_WITH_EXAMPLES, SIZES, STRONG, Answer, AnswersTable
-from echolm_lab.bench.deployments import REPLICA_PORTS, bench_deployment, serving, write_proxy_config
+from echolm_lab.bench.deployments import (
+    REPLICA_PORTS,
+    REPLICATED,
+    Deployment,
+    bench_deployment,
+    serving,
+    write_proxy_config,
+)
 from echolm_lab.bench.load import LoadPass, open_loop
+from echolm_lab.bench.slot_gate import behind_gate, slot_gate
 from echolm_lab.bench.systems import Answered, Embed, ModelSystem, ProxyChat
 from echolm_lab.bench.table_build import TableWorkload, table_workload
 from echolm_lab.bench.table_policies import PolicyResult, evaluate_policies, pool_answers
@@ -44,6 +55,22 @@ from echolm_middleware.core.engine import SHARED_TENANT
 from echolm_middleware.factory import tier_profiles
 
 Log = Callable[[str], None]
+FIXED = "fixed"  # one cheap + one strong server (strong-only: two strong servers)
+ELASTIC = "elastic"  # two cheap + two strong servers behind a gate of two slots
+
+
+def both_servers(deployment: Deployment) -> list[dict[str, Any]]:
+    """Each tier served by both of its servers: the `@x2` groups under the tiers' own names."""
+    doubled = {e["model_name"] for e in deployment.model_list if e["model_name"].endswith(REPLICATED)}
+    single = {name.removesuffix(REPLICATED) for name in doubled}
+    models = []
+    for entry in deployment.model_list:
+        if entry["model_name"] in single:
+            continue
+        entry = copy.deepcopy(entry)
+        entry["model_name"] = entry["model_name"].removesuffix(REPLICATED)
+        models.append(entry)
+    return models
 
 
 @dataclass
@@ -55,6 +82,7 @@ class TableBenchOptions:
     run_dir: Path
     seed: int = 7
     load_multiples: list[float] = field(default_factory=lambda: [0.6, 1.0, 1.5])
+    deployments: list[str] = field(default_factory=lambda: [FIXED, ELASTIC])  # EchoLM's; strong-only's is one
     pass_requests: int = 300
     warmup_s: float = 60.0
     reuse_s: float = 0.0  # our lookup per reused answer, as measured (policies' ceilings)
@@ -73,6 +101,7 @@ class LivePass:
     quality: float | None = None
     difference: float | None = None  # paired with the table's strong answers to the same requests
     interval: tuple[float, float] | None = None
+    deployment: str = "fixed"  # FIXED or ELASTIC
     matched_table: tuple[int, int] = (0, 0)  # answers equal to the table's for the same choice, of those compared
     cost_per_request: float = 0.0  # each chosen answer's tokens as the table holds them, at its tier's price
 
@@ -210,17 +239,32 @@ class TableBench:
         for index, multiple in enumerate(self.options.load_multiples):
             items = [complete[(index * size + k) % len(complete)] for k in range(min(size, len(complete)))]
             rate = multiple * run.capacity_rps
-            for system in ("strong_only", "echolm"):
-                load = self._pass(system, source.workload, items, rate, folder / f"{system}-{multiple:g}")
+            systems = [("strong_only", FIXED)] + [("echolm", d) for d in self.options.deployments]
+            for system, deployment in systems:
+                where = folder / f"{system}-{deployment}-{multiple:g}"
+                load = self._pass(system, deployment, source.workload, items, rate, where)
                 choices = [choice_of(a, self.cheap, self.strong) for a in load.answers]
-                live = LivePass(system, multiple, load, items, choices)
+                live = LivePass(system, multiple, load, items, choices, deployment=deployment)
                 score_pass(live, table, source.workload.score, self.prices)
                 run.passes.append(live)
         return run
 
-    def _pass(self, system: str, workload: Workload, items: Sequence[QARecord], rate: float, folder: Path) -> LoadPass:
+    def _pass(
+        self, system: str, deployment: str, workload: Workload, items: Sequence[QARecord], rate: float, folder: Path
+    ) -> LoadPass:
         """One open-loop pass: strong-only through LiteLLM alone on two strong servers; EchoLM through its
-        proxy on its own copy of the warm store (a pass never sees another pass's admissions)."""
+        proxy on its own copy of the warm store (a pass never sees another pass's admissions), on the fixed
+        split or, elastic, on all four servers behind a gate of two slots."""
+        if deployment == ELASTIC:
+            with slot_gate(2) as gate:
+                elastic = replace(self.deployment, model_list=behind_gate(both_servers(self.deployment), gate))
+                return self._pass_on(system, elastic, workload, items, rate, folder)
+        return self._pass_on(system, self.deployment, workload, items, rate, folder)
+
+    def _pass_on(
+        self, system: str, deployment: Deployment, workload: Workload, items: Sequence[QARecord], rate: float,
+        folder: Path,
+    ) -> LoadPass:  # fmt: skip
         echolm = system == "echolm"
         env = dict(os.environ)
         if echolm:
@@ -228,7 +272,7 @@ class TableBench:
             env.update(ECHOLM_STORE__PATH=str(folder / "chroma"), ECHOLM_STATE__PATH=str(folder / "state.db"))
         else:
             folder.mkdir(parents=True, exist_ok=True)
-        config = write_proxy_config(self.raw, self.deployment, folder / "proxy.yaml", with_echolm=echolm)
+        config = write_proxy_config(self.raw, deployment, folder / "proxy.yaml", with_echolm=echolm)
         model = self.strong if echolm else self.deployment.strong_x2
         with running_proxy(config, env=env, log_path=folder / "proxy.log") as proxy:
             if echolm:

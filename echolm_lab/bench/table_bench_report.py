@@ -22,6 +22,7 @@ def live_figures(live: LivePass) -> dict[str, Any]:
     choices = [c for c, a in zip(live.choices, live.load.answers, strict=True) if a.error is None]
     return {
         "system": live.system,
+        "deployment": live.deployment,
         "load_multiple": live.multiple,
         "rate_rps": round(live.load.rate_rps or 0.0, 4),
         **pass_figures(live.load),
@@ -41,13 +42,13 @@ def summarize(
     for run in runs:
         passes = [live_figures(live) for live in run.passes]
         sustained: dict[str, float | None] = {}
-        for system in ("strong_only", "echolm"):
+        for series in sorted({_series(p) for p in passes}):
             held = [
                 p["rate_rps"]
                 for p in passes
-                if p["system"] == system and p["latency_p95_s"] is not None and p["latency_p95_s"] <= p95_bound_s
+                if _series(p) == series and p["latency_p95_s"] is not None and p["latency_p95_s"] <= p95_bound_s
             ]
-            sustained[system] = max(held) if held else None
+            sustained[series] = max(held) if held else None
         workloads[run.source.workload.name] = {
             "metric": run.source.workload.metric,
             "pool": len(run.source.pool),
@@ -74,6 +75,11 @@ def summarize(
             "notes": list(run.notes),
         }
     return {"command": command, "p95_bound_s": p95_bound_s, "warmup_s": warmup_s, "workloads": workloads}
+
+
+def _series(live: dict[str, Any]) -> str:
+    """A system on a deployment, as the report and plots name it (strong-only has one deployment)."""
+    return "strong_only" if live["system"] == "strong_only" else f"{live['system']} ({live['deployment']})"
 
 
 def format_report(summary: dict[str, Any], plots: Sequence[str]) -> str:
@@ -125,7 +131,7 @@ def format_report(summary: dict[str, Any], plots: Sequence[str]) -> str:
                 shares = ", ".join(f"{c} {v:.0%}" for c, v in p["share_by_choice"].items())
                 equal = p["answers_equal_to_table"]
                 lines.append(
-                    f"| {p['system']} | {p['load_multiple']:g}x | {p['rate_rps']:.2f} "
+                    f"| {_series(p)} | {p['load_multiple']:g}x | {p['rate_rps']:.2f} "
                     f"| {p['requests']} ({p['requests_timed']}) | {_s(p['latency_p50_s'])} / {_s(p['latency_p95_s'])} "
                     f"| {p['throughput_rps']:.2f} | {_q(p['quality'])} | {versus} | {shares} "
                     f"| {equal['equal']}/{equal['compared']} |"
@@ -171,7 +177,7 @@ def plot_quality_vs_offload(summary: dict[str, Any], path: Path) -> Path:
     for ax, (name, data) in zip(axes[0], workloads, strict=False):
         points = [(p["policy"], p, False) for p in data["policies"]]
         points += [
-            (f"EchoLM live, {p['load_multiple']:g}x capacity (n = {p['requests']})", p, True)
+            (f"EchoLM live, {p['deployment']}, {p['load_multiple']:g}x capacity (n = {p['requests']})", p, True)
             for p in data["open_loop"]
             if p["system"] == "echolm"
         ]
@@ -209,12 +215,12 @@ def plot_latency_vs_load(summary: dict[str, Any], path: Path) -> Path:
     workloads = [(n, d) for n, d in summary["workloads"].items() if d["open_loop"]]
     fig, axes = plt.subplots(1, max(1, len(workloads)), figsize=(6 * max(1, len(workloads)), 4.5), squeeze=False)
     for ax, (name, data) in zip(axes[0], workloads, strict=False):
-        for system, marker in (("strong_only", "o-"), ("echolm", "s-")):
-            mine = sorted((p for p in data["open_loop"] if p["system"] == system), key=lambda p: p["rate_rps"])
+        for index, series in enumerate(sorted({_series(p) for p in data["open_loop"]})):
+            mine = sorted((p for p in data["open_loop"] if _series(p) == series), key=lambda p: p["rate_rps"])
             xs = [p["rate_rps"] for p in mine if p["latency_p95_s"] is not None]
             ys = [p["latency_p95_s"] for p in mine if p["latency_p95_s"] is not None]
             n = sum(p["requests_timed"] for p in mine)
-            ax.plot(xs, ys, marker, label=f"{system} (n = {n} timed requests)")
+            ax.plot(xs, ys, "os^D"[index % 4] + "-", label=f"{series} (n = {n} timed requests)")
         ax.axhline(
             summary["p95_bound_s"], color="grey", ls="--", lw=0.8, label=f"p95 bound {summary['p95_bound_s']:g} s"
         )

@@ -122,6 +122,11 @@ def register(subparsers: Any) -> None:
         help="with --tables: Poisson rates as multiples of strong-only's capacity (default: %(default)s)",
     )  # fmt: skip
     parser.add_argument(
+        "--deployments", nargs="+", choices=["fixed", "elastic"], default=["fixed", "elastic"],
+        help="with --tables: EchoLM's deployments on the same two cores: fixed (one cheap + one strong server) "
+        "and elastic (two of each behind a gate of two slots) (default: both; strong-only: two strong servers)",
+    )  # fmt: skip
+    parser.add_argument(
         "--pass-requests", type=int, default=300, metavar="N",
         help="with --tables: requests per open-loop pass, each pass its own slice of the table (default: %(default)s)",
     )  # fmt: skip
@@ -255,7 +260,7 @@ def run_on_tables(args: argparse.Namespace) -> int:
     options = TableBenchOptions(
         config=args.config.resolve(), workloads=list(args.workloads), data_dir=args.data_dir, tables=args.tables,
         run_dir=args.work.resolve() / name, seed=args.seed, load_multiples=list(args.load_multiples),
-        pass_requests=args.pass_requests, warmup_s=args.warmup,
+        pass_requests=args.pass_requests, warmup_s=args.warmup, deployments=list(args.deployments),
         replica_ports=(args.replica_ports[0], args.replica_ports[1]),
     )  # fmt: skip
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -102,7 +102,31 @@ def test_the_summary_report_and_plots_carry_intervals_sample_sizes_and_ceilings(
     assert data["policies"][1]["difference_interval_95"] == [-0.13, -0.07]
     assert data["policies"][1]["ceiling_fixed_split"] == 1.2 and data["policies"][1]["paired_requests"] == 1000
     assert data["open_loop"][0]["share_by_choice"] == {CHEAP: 1.0}
-    assert data["sustained_rate_rps"] == {"strong_only": None, "echolm": 1.0}
+    assert data["sustained_rate_rps"] == {"echolm (fixed)": 1.0}
+    assert "| echolm (fixed) | 1x | 1.00 | 3 (3) |" in report
     assert "| cheap-only | 1000 | 0.700 | -0.100 (-0.130 to -0.070) | cheap 100% | 1.00e-05 | 1.20x | 2.40x |" in report
     assert json.loads(json.dumps(summary)) == summary  # plain JSON
     assert quality_plot.stat().st_size > 0 and latency_plot.stat().st_size > 0
+
+
+def test_the_elastic_deployment_serves_each_tier_on_both_of_its_servers() -> None:
+    from echolm_lab.bench.deployments import Deployment
+    from echolm_lab.bench.table_bench import both_servers
+
+    def entry(name: str, port: int) -> dict[str, object]:
+        return {"model_name": name, "litellm_params": {"model": "openai/m", "api_base": f"http://127.0.0.1:{port}/v1"}}
+
+    fixed = Deployment(
+        model_list=[entry("cheap", 1), entry("strong", 2), entry("cheap@x2", 1), entry("cheap@x2", 3),
+                    entry("strong@x2", 2), entry("strong@x2", 4)],
+        specs=[], cheap_x2="cheap@x2", strong_x2="strong@x2",
+    )  # fmt: skip
+
+    models = both_servers(fixed)
+
+    servers = {(m["model_name"], m["litellm_params"]["api_base"]) for m in models}  # type: ignore[index]
+    assert servers == {
+        ("cheap", "http://127.0.0.1:1/v1"), ("cheap", "http://127.0.0.1:3/v1"),
+        ("strong", "http://127.0.0.1:2/v1"), ("strong", "http://127.0.0.1:4/v1"),
+    }  # fmt: skip
+    assert fixed.model_list[2]["model_name"] == "cheap@x2"  # the fixed deployment untouched
