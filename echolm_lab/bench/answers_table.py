@@ -30,6 +30,9 @@ CHOICES = (STRONG, CHEAP, CHEAP_WITH_EXAMPLES, POOL)
 # Warm pool and request set per workload: real sizes (Arena-Hard has 196 topic clusters whose two prompts
 # both fit the judge; each gives one pool prompt and one request).
 SIZES = {"banking77": (5000, 1000), "nq_open": (3610, 1000), "arena_hard": (250, 250)}
+# Items a learned router may train on, disjoint from both (Banking77's train file has about 4,000 more
+# prompts; EfficientQA 800 more questions; Arena-Hard none).
+TRAIN_SIZES = {"banking77": 1000, "nq_open": 800, "arena_hard": 0}
 
 
 def system_hash(messages: Sequence[Mapping[str, Any]]) -> str:

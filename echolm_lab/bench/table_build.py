@@ -14,7 +14,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -54,27 +54,39 @@ class TableWorkload:
     requests: list[QARecord]
     teacher: str | None = None
     teacher_answers: Mapping[str, str] | None = None
+    # Items answered like requests but never scored as such: what a learned router trains on, disjoint
+    # from the pool and the requests, so that nothing it learns has seen the requests it is measured on.
+    train: list[QARecord] = field(default_factory=list)
 
 
-def table_workload(name: str, data_dir: Path, *, pool_size: int, request_size: int, seed: int = 7) -> TableWorkload:
+def table_workload(
+    name: str, data_dir: Path, *, pool_size: int, request_size: int, train_size: int = 0, seed: int = 7
+) -> TableWorkload:
     """The built-in workloads with warm pools of real size and requests that share no prompt with them.
 
-    Banking77: a seeded split of the train file. NQ-open: the dev file is the pool, EfficientQA's dev
-    file the requests. Arena-Hard: of each topic cluster's two prompts one is the pool, answered by
-    GPT-4-0314 (distillation from an external model), the other the request.
+    Banking77: a seeded split of the train file (pool, then requests, then the train items). NQ-open: the
+    dev file is the pool, EfficientQA's dev file the requests and, after them, the train items.
+    Arena-Hard: of each topic cluster's two prompts one is the pool, answered by GPT-4-0314 (distillation
+    from an external model), the other the request; no prompt is left for training.
     """
     workload = load_workload(name, data_dir)
     rng = random.Random(seed)
     if name == "banking77":
         items = _unique(workload.items)
         rng.shuffle(items)
-        return TableWorkload(workload, items[:pool_size], items[pool_size : pool_size + request_size])
+        asked_end = pool_size + request_size
+        return TableWorkload(
+            workload, items[:pool_size], items[pool_size:asked_end], train=items[asked_end : asked_end + train_size]
+        )
     if name == "nq_open":
         pool = _unique(workload.items)[:pool_size]
         asked = {item.prompt for item in pool}
         others = _unique(load_records(data_dir / "nq_open" / "NQ-open.efficientqa.dev.1.1.jsonl"))
         rng.shuffle(others)
-        return TableWorkload(workload, pool, [r for r in others if r.prompt not in asked][:request_size])
+        others = [r for r in others if r.prompt not in asked]
+        return TableWorkload(
+            workload, pool, others[:request_size], train=others[request_size : request_size + train_size]
+        )
     if name == "arena_hard":
         return _arena(workload, data_dir, rng, pool_size, request_size)
     raise EchoLMError(f"no answers table for workload {name!r}: nq_open, banking77 or arena_hard")
@@ -217,16 +229,22 @@ def record_table(
             # Admitted as a live answer would be: the same screens, under the workload's system prompt.
             engine.admit(TENANT, item.prompt, text, strong.group, instructions=instructions)
         pool_whole.set()
-        for item in source.requests:
+        for item in [*source.requests, *source.train]:
             answer(strong, item, STRONG, workload.messages(item), [])
+
+    def with_examples(item: QARecord) -> None:
+        examples, messages = engine.examples_for(ChatRequest(TENANT, strong.group, workload.messages(item)))
+        answer(cheap, item, CHEAP_WITH_EXAMPLES, messages, [e.prompt for e in examples])
 
     def cheap_side() -> None:
         for item in source.requests:
             answer(cheap, item, CHEAP, workload.messages(item), [])
         pool_whole.wait()
         for item in source.requests:
-            examples, messages = engine.examples_for(ChatRequest(TENANT, strong.group, workload.messages(item)))
-            answer(cheap, item, CHEAP_WITH_EXAMPLES, messages, [e.prompt for e in examples])
+            with_examples(item)
+        for item in source.train:  # the requests first: a run cut short still scores them
+            answer(cheap, item, CHEAP, workload.messages(item), [])
+            with_examples(item)
 
     def guarded(side: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from echolm_lab.bench.answers_table import SIZES
+from echolm_lab.bench.answers_table import SIZES, TRAIN_SIZES
 from echolm_lab.cli.bench import _default_data_dir
 
 
@@ -32,6 +32,11 @@ def register(subparsers: Any) -> None:
         "--pool", type=int, help="warm pool size (default: banking77 5000, nq_open 3610, arena_hard 250)"
     )
     parser.add_argument("--requests", type=int, help="requests (default: banking77 1000, nq_open 1000, arena_hard 250)")
+    parser.add_argument(
+        "--train", type=int,
+        help="items answered like requests for a learned router to train on, disjoint from pool and requests "
+        "(default: banking77 1000, nq_open 800, arena_hard 0); asked after the requests",
+    )  # fmt: skip
     parser.add_argument("--table", type=Path, help="the JSONL table (default: benchmarks/tables/WORKLOAD.jsonl)")
     parser.add_argument(
         "--work", type=Path, default=Path(".echolm/answers"), help="tier servers' logs (default: %(default)s)"
@@ -62,7 +67,7 @@ def run(args: Any) -> int:
     pool_n, request_n = SIZES[args.workload]
     source = table_workload(
         args.workload, args.data_dir, pool_size=args.pool or pool_n, request_size=args.requests or request_n,
-        seed=args.seed,
+        train_size=TRAIN_SIZES[args.workload] if args.train is None else args.train, seed=args.seed,
     )  # fmt: skip
     table = AnswersTable(args.table or Path("benchmarks/tables") / f"{args.workload}.jsonl")
     if args.report:
@@ -81,9 +86,9 @@ def run(args: Any) -> int:
     )
     engine = build_engine(in_memory, raw["model_list"])
     cheap, strong = (endpoint_of(raw, tier.name) for tier in (settings.tiers[0], settings.tiers[-1]))
-    total = len(source.pool) + 3 * len(source.requests)
+    total = len(source.pool) + 3 * (len(source.requests) + len(source.train))
     print(
-        f"{args.workload}: pool {len(source.pool)}, requests {len(source.requests)}, "
+        f"{args.workload}: pool {len(source.pool)}, requests {len(source.requests)}, train {len(source.train)}, "
         f"table {table.path} ({len(table)} answers held)",
         flush=True,
     )

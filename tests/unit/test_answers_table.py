@@ -125,12 +125,19 @@ def test_a_server_error_stops_the_run_with_what_was_answered_kept(make_engine: E
 
 
 @pytest.mark.parametrize(
-    ("name", "pool", "requests"), [("banking77", 5000, 1000), ("nq_open", 3610, 1000), ("arena_hard", 250, 250)]
+    ("name", "pool", "requests", "train"),
+    [("banking77", 5000, 1000, 1000), ("nq_open", 3610, 1000, 800), ("arena_hard", 250, 250, 0)],
 )
-def test_pools_and_requests_of_real_size_share_no_prompt(name: str, pool: int, requests: int) -> None:
-    source = table_workload(name, DATA, pool_size=pool, request_size=requests)
+def test_pools_requests_and_train_items_of_real_size_share_no_prompt(
+    name: str, pool: int, requests: int, train: int
+) -> None:
+    source = table_workload(name, DATA, pool_size=pool, request_size=requests, train_size=train)
 
-    assert not {item.prompt for item in source.pool} & {item.prompt for item in source.requests}
+    pooled, asked, trained = ({item.prompt for item in items} for items in (source.pool, source.requests, source.train))
+    assert not pooled & asked and not pooled & trained and not asked & trained
+    assert len(source.train) == train
+    # The same split with or without train items: a table built before them keeps its pool and requests.
+    assert table_workload(name, DATA, pool_size=pool, request_size=requests).requests == source.requests
     if name == "arena_hard":  # one pool prompt and one request per topic cluster, the pool's taught by GPT-4
         assert len(source.pool) == len(source.requests) == 196
         assert source.teacher == "gpt-4-0314" and source.teacher_answers is not None
@@ -214,4 +221,27 @@ def test_the_report_prints_each_choices_cost_and_the_policies_quality(
     assert (
         "| oracle with reuse (a ceiling: reads the answers) | 1.000 | +0.000 (+0.000 to +0.000) | reuse 100% |"
         in report
+    )
+
+
+def test_train_items_are_answered_by_every_choice_after_the_requests(
+    make_engine: EngineFactory, tmp_path: Path
+) -> None:
+    source = _source()
+    train = [QARecord(f"capital of country number {n}, please", ()) for n in range(3)]
+    source = TableWorkload(source.workload, source.pool, source.requests, train=train)
+    table = AnswersTable(tmp_path / "t.jsonl")
+
+    asked = record_table(
+        source, table, make_engine().engine, strong=STRONG_END, cheap=CHEAP_END, asker=ScriptedServers()
+    )
+
+    assert (asked[POOL], asked[STRONG], asked[CHEAP]) == (6, 4 + 3, 4 + 3)
+    for item in train:  # with examples where retrieval found some, else the cheap tier's own answer
+        assert {a.choice for a in table.answers() if a.item == item.prompt} == {STRONG, CHEAP, CHEAP_WITH_EXAMPLES}
+    # The cheap tier answers every request, with and without examples, before any train item.
+    cheap_lines = [a.item for a in table.answers() if a.tier == "cheap"]
+    requests, trained = {r.prompt for r in source.requests}, {t.prompt for t in train}
+    assert max(i for i, item in enumerate(cheap_lines) if item in requests) < min(
+        i for i, item in enumerate(cheap_lines) if item in trained
     )
