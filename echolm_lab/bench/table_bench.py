@@ -22,6 +22,7 @@ costs only, until a table of verdicts exists.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
@@ -44,7 +45,14 @@ from echolm_lab.bench.load import LoadPass, open_loop
 from echolm_lab.bench.slot_gate import behind_gate, slot_gate
 from echolm_lab.bench.systems import Answered, Embed, ModelSystem, ProxyChat
 from echolm_lab.bench.table_build import TableWorkload, table_workload
-from echolm_lab.bench.table_policies import PolicyResult, evaluate_policies, pool_answers
+from echolm_lab.bench.table_policies import (
+    Ceiling,
+    PolicyResult,
+    ceiling,
+    evaluate_policies,
+    pool_answers,
+    service_times,
+)
 from echolm_lab.bench.table_scores import paired_bootstrap
 from echolm_lab.bench.workloads import Workload
 from echolm_lab.datasets import QARecord
@@ -104,6 +112,7 @@ class LivePass:
     deployment: str = "fixed"  # FIXED or ELASTIC
     matched_table: tuple[int, int] = (0, 0)  # answers equal to the table's for the same choice, of those compared
     cost_per_request: float = 0.0  # each chosen answer's tokens as the table holds them, at its tier's price
+    ceiling: Ceiling | None = None  # of the pass's own mix of choices
 
 
 @dataclass
@@ -121,6 +130,10 @@ def choice_of(answered: Answered, cheap: str, strong: str) -> str:
     if answered.tier == cheap:
         return CHEAP_WITH_EXAMPLES if answered.examples > 0 else CHEAP
     return STRONG if answered.tier.startswith(strong) else answered.tier
+
+
+def table_answers(table: Mapping[str, Mapping[str, Answer]]) -> list[Answer]:
+    return [answer for row in table.values() for answer in row.values()]
 
 
 def by_item(answers: Sequence[Answer]) -> dict[str, dict[str, Answer]]:
@@ -159,6 +172,10 @@ def score_pass(
         live.interval = paired_bootstrap(differences)
     live.matched_table = (matched, compared)
     live.cost_per_request = statistics.fmean(costs) if costs else 0.0
+    # The most its mix of choices allows on these cores, from the table's service time of each choice.
+    chosen = {item.prompt: choice for item, choice in zip(live.items, live.choices, strict=True)}
+    with contextlib.suppress(ValueError):  # no request of the pass has the strong tier's answer tabled
+        live.ceiling = ceiling(chosen.__getitem__, service_times(table_answers(table)), list(chosen))
 
 
 def warm_store(settings: Settings, model_list: Sequence[Mapping[str, Any]], store_dir: Path, source: TableWorkload,

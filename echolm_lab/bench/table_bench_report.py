@@ -31,6 +31,8 @@ def live_figures(live: LivePass) -> dict[str, Any]:
         "difference_interval_95": _interval(live.interval),
         "share_by_choice": {c: round(choices.count(c) / len(choices), 3) for c in sorted(set(choices))},
         "cost_per_request_usd": round(live.cost_per_request, 8),
+        "ceiling_fixed_split": None if live.ceiling is None else _finite(live.ceiling.fixed_split),
+        "ceiling_elastic": None if live.ceiling is None else _finite(live.ceiling.elastic),
         "answers_equal_to_table": {"equal": live.matched_table[0], "compared": live.matched_table[1]},
     }
 
@@ -121,9 +123,9 @@ def format_report(summary: dict[str, Any], plots: Sequence[str]) -> str:
             lines.append("")
         if data["open_loop"]:
             lines += [
-                "| system | load | rate req/s | n (timed) | p50 / p95 s | throughput req/s | quality | vs strong-only "
-                "(95% CI) | shares | = table |",
-                "|---|---|---|---|---|---|---|---|---|---|",
+                "| system | load | rate req/s | n (timed) | p50 / p95 s | throughput req/s | its ceiling | quality "
+                "| vs strong-only (95% CI) | shares | = table |",
+                "|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             for p in data["open_loop"]:
                 ci = p["difference_interval_95"]
@@ -133,7 +135,8 @@ def format_report(summary: dict[str, Any], plots: Sequence[str]) -> str:
                 lines.append(
                     f"| {_series(p)} | {p['load_multiple']:g}x | {p['rate_rps']:.2f} "
                     f"| {p['requests']} ({p['requests_timed']}) | {_s(p['latency_p50_s'])} / {_s(p['latency_p95_s'])} "
-                    f"| {p['throughput_rps']:.2f} | {_q(p['quality'])} | {versus} | {shares} "
+                    f"| {p['throughput_rps']:.2f} | {_ceiling_of(p, data['strong_only_capacity_rps'])} "
+                    f"| {_q(p['quality'])} | {versus} | {shares} "
                     f"| {equal['equal']}/{equal['compared']} |"
                 )
             sustained = data["sustained_rate_rps"]
@@ -148,6 +151,14 @@ def format_report(summary: dict[str, Any], plots: Sequence[str]) -> str:
         lines.append("")
     lines += [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _ceiling_of(live: dict[str, Any], capacity_rps: float) -> str:
+    """The most a pass's mix of choices allows on its deployment, in req/s (strong-only: its capacity)."""
+    if live["system"] == "strong_only":
+        return f"{capacity_rps:.2f}"
+    ratio = live["ceiling_elastic"] if live["deployment"] == "elastic" else live["ceiling_fixed_split"]
+    return "-" if ratio is None else f"{ratio * capacity_rps:.2f}"
 
 
 def _x(value: float | None) -> str:

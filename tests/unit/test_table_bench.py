@@ -75,6 +75,10 @@ def test_a_live_pass_is_paired_with_the_tables_strong_answers_and_checked_agains
     # Strong at 2.0 per 1k, the cheap choices at 0.1 per 1k, 100 tokens each (cheap with examples has no
     # table answer here: not costed).
     assert live.cost_per_request == pytest.approx((0.2 + 0.01) / 2)
+    # Half the requests on each tier at 1 s each: the split's busiest server and the two slots both
+    # saturate at strong-only's rate.
+    assert live.ceiling is not None
+    assert (live.ceiling.fixed_split, live.ceiling.elastic) == (pytest.approx(1.0), pytest.approx(1.0))
 
 
 def test_the_summary_report_and_plots_carry_intervals_sample_sizes_and_ceilings(tmp_path: Path) -> None:
@@ -103,7 +107,7 @@ def test_the_summary_report_and_plots_carry_intervals_sample_sizes_and_ceilings(
     assert data["policies"][1]["ceiling_fixed_split"] == 1.2 and data["policies"][1]["paired_requests"] == 1000
     assert data["open_loop"][0]["share_by_choice"] == {CHEAP: 1.0}
     assert data["sustained_rate_rps"] == {"echolm (fixed)": 1.0}
-    assert "| echolm (fixed) | 1x | 1.00 | 3 (3) |" in report
+    assert "| echolm (fixed) | 1x | 1.00 | 3 (3) |" in report and "ceiling_elastic" in data["open_loop"][0]
     assert "| cheap-only | 1000 | 0.700 | -0.100 (-0.130 to -0.070) | cheap 100% | 1.00e-05 | 1.20x | 2.40x |" in report
     assert json.loads(json.dumps(summary)) == summary  # plain JSON
     assert quality_plot.stat().st_size > 0 and latency_plot.stat().st_size > 0
