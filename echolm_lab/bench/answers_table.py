@@ -16,10 +16,10 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 # The router's choices, as the table names them.
 STRONG = "strong"  # the strongest tier, the request as asked
@@ -27,6 +27,8 @@ CHEAP = "cheap"  # the cheap tier, the request as asked
 CHEAP_WITH_EXAMPLES = "cheap+examples"  # the cheap tier, with the examples retrieval picks
 POOL = "pool"  # a warm-pool answer by the strong tier, which becomes an example
 CHOICES = (STRONG, CHEAP, CHEAP_WITH_EXAMPLES, POOL)
+# A fourth choice needs no line of its own: serving the nearest pool answer as it is (no inference).
+REUSE = "reuse"
 # Warm pool and request set per workload: real sizes (Arena-Hard has 196 topic clusters whose two prompts
 # both fit the judge; each gives one pool prompt and one request).
 SIZES = {"banking77": (5000, 1000), "nq_open": (3610, 1000), "arena_hard": (250, 250)}
@@ -87,17 +89,27 @@ class Answer:
     created_at: float = 0.0
 
 
-class AnswersTable:
-    """An append-only JSONL file of answers, read back by key; safe for several threads to append to."""
+class KeyedRecord(Protocol):
+    """A dataclass with a `key` (what `asdict` needs, and what the table finds it by)."""
 
-    def __init__(self, path: Path) -> None:
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+    key: str
+
+
+R = TypeVar("R", bound=KeyedRecord)
+
+
+class KeyedJsonl(Generic[R]):
+    """An append-only JSONL file of dataclass records read back by their `key`; safe for several threads."""
+
+    def __init__(self, path: Path, record: Callable[..., R]) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._by_key: dict[str, Answer] = {}
+        self._by_key: dict[str, R] = {}
         if path.exists():
             _drop_cut_line(path)
-            for answer in _read(path):
-                self._by_key[answer.key] = answer
+            for row in _read(path, record):
+                self._by_key[row.key] = row
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def __len__(self) -> int:
@@ -106,32 +118,42 @@ class AnswersTable:
     def __contains__(self, key: str) -> bool:
         return key in self._by_key
 
-    def get(self, key: str) -> Answer | None:
+    def get(self, key: str) -> R | None:
         return self._by_key.get(key)
 
-    def answers(self) -> list[Answer]:
+    def records(self) -> list[R]:
         return list(self._by_key.values())
 
-    def add(self, answer: Answer) -> None:
-        """Append one answer and flush it to disk (a kill then loses at most the line being written)."""
-        line = json.dumps(asdict(answer), ensure_ascii=False, separators=(",", ":")) + "\n"
+    def add(self, row: R) -> None:
+        """Append one record and flush it to disk (a kill then loses at most the line being written)."""
+        line = json.dumps(asdict(row), ensure_ascii=False, separators=(",", ":")) + "\n"
         with self._lock:
-            if answer.key in self._by_key:
+            if row.key in self._by_key:
                 return
             with self.path.open("a", encoding="utf-8") as out:
                 out.write(line)
                 out.flush()
                 os.fsync(out.fileno())
-            self._by_key[answer.key] = answer
+            self._by_key[row.key] = row
 
 
-def _read(path: Path) -> Iterator[Answer]:
+class AnswersTable(KeyedJsonl[Answer]):
+    """A workload's answers table."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, Answer)
+
+    def answers(self) -> list[Answer]:
+        return self.records()
+
+
+def _read(path: Path, record: Callable[..., R]) -> Iterator[R]:
     with path.open(encoding="utf-8") as lines:
         for line in lines:
             try:
-                yield Answer(**json.loads(line))
+                yield record(**json.loads(line))
             except (ValueError, TypeError):
-                continue  # the line a kill cut short; its answer is asked again
+                continue  # the line a kill cut short; it is asked again
 
 
 def _drop_cut_line(path: Path) -> None:

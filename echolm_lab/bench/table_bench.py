@@ -54,6 +54,7 @@ from echolm_lab.bench.table_policies import (
     service_times,
 )
 from echolm_lab.bench.table_scores import paired_bootstrap
+from echolm_lab.bench.table_verdicts import VerdictsTable, verdicts_path
 from echolm_lab.bench.workloads import Workload
 from echolm_lab.datasets import QARecord
 from echolm_lab.demo import wait_for_engine
@@ -228,8 +229,9 @@ class TableBench:
         pool_n, request_n = SIZES[name]
         source = table_workload(name, self.options.data_dir, pool_size=pool_n, request_size=request_n,
                                 seed=self.options.seed)  # fmt: skip
-        answers = AnswersTable(self.options.tables / f"{name}.jsonl").answers()
-        policies = evaluate_policies(source, answers, self.embed.embed, self.options.reuse_s, self.prices)
+        path = self.options.tables / f"{name}.jsonl"
+        answers, verdicts = AnswersTable(path).answers(), VerdictsTable(verdicts_path(path)).records()
+        policies = evaluate_policies(source, answers, self.embed.embed, self.options.reuse_s, self.prices, verdicts)
         service = {
             choice: statistics.fmean(a.latency_s for a in answers if a.choice == choice)
             for choice in (STRONG, CHEAP, CHEAP_WITH_EXAMPLES)
@@ -238,7 +240,10 @@ class TableBench:
         capacity = 2 / service[STRONG] if STRONG in service else 0.0
         run = TableWorkloadRun(source, policies, capacity, service)
         if source.workload.score is None:
-            run.notes.append("judged pairwise: policies' quality needs a table of verdicts (not built)")
+            run.notes.append(
+                f"judged pairwise: policies scored by {len(verdicts)} tabled verdicts (strongest tier as judge, both "
+                "orders); no live passes (EchoLM's live answers would each need the judge)"
+            )
         return run, answers
 
     def run_workload(self, name: str) -> TableWorkloadRun:

@@ -30,11 +30,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from echolm_lab.bench.answers_table import CHEAP, CHEAP_WITH_EXAMPLES, POOL, STRONG, Answer
+from echolm_lab.bench.answers_table import CHEAP, CHEAP_WITH_EXAMPLES, POOL, REUSE, STRONG, Answer
 from echolm_lab.bench.table_build import TableWorkload
 from echolm_lab.bench.table_scores import Policy, PolicyScore, fixed, oracle, score_policy, scores_by_choice
+from echolm_lab.bench.table_verdicts import Verdict, judged_scores
 
-REUSE = "reuse"  # the nearest warm-pool answer, as it is
 Embed = Callable[[Sequence[str]], Sequence[Sequence[float]]]
 FOLDS = 5
 SEMANTIC_THRESHOLDS = (0.95, 0.9, 0.8)
@@ -238,16 +238,21 @@ def evaluate_policies(
     embed: Embed | None = None,
     reuse_s: float = 0.0,
     price_per_1k: Mapping[str, float] | None = None,
+    verdicts: Sequence[Verdict] = (),
 ) -> list[PolicyResult]:
-    """Every policy the table can score, paired with strong-only over the requests with all three choices
-    answered, each with its ceiling: the fixed choices and the oracle; with `embed` also reuse, the
-    semantic cache, the difficulty router and the oracle with reuse. Empty on a judged workload (its
-    quality needs the judge) or while no request is complete."""
+    """Every policy the tables can score, paired with strong-only over the requests with all three choices
+    scored, each with its ceiling and cost: the fixed choices and the oracle; with `embed` also reuse, the
+    semantic cache, the difficulty router and the oracle with reuse. A judged workload is scored by its
+    `verdicts` (win 1, tie 0.5, loss 0 against the strong tier's answer; strong-only 0.5), its reuse
+    policies only where reuse was judged for every request. Empty while no request is complete."""
     workload = source.workload
     metric = workload.score
     if metric is None:
-        return []
-    complete = {p: row for p, row in scores_by_choice(answers, workload, source.requests).items() if len(row) == 3}
+        rows = judged_scores(verdicts, source.requests)
+    else:
+        rows = scores_by_choice(answers, workload, source.requests)
+    three = {STRONG, CHEAP, CHEAP_WITH_EXAMPLES}
+    complete = {p: dict(row) for p, row in rows.items() if three <= set(row)}
     if not complete:
         return []
     named: list[tuple[str, Policy]] = [
@@ -256,18 +261,21 @@ def evaluate_policies(
         ("cheap with examples for all", fixed(CHEAP_WITH_EXAMPLES)),
         ("oracle over the three (a ceiling: reads the answers)", oracle(complete)),
     ]
-    scored: dict[str, dict[str, float]] = {p: dict(row) for p, row in complete.items()}
+    scored = complete
     if embed is not None:
-        items = {item.prompt: item for item in source.requests}
         neighbours = nearest_in_pool(embed, pool_answers(source, answers), list(complete))
-        scored = with_reuse(complete, neighbours, lambda answer, prompt: metric(answer, items[prompt]))
-        named.insert(3, ("reuse for all (nearest pool answer)", fixed(REUSE)))
-        named += [(f"semantic cache {t:g}", semantic_cache(neighbours, t)) for t in SEMANTIC_THRESHOLDS]
+        if metric is not None:
+            items = {item.prompt: item for item in source.requests}
+            scored = with_reuse(complete, neighbours, lambda answer, prompt: metric(answer, items[prompt]))
+        if all(REUSE in row for row in scored.values()):
+            named.insert(3, ("reuse for all (nearest pool answer)", fixed(REUSE)))
+            named += [(f"semantic cache {t:g}", semantic_cache(neighbours, t)) for t in SEMANTIC_THRESHOLDS]
         for share in DIFFICULTY_STRONG_SHARES:
             named.append(
                 (f"difficulty router, strong share {share:g}", difficulty_router(embed, scored, strong_share=share))
             )
-        named.append(("oracle with reuse (a ceiling: reads the answers)", oracle_with_reuse(scored)))
+        if all(REUSE in row for row in scored.values()):
+            named.append(("oracle with reuse (a ceiling: reads the answers)", oracle_with_reuse(scored)))
     times, tokens, prompts = service_times(answers), tokens_by_choice(answers), list(scored)
     return [
         PolicyResult(

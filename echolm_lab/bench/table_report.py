@@ -11,6 +11,7 @@ from echolm_lab.bench import table_policies as policies
 from echolm_lab.bench.answers_table import CHEAP_WITH_EXAMPLES, CHOICES, Answer
 from echolm_lab.bench.table_build import TableWorkload
 from echolm_lab.bench.table_policies import evaluate_policies
+from echolm_lab.bench.table_verdicts import Verdict
 
 
 def choice_costs(answers: Sequence[Answer]) -> list[str]:
@@ -45,17 +46,19 @@ def choice_costs(answers: Sequence[Answer]) -> list[str]:
 
 
 def policy_rows(
-    source: TableWorkload, answers: Sequence[Answer], embed: policies.Embed | None = None, reuse_s: float = 0.0
+    source: TableWorkload,
+    answers: Sequence[Answer],
+    embed: policies.Embed | None = None,
+    reuse_s: float = 0.0,
+    verdicts: Sequence[Verdict] = (),
 ) -> list[str]:
     """Markdown rows: quality of each policy paired with strong-only, and its throughput ceilings. Without
     `embed` only the policies that need no retrieval (fixed choices, the oracle over the table's three)."""
-    if source.workload.score is None:
-        return [
-            f"{source.workload.name} is judged pairwise: its policies' quality needs the judge, not the table alone."
-        ]
-    results = evaluate_policies(source, answers, embed, reuse_s)
+    if source.workload.score is None and not verdicts:
+        return [f"{source.workload.name} is judged pairwise: its policies' quality needs verdicts (`--verdicts`)."]
+    results = evaluate_policies(source, answers, embed, reuse_s, verdicts=verdicts)
     if not results:
-        return ["No request has all three choices answered yet."]
+        return ["No request has all three choices answered (and judged) yet."]
     rows = [
         f"Paired over the {results[0].score.requests} requests with every choice answered "
         f"({source.workload.metric}); ceilings are the highest arrival rate each policy's choices allow, as a "
@@ -83,7 +86,11 @@ def _ratio(value: float) -> str:
 
 
 def table_report(
-    source: TableWorkload, answers: Sequence[Answer], embed: policies.Embed | None = None, reuse_s: float = 0.0
+    source: TableWorkload,
+    answers: Sequence[Answer],
+    embed: policies.Embed | None = None,
+    reuse_s: float = 0.0,
+    verdicts: Sequence[Verdict] = (),
 ) -> str:
     lines = [
         f"# Answers table: {source.workload.name}",
@@ -98,7 +105,7 @@ def table_report(
         "",
         "## Policies: quality and throughput ceilings",
         "",
-        *policy_rows(source, answers, embed, reuse_s),
+        *policy_rows(source, answers, embed, reuse_s, verdicts),
         "",
     ]
     return "\n".join(lines)

@@ -43,6 +43,12 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--seed", type=int, default=7, help="split seed (default: %(default)s)")
     parser.add_argument(
+        "--verdicts", action="store_true",
+        help="after the answers, judge each request's cheap, cheap-with-examples and reused answers against the "
+        "strong tier's (the strongest tier as judge, both orders) into TABLE's .verdicts.jsonl: how judged "
+        "workloads (arena_hard) are scored; resumable like the answers",
+    )  # fmt: skip
+    parser.add_argument(
         "--report", action="store_true",
         help="ask nothing: print what the table holds (cost per choice, fixed policies' paired quality) as Markdown",
     )  # fmt: skip
@@ -55,11 +61,12 @@ def run(args: Any) -> int:
 
     from echolm_lab.bench.answers_table import CHOICES, AnswersTable
     from echolm_lab.bench.table_build import endpoint_of, record_table, table_workload
+    from echolm_lab.bench.table_verdicts import VerdictsTable, verdicts_path
     from echolm_lab.local_tiers.assemble import default_model_dir
     from echolm_lab.local_tiers.from_config import specs_for_config
     from echolm_lab.local_tiers.servers import running_tiers
     from echolm_middleware.config import load_settings
-    from echolm_middleware.factory import build_engine
+    from echolm_middleware.factory import EMBEDDERS, build_engine
 
     # SIGTERM (`kill`, a CI timeout) unwinds like Ctrl-C, so the tier servers this run started stop with it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -70,12 +77,16 @@ def run(args: Any) -> int:
         train_size=TRAIN_SIZES[args.workload] if args.train is None else args.train, seed=args.seed,
     )  # fmt: skip
     table = AnswersTable(args.table or Path("benchmarks/tables") / f"{args.workload}.jsonl")
+    verdicts = VerdictsTable(verdicts_path(table.path))
     if args.report:
         from echolm_lab.bench.table_report import table_report
-        from echolm_middleware.factory import EMBEDDERS
 
         embedder = EMBEDDERS[settings.embedder.backend](settings)
-        print(table_report(source, table.answers(), embedder.embed, lookup_seconds(embedder.embed, source)))
+        print(
+            table_report(
+                source, table.answers(), embedder.embed, lookup_seconds(embedder.embed, source), verdicts.records()
+            )
+        )
         return 0
     # Retrieval as the product does it, on a store of the run's own that holds the pool and nothing else.
     in_memory = settings.model_copy(
@@ -101,9 +112,39 @@ def run(args: Any) -> int:
             bar.update(1)
 
         asked = record_table(source, table, engine, strong=strong, cheap=cheap, done=answered)
-    held = {choice: sum(1 for a in table.answers() if a.choice == choice) for choice in CHOICES}
-    print(f"asked now: {asked}; held: {held}", flush=True)
+        held = {choice: sum(1 for a in table.answers() if a.choice == choice) for choice in CHOICES}
+        print(f"asked now: {asked}; held: {held}", flush=True)
+        if args.verdicts:
+            judge_all(source, table, verdicts, strong, EMBEDDERS[settings.embedder.backend](settings).embed)
     return 0
+
+
+def judge_all(source: Any, table: Any, verdicts: Any, judge: Any, embed: Any) -> None:
+    """The verdicts the table lacks: each request's other choices, and its nearest pool answer, against the
+    strong tier's answer, judged by the strong tier's server."""
+    from tqdm import tqdm
+
+    from echolm_lab.bench.answers_table import REUSE
+    from echolm_lab.bench.table_build import ask
+    from echolm_lab.bench.table_policies import nearest_in_pool, pool_answers
+    from echolm_lab.bench.table_verdicts import JUDGE_MAX_TOKENS, JUDGED_CHOICES, record_verdicts
+
+    answers = table.answers()
+    neighbours = nearest_in_pool(embed, pool_answers(source, answers), [item.prompt for item in source.requests])
+    reused = {prompt: near.answer for prompt, near in neighbours.items()}
+    params = {"temperature": 0.0, "max_tokens": JUDGE_MAX_TOKENS}
+
+    def call(messages: list[dict[str, str]]) -> str:
+        return str(ask(judge, messages, params)["answer"])
+
+    total = len(source.requests) * (len(JUDGED_CHOICES) + 1)
+    with tqdm(total=total, desc="verdicts", unit="pair", file=sys.stderr, mininterval=30) as bar:
+
+        def judged(choice: str) -> None:
+            bar.update(1)
+
+        asked = record_verdicts(source, answers, verdicts, judge, call, extra={REUSE: reused}, done=judged)
+    print(f"verdicts asked now: {asked}; held: {len(verdicts)}", flush=True)
 
 
 def lookup_seconds(embed: Any, source: Any, samples: int = 50) -> float:

@@ -1,0 +1,89 @@
+"""Verdicts for judged workloads: each other choice judged once against the strong tier's answer, both
+orders, resumable; policies scored off them as win rates paired with strong-only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from echolm_lab.bench.answers_table import CHEAP, CHEAP_WITH_EXAMPLES, REUSE, STRONG, Answer
+from echolm_lab.bench.table_build import Endpoint, TableWorkload
+from echolm_lab.bench.table_policies import evaluate_policies
+from echolm_lab.bench.table_verdicts import VerdictsTable, judged_scores, record_verdicts, verdicts_path
+from echolm_lab.bench.workloads import Workload
+from echolm_lab.datasets import QARecord
+
+JUDGE = Endpoint("strong", "http://strong", "qwen2.5-1.5b", "sha-strong", "llama-cpp-python 0.3.36")
+
+
+def _source(n: int) -> TableWorkload:
+    workload = Workload(name="chat", items=[], system_prompt=None, metric="judged", score=None, max_tokens=96)
+    return TableWorkload(workload, [QARecord("pool prompt", ())], [QARecord(f"prompt {k}", ()) for k in range(n)])
+
+
+def _answers(source: TableWorkload) -> list[Answer]:
+    def line(item: str, choice: str, text: str) -> Answer:
+        return Answer(
+            key=f"{item}/{choice}", workload="chat", item=item, choice=choice, tier=choice, model_sha256="m",
+            server_version="v", messages=[], system_sha256="", params={}, answer=text, finish_reason="stop",
+            prompt_tokens=50, completion_tokens=50, latency_s=2.0 if choice == STRONG else 1.0,
+        )  # fmt: skip
+
+    rows = []
+    for item in source.requests:
+        rows += [line(item.prompt, STRONG, "good"), line(item.prompt, CHEAP, "bad")]
+        rows.append(line(item.prompt, CHEAP_WITH_EXAMPLES, "good too"))
+    return rows
+
+
+class ScriptedJudge:
+    """Prefers an answer with "good" in it, in whichever order it is shown; counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, messages: list[dict[str, str]]) -> str:
+        self.calls += 1
+        text = messages[-1]["content"]
+        a = text.split("[Answer A]")[1].split("[Answer B]")[0]
+        b = text.split("[Answer B]")[1].split("Which answer")[0]
+        if ("good" in a) == ("good" in b):
+            return "[[A=B]]"
+        return "[[A>>B]]" if "good" in a else "[[B>>A]]"
+
+
+def test_each_other_choice_is_judged_once_in_both_orders_and_a_rerun_asks_nothing(tmp_path: Path) -> None:
+    source, judge = _source(4), ScriptedJudge()
+    verdicts = VerdictsTable(verdicts_path(tmp_path / "chat.jsonl"))
+    reused = {item.prompt: "bad reuse" for item in source.requests}
+
+    asked = record_verdicts(source, _answers(source), verdicts, JUDGE, judge, extra={REUSE: reused})
+
+    assert asked == {CHEAP: 4, CHEAP_WITH_EXAMPLES: 4, REUSE: 4}
+    assert judge.calls == 3 * 4 * 2  # both orders
+    assert verdicts.path.name == "chat.verdicts.jsonl"
+    again = VerdictsTable(verdicts.path)
+    assert record_verdicts(source, _answers(source), again, JUDGE, judge, extra={REUSE: reused}) == {}
+    assert judge.calls == 24
+    scores = judged_scores(again.records(), source.requests)
+    assert scores["prompt 0"] == {STRONG: 0.5, CHEAP: 0.0, CHEAP_WITH_EXAMPLES: 0.5, REUSE: 0.0}
+
+
+def test_a_judged_workloads_policies_are_win_rates_paired_with_strong_only(tmp_path: Path) -> None:
+    source = _source(30)
+    verdicts = VerdictsTable(tmp_path / "v.jsonl")
+    record_verdicts(source, _answers(source), verdicts, JUDGE, ScriptedJudge())
+
+    results = {r.score.policy: r for r in evaluate_policies(source, _answers(source), verdicts=verdicts.records())}
+
+    assert results["strong-only"].score.quality == 0.5 and results["strong-only"].score.difference == 0.0
+    cheap = results["cheap-only"].score
+    assert (cheap.requests, cheap.quality, cheap.difference) == (30, 0.0, -0.5)
+    assert results["cheap with examples for all"].score.difference == 0.0  # ties: as good as strong
+    assert results["oracle over the three (a ceiling: reads the answers)"].score.shares == {
+        CHEAP_WITH_EXAMPLES: pytest.approx(1.0)
+    }
+    # The cheap tier with examples at 1 s against the strong tier's 2 s: twice strong-only's rate on two slots.
+    assert results["cheap with examples for all"].ceiling.elastic == 2.0
+    assert evaluate_policies(source, _answers(source)) == []  # no verdicts: nothing to score a judged workload by
