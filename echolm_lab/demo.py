@@ -26,6 +26,7 @@ from echolm_lab.datasets import QARecord
 from echolm_lab.local_tiers.from_config import specs_for_config
 from echolm_lab.local_tiers.servers import TierSpec
 from echolm_lab.proxy_process import ProxyProcess, running_proxy
+from echolm_lab.stats import percentile
 from echolm_middleware.config import Settings, load_settings
 from echolm_middleware.quality_target.answer_match import exact_match, token_f1
 
@@ -67,15 +68,6 @@ class PassReport:
     def overhead_ms(self) -> list[float]:
         """What our pre-call hook added to each routed request (the x-echolm-overhead-ms header)."""
         return [r.overhead_ms for r in self.results if r.action == "route" and r.overhead_ms is not None]
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile (None for no values): the figure reported for p50/p95/p99."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def _client(proxy: ProxyProcess) -> Any:

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from echolm_lab.demo import percentile
+from echolm_lab.stats import percentile
 from echolm_middleware.config import load_settings
 from echolm_middleware.core.engine import Engine, example_id
 from echolm_middleware.core.requests import context_key

@@ -10,7 +10,7 @@ from typing import Any
 
 from echolm_lab.bench.load import LoadPass
 from echolm_lab.bench.runner import SystemRun, WorkloadRun
-from echolm_lab.demo import percentile
+from echolm_lab.stats import percentile
 
 SYSTEMS = ("strong_only", "small_only", "semantic_cache", "difficulty_router", "echolm")
 # Targets from the issue: (workload, least throughput ratio to strong-only, most quality points lost).

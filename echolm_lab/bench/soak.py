@@ -34,6 +34,7 @@ from echolm_lab.local_tiers.assemble import default_model_dir
 from echolm_lab.local_tiers.from_config import specs_for_config
 from echolm_lab.local_tiers.servers import running_tiers
 from echolm_lab.proxy_process import ProxyProcess, running_proxy
+from echolm_lab.stats import percentile
 from echolm_middleware.config import load_settings
 
 _SENDERS = 64
@@ -102,11 +103,8 @@ def rss_mib(pids: Sequence[int]) -> float:
     return total / 2**20
 
 
-def _percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+def _seconds(value: float | None) -> float:
+    return float("nan") if value is None else round(value, 3)
 
 
 def growth_pct(samples: Sequence[tuple[float, float]]) -> float | None:
@@ -202,8 +200,8 @@ class Soak:
             errors=len(answers) - len(ok),
             error_kinds=errors,
             throughput_rps=round(len(ok) / wall, 4) if wall else 0.0,
-            latency_p50_s=round(_percentile(latencies, 0.5), 3),
-            latency_p99_s=round(_percentile(latencies, 0.99), 3),
+            latency_p50_s=_seconds(percentile(latencies, 50)),
+            latency_p99_s=_seconds(percentile(latencies, 99)),
             share_by_tier={tier: round(n / len(ok), 3) for tier, n in sorted(tiers.items())} if ok else {},
             rss_mb=samples,
             rss_growth_pct=None if (g := growth_pct(samples)) is None else round(g, 2),

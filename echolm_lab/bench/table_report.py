@@ -12,6 +12,7 @@ from echolm_lab.bench.answers_table import CHEAP_WITH_EXAMPLES, CHOICES, Answer
 from echolm_lab.bench.table_build import TableWorkload
 from echolm_lab.bench.table_policies import evaluate_policies
 from echolm_lab.bench.table_verdicts import Verdict
+from echolm_lab.stats import percentile
 
 
 def choice_costs(answers: Sequence[Answer]) -> list[str]:
@@ -34,8 +35,8 @@ def choice_costs(answers: Sequence[Answer]) -> list[str]:
     for choice, mine in groups:
         if not mine:
             continue
-        latencies = sorted(a.latency_s for a in mine)
-        p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]
+        latencies = [a.latency_s for a in mine]
+        p95 = percentile(latencies, 95) or 0.0
         rows.append(
             f"| {choice} | {len(mine)} | {statistics.median(latencies):.2f} / {p95:.2f} "
             f"| {statistics.mean(a.prompt_tokens for a in mine):.0f} "
