@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,9 +19,19 @@ class QARecord:
     references: tuple[str, ...]
 
 
+DATA_DIR_VARIABLE = "ECHOLM_DATA_DIR"
+
+
+def default_data_dir() -> Path:
+    """The request sets the lab reads: $ECHOLM_DATA_DIR, else the copies shipped in `echolm_lab/data`
+    (NQ-open, Banking77, Arena-Hard with GPT-4-0314's answers; their licences beside them)."""
+    chosen = os.environ.get(DATA_DIR_VARIABLE)
+    return Path(chosen) if chosen else Path(__file__).resolve().parent / "data"
+
+
 def default_nq_path() -> Path:
-    """NQ-open's dev set in the shared data folder beside the checkout."""
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nq_open" / "NQ-open.dev.jsonl"
+    """NQ-open's dev set in the default data folder."""
+    return default_data_dir() / "nq_open" / "NQ-open.dev.jsonl"
 
 
 def _record(row: dict[str, object], where: str) -> QARecord:

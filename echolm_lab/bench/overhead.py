@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from echolm_lab.datasets import default_data_dir
 from echolm_lab.stats import percentile
 from echolm_middleware.config import load_settings
 from echolm_middleware.core.engine import Engine, example_id
@@ -364,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     mode.add_argument("--sizes", type=int, nargs="+", help="measure each size in its own process; needs --out")
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--config", type=Path, default=ROOT / "config.yaml")
-    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     parser.add_argument("--prompts", type=Path, help="JSONL of {prompt, answer} instead of --data-dir")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--work-dir", type=Path, help="where the stores go (default: a temporary directory)")

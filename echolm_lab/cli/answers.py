@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from echolm_lab.bench.answers_table import SIZES, TRAIN_SIZES
-from echolm_lab.cli.bench import _default_data_dir
+from echolm_lab.datasets import default_data_dir
 
 
 def register(subparsers: Any) -> None:
@@ -27,7 +27,12 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--config", type=Path, default=Path("config.yaml"), help="proxy config (default: %(default)s)")
     parser.add_argument("--workload", required=True, choices=sorted(SIZES), help="built-in workload")
-    parser.add_argument("--data-dir", type=Path, default=_default_data_dir(), help="shared data (default: %(default)s)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default_data_dir(),
+        help="request sets (default: $ECHOLM_DATA_DIR or the copies shipped with the lab: %(default)s)",
+    )
     parser.add_argument(
         "--pool", type=int, help="warm pool size (default: banking77 5000, nq_open 3610, arena_hard 250)"
     )

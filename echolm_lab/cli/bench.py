@@ -11,13 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from echolm_lab.datasets import default_data_dir
 from echolm_middleware.errors import EchoLMError
 
 DEFAULT_WORKLOADS = ["nq_open", "banking77", "arena_hard"]
-
-
-def _default_data_dir() -> Path:
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def _share(text: str) -> float:
@@ -45,7 +42,12 @@ def register(subparsers: Any) -> None:
         "--workloads", nargs="*", default=DEFAULT_WORKLOADS, metavar="NAME_OR_FILE",
         help="built-in names or request files (default: %(default)s; none: overhead only)",
     )  # fmt: skip
-    parser.add_argument("--data-dir", type=Path, default=_default_data_dir(), help="shared data (default: %(default)s)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default_data_dir(),
+        help="request sets (default: $ECHOLM_DATA_DIR or the copies shipped with the lab: %(default)s)",
+    )
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results"), help="(default: %(default)s)")
     parser.add_argument("--run", help="name of this run's folder (default: bench-<UTC time>)")
     parser.add_argument(

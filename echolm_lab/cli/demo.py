@@ -27,8 +27,8 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--data", type=Path, default=None,
-        help="JSONL with `question` and `answer` (list of golds), or `prompt`/`reference`; default: "
-             "../shared/data/nq_open/NQ-open.dev.jsonl beside the checkout",
+        help="JSONL with `question` and `answer` (list of golds), or `prompt`/`reference`; default: NQ-open's "
+             "dev set, nq_open/NQ-open.dev.jsonl in $ECHOLM_DATA_DIR or the copies shipped with the lab",
     )  # fmt: skip
     parser.add_argument(
         "--warm", type=int, default=120, help="warm-up questions answered by the strongest tier (default: %(default)s)"

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from echolm_lab.cli.bench import _default_data_dir
+from echolm_lab.datasets import default_data_dir
 
 
 def _positive(text: str) -> float:
@@ -32,7 +32,10 @@ def register(subparsers: Any) -> None:
         ),
     )
     parser.add_argument("--config", type=Path, default=Path("config.yaml"), help="proxy config (default: %(default)s)")
-    parser.add_argument("--data-dir", type=Path, default=_default_data_dir(), help="shared data (default: %(default)s)")
+    parser.add_argument(
+        "--data-dir", type=Path, default=default_data_dir(),
+        help="request sets (default: $ECHOLM_DATA_DIR, else the copies shipped with the lab: %(default)s)",
+    )  # fmt: skip
     parser.add_argument(
         "--workload", default="nq_open", help="built-in workload or a JSONL/CSV file (default: %(default)s)"
     )

@@ -13,10 +13,10 @@ import pytest
 from echolm_lab.bench.answers_table import CHEAP, CHEAP_WITH_EXAMPLES, POOL, STRONG, AnswersTable
 from echolm_lab.bench.table_build import Endpoint, TableWorkload, record_table, table_workload
 from echolm_lab.bench.workloads import Workload
-from echolm_lab.datasets import QARecord
+from echolm_lab.datasets import QARecord, default_data_dir
 from tests.unit.conftest import EngineFactory
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DATA = default_data_dir()
 STRONG_END = Endpoint("strong", "http://strong", "qwen2.5-1.5b", "sha-strong", "llama-cpp-python 0.3.36")
 CHEAP_END = Endpoint("cheap", "http://cheap", "qwen2.5-0.5b", "sha-cheap", "llama-cpp-python 0.3.36")
 

@@ -27,10 +27,10 @@ from echolm_lab.bench.workloads import (
     split_workload,
     user_file,
 )
-from echolm_lab.datasets import QARecord
+from echolm_lab.datasets import QARecord, default_data_dir
 from echolm_middleware.errors import EchoLMError
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DATA = default_data_dir()
 
 
 # ---- deployments ------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from echolm_lab.bench.overhead import (
     split_prompts,
     synthetic_vectors,
 )
-from echolm_lab.datasets import default_nq_path, load_records
+from echolm_lab.datasets import default_data_dir, default_nq_path, load_records
 from echolm_middleware.errors import EchoLMError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,7 +39,7 @@ def measured(prompts: list[BenchPrompt], tmp_path_factory: pytest.TempPathFactor
         SIZES,
         QUERIES,
         config=ROOT / "config.yaml",
-        data_dir=ROOT.parent / "shared" / "data",
+        data_dir=default_data_dir(),
         seed=11,
         work_dir=tmp_path_factory.mktemp("overhead"),
         progress=False,
