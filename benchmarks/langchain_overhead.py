@@ -25,7 +25,7 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from tqdm import tqdm
 
 from echolm_lab.datasets import default_nq_path, load_records, split_with_neighbours
-from echolm_lab.demo import percentile as nearest_rank
+from echolm_lab.stats import percentile as lab_percentile
 from echolm_middleware.config import load_settings
 from echolm_middleware.doors.langchain_chat import EchoLMChatModel
 from echolm_middleware.factory import build_engine
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def percentile(values: list[float], q: float) -> float:
-    value = nearest_rank(values, q)
+    value = lab_percentile(values, q)
     assert value is not None, "no measurements"
     return value
 
