@@ -54,6 +54,12 @@ def register(subparsers: Any) -> None:
         "workloads (arena_hard) are scored; resumable like the answers",
     )  # fmt: skip
     parser.add_argument(
+        "--study", action="store_true",
+        help="ask nothing: fit the router's offload model (P(reuse / the cheap tier with examples is as good as "
+        "the strong tier)) on the table's train items, check it on the requests (reliability, Brier, AUC) and "
+        "print the weights as Markdown",
+    )  # fmt: skip
+    parser.add_argument(
         "--report", action="store_true",
         help="ask nothing: print what the table holds (cost per choice, fixed policies' paired quality) as Markdown",
     )  # fmt: skip
@@ -101,6 +107,9 @@ def run(args: Any) -> int:
         }
     )
     engine = build_engine(in_memory, raw["model_list"])
+    if args.study:
+        print("\n".join(study(source, table.answers(), engine, settings.tiers[-1].name)))
+        return 0
     cheap, strong = (endpoint_of(raw, tier.name) for tier in (settings.tiers[0], settings.tiers[-1]))
     total = len(source.pool) + 3 * (len(source.requests) + len(source.train))
     print(
@@ -164,3 +173,36 @@ def lookup_seconds(embed: Any, source: Any, samples: int = 50) -> float:
         embed([item.prompt])
         spent.append(time.perf_counter() - started)
     return statistics.median(spent) if spent else 0.0
+
+
+def study(source: Any, answers: Any, engine: Any, strongest: str) -> list[str]:
+    """Fit the offload model on the train items, check it on the requests: the lines to print."""
+    from echolm_lab.bench.offload_study import describe, fitted_models, held_out, study_rows
+    from echolm_lab.bench.table_build import TENANT
+    from echolm_lab.bench.table_policies import pool_answers
+    from echolm_middleware.core.types import ChatRequest
+
+    workload = source.workload
+    if workload.score is None:
+        return [f"{workload.name} is judged pairwise: the study needs a reference metric"]
+    instructions = workload.system_prompt or ""
+    for prompt, text in pool_answers(source, answers).items():
+        engine.admit(TENANT, prompt, text, strongest, instructions=instructions)
+
+    items = {item.prompt: item for item in [*source.train, *source.requests]}
+
+    def retrieve(prompt: str) -> Any:
+        return engine.candidates_for(ChatRequest(TENANT, strongest, workload.messages(items[prompt])))
+
+    train = study_rows(source.train, answers, retrieve, workload.score)
+    checked_on = study_rows(source.requests, answers, retrieve, workload.score)
+    if not train:
+        return ["no train item has its strong and cheap-with-examples answers tabled yet"]
+    weights = fitted_models(train)
+    return [
+        f"# Offload model: {workload.name}",
+        "",
+        f"Fitted on {len(train)} train items; checked on {len(checked_on)} requests it never saw.",
+        "",
+        *describe(weights, held_out(checked_on, weights)),
+    ]

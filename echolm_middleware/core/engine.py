@@ -288,16 +288,23 @@ class Engine:
         """The examples retrieval picks for `request` among its tenant's, and the conversation a cheaper tier
         would be sent with them, whatever the router would choose. Writes nothing and puts no load on a tier
         (the lab's answers table records this choice for every request)."""
+        _, _, chosen = self._retrieve(request.tenant, *self._query_and_context(request))
+        return [item.candidate.example for item in chosen], self._augmented(request.messages, chosen)
+
+    def candidates_for(self, request: ChatRequest) -> list[Candidate]:
+        """The nearest examples retrieval finds for `request` under its context, before any is chosen to be
+        shown. Writes nothing (the lab fits the router's offload model on them)."""
+        _, candidates, _ = self._retrieve(request.tenant, *self._query_and_context(request))
+        return candidates
+
+    def _query_and_context(self, request: ChatRequest) -> tuple[str, str]:
         view = inspect_request(
             request,
             max_messages=self.settings.requests.max_messages,
             context_turns=self.settings.requests.query_context_turns,
         )
         params = judge_params(request.params, max_temperature=self.settings.admission.max_temperature)
-        _, _, chosen = self._retrieve(
-            request.tenant, view.query, context_key(view.instructions, view.history, params.shaping)
-        )
-        return [item.candidate.example for item in chosen], self._augmented(request.messages, chosen)
+        return view.query, context_key(view.instructions, view.history, params.shaping)
 
     def _retrieve(
         self, tenant: str, query: str, context: str

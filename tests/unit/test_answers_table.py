@@ -245,3 +245,25 @@ def test_train_items_are_answered_by_every_choice_after_the_requests(
     assert max(i for i, item in enumerate(cheap_lines) if item in requests) < min(
         i for i, item in enumerate(cheap_lines) if item in trained
     )
+
+
+def test_the_offload_study_fits_on_train_items_and_checks_on_the_requests(
+    make_engine: EngineFactory, tmp_path: Path
+) -> None:
+    from echolm_lab.cli.answers import study
+
+    source = _source()
+    scoring = Workload(
+        name="capitals", items=[], system_prompt="Answer briefly.", metric="exact_match",
+        score=lambda answer, item: float("strong" in answer), max_tokens=16,
+    )  # fmt: skip
+    train = [QARecord(f"capital of country number {n}, please", ()) for n in range(6)]
+    source = TableWorkload(scoring, source.pool, source.requests, train=train)
+    table = AnswersTable(tmp_path / "t.jsonl")
+    record_table(source, table, make_engine().engine, strong=STRONG_END, cheap=CHEAP_END, asker=ScriptedServers())
+
+    lines = study(source, table.answers(), make_engine().engine, "strong")
+
+    report = "\n".join(lines)
+    assert "Fitted on 6 train items; checked on 4 requests it never saw." in report
+    assert "| reuse |" in report and "| cheap+examples |" in report  # weights and checks for both choices
