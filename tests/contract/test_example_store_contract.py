@@ -163,6 +163,20 @@ def test_nearest_with_a_context_sees_only_that_contexts_examples(store: ExampleS
     assert _everything(store, "A")["doc1"].context == "c1"
 
 
+def test_a_context_crowded_out_by_another_near_the_query_still_gets_its_own_nearest(store: ExampleStore) -> None:
+    # Thirty examples of one context right at the query, three of another further off: the second's
+    # nearest are not among the first few found without the filter, and must still come back, in order.
+    crowd = [_example(f"c1-{i}", context="c1") for i in range(30)]
+    crowd_vectors = [_unit([1.0, i / 1000, 0.0, 0.0]) for i in range(30)]
+    others = [_example(f"c2-{i}", context="c2") for i in range(3)]
+    other_vectors = [_unit([1.0, 0.5 + i / 10, 0.0, 0.0]) for i in range(3)]
+    store.add("A", crowd + others, crowd_vectors + other_vectors)
+
+    assert [c.example.id for c in store.nearest("A", X, 2, context="c2")] == ["c2-0", "c2-1"]
+    assert [c.example.id for c in store.nearest("A", X, 3, context="c1")] == ["c1-0", "c1-1", "c1-2"]
+    assert [c.example.id for c in store.nearest("A", X, 5, context="c2")] == ["c2-0", "c2-1", "c2-2"]
+
+
 def test_upserts_larger_than_a_batch_store_everything(store: ExampleStore) -> None:
     examples = [_example(f"e{i}") for i in range(7)]
     vectors = [[1.0, i / 10, 0.0, 0.0] for i in range(7)]
