@@ -84,7 +84,7 @@ def test_a_tiny_bench_on_an_answers_table_pairs_every_policy_and_times_both_syst
     cli = [sys.executable, "-m", "echolm_middleware.cli.main"]
 
     built = subprocess.run(
-        [*cli, "answers", "--config", str(config), "--workload", "nq_open", "--pool", "8", "--requests", "4",
+        [*cli, "answers", "--config", str(config), "--workload", "nq_open", "--pool", "8", "--requests", "4", "--train", "0",
          "--table", str(tmp_path / "tables" / "nq_open.jsonl"), "--work", str(tmp_path / "answers")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
