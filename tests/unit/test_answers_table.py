@@ -50,6 +50,16 @@ def _source() -> TableWorkload:
     return TableWorkload(workload, pool, requests)
 
 
+def _scored_source(train: list[QARecord] | None = None) -> TableWorkload:
+    """`_source` with a metric: an answer is right when the strong tier gave it."""
+    source = _source()
+    scoring = Workload(
+        name="capitals", items=[], system_prompt="Answer briefly.", metric="exact_match",
+        score=lambda answer, item: float("strong" in answer), max_tokens=16,
+    )  # fmt: skip
+    return TableWorkload(scoring, source.pool, source.requests, train=train or [])
+
+
 def test_each_request_is_answered_by_every_choice_and_the_pool_by_the_strong_tier(
     make_engine: EngineFactory, tmp_path: Path
 ) -> None:
@@ -194,12 +204,7 @@ def test_the_report_prints_each_choices_cost_and_the_policies_quality(
 ) -> None:
     from echolm_lab.bench.table_report import table_report
 
-    source = _source()
-    scoring = Workload(
-        name="capitals", items=[], system_prompt="Answer briefly.", metric="exact_match",
-        score=lambda answer, item: float("strong" in answer), max_tokens=16,
-    )  # fmt: skip
-    source = TableWorkload(scoring, source.pool, source.requests)
+    source = _scored_source()
     table = AnswersTable(tmp_path / "t.jsonl")
     record_table(source, table, make_engine().engine, strong=STRONG_END, cheap=CHEAP_END, asker=ScriptedServers())
 
@@ -252,13 +257,7 @@ def test_the_offload_study_fits_on_train_items_and_checks_on_the_requests(
 ) -> None:
     from echolm_lab.cli.answers import study
 
-    source = _source()
-    scoring = Workload(
-        name="capitals", items=[], system_prompt="Answer briefly.", metric="exact_match",
-        score=lambda answer, item: float("strong" in answer), max_tokens=16,
-    )  # fmt: skip
-    train = [QARecord(f"capital of country number {n}, please", ()) for n in range(6)]
-    source = TableWorkload(scoring, source.pool, source.requests, train=train)
+    source = _scored_source(train=[QARecord(f"capital of country number {n}, please", ()) for n in range(6)])
     table = AnswersTable(tmp_path / "t.jsonl")
     record_table(source, table, make_engine().engine, strong=STRONG_END, cheap=CHEAP_END, asker=ScriptedServers())
 
