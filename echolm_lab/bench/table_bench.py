@@ -61,7 +61,7 @@ from echolm_lab.demo import wait_for_engine
 from echolm_lab.proxy_process import running_proxy
 from echolm_middleware.config import Settings, load_settings
 from echolm_middleware.core.engine import SHARED_TENANT
-from echolm_middleware.factory import tier_profiles
+from echolm_middleware.factory import build_engine, tier_profiles
 
 Log = Callable[[str], None]
 FIXED = "fixed"  # one cheap + one strong server (strong-only: two strong servers)
@@ -183,8 +183,6 @@ def warm_store(settings: Settings, model_list: Sequence[Mapping[str, Any]], stor
                pool: Mapping[str, str], strongest: str) -> int:  # fmt: skip
     """Admit the pool's answers into the store a proxy will open (`store_dir`), as the proxy's shared tenant,
     under the workload's system prompt: what the live passes' requests are asked under."""
-    from echolm_middleware.factory import build_engine
-
     local = settings.model_copy(
         update={
             "store": settings.store.model_copy(update={"backend": "chroma", "path": str(store_dir / "chroma")}),
