@@ -81,6 +81,32 @@ class QualityTargetSettings(_Strict):
     max_answer_tokens: int = Field(default=256, ge=1, description="Answer length asked of the strongest tier.")
 
 
+class ReuseSettings(_Strict):
+    """Serve the nearest cached answer as it is, without calling a model, where the offload model says it is
+    as good as a fresh answer from the strongest tier (`core.offload_model`, `core.reuse`)."""
+
+    enabled: bool = Field(default=False, description="Take the reuse choice at all.")
+    min_probability: float = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        description="Least P(the cached answer is as good as the strongest tier's) to reuse it.",
+    )
+    weights: list[float] | None = Field(
+        default=None,
+        description="Logistic weights over core.offload_model.FEATURES; None: the defaults fitted on the lab's "
+        "training data (REUSE_WEIGHTS).",
+    )
+    learning_rate: float = Field(
+        default=0.05, ge=0, le=1, description="Step of the online fit from feedback and quality-target comparisons."
+    )
+    model_group: str | None = Field(
+        default=None,
+        description="LiteLLM model group a reused answer is logged under (a zero-priced group, so spend logs "
+        "show it free); None: the model the caller named, priced at its rate.",
+    )
+
+
 class RoutingSettings(_Strict):
     policy: Literal["mean", "thompson"] = "mean"
     cost_weight: float = Field(
@@ -106,6 +132,7 @@ class RoutingSettings(_Strict):
     quality_target: QualityTargetSettings | None = Field(
         default=None, description="Adjust the operating point on live traffic to hold this quality (off: None)."
     )
+    reuse: ReuseSettings = ReuseSettings()
 
 
 class AdmissionSettings(_Strict):
@@ -367,6 +394,16 @@ def check_tiers_exist(settings: Settings, model_groups: Iterable[str]) -> None:
                 f"{CONFIG_SECTION}.tiers[{index}].name: {tier.name!r} names no model group in model_list "
                 f"(known: {', '.join(sorted(known)) or 'none'})"
             )
+
+
+def check_reuse_group_exists(routing: RoutingSettings, model_groups: Iterable[str]) -> None:
+    """Stop start-up when reused answers are to be logged under a model group LiteLLM does not have."""
+    group = routing.reuse.model_group
+    if routing.reuse.enabled and group is not None and group not in set(model_groups):
+        raise ConfigError(
+            f"{CONFIG_SECTION}.routing.reuse.model_group: {group!r} names no model group in model_list; add a"
+            " zero-priced entry for it (see config.yaml) or leave it unset to log reuse under the model named"
+        )
 
 
 def config_path_from_env() -> Path | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from echolm_middleware.core.offload_model import FEATURES
 from echolm_middleware.core.types import Decision
 
 
@@ -13,6 +14,8 @@ def _table(rows: list[list[str]]) -> list[str]:
 
 
 def _why(decision: Decision) -> str:
+    if decision.action == "reuse":
+        return f"reuse: {decision.reason}; no model was called"
     if decision.action != "route":
         return f"{decision.action.replace('_', ' ')}: {decision.reason}; the request went to the model it named"
     ranked = sorted(decision.scores, key=lambda s: s.score, reverse=True)
@@ -41,6 +44,15 @@ def format_decision(decision: Decision, recorded_by: str | None = None) -> str:
     ]
     if decision.query:
         lines.append(f"query: {decision.query[:200]!r}")
+    if decision.reuse_probability is not None:
+        features = ", ".join(
+            f"{name} {value:.2f}" for name, value in zip(FEATURES, decision.reuse_features, strict=False)
+        )
+        served = f"served example {decision.reused_example}" if decision.action == "reuse" else "not reused"
+        lines.append(
+            f"reuse: P(nearest cached answer as good as the strongest's) {decision.reuse_probability:.2f}, "
+            f"{served} [{features}]"
+        )
     if decision.action == "route":
         best = "n/a" if decision.best_similarity is None else f"{decision.best_similarity:.3f}"
         lines.append(

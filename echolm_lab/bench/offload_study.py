@@ -36,7 +36,7 @@ def study_rows(
     retrieve: Retrieve,
     score: Callable[[str, QARecord], float],
 ) -> list[StudyRow]:
-    """Features and labels for each item with the strong and the cheap-with-examples answers tabled."""
+    """Features and labels for each item with its strong answer tabled (a label per other choice it has)."""
     tabled: dict[str, dict[str, str]] = {}
     for answer in answers:
         if answer.choice in (STRONG, CHEAP_WITH_EXAMPLES):
@@ -44,15 +44,43 @@ def study_rows(
     rows = []
     for item in items:
         row = tabled.get(item.prompt, {})
-        if STRONG not in row or CHEAP_WITH_EXAMPLES not in row:
+        if STRONG not in row:
             continue
         candidates = retrieve(item.prompt)
         strong = score(row[STRONG], item)
-        labels = {CHEAP_WITH_EXAMPLES: float(score(row[CHEAP_WITH_EXAMPLES], item) >= strong)}
+        labels = {}
+        if CHEAP_WITH_EXAMPLES in row:
+            labels[CHEAP_WITH_EXAMPLES] = float(score(row[CHEAP_WITH_EXAMPLES], item) >= strong)
         if candidates:
             nearest = max(candidates, key=lambda c: c.similarity)
             labels[REUSE] = float(score(nearest.example.answer, item) >= strong)
         rows.append(StudyRow(item.prompt, offload_features(candidates, item.prompt), labels))
+    return rows
+
+
+def pool_rows(
+    pool: Sequence[QARecord],
+    pooled_answers: Mapping[str, str],
+    retrieve: Retrieve,
+    score: Callable[[str, QARecord], float],
+) -> list[StudyRow]:
+    """Reuse rows from the warm pool alone, leave-one-out: each pool item asks the pool without itself.
+
+    The label compares the nearest other pool answer with the item's own pool answer (the strong tier's,
+    or the teacher's), so the reuse model trains on thousands of items without a single new generation.
+    Only the reuse label: the cheap tier with examples was never asked for pool items.
+    """
+    rows = []
+    for item in pool:
+        own = pooled_answers.get(item.prompt)
+        if own is None:
+            continue
+        others = [c for c in retrieve(item.prompt) if c.example.prompt != item.prompt]
+        labels = {}
+        if others:
+            nearest = max(others, key=lambda c: c.similarity)
+            labels[REUSE] = float(score(nearest.example.answer, item) >= score(own, item))
+        rows.append(StudyRow(item.prompt, offload_features(others, item.prompt), labels))
     return rows
 
 

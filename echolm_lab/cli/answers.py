@@ -176,8 +176,13 @@ def lookup_seconds(embed: Any, source: Any, samples: int = 50) -> float:
 
 
 def study(source: Any, answers: Any, engine: Any, strongest: str) -> list[str]:
-    """Fit the offload model on the train items, check it on the requests: the lines to print."""
-    from echolm_lab.bench.offload_study import describe, fitted_models, held_out, study_rows
+    """Fit the offload models on training data, check them on the requests: the lines to print.
+
+    Reuse is fitted on the warm pool leave-one-out (and the train items' reuse labels when they are
+    tabled); the cheap tier with examples on the train items. The requests are never fitted on.
+    """
+    from echolm_lab.bench.answers_table import CHEAP_WITH_EXAMPLES, REUSE
+    from echolm_lab.bench.offload_study import describe, fitted_models, held_out, pool_rows, study_rows
     from echolm_lab.bench.table_build import TENANT
     from echolm_lab.bench.table_policies import pool_answers
     from echolm_middleware.core.types import ChatRequest
@@ -186,23 +191,29 @@ def study(source: Any, answers: Any, engine: Any, strongest: str) -> list[str]:
     if workload.score is None:
         return [f"{workload.name} is judged pairwise: the study needs a reference metric"]
     instructions = workload.system_prompt or ""
-    for prompt, text in pool_answers(source, answers).items():
+    pooled = pool_answers(source, answers)
+    for prompt, text in pooled.items():
         engine.admit(TENANT, prompt, text, strongest, instructions=instructions)
 
-    items = {item.prompt: item for item in [*source.train, *source.requests]}
+    items = {item.prompt: item for item in [*source.pool, *source.train, *source.requests]}
 
     def retrieve(prompt: str) -> Any:
         return engine.candidates_for(ChatRequest(TENANT, strongest, workload.messages(items[prompt])))
 
+    pool = pool_rows(source.pool, pooled, retrieve, workload.score)
     train = study_rows(source.train, answers, retrieve, workload.score)
     checked_on = study_rows(source.requests, answers, retrieve, workload.score)
-    if not train:
-        return ["no train item has its strong and cheap-with-examples answers tabled yet"]
-    weights = fitted_models(train)
+    weights = fitted_models([*pool, *train])
+    fitted_on = {
+        REUSE: f"{sum(REUSE in r.labels for r in pool)} pool items (leave-one-out)"
+        f" + {sum(REUSE in r.labels for r in train)} train items",
+        CHEAP_WITH_EXAMPLES: f"{sum(CHEAP_WITH_EXAMPLES in r.labels for r in train)} train items",
+    }
     return [
         f"# Offload model: {workload.name}",
         "",
-        f"Fitted on {len(train)} train items; checked on {len(checked_on)} requests it never saw.",
+        *(f"- {choice}: fitted on {fitted_on[choice]}" for choice in weights),
+        f"- checked on {len(checked_on)} requests no fit saw",
         "",
         *describe(weights, held_out(checked_on, weights)),
     ]

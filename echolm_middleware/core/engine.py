@@ -39,6 +39,7 @@ from echolm_middleware.core.ports import (
 )
 from echolm_middleware.core.prompting import augment
 from echolm_middleware.core.requests import RequestView, context_key, inspect_request, is_valid_utf8
+from echolm_middleware.core.reuse import ReuseCandidate, ReuseModels, why_not_reused
 from echolm_middleware.core.routing import (
     LoadTracker,
     TierProfile,
@@ -190,6 +191,8 @@ class Engine:
         self._vectors: OrderedDict[str, list[float]] = OrderedDict()
         # The quality target (routing.quality_target): sampled cheap-tier answers move the strongest's bias.
         self.quality = quality
+        # The reuse choice's offload model per tenant (routing.reuse).
+        self.reuse = ReuseModels(settings.routing.reuse)
 
     def warm_up(self) -> None:
         """Load the embedder, the tokenizer and the store's client now, so the first request does not pay.
@@ -246,6 +249,13 @@ class Engine:
 
         vector, candidates, chosen = self._retrieve(request.tenant, view.query, decision.context)
         bucket = context_bucket(chosen)
+        decision.bucket = bucket
+        decision.candidates_considered = len(candidates)
+        decision.best_similarity = max((c.similarity for c in candidates), default=None)
+        decision.similarity_shown = self.settings.requests.best_similarity_header
+        reused = self._reuse_choice(request, decision, candidates, view.query)
+        if reused is not None:
+            return self._serve_reused(request, decision, view, reused, started)
         with self._lock:
             observed = dict(self._posteriors.get(request.tenant, {}))
         scores = score_tiers(
@@ -264,12 +274,8 @@ class Engine:
         decision.action = "route"
         decision.reason = "routed"
         decision.tier = best.tier
-        decision.bucket = bucket
         decision.augmentation = self.settings.augmentation.format if gets_examples else "none"
         decision.examples = [self._trace(item) for item in chosen] if gets_examples else []
-        decision.candidates_considered = len(candidates)
-        decision.best_similarity = max((c.similarity for c in candidates), default=None)
-        decision.similarity_shown = self.settings.requests.best_similarity_header
         decision.example_tokens = sum(item.tokens for item in chosen) if gets_examples else 0
         decision.scores = scores
         if chosen and not gets_examples:
@@ -283,6 +289,49 @@ class Engine:
         # The request is in flight on its tier from here until `record` or `release` (the doors call one).
         self.load.begin(best.tier, decision.request_id)
         return Prepared(decision=decision, tier=best.tier, messages=messages)
+
+    def _reuse_choice(
+        self, request: ChatRequest, decision: Decision, candidates: Sequence[Candidate], query: str
+    ) -> ReuseCandidate | None:
+        """The nearest cached answer if it is to be served as it is; the estimate is kept in the decision."""
+        settings = self.settings.routing.reuse
+        if not settings.enabled:
+            return None
+        estimate = self.reuse.estimate(request.tenant, candidates, query)
+        if estimate is None:
+            return None
+        decision.reuse_features = estimate.features
+        decision.reuse_probability = round(estimate.probability, 4)
+        if estimate.probability < settings.min_probability:
+            return None
+        if why_not_reused(request.params, decision.not_cached, self.tokens.count(estimate.answer)):
+            return None
+        return estimate
+
+    def _serve_reused(
+        self, request: ChatRequest, decision: Decision, view: RequestView, reused: ReuseCandidate, started: float
+    ) -> Prepared:
+        """The request is answered from the cache: no tier is called and none carries its load."""
+        settings = self.settings.routing.reuse
+        decision.action = "reuse"
+        decision.reason = (
+            f"the nearest cached answer is as good as {self.strongest}'s with P={reused.probability:.2f}"
+            f" (reuse.min_probability {settings.min_probability:g})"
+        )
+        decision.tier = settings.model_group or request.model
+        decision.reused_example = reused.candidate.example.id
+        decision.overhead_ms = (time.perf_counter() - started) * 1000
+        self.decisions.put(decision)
+        if self.quality is not None:  # a sampled reuse is compared with the strongest's answer, like an offload
+            self.quality.sample(decision.request_id, request.messages)
+        usage = (self.tokens.count(view.text), self.tokens.count(reused.answer))
+        return Prepared(
+            decision=decision,
+            tier=decision.tier,
+            messages=_copied(request.messages),
+            reused_answer=reused.answer,
+            reused_usage=usage,
+        )
 
     def examples_for(self, request: ChatRequest) -> tuple[list[Example], list[dict[str, Any]]]:
         """The examples retrieval picks for `request` among its tenant's, and the conversation a cheaper tier
@@ -359,10 +408,12 @@ class Engine:
         """
         self.release(outcome.request_id)
         decision = self.decisions.get(outcome.request_id)
-        if decision is None or decision.action != "route":
+        if decision is None or decision.action not in ("route", "reuse"):
             return "skipped"
         if not self.decisions.mark_recorded(outcome.request_id, outcome.served_by):
             return "duplicate"
+        if decision.action == "reuse":
+            return self._record_reuse(decision, outcome)
         whole = not why_not_whole(outcome)
         if self.quality is not None and not (whole and outcome.served_by != self.strongest):
             self.quality.compare(outcome.request_id, outcome.answer, comparable=False)  # forget its sample
@@ -398,6 +449,20 @@ class Engine:
             )
         return "offload_counted" if decision.examples else "skipped"
 
+    def _record_reuse(self, decision: Decision, outcome: Outcome) -> RecordResult:
+        """A cached answer was served: it counts as a use of its example, and a sampled comparison with the
+        strongest tier's answer is evidence for the tenant's reuse model."""
+        self.store.modify(decision.tenant, [decision.reused_example], lambda e: replace(e, selected=e.selected + 1))
+        if self.quality is not None:
+            whole = not why_not_whole(outcome)
+            self.quality.compare(
+                outcome.request_id,
+                outcome.answer,
+                comparable=whole,
+                evidence=lambda score: self.reuse.learn(decision.tenant, decision.reuse_features, score),
+            )
+        return "reuse_counted"
+
     async def arecord(self, outcome: Outcome) -> RecordResult:
         return await asyncio.to_thread(self.record, outcome)
 
@@ -432,10 +497,13 @@ class Engine:
         if not 0.0 <= score <= 1.0:
             raise ValueError("score must lie in [0, 1]")
         decision = self.decisions.get(request_id)
-        if decision is None or decision.action != "route" or decision.tenant != tenant:
+        if decision is None or decision.action not in ("route", "reuse") or decision.tenant != tenant:
             raise UnknownRequest(f"no routed decision with request id {request_id!r}")
         if not self.decisions.mark_feedback(request_id, score):
             raise FeedbackAlreadyGiven(f"request {request_id!r} already has feedback; it counts once")
+        if decision.action == "reuse":
+            self.reuse.learn(tenant, decision.reuse_features, score)
+            return
         strongest = decision.tier == self.strongest
         bucket = tier_bucket(decision.bucket, strongest=strongest)
         self.stats.add_to_posterior(decision.tier, tenant_bucket(bucket, tenant), score, 1.0 - score)

@@ -7,7 +7,8 @@ cache its answer, or neither.
 | `tools`, `functions` (and tool turns) | pass through, untouched | the answer depends on tool state |
 | `stop`, `logit_bias`, `response_format` | route; in the context key; answer never cached | they shape its form |
 | `temperature` above `admission.max_temperature` | route; answer never cached | a sample, not the answer |
-| anything else (`max_tokens`, `top_p`, `user`, ...) | route; cached when whole | a cut answer ends `length` |
+| `max_tokens`, `max_completion_tokens` | route; cached when whole; no cached answer longer is reused | a limit |
+| anything else (`top_p`, `user`, ...) | route; cached when whole | a cut answer ends `length` |
 
 The context key (`core.requests`) includes the shaping parameters, so an example serves only requests
 asked with the same ones; as their answers are never cached, such requests find no examples.
@@ -21,7 +22,16 @@ from typing import Any
 
 _SHAPING = ("stop", "logit_bias", "response_format")
 # Every parameter `judge_params` reads: what a door picks out of a request body to hand the engine.
-JUDGED_PARAMS = ("n", "logprobs", "top_logprobs", "seed", *_SHAPING, "temperature")
+JUDGED_PARAMS = (
+    "n",
+    "logprobs",
+    "top_logprobs",
+    "seed",
+    *_SHAPING,
+    "temperature",
+    "max_tokens",
+    "max_completion_tokens",
+)
 
 
 @dataclass(frozen=True)

@@ -126,7 +126,8 @@ class ExampleTrace:
     tokens: int
 
 
-Action = Literal["route", "pass_through", "fail_open"]
+# reuse: served the nearest cached answer as it is, without calling a model (`core.reuse`).
+Action = Literal["route", "reuse", "pass_through", "fail_open"]
 
 
 @dataclass
@@ -162,6 +163,11 @@ class Decision:
     # Earlier turns of the conversation (system messages aside): a replay cannot ask them again.
     history_turns: int = 0
     caller: str = ""
+    # The reuse choice (`core.reuse`): the offload model's inputs and its estimate that the nearest cached
+    # answer is as good as the strongest tier's (None: not estimated), and the example served when reused.
+    reuse_features: list[float] = field(default_factory=list)
+    reuse_probability: float | None = None
+    reused_example: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -186,10 +192,18 @@ class Prepared:
     decision: Decision
     tier: str
     messages: list[dict[str, Any]]
+    # The cached answer to serve as it is, without calling the tier (a reuse decision); None otherwise.
+    reused_answer: str | None = None
+    # Its tokens as counted for the usage a door reports: (prompt, completion).
+    reused_usage: tuple[int, int] = (0, 0)
 
     @property
     def routed(self) -> bool:
         return self.decision.action == "route"
+
+    @property
+    def reused(self) -> bool:
+        return self.decision.action == "reuse" and self.reused_answer is not None
 
 
 @dataclass(frozen=True)
@@ -208,7 +222,7 @@ class Outcome:
     refused: bool = False
 
 
-RecordResult = Literal["admitted", "offload_counted", "skipped", "duplicate"]
+RecordResult = Literal["admitted", "offload_counted", "reuse_counted", "skipped", "duplicate"]
 
 
 @dataclass(frozen=True)

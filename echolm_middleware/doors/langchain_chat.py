@@ -101,7 +101,7 @@ class _Call:
 
     @property
     def records(self) -> bool:
-        return self.engine is not None and self.prepared is not None and self.prepared.routed
+        return self.engine is not None and self.prepared is not None and (self.prepared.routed or self.prepared.reused)
 
 
 class EchoLMChatModel(BaseChatModel):
@@ -237,6 +237,9 @@ class EchoLMChatModel(BaseChatModel):
         summary = summary_of(request, prepared)
         if prepared is None or engine is None:
             return _Call(self._tier(request.model), request.model, messages, summary, None, None, started)
+        if prepared.reused_answer is not None:
+            cached = _cached_answer(prepared.reused_answer, prepared.reused_usage)
+            return _Call(cached, request.model, messages, summary, prepared, engine, started)
         requested = None
         if prepared.routed and (prepared.tier != request.model or prepared.decision.examples):
             requested = (request.model, messages)
@@ -405,6 +408,23 @@ class EchoLMChatModel(BaseChatModel):
         await self._arecord(call, assembled.text, assembled.finish_reason)
 
 
+def _cached_answer(answer: str, usage: tuple[int, int]) -> Runnable[Any, Any]:
+    """A cached answer in place of a tier: the reuse choice calls no model."""
+    from langchain_core.runnables import RunnableLambda
+
+    prompt, completion = usage
+    message = AIMessage(
+        content=answer,
+        response_metadata={"finish_reason": "stop"},
+        usage_metadata={"input_tokens": prompt, "output_tokens": completion, "total_tokens": prompt + completion},
+    )
+
+    def cached(_: Any, **__: Any) -> AIMessage:
+        return message.model_copy()
+
+    return RunnableLambda(cached, name="echolm_cached_answer")
+
+
 class _Assembler:
     """Collects a stream's text and finish reason; the first chunk carries the decision."""
 
@@ -422,7 +442,11 @@ class _Assembler:
         return self._summary is None
 
     def add(self, chunk: Any) -> ChatGenerationChunk:
-        if not isinstance(chunk, AIMessageChunk):
+        if isinstance(chunk, AIMessage) and not isinstance(chunk, AIMessageChunk):  # a whole message (a cached answer): its finish reason and usage kept
+            chunk = AIMessageChunk(
+                content=chunk.content, response_metadata=chunk.response_metadata, usage_metadata=chunk.usage_metadata
+            )
+        elif not isinstance(chunk, AIMessageChunk):
             chunk = AIMessageChunk(content=chunk.content if isinstance(chunk, BaseMessage) else str(chunk))
         self._parts.append(_text(chunk))
         self.finish_reason = _finish_reason(chunk) or self.finish_reason

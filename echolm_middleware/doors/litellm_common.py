@@ -47,6 +47,26 @@ def fall_back_to_requested(data: dict[str, Any], chosen: str, requested: str, re
     data["fallbacks"] = [ours, *theirs] if isinstance(theirs, list) else [ours]
 
 
+def serve_reused(call: dict[str, Any], answer: str, usage: tuple[int, int], requested: str) -> None:
+    """Answer the call with a cached answer instead of a model: LiteLLM's `mock_response`.
+
+    Set before the call is dispatched (the proxy's pre-call hook, the Router strategy), a `ModelResponse`
+    passes through routing, logging and cost like a real answer, streamed or not, and reaches every
+    callback with its usage; LiteLLM strips a `mock_response` a client sends before any hook runs. A
+    fresh object per call: LiteLLM returns and mutates it. Nothing to fall back from, so no fallbacks.
+    """
+    from litellm import ModelResponse
+    from litellm.types.utils import Usage
+
+    prompt, completion = usage
+    call["mock_response"] = ModelResponse(
+        model=requested,
+        choices=[{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}],
+        usage=Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion),
+    )
+    call.pop("fallbacks", None)
+
+
 def served_group(kwargs: Mapping[str, Any], summary: DecisionSummary) -> str:
     """The model group that answered: the router's fallback may have replaced the tier we chose.
 
@@ -163,8 +183,10 @@ class RecordingCallback(CustomLogger):
             # The tier we chose failed and the router's fallback (fall_back_to_requested) answered.
             # Counted here, once per request: the failure event fires once per failed attempt.
             self.fail_open.add(f"chosen tier failed: {summary.tier}")
-        if summary.routed:
+        if summary.routed or summary.action == "reuse":
             prices = {tier.name: tier.price_per_1k for tier in engine.tiers}
+            if summary.action == "reuse":  # no model was called: the whole strongest-tier price is saved
+                prices[served_by] = 0.0
             observe_saving(summary.tenant, served_by, tokens_of(response_obj), prices)
         if self.records_streams_itself and kwargs.get("stream"):
             return

@@ -26,6 +26,7 @@ from fastapi import Request, Response
 
 from echolm_middleware.config import (
     RequestSettings,
+    check_reuse_group_exists,
     check_tiers_exist,
     config_path_from_env,
     load_settings,
@@ -54,6 +55,7 @@ from echolm_middleware.doors.litellm_common import (
     bypass_requested,
     carry,
     fall_back_to_requested,
+    serve_reused,
     summary_in,
 )
 from echolm_middleware.factory import build_engine, build_state
@@ -141,6 +143,7 @@ def engine_from_proxy_config() -> Engine:
     settings, raw = load_settings(_proxy_config_path())
     check_tiers_exist(settings, model_groups_in(raw))
     model_list = raw.get("model_list") or []
+    check_reuse_group_exists(settings.routing, model_groups_in(raw))
     # One state for the engine and its upkeep (with `state.backend: memory` there is no other copy).
     state = build_state(settings)
     engine = build_engine(settings, model_list, state=state)
@@ -282,7 +285,10 @@ class EchoLMProxyHandler(RecordingCallback):
             observe_decision(summary)  # counted like every other request
         else:
             prepared, _ = await prepare_or_fail_open(self.handle, self.fail_open, self._timeout(), request)
-            if prepared is not None and prepared.routed:
+            if prepared is not None and prepared.reused_answer is not None:
+                data["model"] = prepared.tier
+                serve_reused(data, prepared.reused_answer, prepared.reused_usage, request.model)
+            elif prepared is not None and prepared.routed:
                 if prepared.tier != request.model or prepared.decision.examples:
                     fall_back_to_requested(data, prepared.tier, request.model, list(request.messages))
                 data["model"] = prepared.tier

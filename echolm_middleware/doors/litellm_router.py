@@ -27,12 +27,13 @@ from typing import Any
 from litellm.router import Router
 from litellm.types.router import CustomRoutingStrategyBase
 
+from echolm_middleware.config import check_reuse_group_exists
 from echolm_middleware.core.engine import Engine
 from echolm_middleware.core.generation_params import judged_params
 from echolm_middleware.core.summary import DecisionSummary
 from echolm_middleware.core.types import ChatRequest
 from echolm_middleware.doors.access import TENANT_KEY, EngineHandle, FailOpenCounter, prepare_or_fail_open, summary_of
-from echolm_middleware.doors.litellm_common import RecordingCallback, carry
+from echolm_middleware.doors.litellm_common import RecordingCallback, carry, serve_reused
 
 # How many calls' decisions the strategy remembers for their retries. A retry follows its failed
 # attempt within the Router's backoff, so only the newest calls matter; the bound keeps memory flat.
@@ -117,6 +118,9 @@ class EchoLMRoutingStrategy(CustomRoutingStrategyBase):
         self._carry(kwargs, summary)
         if call_id is not None:
             self._remember(call_id, summary)
+        if prepared.reused_answer is not None:
+            serve_reused(kwargs, prepared.reused_answer, prepared.reused_usage, model)
+            return prepared.tier
         if prepared.routed:
             kwargs["messages"] = list(prepared.messages)
             return prepared.tier
@@ -164,6 +168,7 @@ def install_echolm(router: Router, engine: Engine, *, timeout_s: float | None = 
     """Route `router`'s chat calls through the engine and record their outcomes (loads the embedder now)."""
     import litellm
 
+    check_reuse_group_exists(engine.settings.routing, router.get_model_names())
     engine.warm_up()
     handle = EngineHandle(lambda: engine)
     handle.start().result()

