@@ -102,6 +102,21 @@ def widened(deployment: Deployment, group: str) -> list[dict[str, Any]]:
     return [copy.deepcopy(e) for e in deployment.model_list if e.get("model_name") != group] + replicas
 
 
+def free_model_group(name: str) -> dict[str, Any]:
+    """A zero-priced model group that is never called: reused answers are logged under it (LiteLLM's
+    `mock_response` answers before any request leaves), so spend logs show them free."""
+    return {
+        "model_name": name,
+        "litellm_params": {
+            "model": f"openai/{name}",
+            "api_base": f"http://{name}.invalid/v1",
+            "api_key": "unused",
+            "input_cost_per_token": 0.0,
+            "output_cost_per_token": 0.0,
+        },
+    }
+
+
 def write_proxy_config(
     raw: Mapping[str, Any],
     deployment: Deployment,
@@ -109,10 +124,18 @@ def write_proxy_config(
     *,
     with_echolm: bool,
     widen: str | None = None,
+    reuse: Mapping[str, Any] | None = None,
 ) -> Path:
-    """A proxy config for the bench: ours when `with_echolm`, else LiteLLM alone; `widen`: see `widened`."""
+    """A proxy config for the bench: ours when `with_echolm`, else LiteLLM alone; `widen`: see `widened`;
+    `reuse`: the `echolm.routing.reuse` settings, its zero-priced model group added to the model list."""
     config = copy.deepcopy(dict(raw))
     config["model_list"] = widened(deployment, widen) if widen else deployment.model_list
+    if with_echolm and reuse is not None:
+        group = reuse["model_group"]
+        config["model_list"] = [*config["model_list"], free_model_group(group)]
+        echolm = dict(config.get("echolm") or {})
+        echolm["routing"] = {**dict(echolm.get("routing") or {}), "reuse": dict(reuse)}
+        config["echolm"] = echolm
     settings = dict(config.get("litellm_settings") or {})
     if with_echolm:
         settings["callbacks"] = PROXY_CALLBACK

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from echolm_lab.bench.answers_table import CHEAP, CHEAP_WITH_EXAMPLES, SIZES, STRONG, Answer, AnswersTable
+from echolm_lab.bench.answers_table import CHEAP, CHEAP_WITH_EXAMPLES, REUSE, SIZES, STRONG, Answer, AnswersTable
 from echolm_lab.bench.deployments import (
     REPLICA_PORTS,
     REPLICATED,
@@ -95,6 +95,8 @@ class TableBenchOptions:
     pass_requests: int = 300
     warmup_s: float = 60.0
     reuse_s: float = 0.0  # our lookup per reused answer, as measured (policies' ceilings)
+    # With a bar: also EchoLM with the reuse choice (fitted on the pool, reuse at P >= bar), fixed split.
+    reuse_bar: float | None = None
     replica_ports: tuple[int, int] = REPLICA_PORTS
 
 
@@ -126,8 +128,14 @@ class TableWorkloadRun:
     notes: list[str] = field(default_factory=list)
 
 
+REUSE_GROUP = "echolm-cache"  # the zero-priced model group the bench's reused answers are logged under
+REUSING = "echolm_reuse"  # EchoLM with the reuse choice on
+
+
 def choice_of(answered: Answered, cheap: str, strong: str) -> str:
     """The table's name for what served a live request: its tier, and whether examples went with it."""
+    if answered.tier == REUSE_GROUP:
+        return REUSE
     if answered.tier == cheap:
         return CHEAP_WITH_EXAMPLES if answered.examples > 0 else CHEAP
     return STRONG if answered.tier.startswith(strong) else answered.tier
@@ -162,7 +170,9 @@ def score_pass(
         mine.append(quality)
         if STRONG in row:
             differences.append(quality - score(row[STRONG].answer, item))
-        if choice in row:
+        if choice == REUSE:
+            costs.append(0.0)  # no model was called
+        elif choice in row:
             costs.append((row[choice].prompt_tokens + row[choice].completion_tokens) / 1000 * price_per_1k[choice])
         if choice in (STRONG, CHEAP) and choice in row:  # no examples: the same messages as the table's
             compared += 1
@@ -255,23 +265,47 @@ class TableBench:
         admitted = warm_store(self.settings, self.deployment.model_list, folder / "warm", source,
                               pool_answers(source, answers), self.strong)  # fmt: skip
         self.log(f"{name}: {admitted} pool answers admitted; strong-only capacity {run.capacity_rps:.2f} req/s")
+        reuse = self._reuse_settings(source, answers)
+        if reuse is not None:
+            self.log(f"{name}: reuse fitted on the pool, served at P >= {reuse['min_probability']:g}")
+            run.notes.append(
+                f"{REUSING}: EchoLM with the reuse choice on the fixed split, its model fitted on the warm pool"
+                f" (leave-one-out), reuse at P >= {reuse['min_probability']:g}"
+            )
         size = self.options.pass_requests
         for index, multiple in enumerate(self.options.load_multiples):
             items = [complete[(index * size + k) % len(complete)] for k in range(min(size, len(complete)))]
             rate = multiple * run.capacity_rps
             systems = [("strong_only", FIXED)] + [("echolm", d) for d in self.options.deployments]
+            if reuse is not None:
+                systems.append((REUSING, FIXED))
             for system, deployment in systems:
                 where = folder / f"{system}-{deployment}-{multiple:g}"
-                load = self._pass(system, deployment, source.workload, items, rate, where)
+                load = self._pass(system, deployment, source.workload, items, rate, where, reuse)
                 choices = [choice_of(a, self.cheap, self.strong) for a in load.answers]
                 live = LivePass(system, multiple, load, items, choices, deployment=deployment)
                 score_pass(live, table, source.workload.score, self.prices)
                 run.passes.append(live)
         return run
 
+    def _reuse_settings(self, source: TableWorkload, answers: Sequence[Answer]) -> dict[str, Any] | None:
+        """`echolm.routing.reuse` for the reusing system: weights fitted on the pool, the options' bar."""
+        metric = source.workload.score
+        if self.options.reuse_bar is None or metric is None:
+            return None
+        from echolm_lab.bench.table_reuse import fit_on_pool
+
+        items = {item.prompt: item for item in source.pool}
+        fit = fit_on_pool(self.embed.embed, pool_answers(source, answers), lambda a, p: metric(a, items[p]))
+        if fit is None:
+            return None
+        bar = self.options.reuse_bar
+        return {"enabled": True, "weights": fit.weights, "min_probability": bar, "model_group": REUSE_GROUP}
+
     def _pass(
-        self, system: str, deployment: str, workload: Workload, items: Sequence[QARecord], rate: float, folder: Path
-    ) -> LoadPass:
+        self, system: str, deployment: str, workload: Workload, items: Sequence[QARecord], rate: float, folder: Path,
+        reuse: Mapping[str, Any] | None = None,
+    ) -> LoadPass:  # fmt: skip
         """One open-loop pass: strong-only through LiteLLM alone on two strong servers; EchoLM through its
         proxy on its own copy of the warm store (a pass never sees another pass's admissions), on the fixed
         split or, elastic, on all four servers behind a gate of two slots."""
@@ -279,20 +313,22 @@ class TableBench:
             with slot_gate(2) as gate:
                 elastic = replace(self.deployment, model_list=behind_gate(both_servers(self.deployment), gate))
                 return self._pass_on(system, elastic, workload, items, rate, folder)
-        return self._pass_on(system, self.deployment, workload, items, rate, folder)
+        return self._pass_on(
+            system, self.deployment, workload, items, rate, folder, reuse if system == REUSING else None
+        )
 
     def _pass_on(
         self, system: str, deployment: Deployment, workload: Workload, items: Sequence[QARecord], rate: float,
-        folder: Path,
+        folder: Path, reuse: Mapping[str, Any] | None = None,
     ) -> LoadPass:  # fmt: skip
-        echolm = system == "echolm"
+        echolm = system in ("echolm", REUSING)
         env = dict(os.environ)
         if echolm:
             shutil.copytree(folder.parent / "warm", folder, ignore=shutil.ignore_patterns("*.log", "*.yaml"))
             env.update(ECHOLM_STORE__PATH=str(folder / "chroma"), ECHOLM_STATE__PATH=str(folder / "state.db"))
         else:
             folder.mkdir(parents=True, exist_ok=True)
-        config = write_proxy_config(self.raw, deployment, folder / "proxy.yaml", with_echolm=echolm)
+        config = write_proxy_config(self.raw, deployment, folder / "proxy.yaml", with_echolm=echolm, reuse=reuse)
         model = self.strong if echolm else self.deployment.strong_x2
         with running_proxy(config, env=env, log_path=folder / "proxy.log") as proxy:
             if echolm:

@@ -188,9 +188,9 @@ def plot_quality_vs_offload(summary: dict[str, Any], path: Path) -> Path:
     for ax, (name, data) in zip(axes[0], workloads, strict=False):
         points = [(p["policy"], p, False) for p in data["policies"]]
         points += [
-            (f"EchoLM live, {p['deployment']}, {p['load_multiple']:g}x capacity (n = {p['requests']})", p, True)
+            (f"{p['system']} live, {p['deployment']}, {p['load_multiple']:g}x capacity (n = {p['requests']})", p, True)
             for p in data["open_loop"]
-            if p["system"] == "echolm"
+            if p["system"] != "strong_only"
         ]
         for index, (label, p, live) in enumerate(points):
             ci = p["difference_interval_95"]

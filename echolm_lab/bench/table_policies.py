@@ -57,6 +57,20 @@ def pool_answers(source: TableWorkload, answers: Sequence[Answer]) -> dict[str, 
     return {a.item: a.answer for a in answers if a.choice == POOL and a.item in pooled and a.answer}
 
 
+def remembering(embed: Embed) -> Embed:
+    """`embed` that embeds each text once: the policies ask for the same pool and requests many times
+    (MiniLM on one thread takes minutes per pass over a pool of thousands)."""
+    seen: dict[str, Sequence[float]] = {}
+
+    def embed_once(texts: Sequence[str]) -> list[Sequence[float]]:
+        missing = list(dict.fromkeys(text for text in texts if text not in seen))
+        if missing:
+            seen.update(zip(missing, embed(missing), strict=True))
+        return [seen[text] for text in texts]
+
+    return embed_once
+
+
 def unit_vectors(embed: Embed, texts: Sequence[str]) -> np.ndarray:
     vectors = np.asarray(embed(texts), dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -225,6 +239,34 @@ def cost_per_request(
     return statistics.fmean(spent) if spent else 0.0
 
 
+def learned_reuse_policies(
+    source: TableWorkload, answers: Sequence[Answer], embed: Embed, requests: Sequence[str]
+) -> list[tuple[str, Policy]]:
+    """The router's reuse choice, fitted and thresholded on the pool (`table_reuse`), then at fixed bars."""
+    from echolm_lab.bench.table_reuse import fit_on_pool, learned_reuse  # it builds on this module's helpers
+
+    metric = source.workload.score
+    if metric is None:
+        return []
+    pooled = pool_answers(source, answers)
+    items = {item.prompt: item for item in source.pool}
+    fit = fit_on_pool(embed, pooled, lambda answer, prompt: metric(answer, items[prompt]))
+    if fit is None:
+        return []
+    named = [
+        (
+            f"learned reuse, P >= {fit.threshold:g} chosen on the pool, else strong",
+            learned_reuse(embed, pooled, requests, fit)[0],
+        )
+    ]
+    for bar in (0.9, 0.8):
+        if bar != fit.threshold:
+            named.append(
+                (f"learned reuse, P >= {bar:g}, else strong", learned_reuse(embed, pooled, requests, fit, bar)[0])
+            )
+    return named
+
+
 @dataclass(frozen=True)
 class PolicyResult:
     score: PolicyScore
@@ -263,6 +305,7 @@ def evaluate_policies(
     ]
     scored = complete
     if embed is not None:
+        embed = remembering(embed)
         neighbours = nearest_in_pool(embed, pool_answers(source, answers), list(complete))
         if metric is not None:
             items = {item.prompt: item for item in source.requests}
@@ -274,6 +317,8 @@ def evaluate_policies(
             named.append(
                 (f"difficulty router, strong share {share:g}", difficulty_router(embed, scored, strong_share=share))
             )
+        if metric is not None and all(REUSE in row for row in scored.values()):
+            named += learned_reuse_policies(source, answers, embed, list(scored))
         if all(REUSE in row for row in scored.values()):
             named.append(("oracle with reuse (a ceiling: reads the answers)", oracle_with_reuse(scored)))
     times, tokens, prompts = service_times(answers), tokens_by_choice(answers), list(scored)

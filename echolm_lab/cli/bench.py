@@ -125,9 +125,15 @@ def register(subparsers: Any) -> None:
         help="with --tables: Poisson rates as multiples of strong-only's capacity (default: %(default)s)",
     )  # fmt: skip
     parser.add_argument(
-        "--deployments", nargs="+", choices=["fixed", "elastic"], default=["fixed", "elastic"],
+        "--deployments", nargs="*", choices=["fixed", "elastic"], default=["fixed", "elastic"],
         help="with --tables: EchoLM's deployments on the same two cores: fixed (one cheap + one strong server) "
-        "and elastic (two of each behind a gate of two slots) (default: both; strong-only: two strong servers)",
+        "and elastic (two of each behind a gate of two slots) (default: both; none: EchoLM only with "
+        "--reuse-bar; strong-only: two strong servers)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--reuse-bar", type=float, metavar="P",
+        help="with --tables: also time EchoLM with the reuse choice on the fixed split, its model fitted on the "
+        "warm pool (leave-one-out) and a cached answer served at P(as good as the strong tier) >= P",
     )  # fmt: skip
     parser.add_argument(
         "--pass-requests", type=int, default=300, metavar="N",
@@ -264,7 +270,7 @@ def run_on_tables(args: argparse.Namespace) -> int:
         config=args.config.resolve(), workloads=list(args.workloads), data_dir=args.data_dir, tables=args.tables,
         run_dir=args.work.resolve() / name, seed=args.seed, load_multiples=list(args.load_multiples),
         pass_requests=args.pass_requests, warmup_s=args.warmup, deployments=list(args.deployments),
-        replica_ports=(args.replica_ports[0], args.replica_ports[1]),
+        replica_ports=(args.replica_ports[0], args.replica_ports[1]), reuse_bar=args.reuse_bar,
     )  # fmt: skip
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 

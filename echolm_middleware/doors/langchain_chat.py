@@ -442,7 +442,8 @@ class _Assembler:
         return self._summary is None
 
     def add(self, chunk: Any) -> ChatGenerationChunk:
-        if isinstance(chunk, AIMessage) and not isinstance(chunk, AIMessageChunk):  # a whole message (a cached answer): its finish reason and usage kept
+        if isinstance(chunk, AIMessage) and not isinstance(chunk, AIMessageChunk):
+            # A whole message (a cached answer): its finish reason and usage are kept.
             chunk = AIMessageChunk(
                 content=chunk.content, response_metadata=chunk.response_metadata, usage_metadata=chunk.usage_metadata
             )

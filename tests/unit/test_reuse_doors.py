@@ -177,7 +177,7 @@ def test_a_reuse_group_missing_from_the_model_list_stops_the_router_door(make_en
 
     kit = make_engine(routing=_reusing("no-such-group"))
 
-    with pytest.raises(ConfigError, match="routing.reuse.model_group: 'no-such-group'"):
+    with pytest.raises(ConfigError, match=r"routing\.reuse\.model_group: 'no-such-group'"):
         install_echolm(_router(strong), kit.engine)
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from echolm_lab.bench.answers_table import CHEAP, CHEAP_WITH_EXAMPLES, STRONG, Answer
+from echolm_lab.bench.answers_table import CHEAP, CHEAP_WITH_EXAMPLES, REUSE, STRONG, Answer
 from echolm_lab.bench.load import LoadPass
 from echolm_lab.bench.systems import Answered
-from echolm_lab.bench.table_bench import LivePass, TableWorkloadRun, by_item, choice_of, score_pass
+from echolm_lab.bench.table_bench import REUSE_GROUP, LivePass, TableWorkloadRun, by_item, choice_of, score_pass
 from echolm_lab.bench.table_bench_report import format_report, plot_latency_vs_load, plot_quality_vs_offload, summarize
 from echolm_lab.bench.table_build import TableWorkload
 from echolm_lab.bench.table_policies import Ceiling, PolicyResult
@@ -45,6 +45,24 @@ def test_a_live_answer_is_named_by_its_tier_and_whether_examples_went_with_it() 
     assert choice_of(served("cheap", 0), "cheap", "strong") == CHEAP
     assert choice_of(served("strong", 0), "cheap", "strong") == STRONG
     assert choice_of(served("strong@x2", 0), "cheap", "strong") == STRONG  # strong-only's two servers
+    assert choice_of(served(REUSE_GROUP, 0), "cheap", "strong") == REUSE
+
+
+def test_the_reusing_systems_proxy_config_holds_its_fit_and_a_free_group_to_log_reuse_under(tmp_path: Path) -> None:
+    from echolm_lab.bench.deployments import bench_deployment, write_proxy_config
+    from echolm_middleware.config import check_reuse_group_exists, load_settings, model_groups_in
+
+    raw = load_settings(Path("config.yaml"))[1]
+    deployment = bench_deployment(raw, "cheap", "strong", replica_ports=(8103, 8104))
+    reuse = {"enabled": True, "weights": [0.5] * 7, "min_probability": 0.9, "model_group": REUSE_GROUP}
+
+    path = write_proxy_config(raw, deployment, tmp_path / "proxy.yaml", with_echolm=True, reuse=reuse)
+
+    settings, written = load_settings(path)
+    assert settings.routing.reuse.enabled and settings.routing.reuse.weights == [0.5] * 7
+    check_reuse_group_exists(settings.routing, model_groups_in(written))  # does not raise
+    (free,) = [m for m in written["model_list"] if m["model_name"] == REUSE_GROUP]
+    assert free["litellm_params"]["input_cost_per_token"] == free["litellm_params"]["output_cost_per_token"] == 0.0
 
 
 def _live(items: list[QARecord], answered: list[Answered], choices: list[str]) -> LivePass:

@@ -125,3 +125,50 @@ def test_a_policys_cost_is_its_chosen_answers_tokens_at_their_tiers_price_exampl
     assert cost_per_request(fixed(STRONG), tokens, ["q"], prices) == pytest.approx(2 / 1000 * 2.0)
     assert cost_per_request(fixed(CHEAP_WITH_EXAMPLES), tokens, ["q"], prices) == pytest.approx(500 / 1000 * 0.1)
     assert cost_per_request(fixed(REUSE), tokens, ["q"], prices) == 0.0
+
+
+def _topic_pool() -> dict[str, str]:
+    """Card questions all share one right answer; each transfer question has its own."""
+    pool = {f"card question {i}": "card_lost" for i in range(6)}
+    pool.update({f"transfer question {i}": f"transfer_{i}" for i in range(6)})
+    return pool
+
+
+def _right(answer: str, prompt: str) -> float:
+    """The pool's own answer is the right one; a card question is also answered by any card answer."""
+    return float(answer == _topic_pool()[prompt])
+
+
+def test_reuse_is_fitted_on_the_pool_without_each_item_seeing_itself() -> None:
+    from echolm_lab.bench.table_reuse import fit_on_pool, nearest_candidates
+
+    pool = _topic_pool()
+
+    found = nearest_candidates(topic_embed, pool, list(pool), leave_self_out=True)
+    fit = fit_on_pool(topic_embed, pool, _right)
+
+    assert all(query not in [c.example.prompt for c in found[query]] for query in pool)
+    assert fit is not None and fit.pool_items == 12
+    # Reusing a card answer costs nothing, a transfer answer everything: the bar lets cards through only.
+    assert fit.pool_reuse_share == pytest.approx(0.5)
+
+
+def test_learned_reuse_serves_requests_whose_neighbours_agree_and_asks_the_strong_tier_otherwise() -> None:
+    from echolm_lab.bench.table_reuse import fit_on_pool, learned_reuse
+
+    pool = _topic_pool()
+    fit = fit_on_pool(topic_embed, pool, _right)
+    assert fit is not None
+
+    policy, probability = learned_reuse(topic_embed, pool, ["card question new", "transfer question new"], fit)
+
+    assert (policy("card question new"), policy("transfer question new")) == (REUSE, STRONG)
+    assert probability["card question new"] > fit.threshold > probability["transfer question new"]
+
+
+def test_a_pool_where_reuse_is_never_worse_or_always_worse_fits_nothing() -> None:
+    from echolm_lab.bench.table_reuse import fit_on_pool
+
+    pool = {f"card question {i}": "card_lost" for i in range(4)}
+
+    assert fit_on_pool(topic_embed, pool, lambda answer, prompt: 1.0) is None  # one label only

@@ -1,0 +1,109 @@
+"""The router's reuse choice scored off an answers table: fitted on the warm pool, checked on the requests.
+
+The reuse model (`core.offload_model`, as `core.reuse` runs it on the request path) is fitted on the
+pool alone, leave-one-out: each pool item's features come from its nearest *other* pool items, and its
+label says whether the nearest other answer scores at least what its own (strong or teacher) answer
+does. Its threshold is chosen on the pool too: the lowest whose reuse costs at most `MARGIN` of the
+pool's own quality. The requests are then routed by it (reuse where P clears the threshold, else the
+strong tier) and scored paired with strong-only like every other policy; they are never fitted on.
+
+Retrieval here is exact search by matrix product over MiniLM vectors: what the engine's stores return
+for a workload whose requests share one context (one system prompt, no history), as the built-in ones do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from echolm_lab.bench.answers_table import REUSE, STRONG
+from echolm_lab.bench.offload_study import fit_logistic
+from echolm_lab.bench.table_policies import Embed, unit_vectors
+from echolm_lab.bench.table_scores import Policy
+from echolm_middleware.core.offload_model import NEIGHBOURS, OffloadModel, offload_features
+from echolm_middleware.core.types import Candidate, Example
+
+MARGIN = 0.01  # the quality (share of the pool's own score) reuse may cost on the pool
+THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))  # 0.5 .. 0.95
+
+
+@dataclass(frozen=True)
+class ReuseFit:
+    weights: list[float]
+    threshold: float
+    pool_items: int
+    pool_reuse_share: float  # share of pool items reused at the threshold (in-sample)
+
+
+def _candidates(prompts: Sequence[str], answers: Sequence[str], row: np.ndarray, order: np.ndarray) -> list[Candidate]:
+    return [Candidate(Example(prompts[j], prompts[j], answers[j], "strong", 1.0, 0.0), float(row[j])) for j in order]
+
+
+def nearest_candidates(
+    embed: Embed, pool: Mapping[str, str], queries: Sequence[str], *, leave_self_out: bool = False
+) -> dict[str, list[Candidate]]:
+    """Each query's NEIGHBOURS nearest pool entries as the engine's candidates; with `leave_self_out`, a
+    query that is itself a pool prompt never finds itself."""
+    prompts, texts = list(pool), list(pool.values())
+    if not prompts or not queries:
+        return {}
+    similarities = unit_vectors(embed, queries) @ unit_vectors(embed, prompts).T
+    if leave_self_out:
+        index = {prompt: j for j, prompt in enumerate(prompts)}
+        for i, query in enumerate(queries):
+            if query in index:
+                similarities[i, index[query]] = -np.inf
+    k = min(NEIGHBOURS, len(prompts) - (1 if leave_self_out else 0))
+    found = {}
+    for i, query in enumerate(queries):
+        row = similarities[i]
+        top = np.argpartition(-row, k - 1)[:k]
+        top = top[np.argsort(-row[top])]
+        found[query] = _candidates(prompts, texts, row, top)
+    return found
+
+
+def fit_on_pool(
+    embed: Embed, pool: Mapping[str, str], metric: Callable[[str, str], float], *, margin: float = MARGIN
+) -> ReuseFit | None:
+    """The reuse model and its threshold from the pool alone (`metric(answer, pool prompt)`)."""
+    found = nearest_candidates(embed, pool, list(pool), leave_self_out=True)
+    features, labels, losses = [], [], []
+    for prompt, candidates in found.items():
+        if not candidates:
+            continue
+        own, reused = metric(pool[prompt], prompt), metric(candidates[0].example.answer, prompt)
+        features.append(offload_features(candidates, prompt))
+        labels.append(float(reused >= own))
+        losses.append(own - reused)
+    if not features or len(set(labels)) < 2:
+        return None
+    weights = fit_logistic(features, labels)
+    model = OffloadModel(weights)
+    probabilities = np.asarray([model.probability(f) for f in features])
+    loss = np.asarray(losses)
+    own_quality = max(float(np.mean([metric(pool[p], p) for p in found])), 1e-9)
+    threshold = THRESHOLDS[-1]
+    for candidate in THRESHOLDS:  # the lowest threshold whose reuse costs at most `margin` of the pool's quality
+        if float(np.where(probabilities >= candidate, loss, 0.0).mean()) <= margin * own_quality:
+            threshold = candidate
+            break
+    share = float((probabilities >= threshold).mean())
+    return ReuseFit(weights, threshold, len(features), share)
+
+
+def learned_reuse(
+    embed: Embed, pool: Mapping[str, str], requests: Sequence[str], fit: ReuseFit, threshold: float | None = None
+) -> tuple[Policy, dict[str, float]]:
+    """Reuse where the fitted model's P clears the threshold, else the strong tier; and each request's P."""
+    model = OffloadModel(fit.weights)
+    found = nearest_candidates(embed, pool, requests)
+    probability = {query: model.probability(offload_features(c, query)) for query, c in found.items()}
+    bar = fit.threshold if threshold is None else threshold
+
+    def choose(prompt: str) -> str:
+        return REUSE if probability.get(prompt, 0.0) >= bar else STRONG
+
+    return choose, probability
