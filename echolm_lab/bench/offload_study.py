@@ -58,32 +58,6 @@ def study_rows(
     return rows
 
 
-def pool_rows(
-    pool: Sequence[QARecord],
-    pooled_answers: Mapping[str, str],
-    retrieve: Retrieve,
-    score: Callable[[str, QARecord], float],
-) -> list[StudyRow]:
-    """Reuse rows from the warm pool alone, leave-one-out: each pool item asks the pool without itself.
-
-    The label compares the nearest other pool answer with the item's own pool answer (the strong tier's,
-    or the teacher's), so the reuse model trains on thousands of items without a single new generation.
-    Only the reuse label: the cheap tier with examples was never asked for pool items.
-    """
-    rows = []
-    for item in pool:
-        own = pooled_answers.get(item.prompt)
-        if own is None:
-            continue
-        others = [c for c in retrieve(item.prompt) if c.example.prompt != item.prompt]
-        labels = {}
-        if others:
-            nearest = max(others, key=lambda c: c.similarity)
-            labels[REUSE] = float(score(nearest.example.answer, item) >= score(own, item))
-        rows.append(StudyRow(item.prompt, offload_features(others, item.prompt), labels))
-    return rows
-
-
 def fit_logistic(features: Sequence[Sequence[float]], labels: Sequence[float], *, l2: float = 1.0) -> list[float]:
     """L2-regularised logistic regression by Newton's method (the bias, FEATURES[0], is not penalised)."""
     x = np.asarray(features, dtype=float)

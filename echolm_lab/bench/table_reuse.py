@@ -65,33 +65,50 @@ def nearest_candidates(
     return found
 
 
-def fit_on_pool(
-    embed: Embed, pool: Mapping[str, str], metric: Callable[[str, str], float], *, margin: float = MARGIN
-) -> ReuseFit | None:
-    """The reuse model and its threshold from the pool alone (`metric(answer, pool prompt)`)."""
+@dataclass(frozen=True)
+class PoolRow:
+    """One pool item asked of the pool without itself: the model's inputs and what reuse did for it."""
+
+    features: list[float]
+    label: float  # 1 if the nearest other answer scores at least the item's own, else 0
+    loss: float  # the item's own score minus the nearest other answer's
+    own: float  # the item's own answer's score
+
+
+def pool_reuse_rows(embed: Embed, pool: Mapping[str, str], metric: Callable[[str, str], float]) -> list[PoolRow]:
+    """Leave-one-out rows for the reuse model from the pool alone (`metric(answer, pool prompt)`)."""
     found = nearest_candidates(embed, pool, list(pool), leave_self_out=True)
-    features, labels, losses = [], [], []
+    rows = []
     for prompt, candidates in found.items():
-        if not candidates:
-            continue
-        own, reused = metric(pool[prompt], prompt), metric(candidates[0].example.answer, prompt)
-        features.append(offload_features(candidates, prompt))
-        labels.append(float(reused >= own))
-        losses.append(own - reused)
-    if not features or len(set(labels)) < 2:
+        if candidates:
+            own, reused = metric(pool[prompt], prompt), metric(candidates[0].example.answer, prompt)
+            rows.append(PoolRow(offload_features(candidates, prompt), float(reused >= own), own - reused, own))
+    return rows
+
+
+def fit_reuse(rows: Sequence[PoolRow], *, margin: float = MARGIN) -> ReuseFit | None:
+    """The reuse model fitted on `rows`, and the lowest threshold whose reuse costs at most `margin` of the
+    rows' own quality (in-sample); None when the rows hold one label only."""
+    if len({row.label for row in rows}) < 2:
         return None
-    weights = fit_logistic(features, labels)
+    weights = fit_logistic([row.features for row in rows], [row.label for row in rows])
     model = OffloadModel(weights)
-    probabilities = np.asarray([model.probability(f) for f in features])
-    loss = np.asarray(losses)
-    own_quality = max(float(np.mean([metric(pool[p], p) for p in found])), 1e-9)
+    probabilities = np.asarray([model.probability(row.features) for row in rows])
+    loss = np.asarray([row.loss for row in rows])
+    own_quality = max(float(np.mean([row.own for row in rows])), 1e-9)
     threshold = THRESHOLDS[-1]
-    for candidate in THRESHOLDS:  # the lowest threshold whose reuse costs at most `margin` of the pool's quality
+    for candidate in THRESHOLDS:
         if float(np.where(probabilities >= candidate, loss, 0.0).mean()) <= margin * own_quality:
             threshold = candidate
             break
-    share = float((probabilities >= threshold).mean())
-    return ReuseFit(weights, threshold, len(features), share)
+    return ReuseFit(weights, threshold, len(rows), float((probabilities >= threshold).mean()))
+
+
+def fit_on_pool(
+    embed: Embed, pool: Mapping[str, str], metric: Callable[[str, str], float], *, margin: float = MARGIN
+) -> ReuseFit | None:
+    """The reuse model and its threshold from the pool alone."""
+    return fit_reuse(pool_reuse_rows(embed, pool, metric), margin=margin)
 
 
 def learned_reuse(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +56,13 @@ def register(subparsers: Any) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--study", action="store_true",
-        help="ask nothing: fit the router's offload model (P(reuse / the cheap tier with examples is as good as "
-        "the strong tier)) on the table's train items, check it on the requests (reliability, Brier, AUC) and "
-        "print the weights as Markdown",
+        help="ask nothing: fit the router's offload models (P(reuse / the cheap tier with examples is as good as "
+        "the strong tier)), reuse on the warm pool leave-one-out with its threshold, the cheap tier with examples "
+        "on the train items; check them on the requests (reliability, Brier, AUC); print the weights as Markdown",
+    )  # fmt: skip
+    parser.add_argument(
+        "--study-with", nargs="*", default=[], choices=sorted(SIZES), metavar="WORKLOAD",
+        help="with --study: these workloads' pools (their tables beside TABLE) join the reuse fit",
     )  # fmt: skip
     parser.add_argument(
         "--report", action="store_true",
@@ -106,10 +111,17 @@ def run(args: Any) -> int:
             "state": settings.state.model_copy(update={"backend": "memory"}),
         }
     )
-    engine = build_engine(in_memory, raw["model_list"])
     if args.study:
-        print("\n".join(study(source, table.answers(), engine, settings.tiers[-1].name)))
+        others = [
+            (table_workload(name, args.data_dir, pool_size=SIZES[name][0], request_size=SIZES[name][1],
+                            train_size=TRAIN_SIZES[name], seed=args.seed),
+             AnswersTable(table.path.parent / f"{name}.jsonl").answers())
+            for name in args.study_with
+        ]  # fmt: skip
+        embed = EMBEDDERS[settings.embedder.backend](settings).embed
+        print("\n".join(study([(source, table.answers()), *others], embed)))
         return 0
+    engine = build_engine(in_memory, raw["model_list"])
     cheap, strong = (endpoint_of(raw, tier.name) for tier in (settings.tiers[0], settings.tiers[-1]))
     total = len(source.pool) + 3 * (len(source.requests) + len(source.train))
     print(
@@ -175,45 +187,51 @@ def lookup_seconds(embed: Any, source: Any, samples: int = 50) -> float:
     return statistics.median(spent) if spent else 0.0
 
 
-def study(source: Any, answers: Any, engine: Any, strongest: str) -> list[str]:
-    """Fit the offload models on training data, check them on the requests: the lines to print.
+def pool_metric(source: Any) -> Any:
+    """The workload's metric for a pool prompt's answer: `metric(answer, pool prompt)`."""
+    items = {item.prompt: item for item in source.pool}
+    return lambda answer, prompt: source.workload.score(answer, items[prompt])
 
-    Reuse is fitted on the warm pool leave-one-out (and the train items' reuse labels when they are
-    tabled); the cheap tier with examples on the train items. The requests are never fitted on.
+
+def study(workloads: Sequence[tuple[Any, Any]], embed: Any) -> list[str]:
+    """Fit the offload models on training data, check them on the first workload's requests: the lines.
+
+    `workloads`: (table workload, its answers) pairs. Reuse is fitted on every workload's warm pool,
+    leave-one-out, and its threshold chosen there (`table_reuse`); the cheap tier with examples on the
+    first workload's train items. Retrieval is exact search over the first workload's pool. The requests
+    are never fitted on.
     """
     from echolm_lab.bench.answers_table import CHEAP_WITH_EXAMPLES, REUSE
-    from echolm_lab.bench.offload_study import describe, fitted_models, held_out, pool_rows, study_rows
-    from echolm_lab.bench.table_build import TENANT
-    from echolm_lab.bench.table_policies import pool_answers
-    from echolm_middleware.core.types import ChatRequest
+    from echolm_lab.bench.offload_study import describe, fitted_models, held_out, study_rows
+    from echolm_lab.bench.table_policies import pool_answers, remembering
+    from echolm_lab.bench.table_reuse import fit_reuse, nearest_candidates, pool_reuse_rows
 
+    embed = remembering(embed)
+    reuse_rows = []
+    for source, answers in workloads:
+        if source.workload.score is not None:
+            reuse_rows += pool_reuse_rows(embed, pool_answers(source, answers), pool_metric(source))
+    source, answers = workloads[0]
     workload = source.workload
     if workload.score is None:
         return [f"{workload.name} is judged pairwise: the study needs a reference metric"]
-    instructions = workload.system_prompt or ""
-    pooled = pool_answers(source, answers)
-    for prompt, text in pooled.items():
-        engine.admit(TENANT, prompt, text, strongest, instructions=instructions)
-
-    items = {item.prompt: item for item in [*source.pool, *source.train, *source.requests]}
-
-    def retrieve(prompt: str) -> Any:
-        return engine.candidates_for(ChatRequest(TENANT, strongest, workload.messages(items[prompt])))
-
-    pool = pool_rows(source.pool, pooled, retrieve, workload.score)
-    train = study_rows(source.train, answers, retrieve, workload.score)
-    checked_on = study_rows(source.requests, answers, retrieve, workload.score)
-    weights = fitted_models([*pool, *train])
-    fitted_on = {
-        REUSE: f"{sum(REUSE in r.labels for r in pool)} pool items (leave-one-out)"
-        f" + {sum(REUSE in r.labels for r in train)} train items",
-        CHEAP_WITH_EXAMPLES: f"{sum(CHEAP_WITH_EXAMPLES in r.labels for r in train)} train items",
-    }
-    return [
-        f"# Offload model: {workload.name}",
-        "",
-        *(f"- {choice}: fitted on {fitted_on[choice]}" for choice in weights),
-        f"- checked on {len(checked_on)} requests no fit saw",
-        "",
-        *describe(weights, held_out(checked_on, weights)),
-    ]
+    prompts = [item.prompt for item in [*source.train, *source.requests]]
+    found = nearest_candidates(embed, pool_answers(source, answers), prompts)
+    train = study_rows(source.train, answers, lambda prompt: found.get(prompt, []), workload.score)
+    checked_on = study_rows(source.requests, answers, lambda prompt: found.get(prompt, []), workload.score)
+    weights = fitted_models([row for row in train if CHEAP_WITH_EXAMPLES in row.labels])
+    weights.pop(REUSE, None)  # reuse is fitted on the pools below
+    reuse = fit_reuse(reuse_rows)
+    lines = [f"# Offload model: {', '.join(s.workload.name for s, _ in workloads)}", ""]
+    if reuse is not None:
+        weights = {REUSE: reuse.weights, **weights}
+        lines += [
+            f"- reuse: fitted on {reuse.pool_items} pool items (leave-one-out) of "
+            + ", ".join(s.workload.name for s, _ in workloads)
+            + f"; threshold chosen there: P >= {reuse.threshold:g} (reuses {reuse.pool_reuse_share:.0%} of the pool)",
+            f"  `routing.reuse`: weights {[round(w, 3) for w in reuse.weights]}, min_probability {reuse.threshold:g}",
+        ]
+    if CHEAP_WITH_EXAMPLES in weights:
+        lines.append(f"- cheap+examples: fitted on {sum(CHEAP_WITH_EXAMPLES in r.labels for r in train)} train items")
+    lines += [f"- checked on {len(checked_on)} {workload.name} requests no fit saw", ""]
+    return lines + describe(weights, held_out(checked_on, weights))
