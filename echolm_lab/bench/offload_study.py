@@ -135,4 +135,7 @@ def describe(weights: Mapping[str, Sequence[float]], checked: Mapping[str, Calib
     for choice, c in checked.items():
         auc = "-" if c.auc is None else f"{c.auc:.3f}"
         lines.append(f"| {choice} | {c.n} | {c.base_rate:.3f} | {c.brier:.3f} | {auc} |")
+    for choice, c in checked.items():  # reliability: does P mean what it says?
+        lines += ["", f"Reliability of {choice} (held out):", "", "| mean P | observed rate | n |", "|---|---|---|"]
+        lines += [f"| {predicted:.2f} | {observed:.2f} | {n} |" for predicted, observed, n in c.bins]
     return lines
