@@ -93,7 +93,7 @@ def test_a_streamed_repeat_is_served_from_the_cache_too(reusing: Any) -> None:
 
 
 def test_another_team_and_a_length_limit_the_answer_breaks_are_never_served_from_the_cache(reusing: Any) -> None:
-    proxy, strong = reusing
+    proxy, _ = reusing
     _ask(proxy, ALICE, QUESTION)  # cached for team-a by the first test, or now
 
     other_team = _ask(proxy, CAROL, QUESTION)
