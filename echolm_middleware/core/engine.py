@@ -460,6 +460,8 @@ class Engine:
                 outcome.answer,
                 comparable=whole,
                 evidence=lambda score: self.reuse.learn(decision.tenant, decision.reuse_features, score),
+                # The bias decides between the tiers; a reused answer's quality is the reuse model's to learn.
+                moves_bias=False,
             )
         return "reuse_counted"
 

@@ -136,10 +136,17 @@ class QualityCheck(Protocol):
         ...
 
     def compare(
-        self, request_id: str, answer: str, *, comparable: bool, evidence: Callable[[float], None] | None = None
+        self,
+        request_id: str,
+        answer: str,
+        *,
+        comparable: bool,
+        evidence: Callable[[float], None] | None = None,
+        moves_bias: bool = True,
     ) -> None:
-        """The cheaper tier's answer: compared (off the request path) if the request was kept and it is whole;
-        `evidence` gets the comparison's score (0-1) too."""
+        """The cheaper tier's (or the cache's) answer: compared (off the request path) if the request was kept
+        and it is whole; `evidence` gets the comparison's score (0-1) too; the score moves the strongest
+        tier's bias only if `moves_bias`."""
         ...
 
 

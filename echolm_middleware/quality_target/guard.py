@@ -37,10 +37,17 @@ class QualityGuard:
                 self._sampled.popitem(last=False)
 
     def compare(
-        self, request_id: str, answer: str, *, comparable: bool, evidence: Callable[[float], None] | None = None
+        self,
+        request_id: str,
+        answer: str,
+        *,
+        comparable: bool,
+        evidence: Callable[[float], None] | None = None,
+        moves_bias: bool = True,
     ) -> None:
-        """Hand a sampled cheap-tier answer to the shadow comparison; its score later moves the bias and is
-        passed to `evidence` (the examples the answer used)."""
+        """Hand a sampled cheap-tier answer to the shadow comparison; its score later moves the bias (unless
+        not `moves_bias`: a reused answer, whose own model learns from it instead) and is passed to
+        `evidence` (the examples the answer used, or the reuse model)."""
         with self._lock:
             messages = self._sampled.pop(request_id, None)
         if messages is None or not comparable:
@@ -48,7 +55,8 @@ class QualityGuard:
         controller = self.controller
 
         def observe(score: float) -> None:
-            controller.observe(score)
+            if moves_bias:
+                controller.observe(score)
             if evidence is not None:
                 evidence(score)
 

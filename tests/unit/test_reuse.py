@@ -162,3 +162,24 @@ def test_feedback_on_a_reused_answer_moves_only_that_tenants_reuse_model(make_en
         kit.engine.feedback(prepared.decision.request_id, 1.0, tenant="A")
     with pytest.raises(UnknownRequest):
         kit.engine.feedback(again.decision.request_id, 1.0, tenant="B")
+
+
+def test_a_sampled_reused_answer_compared_badly_lowers_reuse_without_moving_the_tier_bias(make_engine: Any) -> None:
+    from echolm_middleware.config import QualityTargetSettings
+    from tests.unit.test_quality_target import ImmediateShadow
+
+    target = QualityTargetSettings(target=0.9, sample_share=1.0, step=0.1, max_bias=0.5)
+    shadow = ImmediateShadow(score=0.0)
+    routing = _routing().model_copy(update={"quality_target": target})
+    kit = make_engine(routing=routing, shadow=shadow)
+    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+    first = kit.engine.prepare(_ask(PARAPHRASE))
+    assert first.reused
+
+    kit.engine.record(Outcome(first.decision.request_id, first.tier, ANSWER, finish_reason="stop"))
+
+    [(messages, compared)] = shadow.seen
+    assert compared == ANSWER and messages[-1]["content"] == PARAPHRASE
+    assert kit.engine.quality.strongest_bias() == 0.0  # the tiers' balance is not the cache's to move
+    again = kit.engine.prepare(_ask(PARAPHRASE))
+    assert again.decision.reuse_probability < first.decision.reuse_probability  # type: ignore[operator]

@@ -27,6 +27,7 @@ from echolm_middleware.doors.litellm_proxy import EchoLMProxyHandler
 from echolm_middleware.errors import ConfigError
 from tests.echo_tier import EchoTier
 from tests.unit.conftest import ROUTING
+from tests.unit.test_proxy_handler import _requests_counted
 from tests.unit.test_langchain_door import ScriptedTier
 
 QUESTION = "What is the capital of France?"
@@ -105,6 +106,7 @@ def test_the_proxy_serves_a_reused_answer_free_without_calling_a_tier(
 ) -> None:
     kit = make_engine(routing=_reusing())
     kit.engine.admit("team:A", QUESTION, ANSWER, "strong")
+    counted = _requests_counted(CACHE_GROUP, "team:A", "reuse")
     handler = EchoLMProxyHandler(handle=EngineHandle(lambda: kit.engine))
     handler.handle.start().result()
     costs = Costs()
@@ -136,6 +138,7 @@ def test_the_proxy_serves_a_reused_answer_free_without_calling_a_tier(
     # earlier test's event to this logger.)
     assert costs.by_group[CACHE_GROUP] == 0.0
     assert headers is not None and headers["x-echolm-action"] == "reuse"
+    assert _requests_counted(CACHE_GROUP, "team:A", "reuse") == counted + 1  # echolm_requests_total
     assert _selected(kit, "team:A") == 1  # recorded once, as a use of its example
     request_id = data["metadata"][METADATA_KEY]["request_id"]
     assert kit.engine.explain(request_id).action == "reuse"
