@@ -27,8 +27,8 @@ from echolm_middleware.doors.litellm_proxy import EchoLMProxyHandler
 from echolm_middleware.errors import ConfigError
 from tests.echo_tier import EchoTier
 from tests.unit.conftest import ROUTING
-from tests.unit.test_proxy_handler import _requests_counted
 from tests.unit.test_langchain_door import ScriptedTier
+from tests.unit.test_proxy_handler import _requests_counted
 
 QUESTION = "What is the capital of France?"
 PARAPHRASE = "What is the capital city of France?"  # similarity 0.93 under the word-hash embedder
