@@ -114,12 +114,20 @@ class RoutingSettings(_Strict):
     )
     load_lambda: float = Field(default=0.5, ge=0, description="λ0 of the load bias λ0·tanh(γ·(L−cap))·C.")
     load_gamma: float = Field(default=1.0, gt=0, description="γ of the load bias.")
-    load_signal: Literal["queue", "ema"] = Field(
+    load_signal: Literal["queue", "ema", "delay"] = Field(
         default="queue",
         description=(
             "The load L a request is routed on. queue: requests in flight on the tier counting this one, the"
-            " queue it would join; ema: the moving average of requests in flight (smoother, lags a burst)."
+            " queue it would join; ema: the moving average of requests in flight (smoother, lags a burst);"
+            " delay: the seconds the request would take there (the queue it would join times the tier's"
+            " measured latency, over its capacity), charged against latency_target_s whatever the tier's price."
         ),
+    )
+    latency_target_s: float = Field(
+        default=5.0, gt=0, description="load_signal delay: the expected seconds that cost load_lambda of quality."
+    )
+    latency_prior_s: float = Field(
+        default=1.0, gt=0, description="load_signal delay: a tier's latency until its answers have been timed."
     )
     load_window_s: float = Field(default=2.0, gt=0, description="Time constant of the in-flight moving average.")
     load_stale_after_s: float = Field(

@@ -41,10 +41,12 @@ from echolm_middleware.core.prompting import augment
 from echolm_middleware.core.requests import RequestView, context_key, inspect_request, is_valid_utf8
 from echolm_middleware.core.reuse import ReuseCandidate, ReuseModels, why_not_reused
 from echolm_middleware.core.routing import (
+    LatencyTracker,
     LoadTracker,
     TierProfile,
     choose_tier,
     context_bucket,
+    expected_delays,
     score_tiers,
     tier_bucket,
 )
@@ -181,6 +183,8 @@ class Engine:
         self.stats = stats
         # This process's own count unless a board shared between workers is given (coordination.redis_url).
         self.load: LoadBoard = load or LoadTracker(settings.routing.load_window_s, settings.routing.load_stale_after_s)
+        # Each tier's measured latency, for the `delay` load signal (this process's own answers).
+        self.latency = LatencyTracker(settings.routing.latency_prior_s)
         self._now = clock or time.time
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
@@ -208,9 +212,11 @@ class Engine:
     # ---- request path -------------------------------------------------------------------------
 
     def _routing_loads(self) -> dict[str, float]:
-        if self.settings.routing.load_signal == "queue":
-            return self.load.queue_if_added([tier.name for tier in self.tiers])
-        return self.load.loads()
+        signal = self.settings.routing.load_signal
+        if signal == "ema":
+            return self.load.loads()
+        queues = self.load.queue_if_added([tier.name for tier in self.tiers])
+        return expected_delays(self.tiers, queues, self.latency) if signal == "delay" else queues
 
     def prepare(self, request: ChatRequest) -> Prepared:
         """Decide the tier and the messages for one request; the decision is kept under a new id.
@@ -415,6 +421,8 @@ class Engine:
         if decision.action == "reuse":
             return self._record_reuse(decision, outcome)
         whole = not why_not_whole(outcome)
+        if whole and outcome.latency_s is not None:
+            self.latency.observe(outcome.served_by, outcome.latency_s)
         if self.quality is not None and not (whole and outcome.served_by != self.strongest):
             self.quality.compare(outcome.request_id, outcome.answer, comparable=False)  # forget its sample
         now, alpha = self._now(), self.settings.upkeep.gain_alpha

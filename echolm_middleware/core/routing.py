@@ -1,10 +1,13 @@
-"""Tier choice: S_i = μ_i − w·C_i − λ0·tanh(γ·(L_i − cap_i))⁺·C_i over any number of tiers.
+"""Tier choice: S_i = μ_i − w·C_i − load bias_i over any number of tiers.
 
 μ_i is the posterior mean (or a Thompson draw) of a Beta per tier and context bucket; the context is
 the quality of the examples found for this request (DESIGN.md §2.5). L_i is, by default, the queue the
 request would join (requests in flight on the tier, counting this one), or the moving average of the
-in-flight count (`routing.load_signal`). Up to capacity the load term is zero; above it the bias grows
-with the excess and with the tier's cost, so load shifts to cheap tiers.
+in-flight count (`routing.load_signal`). With those the load bias is λ0·tanh(γ·(L_i − cap_i))⁺·C_i: zero up
+to capacity, then growing with the excess and with the tier's cost, so load shifts to cheap tiers. With
+`load_signal: delay`, L_i is the seconds the request would take on the tier (its queue times the tier's
+measured latency, over its capacity) and the bias is λ0·L_i/latency_target_s whatever the tier costs: an
+idle tier attracts work and a queued one sheds it, the expensive one included.
 """
 
 from __future__ import annotations
@@ -85,9 +88,12 @@ def score_tiers(
         beta = (1.0 - mean) * settings.prior_strength + failures
         quality = rng.betavariate(alpha, beta) if settings.policy == "thompson" else alpha / (alpha + beta)
         load = loads.get(tier.name, 0.0)
-        excess = max(0.0, load - tier.capacity)
         cost_penalty = settings.cost_weight * tier.cost
-        load_penalty = settings.load_lambda * math.tanh(settings.load_gamma * excess) * tier.cost
+        if settings.load_signal == "delay":  # seconds of expected delay, whatever the tier costs
+            load_penalty = settings.load_lambda * load / settings.latency_target_s
+        else:
+            excess = max(0.0, load - tier.capacity)
+            load_penalty = settings.load_lambda * math.tanh(settings.load_gamma * excess) * tier.cost
         bias = strongest_bias if is_strongest else 0.0
         scores.append(
             TierScore(
@@ -97,7 +103,7 @@ def score_tiers(
                 beta=beta,
                 cost=tier.cost,
                 load=load,
-                capacity=tier.capacity,
+                capacity=settings.latency_target_s if settings.load_signal == "delay" else tier.capacity,
                 cost_penalty=cost_penalty,
                 load_penalty=load_penalty,
                 score=quality - cost_penalty - load_penalty + bias,
@@ -110,6 +116,39 @@ def score_tiers(
 def choose_tier(scores: Sequence[TierScore]) -> TierScore:
     """Argmax of the score; a tie goes to the cheaper tier."""
     return max(scores, key=lambda s: (round(s.score, 9), -s.cost))
+
+
+class LatencyTracker:
+    """Each tier's latency per whole answer, as an exponential moving average (this process only).
+
+    What the `delay` load signal multiplies the queue by. A latency measured under load includes the wait
+    in the tier's own queue, so a busy tier looks slower still: the signal errs toward the idle tier.
+    """
+
+    def __init__(self, prior_s: float, alpha: float = 0.1) -> None:
+        self._prior_s = prior_s
+        self._alpha = alpha
+        self._latency: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def observe(self, tier: str, seconds: float) -> None:
+        if not math.isfinite(seconds) or seconds <= 0:
+            return
+        with self._lock:
+            before = self._latency.get(tier)
+            self._latency[tier] = seconds if before is None else before + self._alpha * (seconds - before)
+
+    def estimate(self, tier: str) -> float:
+        with self._lock:
+            return self._latency.get(tier, self._prior_s)
+
+
+def expected_delays(
+    tiers: Sequence[TierProfile], queues: Mapping[str, float], latency: LatencyTracker
+) -> dict[str, float]:
+    """Seconds a request would take on each tier: the queue it would join (counting itself) times the
+    tier's latency, shared among its `capacity` concurrent slots."""
+    return {tier.name: queues.get(tier.name, 1.0) * latency.estimate(tier.name) / tier.capacity for tier in tiers}
 
 
 class LoadTracker:

@@ -904,3 +904,18 @@ def test_only_tiers_the_callers_allow_lists_admit_are_candidates(
     assert [score.tier for score in prepared.decision.scores] == (
         ["strong"] if tier == "strong" else ["cheap", "strong"]
     )
+
+
+def test_with_the_delay_signal_the_engine_routes_on_seconds_it_has_measured(make_engine: Any) -> None:
+    kit = make_engine(routing=ROUTING.model_copy(update={"load_signal": "delay", "latency_prior_s": 1.0}))
+    first = kit.engine.prepare(_ask(UNRELATED))
+    kit.engine.record(Outcome(first.decision.request_id, "strong", ANSWER, finish_reason="stop", latency_s=3.0))
+    cut = kit.engine.prepare(_ask("How many moons does Mars have?"))
+    kit.engine.record(Outcome(cut.decision.request_id, "strong", "Two", finish_reason="length", latency_s=90.0))
+
+    decision = kit.engine.prepare(_ask(QUESTION)).decision
+
+    loads = {score.tier: score.load for score in decision.scores}
+    # Strong: its one timed whole answer (3 s; the cut one is not a latency), capacity 1; cheap: the prior
+    # (1 s) over its capacity of 2. Each counts this request's own place in the queue.
+    assert loads == pytest.approx({"strong": 3.0 / STRONG.capacity, "cheap": 1.0 / CHEAP.capacity})

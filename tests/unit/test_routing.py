@@ -292,3 +292,44 @@ def test_the_queue_signal_counts_the_request_being_routed_on_every_tier(clock: F
     tracker.finish("r3")
 
     assert tracker.queue_if_added(["cheap", "strong", "mid"]) == {"cheap": 1.0, "strong": 3.0, "mid": 1.0}
+
+
+DELAY = ROUTING.model_copy(update={"load_signal": "delay", "latency_target_s": 5.0})
+
+
+def test_with_the_delay_signal_an_idle_cheap_tier_draws_work_from_a_queued_strong_one() -> None:
+    from echolm_middleware.core.routing import LatencyTracker, expected_delays
+
+    latency = LatencyTracker(prior_s=1.0)
+    latency.observe("strong", 0.8)
+    latency.observe("cheap", 1.7)  # with examples the cheap tier is the slower one here
+    idle = expected_delays([CHEAP, STRONG], {"cheap": 1.0, "strong": 1.0}, latency)
+    queued = expected_delays([CHEAP, STRONG], {"cheap": 1.0, "strong": 8.0}, latency)  # 6.4 s on strong
+
+    assert idle == pytest.approx({"cheap": 0.85, "strong": 0.8})
+    # Mid bucket: both idle, quality decides (the cheap tier with examples, as without load).
+    assert _chosen(bucket="mid", loads=idle, settings=DELAY) == "cheap"
+    # No example (prior 0.3 vs 0.8): the strong tier while idle, the cheap one once the strong queue costs more.
+    assert _chosen(bucket=NO_EXAMPLES, loads=idle, settings=DELAY) == "strong"
+    assert _chosen(bucket=NO_EXAMPLES, loads=queued, settings=DELAY) == "cheap"
+
+
+def test_with_the_delay_signal_a_queued_cheap_tier_sheds_work_back_to_the_strong_one() -> None:
+    # The queue signal can never push work off a cheap tier (its bias is scaled by its cost, 0.05).
+    loads = {"cheap": 12.0, "strong": 0.8}
+
+    assert _chosen(bucket="high", loads={"cheap": 8.0, "strong": 1.0}) == "cheap"  # queue: stays cheap
+    assert _chosen(bucket="high", loads=loads, settings=DELAY) == "strong"
+
+
+def test_latency_is_learned_per_tier_and_ignores_nonsense() -> None:
+    from echolm_middleware.core.routing import LatencyTracker
+
+    latency = LatencyTracker(prior_s=1.0, alpha=0.5)
+    latency.observe("strong", 2.0)
+    latency.observe("strong", 4.0)
+    latency.observe("strong", float("nan"))
+    latency.observe("strong", -1.0)
+
+    assert latency.estimate("strong") == pytest.approx(3.0)
+    assert latency.estimate("cheap") == 1.0  # the prior until timed
