@@ -128,7 +128,7 @@ class Bench:
         self.log = log
         self.settings, self.raw = load_settings(options.config)
         for spec in options.echolm_points:  # a bad point stops the run now, not half an hour in
-            _check_overrides(self.raw, point_overrides(spec))
+            check_overrides(self.raw, point_overrides(spec))
         self.cheap, self.strong = self.settings.tiers[0].name, self.settings.tiers[-1].name
         self.deployment = bench_deployment(self.raw, self.cheap, self.strong, replica_ports=options.replica_ports)
         self.master_key = "sk-echolm-bench-" + secrets.token_hex(12)
@@ -456,7 +456,7 @@ def point_overrides(spec: str) -> dict[str, str]:
     return overrides
 
 
-def _check_overrides(raw: Mapping[str, Any], overrides: Mapping[str, str]) -> None:
+def check_overrides(raw: Mapping[str, Any], overrides: Mapping[str, str]) -> None:
     """Validate the config section under these overrides as the point's proxy will (ConfigError if bad)."""
     saved = {key: os.environ.get(key) for key in overrides}
     os.environ.update(overrides)

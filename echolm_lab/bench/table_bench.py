@@ -97,6 +97,8 @@ class TableBenchOptions:
     reuse_s: float = 0.0  # our lookup per reused answer, as measured (policies' ceilings)
     # With a bar: also EchoLM with the reuse choice (fitted on the pool, reuse at P >= bar), fixed split.
     reuse_bar: float | None = None
+    # Config overrides for every EchoLM pass ("routing.load_signal=delay"), as the proxy's environment.
+    echolm_env: dict[str, str] = field(default_factory=dict)
     replica_ports: tuple[int, int] = REPLICA_PORTS
 
 
@@ -266,6 +268,8 @@ class TableBench:
                               pool_answers(source, answers), self.strong)  # fmt: skip
         self.log(f"{name}: {admitted} pool answers admitted; strong-only capacity {run.capacity_rps:.2f} req/s")
         reuse = self._reuse_settings(source, answers)
+        if self.options.echolm_env:
+            run.notes.append(f"every EchoLM pass ran with {self.options.echolm_env}")
         if reuse is not None:
             self.log(f"{name}: reuse fitted on the pool, served at P >= {reuse['min_probability']:g}")
             run.notes.append(
@@ -326,6 +330,7 @@ class TableBench:
         if echolm:
             shutil.copytree(folder.parent / "warm", folder, ignore=shutil.ignore_patterns("*.log", "*.yaml"))
             env.update(ECHOLM_STORE__PATH=str(folder / "chroma"), ECHOLM_STATE__PATH=str(folder / "state.db"))
+            env.update(self.options.echolm_env)
         else:
             folder.mkdir(parents=True, exist_ok=True)
         config = write_proxy_config(self.raw, deployment, folder / "proxy.yaml", with_echolm=echolm, reuse=reuse)

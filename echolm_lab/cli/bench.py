@@ -131,6 +131,11 @@ def register(subparsers: Any) -> None:
         "--reuse-bar; strong-only: two strong servers)",
     )  # fmt: skip
     parser.add_argument(
+        "--echolm-set",
+        metavar="KEY=VALUE,...",
+        help="with --tables: config overrides for every EchoLM pass, e.g. routing.load_signal=delay",
+    )
+    parser.add_argument(
         "--reuse-bar", type=float, metavar="P",
         help="with --tables: also time EchoLM with the reuse choice on the fixed split, its model fitted on the "
         "warm pool (leave-one-out) and a cached answer served at P(as good as the strong tier) >= P",
@@ -272,6 +277,15 @@ def run_on_tables(args: argparse.Namespace) -> int:
         pass_requests=args.pass_requests, warmup_s=args.warmup, deployments=list(args.deployments),
         replica_ports=(args.replica_ports[0], args.replica_ports[1]), reuse_bar=args.reuse_bar,
     )  # fmt: skip
+    if args.echolm_set:
+        from echolm_lab.bench.runner import check_overrides, point_overrides
+
+        try:
+            options.echolm_env = point_overrides(args.echolm_set)
+            check_overrides(load_settings(args.config)[1], options.echolm_env)
+        except EchoLMError as exc:
+            print(f"echolm bench: {exc}", file=sys.stderr)
+            return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     def write(runs: list[Any]) -> None:
