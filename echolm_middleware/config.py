@@ -87,15 +87,16 @@ class ReuseSettings(_Strict):
 
     enabled: bool = Field(default=False, description="Take the reuse choice at all.")
     min_probability: float = Field(
-        default=0.8,
+        default=0.95,
         gt=0,
         le=1,
-        description="Least P(the cached answer is as good as the strongest tier's) to reuse it.",
+        description="Least P(the cached answer is as good as the strongest tier's) to reuse it (core.reuse "
+        "REUSE_MIN_PROBABILITY: chosen with the default weights).",
     )
     weights: list[float] | None = Field(
         default=None,
         description="Logistic weights over core.offload_model.FEATURES; None: the defaults fitted on the lab's "
-        "training data (REUSE_WEIGHTS).",
+        "training data (core.reuse REUSE_WEIGHTS).",
     )
     learning_rate: float = Field(
         default=0.05, ge=0, le=1, description="Step of the online fit from feedback and quality-target comparisons."

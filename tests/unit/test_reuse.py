@@ -183,3 +183,11 @@ def test_a_sampled_reused_answer_compared_badly_lowers_reuse_without_moving_the_
     assert kit.engine.quality.strongest_bias() == 0.0  # the tiers' balance is not the cache's to move
     again = kit.engine.prepare(_ask(PARAPHRASE))
     assert again.decision.reuse_probability < first.decision.reuse_probability  # type: ignore[operator]
+
+
+def test_the_shipped_defaults_are_one_fit_and_its_own_threshold() -> None:
+    from echolm_middleware.core.reuse import REUSE_MIN_PROBABILITY, REUSE_WEIGHTS
+
+    assert len(REUSE_WEIGHTS) == len(FEATURES)
+    assert ReuseSettings().min_probability == REUSE_MIN_PROBABILITY
+    assert ReuseSettings().enabled is False  # on by choice: see README "Reuse"
