@@ -95,8 +95,10 @@ class TableBenchOptions:
     pass_requests: int = 300
     warmup_s: float = 60.0
     reuse_s: float = 0.0  # our lookup per reused answer, as measured (policies' ceilings)
-    # With a bar: also EchoLM with the reuse choice (fitted on the pool, reuse at P >= bar), fixed split.
-    reuse_bar: float | None = None
+    # Also EchoLM with the reuse choice on the fixed split: "shipped" (the product's default weights and
+    # bar) or "pool" (weights fitted on the workload's warm pool, reuse at P >= reuse_bar); None: not run.
+    reuse: str | None = None
+    reuse_bar: float = 0.95
     # Config overrides for every EchoLM pass ("routing.load_signal=delay"), as the proxy's environment.
     echolm_env: dict[str, str] = field(default_factory=dict)
     replica_ports: tuple[int, int] = REPLICA_PORTS
@@ -271,11 +273,13 @@ class TableBench:
         if self.options.echolm_env:
             run.notes.append(f"every EchoLM pass ran with {self.options.echolm_env}")
         if reuse is not None:
-            self.log(f"{name}: reuse fitted on the pool, served at P >= {reuse['min_probability']:g}")
-            run.notes.append(
-                f"{REUSING}: EchoLM with the reuse choice on the fixed split, its model fitted on the warm pool"
-                f" (leave-one-out), reuse at P >= {reuse['min_probability']:g}"
+            how = (
+                "the product's default weights and bar"
+                if "weights" not in reuse
+                else f"its model fitted on the warm pool (leave-one-out), reuse at P >= {reuse['min_probability']:g}"
             )
+            self.log(f"{name}: {REUSING} with {how}")
+            run.notes.append(f"{REUSING}: EchoLM with the reuse choice on the fixed split, {how}")
         size = self.options.pass_requests
         for index, multiple in enumerate(self.options.load_multiples):
             items = [complete[(index * size + k) % len(complete)] for k in range(min(size, len(complete)))]
@@ -295,8 +299,10 @@ class TableBench:
     def _reuse_settings(self, source: TableWorkload, answers: Sequence[Answer]) -> dict[str, Any] | None:
         """`echolm.routing.reuse` for the reusing system: weights fitted on the pool, the options' bar."""
         metric = source.workload.score
-        if self.options.reuse_bar is None or metric is None:
+        if self.options.reuse is None or metric is None:
             return None
+        if self.options.reuse == "shipped":  # the product's own defaults: no weights, no bar given
+            return {"enabled": True, "model_group": REUSE_GROUP}
         from echolm_lab.bench.table_reuse import fit_on_pool
 
         items = {item.prompt: item for item in source.pool}

@@ -136,9 +136,13 @@ def register(subparsers: Any) -> None:
         help="with --tables: config overrides for every EchoLM pass, e.g. routing.load_signal=delay",
     )
     parser.add_argument(
-        "--reuse-bar", type=float, metavar="P",
-        help="with --tables: also time EchoLM with the reuse choice on the fixed split, its model fitted on the "
-        "warm pool (leave-one-out) and a cached answer served at P(as good as the strong tier) >= P",
+        "--reuse", choices=["shipped", "pool"],
+        help="with --tables: also time EchoLM with the reuse choice on the fixed split: shipped (the product's "
+        "default weights and bar) or pool (its model fitted on the workload's warm pool, leave-one-out)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--reuse-bar", type=float, default=0.95, metavar="P",
+        help="with --reuse pool: serve a cached answer at P(as good as the strong tier) >= P (default: %(default)s)",
     )  # fmt: skip
     parser.add_argument(
         "--pass-requests", type=int, default=300, metavar="N",
@@ -275,7 +279,7 @@ def run_on_tables(args: argparse.Namespace) -> int:
         config=args.config.resolve(), workloads=list(args.workloads), data_dir=args.data_dir, tables=args.tables,
         run_dir=args.work.resolve() / name, seed=args.seed, load_multiples=list(args.load_multiples),
         pass_requests=args.pass_requests, warmup_s=args.warmup, deployments=list(args.deployments),
-        replica_ports=(args.replica_ports[0], args.replica_ports[1]), reuse_bar=args.reuse_bar,
+        replica_ports=(args.replica_ports[0], args.replica_ports[1]), reuse=args.reuse, reuse_bar=args.reuse_bar,
     )  # fmt: skip
     if args.echolm_set:
         from echolm_lab.bench.runner import check_overrides, point_overrides
