@@ -33,8 +33,17 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import importlib.util
+
     from echolm_middleware.proxy_launch import proxy_environment, validate_proxy_config
 
+    missing = [name for name in ("litellm", "fastapi") if importlib.util.find_spec(name) is None]
+    if missing:
+        print(
+            f"echolm: {', '.join(missing)} is not installed; the proxy needs: pip install 'echolm-middleware[litellm]'",
+            file=sys.stderr,
+        )
+        return 2
     try:
         settings = validate_proxy_config(args.config)
     except ConfigError as exc:

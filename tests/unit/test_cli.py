@@ -6,6 +6,7 @@ import argparse
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -123,3 +124,16 @@ def test_a_command_whose_package_is_not_installed_is_left_out_and_a_broken_one_i
     monkeypatch.setattr(cli_main, "subcommand_modules", lambda: {"broken": "echolm_broken_plugin"})
     with pytest.raises(ModuleNotFoundError, match="a_dependency_that_is_missing"):
         build_parser()
+
+
+def test_proxy_without_the_litellm_extra_names_the_extra(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    import importlib.util
+
+    from echolm_middleware.cli import proxy
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "litellm" else real(name, *a))
+    args = argparse.Namespace(config=ROOT / "config.yaml", host="127.0.0.1", port=4000, workers=1, check=False)
+
+    assert proxy.run(args) == 2
+    assert "pip install 'echolm-middleware[litellm]'" in capsys.readouterr().err
