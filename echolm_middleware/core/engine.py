@@ -39,6 +39,7 @@ from echolm_middleware.core.ports import (
 )
 from echolm_middleware.core.prompting import augment
 from echolm_middleware.core.requests import RequestView, context_key, inspect_request, is_valid_utf8
+from echolm_middleware.core.reuse import STORED_PREFIX as REUSE_STORED_PREFIX
 from echolm_middleware.core.reuse import ReuseCandidate, ReuseModels, why_not_reused
 from echolm_middleware.core.routing import (
     LatencyTracker,
@@ -130,7 +131,7 @@ def _weights_by_tenant(stored: Mapping[str, float]) -> dict[str, dict[str, float
     split: dict[str, dict[str, float]] = {}
     for key, value in stored.items():
         name, sep, tenant = key.partition("|")
-        if sep:
+        if sep and not name.startswith(REUSE_STORED_PREFIX):  # the reuse model's, kept beside them
             split.setdefault(tenant, {})[name] = value
     return split
 
@@ -196,7 +197,7 @@ class Engine:
         # The quality target (routing.quality_target): sampled cheap-tier answers move the strongest's bias.
         self.quality = quality
         # The reuse choice's offload model per tenant (routing.reuse).
-        self.reuse = ReuseModels(settings.routing.reuse)
+        self.reuse = ReuseModels(settings.routing.reuse, stats.load_weights() or {})
 
     def warm_up(self) -> None:
         """Load the embedder, the tokenizer and the store's client now, so the first request does not pay.
@@ -467,11 +468,17 @@ class Engine:
                 outcome.request_id,
                 outcome.answer,
                 comparable=whole,
-                evidence=lambda score: self.reuse.learn(decision.tenant, decision.reuse_features, score),
+                evidence=lambda score: self._learn_reuse(decision.tenant, decision.reuse_features, score),
                 # The bias decides between the tiers; a reused answer's quality is the reuse model's to learn.
                 moves_bias=False,
             )
         return "reuse_counted"
+
+    def _learn_reuse(self, tenant: str, features: Sequence[float], score: float) -> None:
+        """Evidence for the tenant's reuse model, kept in the state so a restart starts from it."""
+        stored = self.reuse.learn(tenant, features, score)
+        if stored:
+            self.stats.save_weights(stored)
 
     async def arecord(self, outcome: Outcome) -> RecordResult:
         return await asyncio.to_thread(self.record, outcome)
@@ -512,7 +519,7 @@ class Engine:
         if not self.decisions.mark_feedback(request_id, score):
             raise FeedbackAlreadyGiven(f"request {request_id!r} already has feedback; it counts once")
         if decision.action == "reuse":
-            self.reuse.learn(tenant, decision.reuse_features, score)
+            self._learn_reuse(tenant, decision.reuse_features, score)
             return
         strongest = decision.tier == self.strongest
         bucket = tier_bucket(decision.bucket, strongest=strongest)

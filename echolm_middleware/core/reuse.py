@@ -44,14 +44,36 @@ class ReuseCandidate:
         return self.candidate.example.answer
 
 
+# How a tenant's reuse weights are kept among the state's weights: "reuse.<feature>|<tenant>".
+STORED_PREFIX = "reuse."
+
+
+def stored_weights(tenant: str, weights: Sequence[float]) -> dict[str, float]:
+    """A tenant's reuse weights as the state keeps them."""
+    return {f"{STORED_PREFIX}{name}|{tenant}": value for name, value in zip(FEATURES, weights, strict=True)}
+
+
+def _by_tenant(stored: Mapping[str, float]) -> dict[str, list[float]]:
+    """Each tenant's whole set of stored reuse weights (a partial or outdated set is left out)."""
+    found: dict[str, dict[str, float]] = {}
+    for key, value in stored.items():
+        if key.startswith(STORED_PREFIX):
+            name, sep, tenant = key.removeprefix(STORED_PREFIX).partition("|")
+            if sep:
+                found.setdefault(tenant, {})[name] = value
+    return {tenant: [named[f] for f in FEATURES] for tenant, named in found.items() if set(named) == set(FEATURES)}
+
+
 class ReuseModels:
     """One offload model per tenant, all starting from the configured weights; each learns only from its
-    own tenant's evidence (in this process: a restart starts again from the configured weights)."""
+    own tenant's evidence. `stored`: the weights the state kept (`stored_weights`), which take precedence."""
 
-    def __init__(self, settings: ReuseSettings) -> None:
+    def __init__(self, settings: ReuseSettings, stored: Mapping[str, float] | None = None) -> None:
         self._settings = settings
         self._start = list(settings.weights) if settings.weights is not None else list(REUSE_WEIGHTS)
-        self._models: dict[str, OffloadModel] = {}
+        self._models: dict[str, OffloadModel] = {
+            tenant: OffloadModel(weights) for tenant, weights in _by_tenant(stored or {}).items()
+        }
         self._lock = threading.Lock()
 
     def weights(self, tenant: str) -> list[float]:
@@ -68,13 +90,15 @@ class ReuseModels:
         nearest = max(candidates, key=lambda c: c.similarity)
         return ReuseCandidate(nearest, probability, features)
 
-    def learn(self, tenant: str, features: Sequence[float], outcome: float) -> None:
-        """Evidence on a reused answer: `outcome` 1 (as good as the strongest tier's), 0 (worse), or between."""
+    def learn(self, tenant: str, features: Sequence[float], outcome: float) -> dict[str, float]:
+        """Evidence on a reused answer: `outcome` 1 (as good as the strongest tier's), 0 (worse), or between.
+        Returns the tenant's weights as the state keeps them (empty when nothing was learned)."""
         if len(features) != len(FEATURES):
-            return  # a decision kept before the features changed: no evidence for this model
+            return {}  # a decision kept before the features changed: no evidence for this model
         with self._lock:
             model = self._models.setdefault(tenant, OffloadModel(list(self._start)))
             model.learn(features, outcome, self._settings.learning_rate)
+            return stored_weights(tenant, model.weights)
 
 
 def why_not_reused(params: Mapping[str, Any], not_cached: str, answer_tokens: int) -> str:

@@ -191,3 +191,17 @@ def test_the_shipped_defaults_are_one_fit_and_its_own_threshold() -> None:
     assert len(REUSE_WEIGHTS) == len(FEATURES)
     assert ReuseSettings().min_probability == REUSE_MIN_PROBABILITY
     assert ReuseSettings().enabled is False  # on by choice: see README "Reuse"
+
+
+def test_a_tenants_learned_reuse_weights_survive_a_restart(make_engine: Any) -> None:
+    kit = make_engine(routing=_routing())
+    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+    prepared = kit.engine.prepare(_ask(PARAPHRASE))
+    kit.engine.feedback(prepared.decision.request_id, 0.0, tenant="A")
+    learned = kit.engine.reuse.weights("A")
+
+    restarted = make_engine(routing=_routing(), state=kit.state)
+
+    assert restarted.engine.reuse.weights("A") == pytest.approx(learned)
+    assert restarted.engine.reuse.weights("B") == CLOSE_IS_GOOD
+    assert set(restarted.engine.utility_weights("A")) == set(kit.engine.utility_weights("B"))  # not mixed in
