@@ -311,7 +311,7 @@ class Engine:
         decision.reuse_probability = round(estimate.probability, 4)
         if estimate.probability < settings.min_probability:
             return None
-        if why_not_reused(request.params, decision.not_cached, self.tokens.count(estimate.answer)):
+        if why_not_reused(request.params, decision.not_cached, estimate.answer, self.tokens.count(estimate.answer)):
             return None
         return estimate
 
@@ -331,7 +331,9 @@ class Engine:
         self.decisions.put(decision)
         if self.quality is not None:  # a sampled reuse is compared with the strongest's answer, like an offload
             self.quality.sample(decision.request_id, request.messages)
-        usage = (self.tokens.count(view.text), self.tokens.count(reused.answer))
+        # A prompt too long to count cheaply is charged one token per character, as `_fitting_tiers` does.
+        prompt_tokens = self.tokens.count(view.text) if view.chars < 200_000 else view.chars
+        usage = (prompt_tokens, self.tokens.count(reused.answer))
         return Prepared(
             decision=decision,
             tier=decision.tier,

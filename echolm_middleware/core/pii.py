@@ -397,3 +397,11 @@ def scrub(text: str) -> Scrubbed:
     for rule in _RULES:
         result = rule(result)
     return Scrubbed(result, result != text)
+
+
+PLACEHOLDERS = ("[EMAIL]", "[PHONE]", "[CARD_NUMBER]", "[IBAN]", "[SSN]", "[SECRET]")
+
+
+def has_placeholder(text: str) -> bool:
+    """Whether `text` holds a placeholder `scrub` writes: a cached answer the scrubber changed."""
+    return any(placeholder in text for placeholder in PLACEHOLDERS)

@@ -18,6 +18,7 @@ from typing import Any
 
 from echolm_middleware.config import ReuseSettings
 from echolm_middleware.core.offload_model import FEATURES, OffloadModel, offload_features
+from echolm_middleware.core.pii import has_placeholder
 from echolm_middleware.core.types import Candidate
 
 # Fitted by `echolm answers --workload banking77 --study --study-with nq_open` on the two warm pools of
@@ -101,7 +102,7 @@ class ReuseModels:
             return stored_weights(tenant, model.weights)
 
 
-def why_not_reused(params: Mapping[str, Any], not_cached: str, answer_tokens: int) -> str:
+def why_not_reused(params: Mapping[str, Any], not_cached: str, answer: str, answer_tokens: int) -> str:
     """Why a request may not be served a cached answer whatever the model says ("" when it may).
 
     Parameters that shape the answer (`stop`, `response_format`, a hot temperature: `not_cached`) ask for
@@ -110,6 +111,9 @@ def why_not_reused(params: Mapping[str, Any], not_cached: str, answer_tokens: in
     """
     if not_cached:
         return not_cached
+    if has_placeholder(answer):
+        # The scrubber replaced personal data in it before it was kept: fine as an example, not as an answer.
+        return "the cached answer holds scrubbed personal data"
     for name in _LENGTH_LIMITS:
         limit = params.get(name)
         if isinstance(limit, int) and not isinstance(limit, bool) and answer_tokens > limit:

@@ -120,7 +120,7 @@ def test_parameters_a_cached_answer_cannot_honour_keep_it_out(
     prepared = kit.engine.prepare(_ask(PARAPHRASE, params=params))
 
     assert prepared.routed and not prepared.reused
-    assert reason in why_not_reused(params, prepared.decision.not_cached, len(ANSWER.split()))
+    assert reason in why_not_reused(params, prepared.decision.not_cached, ANSWER, len(ANSWER.split()))
 
 
 def test_a_long_enough_limit_allows_reuse(make_engine: Any) -> None:
@@ -205,3 +205,13 @@ def test_a_tenants_learned_reuse_weights_survive_a_restart(make_engine: Any) -> 
     assert restarted.engine.reuse.weights("A") == pytest.approx(learned)
     assert restarted.engine.reuse.weights("B") == CLOSE_IS_GOOD
     assert set(restarted.engine.utility_weights("A")) == set(kit.engine.utility_weights("B"))  # not mixed in
+
+
+def test_an_answer_the_scrubber_changed_is_never_served_as_it_is(make_engine: Any) -> None:
+    kit = make_engine(routing=_routing())
+    kit.engine.admit("A", QUESTION, "Write to [EMAIL] for the capital of France.", "strong")
+
+    prepared = kit.engine.prepare(_ask(PARAPHRASE))
+
+    assert prepared.routed and not prepared.reused
+    assert why_not_reused({}, "", "Write to [EMAIL].", 4) == "the cached answer holds scrubbed personal data"
