@@ -62,6 +62,7 @@ from echolm_middleware.factory import build_engine, build_state
 from echolm_middleware.metrics import metrics, observe_decision, tenant_label
 
 _CHAT_CALL_TYPES = frozenset({"acompletion", "completion"})
+STARTED_KEY = "echolm_started"
 
 
 # How LiteLLM 1.108 names its master key once authenticated (older versions keep the key itself).
@@ -270,6 +271,9 @@ class EchoLMProxyHandler(RecordingCallback):
             metadata = {}
             data["metadata"] = metadata
         metadata.pop(METADATA_KEY, None)  # never trust a summary the caller sent
+        # When the request reached us: a stream's latency is measured from here (LiteLLM times non-streamed
+        # calls itself). Overwritten like the summary, so a caller cannot plant one.
+        metadata[STARTED_KEY] = time.monotonic()
         messages = data.get("messages")
         request = ChatRequest(
             tenant=tenant_of(user_api_key_dict),
@@ -337,10 +341,12 @@ class EchoLMProxyHandler(RecordingCallback):
         if summary is None or not summary.request_id or engine is None:
             return
         upstream_reason = upstream_finish_reason(response, stream.finish_reason)
+        started = request_data["metadata"].get(STARTED_KEY)
         outcome = Outcome(
             request_id=summary.request_id,
             served_by=as_served(summary, response).tier,
             answer=stream.text,
+            latency_s=time.monotonic() - started if isinstance(started, float) else None,
             finish_reason=upstream_reason,
             cut_short="" if upstream_reason else "the stream ended without the upstream's finish reason",
             refused=stream.refused,

@@ -277,3 +277,23 @@ def test_a_router_call_that_names_no_tenant_passes_through_untouched(
     assert door.fail_open_counts == {}
     (decision,) = kit.state.recent(0.0)  # every decision kept
     assert (decision.action, decision.reason) == ("pass_through", "no tenant identity (tenancy.shared is off)")
+
+
+def test_a_streamed_answer_is_timed_from_our_hook_for_the_delay_signal(
+    installed: Any, router_with_a_dead_cheap_tier: Any
+) -> None:
+    kit, handler = installed.kit, installed.handler
+    data: dict[str, Any] = {"model": "strong", "messages": [{"role": "user", "content": QUESTION}], "stream": True}
+    prior = kit.engine.latency.estimate("strong")
+
+    async def run() -> None:
+        await handler.async_pre_call_hook(SimpleNamespace(team_id="A"), None, data, "acompletion")
+        assert data["model"] == "strong"  # nothing cached yet: the strong tier, unchanged
+        response = await router_with_a_dead_cheap_tier.acompletion(**data)
+        async for _ in handler.async_post_call_streaming_iterator_hook(None, response, data):
+            pass
+
+    asyncio.run(run())
+
+    # The echo tier answers at once: its measured latency replaces the 1-second prior.
+    assert prior == 1.0 and 0.0 < kit.engine.latency.estimate("strong") < prior
