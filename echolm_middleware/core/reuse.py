@@ -20,6 +20,7 @@ from echolm_middleware.config import ReuseSettings
 from echolm_middleware.core.offload_model import FEATURES, OffloadModel, offload_features
 from echolm_middleware.core.pii import has_placeholder
 from echolm_middleware.core.types import Candidate
+from echolm_middleware.errors import ConfigError
 
 # Fitted by `echolm answers --workload banking77 --study --study-with nq_open` on the two warm pools of
 # the lab's training data (8,610 items, leave-one-out), never on the requests a benchmark measures; the
@@ -72,6 +73,10 @@ class ReuseModels:
     def __init__(self, settings: ReuseSettings, stored: Mapping[str, float] | None = None) -> None:
         self._settings = settings
         self._start = list(settings.weights) if settings.weights is not None else list(REUSE_WEIGHTS)
+        if len(self._start) != len(FEATURES):
+            raise ConfigError(
+                f"routing.reuse.weights: {len(self._start)} given, the model has {len(FEATURES)} ({', '.join(FEATURES)})"
+            )
         self._models: dict[str, OffloadModel] = {
             tenant: OffloadModel(weights) for tenant, weights in _by_tenant(stored or {}).items()
         }

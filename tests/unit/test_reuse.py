@@ -215,3 +215,10 @@ def test_an_answer_the_scrubber_changed_is_never_served_as_it_is(make_engine: An
 
     assert prepared.routed and not prepared.reused
     assert why_not_reused({}, "", "Write to [EMAIL].", 4) == "the cached answer holds scrubbed personal data"
+
+
+def test_reuse_weights_of_the_wrong_length_stop_the_engine_at_start(make_engine: Any) -> None:
+    from echolm_middleware.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"routing\.reuse\.weights: 2 given, the model has 7"):
+        make_engine(routing=_routing(weights=[1.0, 2.0]))
