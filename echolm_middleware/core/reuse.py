@@ -75,7 +75,8 @@ class ReuseModels:
         self._start = list(settings.weights) if settings.weights is not None else list(REUSE_WEIGHTS)
         if len(self._start) != len(FEATURES):
             raise ConfigError(
-                f"routing.reuse.weights: {len(self._start)} given, the model has {len(FEATURES)} ({', '.join(FEATURES)})"
+                f"routing.reuse.weights: {len(self._start)} given, the model has {len(FEATURES)}"
+                f" ({', '.join(FEATURES)})"
             )
         self._models: dict[str, OffloadModel] = {
             tenant: OffloadModel(weights) for tenant, weights in _by_tenant(stored or {}).items()
