@@ -298,15 +298,13 @@ class TableBench:
 
     def _reuse_settings(self, source: TableWorkload, answers: Sequence[Answer]) -> dict[str, Any] | None:
         """`echolm.routing.reuse` for the reusing system: weights fitted on the pool, the options' bar."""
-        metric = source.workload.score
-        if self.options.reuse is None or metric is None:
+        if self.options.reuse is None or source.workload.score is None:
             return None
         if self.options.reuse == "shipped":  # the product's own defaults: no weights, no bar given
             return {"enabled": True, "model_group": REUSE_GROUP}
-        from echolm_lab.bench.table_reuse import fit_on_pool
+        from echolm_lab.bench.table_reuse import fit_on_pool, pool_metric
 
-        items = {item.prompt: item for item in source.pool}
-        fit = fit_on_pool(self.embed.embed, pool_answers(source, answers), lambda a, p: metric(a, items[p]))
+        fit = fit_on_pool(self.embed.embed, pool_answers(source, answers), pool_metric(source))
         if fit is None:
             return None
         bar = self.options.reuse_bar

@@ -243,36 +243,36 @@ def learned_reuse_policies(
     source: TableWorkload, answers: Sequence[Answer], embed: Embed, requests: Sequence[str]
 ) -> list[tuple[str, Policy]]:
     """The router's reuse choice, fitted and thresholded on the pool (`table_reuse`), then at fixed bars."""
-    from echolm_lab.bench.table_reuse import ReuseFit, fit_on_pool, learned_reuse  # built on this module
+    from echolm_lab.bench.table_reuse import (  # built on this module
+        ReuseFit,
+        fit_on_pool,
+        learned_reuse,
+        nearest_candidates,
+        pool_metric,
+    )
     from echolm_middleware.core.reuse import REUSE_MIN_PROBABILITY, REUSE_WEIGHTS
 
-    metric = source.workload.score
-    if metric is None:
+    if source.workload.score is None:
         return []
     pooled = pool_answers(source, answers)
+    found = nearest_candidates(embed, pooled, requests)
     shipped = ReuseFit(list(REUSE_WEIGHTS), REUSE_MIN_PROBABILITY, 0, 0.0)
     defaults: list[tuple[str, Policy]] = [
         (
             f"reuse with the shipped defaults (P >= {REUSE_MIN_PROBABILITY:g}), else strong",
-            learned_reuse(embed, pooled, requests, shipped)[0],
+            learned_reuse(found, shipped)[0],
         )
     ]
-    items = {item.prompt: item for item in source.pool}
-    fit = fit_on_pool(embed, pooled, lambda answer, prompt: metric(answer, items[prompt]))
+    fit = fit_on_pool(embed, pooled, pool_metric(source))
     if fit is None:
         return defaults
     named = [
         *defaults,
-        (
-            f"learned reuse, P >= {fit.threshold:g} chosen on the pool, else strong",
-            learned_reuse(embed, pooled, requests, fit)[0],
-        ),
+        (f"learned reuse, P >= {fit.threshold:g} chosen on the pool, else strong", learned_reuse(found, fit)[0]),
     ]
     for bar in (0.9, 0.8):
         if bar != fit.threshold:
-            named.append(
-                (f"learned reuse, P >= {bar:g}, else strong", learned_reuse(embed, pooled, requests, fit, bar)[0])
-            )
+            named.append((f"learned reuse, P >= {bar:g}, else strong", learned_reuse(found, fit, bar)[0]))
     return named
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from echolm_lab.bench.answers_table import REUSE, STRONG
 from echolm_lab.bench.offload_study import fit_logistic
+from echolm_lab.bench.table_build import TableWorkload
 from echolm_lab.bench.table_policies import Embed, unit_vectors
 from echolm_lab.bench.table_scores import Policy
 from echolm_middleware.core.offload_model import NEIGHBOURS, OffloadModel, offload_features
@@ -112,11 +113,11 @@ def fit_on_pool(
 
 
 def learned_reuse(
-    embed: Embed, pool: Mapping[str, str], requests: Sequence[str], fit: ReuseFit, threshold: float | None = None
+    found: Mapping[str, Sequence[Candidate]], fit: ReuseFit, threshold: float | None = None
 ) -> tuple[Policy, dict[str, float]]:
-    """Reuse where the fitted model's P clears the threshold, else the strong tier; and each request's P."""
+    """Reuse where the fitted model's P clears the threshold, else the strong tier; and each request's P.
+    `found`: each request's candidates (`nearest_candidates`), searched once for every fit and bar."""
     model = OffloadModel(fit.weights)
-    found = nearest_candidates(embed, pool, requests)
     probability = {query: model.probability(offload_features(c, query)) for query, c in found.items()}
     bar = fit.threshold if threshold is None else threshold
 
@@ -124,3 +125,12 @@ def learned_reuse(
         return REUSE if probability.get(prompt, 0.0) >= bar else STRONG
 
     return choose, probability
+
+
+def pool_metric(source: TableWorkload) -> Callable[[str, str], float]:
+    """The workload's metric for an answer to a pool prompt: `metric(answer, pool prompt)`."""
+    metric = source.workload.score
+    if metric is None:
+        raise ValueError(f"{source.workload.name} is judged pairwise: it has no reference metric")
+    items = {item.prompt: item for item in source.pool}
+    return lambda answer, prompt: metric(answer, items[prompt])

@@ -187,12 +187,6 @@ def lookup_seconds(embed: Any, source: Any, samples: int = 50) -> float:
     return statistics.median(spent) if spent else 0.0
 
 
-def pool_metric(source: Any) -> Any:
-    """The workload's metric for a pool prompt's answer: `metric(answer, pool prompt)`."""
-    items = {item.prompt: item for item in source.pool}
-    return lambda answer, prompt: source.workload.score(answer, items[prompt])
-
-
 def study(workloads: Sequence[tuple[Any, Any]], embed: Any) -> list[str]:
     """Fit the offload models on training data, check them on the first workload's requests: the lines.
 
@@ -204,7 +198,7 @@ def study(workloads: Sequence[tuple[Any, Any]], embed: Any) -> list[str]:
     from echolm_lab.bench.answers_table import CHEAP_WITH_EXAMPLES, REUSE
     from echolm_lab.bench.offload_study import describe, fitted_models, held_out, study_rows
     from echolm_lab.bench.table_policies import pool_answers, remembering
-    from echolm_lab.bench.table_reuse import fit_reuse, nearest_candidates, pool_reuse_rows
+    from echolm_lab.bench.table_reuse import fit_reuse, nearest_candidates, pool_metric, pool_reuse_rows
 
     embed = remembering(embed)
     reuse_rows = []

@@ -154,13 +154,14 @@ def test_reuse_is_fitted_on_the_pool_without_each_item_seeing_itself() -> None:
 
 
 def test_learned_reuse_serves_requests_whose_neighbours_agree_and_asks_the_strong_tier_otherwise() -> None:
-    from echolm_lab.bench.table_reuse import fit_on_pool, learned_reuse
+    from echolm_lab.bench.table_reuse import fit_on_pool, learned_reuse, nearest_candidates
 
     pool = _topic_pool()
     fit = fit_on_pool(topic_embed, pool, _right)
     assert fit is not None
 
-    policy, probability = learned_reuse(topic_embed, pool, ["card question new", "transfer question new"], fit)
+    found = nearest_candidates(topic_embed, pool, ["card question new", "transfer question new"])
+    policy, probability = learned_reuse(found, fit)
 
     assert (policy("card question new"), policy("transfer question new")) == (REUSE, STRONG)
     assert probability["card question new"] > fit.threshold > probability["transfer question new"]
