@@ -49,7 +49,8 @@ def router_with_a_dead_cheap_tier() -> Iterator[Any]:
         yield _router_to(strong)
 
 
-def _router_to(strong: EchoTier) -> Any:
+def _router_to(strong: EchoTier, *more_groups: dict[str, Any]) -> Any:
+    """A Router whose cheap tier is down and whose strong tier is `strong`, with `more_groups` beside them."""
     return litellm.Router(
         model_list=[
             {
@@ -64,6 +65,7 @@ def _router_to(strong: EchoTier) -> Any:
                 "model_name": "strong",
                 "litellm_params": {"model": "openai/strong", "api_base": strong.api_base, "api_key": "local"},
             },
+            *more_groups,
         ],
         num_retries=0,
     )

@@ -17,7 +17,7 @@ import litellm
 import pytest
 from litellm.integrations.custom_logger import CustomLogger
 
-from echolm_lab.local_services import free_port
+from echolm_lab.bench.deployments import free_model_group
 from echolm_middleware.config import ReuseSettings
 from echolm_middleware.core.offload_model import FEATURES
 from echolm_middleware.doors.access import EngineHandle
@@ -28,7 +28,7 @@ from echolm_middleware.errors import ConfigError
 from tests.echo_tier import EchoTier
 from tests.unit.conftest import ROUTING
 from tests.unit.test_langchain_door import ScriptedTier
-from tests.unit.test_proxy_handler import _requests_counted
+from tests.unit.test_proxy_handler import _requests_counted, _router_to
 
 QUESTION = "What is the capital of France?"
 PARAPHRASE = "What is the capital city of France?"  # similarity 0.93 under the word-hash embedder
@@ -61,27 +61,9 @@ def strong() -> Iterator[EchoTier]:
 
 
 def _router(strong: EchoTier) -> Any:
-    nowhere = f"http://127.0.0.1:{free_port()}/v1"
-    return litellm.Router(
-        model_list=[
-            {"model_name": "cheap", "litellm_params": {"model": "openai/cheap", "api_base": nowhere, "api_key": "x"}},
-            {
-                "model_name": "strong",
-                "litellm_params": {"model": "openai/strong", "api_base": strong.api_base, "api_key": "x"},
-            },
-            {
-                "model_name": CACHE_GROUP,
-                "litellm_params": {
-                    "model": f"openai/{CACHE_GROUP}",
-                    "api_base": nowhere,
-                    "api_key": "unused",
-                    "input_cost_per_token": 0.0,
-                    "output_cost_per_token": 0.0,
-                },
-            },
-        ],
-        num_retries=0,
-    )
+    """The cheap tier down, the strong one an echo tier, and the zero-priced group reuse is logged under
+    (never reachable: a reused answer that called it would fail)."""
+    return _router_to(strong, free_model_group(CACHE_GROUP))
 
 
 def _unregister(*callbacks: Any) -> None:
