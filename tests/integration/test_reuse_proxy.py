@@ -71,6 +71,8 @@ def test_a_teammates_repeat_is_served_from_the_cache_free_and_no_model_is_called
     # LiteLLM priced it free, under the group the operator set up for it.
     assert float(repeat.headers["x-litellm-response-cost-original"]) == 0.0
     assert repeat.headers["x-litellm-model-group"] == CACHE_GROUP
+    # The group is never called: its address only appears in this header.
+    assert repeat.headers["x-litellm-model-api-base"] == free_model_group(CACHE_GROUP)["litellm_params"]["api_base"]
     assert proxy.wait_recorded(repeat.headers["x-echolm-request-id"]) == CACHE_GROUP
 
 
