@@ -37,7 +37,9 @@ class ScriptedTier(BaseChatModel):
     answer: str
     # A server that is down raises before any chunk; one killed mid-stream raises after this many.
     fails_after_chunks: int | None = None
+    usage: tuple[int, int] | None = None  # (input, output) tokens its answers report
     _seen: list[list[BaseMessage]] = PrivateAttr(default_factory=list)
+    _kwargs: list[dict[str, Any]] = PrivateAttr(default_factory=list)
     _tools: list[dict[str, Any]] = PrivateAttr(default_factory=list)
 
     @property
@@ -48,15 +50,32 @@ class ScriptedTier(BaseChatModel):
     def seen(self) -> list[list[BaseMessage]]:
         return self._seen
 
+    @property
+    def call_arguments(self) -> list[dict[str, Any]]:
+        """Each call's arguments besides the messages (stop included)."""
+        return self._kwargs
+
+    def _usage(self) -> dict[str, Any]:
+        if self.usage is None:
+            return {}
+        prompt, completion = self.usage
+        return {"input_tokens": prompt, "output_tokens": completion, "total_tokens": prompt + completion}
+
     def _message(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:
         self._seen.append(list(messages))
+        self._kwargs.append(dict(kwargs))
         if self.fails_after_chunks is not None:
             raise ConnectionError("tier server down")
         tools = kwargs.get("tools")
         if tools:
             name = tools[0]["function"]["name"]
             return AIMessage(content="", tool_calls=[{"name": name, "args": {"city": "Paris"}, "id": "call-1"}])
-        return AIMessage(content=self.answer, response_metadata={"finish_reason": "stop"})
+        usage = self._usage()
+        return AIMessage(
+            content=self.answer,
+            response_metadata={"finish_reason": "stop", "model_name": "scripted"},
+            usage_metadata=usage or None,  # type: ignore[arg-type]
+        )
 
     def _generate(
         self,
@@ -65,7 +84,7 @@ class ScriptedTier(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return ChatResult(generations=[ChatGeneration(message=self._message(messages, **kwargs))])
+        return ChatResult(generations=[ChatGeneration(message=self._message(messages, stop=stop, **kwargs))])
 
     def _stream(
         self,
@@ -75,16 +94,20 @@ class ScriptedTier(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         self._seen.append(list(messages))
+        self._kwargs.append({"stop": stop, **kwargs})
         words = self.answer.split(" ")
         for index, word in enumerate(words):
             if index == self.fails_after_chunks:
                 raise ConnectionError("tier server killed mid-stream")
             last = index == len(words) - 1
+            # As OpenAI-style models do: the finish reason in the generation info, usage on the last chunk.
             yield ChatGenerationChunk(
                 message=AIMessageChunk(
                     content=word + ("" if last else " "),
-                    response_metadata={"finish_reason": "stop"} if last else {},
-                )
+                    response_metadata={"model_name": "scripted"} if last else {},
+                    usage_metadata=(self._usage() or None) if last else None,  # type: ignore[arg-type]
+                ),
+                generation_info={"finish_reason": "stop"} if last else None,
             )
 
     def bind_tools(self, tools: Sequence[Any], *, tool_choice: str | None = None, **kwargs: Any) -> Runnable[Any, Any]:
@@ -267,18 +290,50 @@ def test_an_engine_that_never_builds_fails_open(make_engine: EngineFactory) -> N
     assert next(iter(model.fail_open_counts)).startswith("engine not ready")
 
 
-def test_child_callbacks_reach_the_tier(door: Door) -> None:
-    class Starts(BaseCallbackHandler):
-        def __init__(self) -> None:
-            self.parents: list[UUID | None] = []
+class Runs(BaseCallbackHandler):
+    """Counts the chat-model runs a call opens and the tokens their ends report."""
 
-        def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: UUID, **kwargs: Any) -> None:
-            self.parents.append(kwargs.get("parent_run_id"))
+    def __init__(self) -> None:
+        self.starts = 0
+        self.ends = 0
+        self.tokens: list[str] = []
 
-    handler = Starts()
-    door.model.invoke(QUESTION, config={"callbacks": [handler]})
-    assert len(handler.parents) == 2  # ours, then the tier's as our child
-    assert handler.parents[0] is None and handler.parents[1] is not None
+    def on_chat_model_start(self, serialized: Any, messages: Any, **kwargs: Any) -> None:
+        self.starts += 1
+
+    def on_llm_end(self, response: Any, **kwargs: Any) -> None:
+        self.ends += 1
+
+    def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+        self.tokens.append(token)
+
+
+@pytest.mark.parametrize("path", ["invoke", "stream", "ainvoke", "astream"])
+def test_a_call_is_one_run_with_one_usage_record(door: Door, path: str) -> None:
+    from langchain_core.callbacks import get_usage_metadata_callback
+
+    door.strong.usage = (12, 7)
+    runs = Runs()
+    config: Any = {"callbacks": [runs]}
+    with get_usage_metadata_callback() as usage:
+        if path == "invoke":
+            door.model.invoke(QUESTION, config=config)
+        elif path == "stream":
+            list(door.model.stream(QUESTION, config=config))
+        elif path == "ainvoke":
+            asyncio.run(door.model.ainvoke(QUESTION, config=config))
+        else:
+
+            async def consume() -> None:
+                async for _ in door.model.astream(QUESTION, config=config):
+                    pass
+
+            asyncio.run(consume())
+    assert (runs.starts, runs.ends) == (1, 1)  # ours only: the tier ran inside our run
+    totals = list(usage.usage_metadata.values())
+    assert len(totals) == 1 and totals[0]["input_tokens"] == 12 and totals[0]["output_tokens"] == 7
+    if path in ("stream", "astream"):
+        assert "".join(runs.tokens) == ANSWER  # each chunk once, through our run
 
 
 def test_langchain_cache_cannot_short_circuit_the_door(door: Door) -> None:
@@ -397,3 +452,94 @@ def test_a_failure_of_the_tier_the_caller_named_is_theirs(door: Door) -> None:
     with pytest.raises(ConnectionError):
         door.model.invoke(QUESTION)
     assert door.model.fail_open_counts == {}
+
+
+def test_constructor_and_call_parameters_reach_the_chosen_tier(make_engine: EngineFactory) -> None:
+    cheap, strong = ScriptedTier(answer="cheap answer"), ScriptedTier(answer=ANSWER)
+    model = EchoLMChatModel(
+        tenant="default", tiers=[cheap, strong], engine=make_engine().engine, temperature=0, max_tokens=20, stop=["##"]
+    )
+    model.invoke(QUESTION)
+    assert strong.call_arguments[-1] == {"stop": ["##"], "temperature": 0, "max_tokens": 20}
+    list(model.stream(QUESTION, temperature=0.2, stop=["!"]))  # a call's own values win
+    assert strong.call_arguments[-1] == {"stop": ["!"], "temperature": 0.2, "max_tokens": 20}
+
+
+def test_a_calls_model_names_the_requested_tier_and_an_unknown_one_is_refused(door: Door) -> None:
+    result = door.model.invoke(QUESTION, model="cheap")
+    assert _echolm(result)["tier"] == "cheap" and result.content == "cheap answer"
+    assert "model" not in door.cheap.call_arguments[-1]  # the name is ours, not the tier's model
+    with pytest.raises(ValueError, match="'gpt-4o' is not one of the tiers"):
+        door.model.invoke(QUESTION, model="gpt-4o")
+    named = EchoLMChatModel(tenant="default", tiers=[door.cheap, door.strong], engine=door.engine, model="cheap")
+    assert _echolm(named.invoke(QUESTION))["tier"] == "cheap"
+    assert named._get_ls_params()["ls_model_name"] == "cheap"
+    assert named._get_ls_params(model="strong")["ls_model_name"] == "strong"
+
+
+def test_settings_of_the_tiers_own_models_are_refused_not_dropped(door: Door) -> None:
+    from pydantic import ValidationError
+
+    for name, value in (("timeout", 5), ("api_key", "sk-x"), ("max_retries", 2)):
+        with pytest.raises(ValidationError, match=f"does not take '{name}'.*set it on the models in `tiers=`"):
+            EchoLMChatModel(tiers=[door.cheap, door.strong], engine=door.engine, **{name: value})
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        EchoLMChatModel(tiers=[door.cheap, door.strong], engine=door.engine, temprature=0)
+
+
+def test_models_with_the_same_settings_share_one_engine_built_once(
+    make_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    from echolm_middleware.doors import langchain_chat
+
+    kit = make_engine()
+    builds: list[str] = []
+
+    def slow_build(settings: Any) -> Engine:
+        builds.append(settings.tiers[0].name)
+        time.sleep(0.2)  # long enough for every constructor below to ask while the first build runs
+        return kit.engine
+
+    monkeypatch.setattr(langchain_chat, "_ENGINES", {})
+    monkeypatch.setattr(langchain_chat, "_build_engine", slow_build)
+    models: list[EchoLMChatModel] = []
+
+    def construct() -> None:
+        models.append(EchoLMChatModel(tenant="default", tiers=[ScriptedTier(answer="a"), ScriptedTier(answer="b")]))
+
+    threads = [threading.Thread(target=construct) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({id(model.wait_until_ready(5)) for model in models}) == 1 and len(builds) == 1
+    other = default_settings(["small", "large"])
+    EchoLMChatModel(tiers=[ScriptedTier(answer="a"), ScriptedTier(answer="b")], settings=other).wait_until_ready(5)
+    assert builds == [builds[0], "small"]  # other settings, another engine
+
+
+def test_streaming_true_makes_invoke_stream_from_the_tier(make_engine: EngineFactory) -> None:
+    strong = ScriptedTier(answer=ANSWER)
+    model = EchoLMChatModel(
+        tenant="default", tiers=[ScriptedTier(answer="x"), strong], engine=make_engine().engine, streaming=True
+    )
+    runs = Runs()
+    result = model.invoke(QUESTION, config={"callbacks": [runs]})
+    assert result.content == ANSWER and _echolm(result)["tier"] == "strong"
+    assert "".join(runs.tokens) == ANSWER and len(runs.tokens) > 1  # token by token, through our one run
+
+
+def test_structured_output_by_response_format_sends_it_to_the_chosen_tier(door: Door) -> None:
+    class City(BaseModel):
+        name: str
+
+    door.strong.answer = '{"name": "Paris"}'
+    assert door.model.with_structured_output(City, method="json_schema").invoke(QUESTION) == City(name="Paris")
+    sent = door.strong.call_arguments[-1]["response_format"]
+    assert sent["type"] == "json_schema" and sent["json_schema"]["schema"]["properties"] == {"name": {"type": "string"}}
+    raw = door.model.with_structured_output(City, method="json_mode", include_raw=True).invoke(QUESTION)
+    assert raw["parsed"] == City(name="Paris") and raw["parsing_error"] is None
+    assert door.strong.call_arguments[-1]["response_format"] == {"type": "json_object"}
