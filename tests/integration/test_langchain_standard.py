@@ -7,7 +7,6 @@ tier the way a provider's model name would, and the answer's `model_name` is the
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest

@@ -19,7 +19,6 @@ from tests.unit.conftest import CHEAP, STRONG, FakeClock, WordCounter, WordHashE
 from tests.unit.test_langchain_door import ScriptedTier
 
 
-
 @cache
 def _engine() -> Engine:
     state = SQLiteState(":memory:")
