@@ -45,11 +45,14 @@ class DecisionSummary:
     overhead_ms: float | None = None
     # Whether the caller sees `best_similarity` (requests.best_similarity_header); our metrics always do.
     similarity_shown: bool = False
+    # The model the request named (what LiteLLM's own log would otherwise show only as `tier`).
+    requested_model: str = ""
 
     @classmethod
     def of(cls, decision: Decision) -> DecisionSummary:
         return cls(
             request_id=decision.request_id,
+            requested_model=decision.requested_model,
             action=decision.action,
             tier=decision.tier,
             examples=len(decision.examples),
@@ -63,7 +66,7 @@ class DecisionSummary:
     @classmethod
     def without_decision(cls, model: str, action: Action, reason: str, tenant: str = "") -> DecisionSummary:
         """No decision could be kept (the engine is not up yet, or the caller opted out before it was)."""
-        return cls(request_id="", action=action, tier=model, reason=reason, tenant=tenant)
+        return cls(request_id="", action=action, tier=model, reason=reason, tenant=tenant, requested_model=model)
 
     @property
     def routed(self) -> bool:
@@ -135,6 +138,7 @@ _DEFAULTS: dict[str, Any] = {
     "tenant": "",
     "overhead_ms": None,
     "similarity_shown": False,
+    "requested_model": "",
 }
 _KINDS: dict[str, type | tuple[type, ...]] = {
     "request_id": str,
@@ -145,4 +149,5 @@ _KINDS: dict[str, type | tuple[type, ...]] = {
     "reason": str,
     "tenant": str,
     "overhead_ms": (float, int, type(None)),
+    "requested_model": str,
 }

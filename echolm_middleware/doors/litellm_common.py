@@ -24,6 +24,8 @@ from echolm_middleware.metrics import observe_saving
 # overwrites it, so a caller cannot plant one.
 METADATA_KEY = "echolm"
 BYPASS_KEY = "echolm_bypass"
+# The request metadata LiteLLM copies into its StandardLoggingPayload (metadata.spend_logs_metadata).
+SPEND_LOGS_KEY = "spend_logs_metadata"
 # The user LiteLLM's own auth gives its master key: the proxy admin, nobody's tenant.
 PROXY_ADMIN_USER = "default_user_id"
 
@@ -145,8 +147,22 @@ def summary_in(metadata: object) -> DecisionSummary | None:
 
 
 def carry(metadata: dict[str, Any], summary: DecisionSummary) -> None:
-    """Keep the summary in the request's metadata, where LiteLLM hands it to every callback of the call."""
+    """Keep the summary in the request's metadata, where LiteLLM hands it to every callback of the call,
+    and the caller's view of it in `spend_logs_metadata`, which LiteLLM copies into its
+    `StandardLoggingPayload`: its spend logs, UI and logging callbacks (Langfuse, Datadog, ...) then show
+    the model requested, the tier chosen and why. Beside whatever the caller put there, under "echolm"
+    (a caller's own "echolm" entry is replaced). Not in `tags`: LiteLLM routes by tags when tag filtering
+    is on, and budgets by them."""
     metadata[METADATA_KEY] = summary.to_metadata()
+    spend_logs = metadata.get(SPEND_LOGS_KEY)
+    # LiteLLM also accepts it as a JSON string (its x-litellm-spend-logs-metadata header).
+    if isinstance(spend_logs, str):
+        try:
+            spend_logs = json.loads(spend_logs)
+        except ValueError:
+            spend_logs = None
+    kept = dict(spend_logs) if isinstance(spend_logs, Mapping) else {}
+    metadata[SPEND_LOGS_KEY] = {**kept, METADATA_KEY: summary.caller_view()}
 
 
 def summary_from_kwargs(kwargs: Mapping[str, Any]) -> DecisionSummary | None:

@@ -7,6 +7,9 @@ is configured as an operator would: `echolm.routing.reuse` and a zero-priced `ec
 
 from __future__ import annotations
 
+import json
+import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ import pytest
 from echolm_lab.bench.deployments import free_model_group
 from echolm_middleware.core.offload_model import FEATURES
 from tests.echo_tier import EchoTier
+from tests.integration.conftest import WHEEL_CALLBACK
 from tests.integration.test_safe_to_share import _config, _launch
 
 pytestmark = pytest.mark.integration
@@ -36,7 +40,11 @@ def reusing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Ech
         config["echolm"]["routing"] = {
             "reuse": {"enabled": True, "weights": CLOSE_IS_GOOD, "min_probability": 0.5, "model_group": CACHE_GROUP}
         }
-        proxy = _launch(Path(tmp_path_factory.mktemp("reuse")), config)
+        # LiteLLM's own logging, as an operator's callback sees it (tests/integration/payload_log.py).
+        directory = Path(tmp_path_factory.mktemp("reuse"))
+        shutil.copy(Path(__file__).with_name("payload_log.py"), directory / "payload_log.py")
+        config["litellm_settings"]["callbacks"] = [WHEEL_CALLBACK, "payload_log.payload_log"]
+        proxy = _launch(directory, config, ECHOLM_TEST_PAYLOAD_LOG=str(_payloads(directory / "state")))
         try:
             yield proxy, strong
         finally:
@@ -103,3 +111,38 @@ def test_another_team_and_a_length_limit_the_answer_breaks_are_never_served_from
 
     assert other_team.headers["x-echolm-action"] == "route"
     assert too_short.headers["x-echolm-action"] == "route"
+
+
+def _payloads(state_dir: Path) -> Path:
+    return state_dir.parent / "payloads.jsonl"
+
+
+def _logged_decision(proxy: Any, request_id: str, timeout_s: float = 30.0) -> dict[str, Any]:
+    """The decision LiteLLM's StandardLoggingPayload carried for this request, as its callback logged it."""
+    deadline = time.monotonic() + timeout_s
+    log = _payloads(proxy.state_dir)
+    while time.monotonic() < deadline:
+        if log.exists():
+            for line in log.read_text().splitlines():
+                payload = json.loads(line)
+                decision = ((payload.get("metadata") or {}).get("spend_logs_metadata") or {}).get("echolm") or {}
+                if decision.get("request_id") == request_id:
+                    return dict(decision)
+        time.sleep(0.2)
+    raise AssertionError(f"no logged payload for {request_id}")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_litellms_own_logging_payload_carries_the_decision(reusing: Any, stream: bool) -> None:
+    proxy, _ = reusing
+    # Topics of their own: the other run's question must not be near enough to be reused.
+    question = "What is the highest mountain of the Alps?" if stream else "Which sea does the Danube flow into?"
+    first = _ask(proxy, CAROL, question, stream=stream)
+    logged = _logged_decision(proxy, first.headers["x-echolm-request-id"])
+    assert logged["requested_model"] == "strong" and logged["tier"] == first.headers["x-echolm-tier"]
+    assert logged["action"] == "route" and "tenant" not in logged
+    proxy.wait_recorded(first.headers["x-echolm-request-id"])
+    repeat = _ask(proxy, CAROL, question, stream=stream)
+    assert repeat.headers["x-echolm-action"] == "reuse"
+    reused = _logged_decision(proxy, repeat.headers["x-echolm-request-id"])
+    assert reused["action"] == "reuse" and reused["requested_model"] == "strong" and reused["tier"] == CACHE_GROUP
