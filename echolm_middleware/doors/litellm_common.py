@@ -15,9 +15,16 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from litellm.integrations.custom_logger import CustomLogger
 
+from echolm_middleware.core.engine import Engine
 from echolm_middleware.core.summary import DecisionSummary
 from echolm_middleware.core.types import Outcome
-from echolm_middleware.doors.access import EngineHandle, FailOpenCounter, arecord_or_count, release_or_count
+from echolm_middleware.doors.access import (
+    EngineHandle,
+    FailOpenCounter,
+    arecord_or_count,
+    record_or_count,
+    release_or_count,
+)
 from echolm_middleware.metrics import observe_saving
 
 # Where a request carries our summary between the pre-call hook and the log events. The hook always
@@ -189,11 +196,12 @@ class RecordingCallback(CustomLogger):
         # would never be called, and its answers never recorded.
         self.instance = uuid.uuid4().hex
 
-    async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+    def _outcome(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> tuple[Engine, Outcome] | None:
+        """What a successful call's log event records (None: not ours, or recorded elsewhere)."""
         summary = summary_from_kwargs(kwargs)
         engine = self.handle.ready()
         if summary is None or engine is None or not summary.request_id:
-            return
+            return None
         served_by = served_group(kwargs, summary)
         if served_by != summary.tier:
             # The tier we chose failed and the router's fallback (fall_back_to_requested) answered.
@@ -205,7 +213,7 @@ class RecordingCallback(CustomLogger):
                 prices[served_by] = 0.0
             observe_saving(summary.tenant, served_by, tokens_of(response_obj), prices)
         if self.records_streams_itself and kwargs.get("stream"):
-            return
+            return None
         answer, finish_reason, refused = answer_of(response_obj)
         if not kwargs.get("stream"):
             finish_reason = upstream_finish_reason(kwargs, finish_reason)
@@ -213,7 +221,6 @@ class RecordingCallback(CustomLogger):
             latency = (end_time - start_time).total_seconds()
         except (AttributeError, TypeError):
             latency = None
-        # Recording also ends the request's load on its tier (the engine does it first).
         outcome = Outcome(
             request_id=summary.request_id,
             served_by=served_by,
@@ -223,10 +230,29 @@ class RecordingCallback(CustomLogger):
             cut_short="the client hung up" if client_hung_up(kwargs) else "",
             refused=refused,
         )
-        await arecord_or_count(engine, outcome, self.fail_open)
+        return engine, outcome
 
-    async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+    def _release(self, kwargs: Any) -> None:
         summary = summary_from_kwargs(kwargs)
         engine = self.handle.ready()
         if summary is not None and engine is not None and summary.request_id:
             release_or_count(engine, summary.request_id, self.fail_open)
+
+    # LiteLLM calls the async events for async calls and the sync ones for sync calls (`Router.completion`),
+    # each call once. Recording also ends the request's load on its tier (the engine does it first).
+
+    async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        recorded = self._outcome(kwargs, response_obj, start_time, end_time)
+        if recorded is not None:
+            await arecord_or_count(*recorded, self.fail_open)
+
+    def log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        recorded = self._outcome(kwargs, response_obj, start_time, end_time)
+        if recorded is not None:
+            record_or_count(*recorded, self.fail_open)
+
+    async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        self._release(kwargs)
+
+    def log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        self._release(kwargs)

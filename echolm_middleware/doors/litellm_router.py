@@ -3,6 +3,7 @@
     router = litellm.Router(model_list=[...cheap..., ...strong...])
     door = install_echolm(router, engine)          # engine = build_engine(settings, router.model_list)
     await router.acompletion(model="strong", messages=[...], metadata={"echolm_tenant": "acme"})
+    router.completion(...)                         # the sync path is routed and recorded the same way
 
 A call that names no `echolm_tenant` passes through untouched, unless `tenancy.shared` is on.
 
@@ -31,8 +32,15 @@ from echolm_middleware.config import check_reuse_group_exists
 from echolm_middleware.core.engine import Engine
 from echolm_middleware.core.generation_params import judged_params
 from echolm_middleware.core.summary import DecisionSummary
-from echolm_middleware.core.types import ChatRequest
-from echolm_middleware.doors.access import TENANT_KEY, EngineHandle, FailOpenCounter, prepare_or_fail_open, summary_of
+from echolm_middleware.core.types import ChatRequest, Prepared
+from echolm_middleware.doors.access import (
+    TENANT_KEY,
+    EngineHandle,
+    FailOpenCounter,
+    prepare_or_fail_open,
+    prepare_or_fail_open_sync,
+    summary_of,
+)
 from echolm_middleware.doors.litellm_common import RecordingCallback, carry, serve_reused
 
 # How many calls' decisions the strategy remembers for their retries. A retry follows its failed
@@ -88,9 +96,11 @@ class EchoLMRoutingStrategy(CustomRoutingStrategyBase):
         specific_deployment: bool | None = False,
         request_kwargs: dict[str, Any] | None = None,
     ) -> Any:
-        # The sync path has no event loop to bound our time with; it keeps the named model.
+        target = model
+        if messages is not None and not specific_deployment:
+            target = self._route_sync(model, messages, request_kwargs)
         return self._default_sync(
-            model=model,
+            model=target,
             messages=messages,
             input=input,
             specific_deployment=specific_deployment,
@@ -99,19 +109,43 @@ class EchoLMRoutingStrategy(CustomRoutingStrategyBase):
 
     async def _route(self, model: str, messages: list[Any], request_kwargs: dict[str, Any] | None) -> str:
         kwargs = request_kwargs if request_kwargs is not None else {}
-        trace_id = kwargs.get("litellm_trace_id")
-        call_id = trace_id if isinstance(trace_id, str) else None
-        decided = self._decided.get(call_id) if call_id is not None else None
+        call_id, decided = self._earlier_decision(kwargs)
         if call_id is not None and decided is not None:
             return self._retried(model, kwargs, call_id, decided)
-        request = ChatRequest(
+        request = self._request(model, messages, kwargs)
+        prepared, _ = await prepare_or_fail_open(self._handle, self._counter, self._timeout_s, request)
+        return self._apply(model, kwargs, call_id, request, prepared)
+
+    def _route_sync(self, model: str, messages: list[Any], request_kwargs: dict[str, Any] | None) -> str:
+        """`_route` for `Router.completion`: the same decision, waited for on this thread within the budget."""
+        kwargs = request_kwargs if request_kwargs is not None else {}
+        call_id, decided = self._earlier_decision(kwargs)
+        if call_id is not None and decided is not None:
+            return self._retried(model, kwargs, call_id, decided)
+        request = self._request(model, messages, kwargs)
+        prepared, _ = prepare_or_fail_open_sync(self._handle, self._counter, self._timeout_s, request)
+        return self._apply(model, kwargs, call_id, request, prepared)
+
+    def _earlier_decision(self, kwargs: Mapping[str, Any]) -> tuple[str | None, DecisionSummary | None]:
+        """The call's id (LiteLLM's trace id, kept across its retries) and what we decided for it already."""
+        trace_id = kwargs.get("litellm_trace_id")
+        call_id = trace_id if isinstance(trace_id, str) else None
+        return call_id, self._decided.get(call_id) if call_id is not None else None
+
+    @staticmethod
+    def _request(model: str, messages: list[Any], kwargs: Mapping[str, Any]) -> ChatRequest:
+        return ChatRequest(
             tenant=_tenant(kwargs),
             model=model,
             messages=list(messages),
             has_tools=bool(kwargs.get("tools") or kwargs.get("functions")),
             params=judged_params(kwargs),
         )
-        prepared, _ = await prepare_or_fail_open(self._handle, self._counter, self._timeout_s, request)
+
+    def _apply(
+        self, model: str, kwargs: dict[str, Any], call_id: str | None, request: ChatRequest, prepared: Prepared | None
+    ) -> str:
+        """The decision onto the call: the tier (model group) to pick a deployment in, and its messages."""
         if prepared is None:
             return model
         summary = summary_of(request, prepared)
@@ -175,8 +209,9 @@ def install_echolm(router: Router, engine: Engine, *, timeout_s: float | None = 
     counter = FailOpenCounter()
     budget = timeout_s if timeout_s is not None else engine.settings.requests.timeout_ms / 1000
     strategy = EchoLMRoutingStrategy(router, handle, counter, budget)
-    # litellm 1.108 (the pinned version) registers custom strategies this way; 1.110 adds
-    # `register_plugin` and deprecates this call.
+    # litellm up to 1.109 (pyproject's range) registers a custom strategy this way. 1.110 rebuilt the
+    # Router's selection: a strategy that hands the pick within a group back to the Router's default, as
+    # this one does, recurses there (measured on 1.110.2); its `select` would be the way in.
     router.set_custom_routing_strategy(strategy)
     callback = RecordingCallback(handle, counter)
     litellm.callbacks.append(callback)

@@ -37,6 +37,7 @@ class ScriptedTier(BaseChatModel):
     # A server that is down raises before any chunk; one killed mid-stream raises after this many.
     fails_after_chunks: int | None = None
     usage: tuple[int, int] | None = None  # (input, output) tokens its answers report
+    model_name: str = "scripted"  # in its answers' response metadata, as providers name the model that wrote them
     _seen: list[list[BaseMessage]] = PrivateAttr(default_factory=list)
     _kwargs: list[dict[str, Any]] = PrivateAttr(default_factory=list)
     _tools: list[dict[str, Any]] = PrivateAttr(default_factory=list)
@@ -72,7 +73,7 @@ class ScriptedTier(BaseChatModel):
         usage = self._usage()
         return AIMessage(
             content=self.answer,
-            response_metadata={"finish_reason": "stop", "model_name": "scripted"},
+            response_metadata={"finish_reason": "stop", "model_name": self.model_name},
             usage_metadata=usage or None,  # type: ignore[arg-type]
         )
 
@@ -103,7 +104,7 @@ class ScriptedTier(BaseChatModel):
             yield ChatGenerationChunk(
                 message=AIMessageChunk(
                     content=word + ("" if last else " "),
-                    response_metadata={"model_name": "scripted"} if last else {},
+                    response_metadata={"model_name": self.model_name} if last else {},
                     usage_metadata=(self._usage() or None) if last else None,  # type: ignore[arg-type]
                 ),
                 generation_info={"finish_reason": "stop"} if last else None,

@@ -117,3 +117,35 @@ def test_the_router_doors_decision_lands_in_litellms_logging_payload(make_engine
 
     decision = payloads.by_question[QUESTION]["metadata"]["spend_logs_metadata"]["echolm"]
     assert decision["requested_model"] == "strong" and decision["tier"] == "strong" and decision["action"] == "route"
+
+
+def test_the_router_doors_sync_path_routes_and_records_like_the_async_one(make_engine: Any) -> None:
+    from echolm_middleware.doors.litellm_router import install_echolm
+
+    with EchoTier("cheap") as cheap, EchoTier("strong") as strong:
+        kit = make_engine()
+        kit.engine.admit("acme", QUESTION, "Paris is the capital of France.", "strong")
+        router = litellm.Router(
+            model_list=[
+                {"model_name": tier.name, "litellm_params": {"model": f"openai/{tier.name}", "api_base": tier.api_base,
+                                                             "api_key": "x"}}
+                for tier in (cheap, strong)
+            ],
+            num_retries=0,
+        )  # fmt: skip
+        door = install_echolm(router, kit.engine)
+        try:
+            response = router.completion(
+                model="strong", messages=[{"role": "user", "content": PARAPHRASE}], metadata={"echolm_tenant": "acme"}
+            )
+            decision = next(d for d in kit.state.recent(0.0) if d.query == PARAPHRASE)
+            deadline = time.monotonic() + 20
+            while kit.state.recorded_by(decision.request_id) is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            _unregister(door.callback)
+
+    assert str(response.choices[0].message.content).startswith("cheap:")  # routed to the cheap tier
+    assert "Paris is the capital of France." in str(cheap.bodies[-1]["messages"])  # with the example
+    assert strong.bodies == []
+    assert kit.state.recorded_by(decision.request_id) == "cheap"  # recorded from LiteLLM's sync success event
