@@ -8,7 +8,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export OMP_NUM_THREADS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install servers models demo bench test test-fast test-unit test-integration lint import-graph format clean
+.PHONY: install servers models demo bench test test-fast test-unit test-integration test-litellm-oldest lint import-graph format clean
 
 # llama.cpp's default build is -march=native: it emits the newest instructions the CPU reports (AMX
 # tiles on recent Xeons), which a VM may report yet not allow, and the model server then dies with
@@ -60,6 +60,24 @@ test: install models
 	$(BIN)/python -m pytest tests -q
 
 # The edit-test loop: pure logic and every port's contract against its real backends, no model servers.
+# The proxy and Router doors on the oldest LiteLLM pyproject allows (`make test` runs everything on the
+# newest that resolves here, constraints.txt): a venv of its own from constraints-litellm-oldest.txt.
+OLDEST := .venv-litellm-oldest
+OLDEST_TESTS := tests/unit/test_proxy_handler.py tests/unit/test_reuse_doors.py tests/unit/test_litellm_logging.py \
+	tests/unit/test_request_life.py tests/integration/test_router_door.py tests/integration/test_reuse_proxy.py \
+	tests/integration/test_proxy_routing.py tests/integration/test_proxy_fail_open.py
+
+$(OLDEST)/.installed: pyproject.toml constraints-litellm-oldest.txt $(WHEELS)/.built
+	$(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/pip install -q --upgrade pip
+	$(OLDEST)/bin/pip install -q torch==2.13.0
+	$(OLDEST)/bin/pip install -q -c constraints-litellm-oldest.txt --find-links $(WHEELS) -e ".[all,dev]"
+	$(OLDEST)/bin/pip check
+	touch $@
+
+test-litellm-oldest: $(OLDEST)/.installed servers models
+	$(OLDEST)/bin/python -m pytest $(OLDEST_TESTS) -q
+
 test-fast: install
 	$(BIN)/python -m pytest tests/unit tests/contract -q
 

@@ -25,7 +25,7 @@ from echolm_middleware.core.ports import (
     TokenCounter,
     UpkeepJournal,
 )
-from echolm_middleware.core.routing import TierProfile
+from echolm_middleware.core.routing import TierProfile, TokenPrices
 from echolm_middleware.errors import ConfigError
 from echolm_middleware.quality_target import guard_for
 from echolm_middleware.quality_target.guard import QualityGuard
@@ -59,45 +59,60 @@ def build_state(settings: Settings) -> State:
     return STATES[settings.state.backend](settings)
 
 
-def litellm_price_per_1k(model: str) -> float | None:
-    """Blended (input + output) / 2 price per 1k tokens from litellm's bundled cost map, if it knows the model."""
+def deployment_prices(deployment: Mapping[str, Any]) -> TokenPrices | None:
+    """LiteLLM's price for a deployment, as LiteLLM itself charges it: the deployment's own
+    `input_cost_per_token`/`output_cost_per_token` (in `litellm_params` or `model_info`), else LiteLLM's
+    cost map for its model; None when LiteLLM knows no price."""
+    params = deployment.get("litellm_params") or {}
+    for source in (params, deployment.get("model_info") or {}):
+        if "input_cost_per_token" in source or "output_cost_per_token" in source:
+            return TokenPrices(
+                float(source.get("input_cost_per_token") or 0) * 1000,
+                float(source.get("output_cost_per_token") or 0) * 1000,
+            )
+    model = str(params.get("model") or "")
+    if not model:
+        return None
     from echolm_middleware.backends._lazy import require
 
     litellm = require("litellm", "litellm")
     entry = litellm.model_cost.get(model) or litellm.model_cost.get(model.split("/", 1)[-1])
     if not entry:
         return None
-    per_token = (float(entry.get("input_cost_per_token") or 0) + float(entry.get("output_cost_per_token") or 0)) / 2
-    return per_token * 1000
+    return TokenPrices(
+        float(entry.get("input_cost_per_token") or 0) * 1000, float(entry.get("output_cost_per_token") or 0) * 1000
+    )
 
 
-def _deployment_model(tier: str, model_list: Sequence[Mapping[str, Any]]) -> str | None:
-    for entry in model_list:
-        if entry.get("model_name") == tier:
-            params = entry.get("litellm_params") or {}
-            model = params.get("model")
-            return str(model) if model else None
-    return None
+def _deployment(tier: str, model_list: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    return next((entry for entry in model_list if entry.get("model_name") == tier), None)
 
 
 def tier_profiles(
     tiers: Sequence[TierSettings],
     model_list: Sequence[Mapping[str, Any]] = (),
-    price_lookup: Callable[[str], float | None] = litellm_price_per_1k,
+    price_lookup: Callable[[Mapping[str, Any]], TokenPrices | None] = deployment_prices,
 ) -> list[TierProfile]:
-    """Tiers in the order given (cheapest first), with costs scaled to [0, 1] by the dearest."""
-    prices = []
+    """Tiers in the order given (cheapest first), with costs scaled to [0, 1] by the dearest.
+
+    A tier's price is LiteLLM's for its model group's first deployment (`deployment_prices`), unless
+    `cost_per_1k_tokens` overrides it."""
+    token_prices = []
     for index, tier in enumerate(tiers):
-        price = tier.cost_per_1k_tokens
-        if price is None:
-            model = _deployment_model(tier.name, model_list)
-            price = price_lookup(model) if model else None
-            if price is None:
-                raise ConfigError(
-                    f"echolm.tiers[{index}].cost_per_1k_tokens: not set, and litellm has no price for "
-                    f"model group {tier.name!r} ({model or 'no deployment found'}); set it in config"
-                )
-        prices.append(price)
+        if tier.cost_per_1k_tokens is not None:
+            token_prices.append(TokenPrices(tier.cost_per_1k_tokens, tier.cost_per_1k_tokens, overridden=True))
+            continue
+        deployment = _deployment(tier.name, model_list)
+        found = price_lookup(deployment) if deployment is not None else None
+        if found is None:
+            model = (deployment or {}).get("litellm_params", {}).get("model") if deployment else None
+            raise ConfigError(
+                f"echolm.tiers[{index}].cost_per_1k_tokens: not set, and litellm has no price for "
+                f"model group {tier.name!r} ({model or 'no deployment found'}): give its deployment "
+                "input_cost_per_token/output_cost_per_token, or set this key"
+            )
+        token_prices.append(found)
+    prices = [price.blended_per_1k for price in token_prices]
     if any(b < a for a, b in itertools.pairwise(prices)):
         raise ConfigError("echolm.tiers: list tiers from cheapest to dearest (the last one is the strongest)")
     top = max(prices)
@@ -110,9 +125,9 @@ def tier_profiles(
             capacity=tier.capacity,
             quality_prior=tier.quality_prior,
             max_input_tokens=tier.max_input_tokens,
-            price_per_1k=price,
+            prices=token_price,
         )
-        for index, (tier, price) in enumerate(zip(tiers, prices, strict=True))
+        for index, (tier, price, token_price) in enumerate(zip(tiers, prices, token_prices, strict=True))
     ]
 
 
@@ -216,11 +231,8 @@ def build_upkeep(
             raise ConfigError("an upkeep over a given engine with state.backend memory needs that engine's state")
         state = build_state(settings)
     engine = engine or build_engine(settings, model_list, state=state)
-    strongest = settings.tiers[-1]
-    price_per_1k = strongest.cost_per_1k_tokens
-    if price_per_1k is None:
-        model = _deployment_model(strongest.name, model_list)
-        price_per_1k = (litellm_price_per_1k(model) if model else None) or 0.0
+    # The strongest tier's price, as the router has it (echolm's override, else LiteLLM's).
+    price_per_1k = engine.tiers[-1].price_per_1k
     return Upkeep(
         engine,
         completer or LiteLLMCompleter(model_list),

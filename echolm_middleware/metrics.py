@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from echolm_middleware.core.summary import DecisionSummary
@@ -160,15 +160,11 @@ def observe_decision(summary: DecisionSummary) -> None:
     quietly(report)
 
 
-def observe_saving(tenant: str, served_by: str, tokens: int, prices_per_1k: Mapping[str, float]) -> None:
-    """What the tokens of one response would have cost more on the strongest tier (never negative)."""
+def observe_saving(tenant: str, saved_usd: float) -> None:
+    """What one response cost less than the strongest tier would have (a counter: only savings count)."""
 
     def report() -> None:
-        if not prices_per_1k or served_by not in prices_per_1k or tokens <= 0:
-            return
-        strongest = max(prices_per_1k.values())
-        saved = (strongest - prices_per_1k[served_by]) * tokens / 1000
-        if saved > 0:
-            metrics().cost_saved.labels(tenant=tenant_label(tenant)).inc(saved)
+        if saved_usd > 0:
+            metrics().cost_saved.labels(tenant=tenant_label(tenant)).inc(saved_usd)
 
     quietly(report)

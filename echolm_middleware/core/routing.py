@@ -33,6 +33,23 @@ STRONGEST_BUCKET = "any"
 
 
 @dataclass(frozen=True)
+class TokenPrices:
+    """USD per 1k prompt and completion tokens; `overridden`: set in echolm's config rather than taken from
+    LiteLLM (then our figures use it even where LiteLLM logs another cost)."""
+
+    input_per_1k: float = 0.0
+    output_per_1k: float = 0.0
+    overridden: bool = False
+
+    @property
+    def blended_per_1k(self) -> float:
+        return (self.input_per_1k + self.output_per_1k) / 2
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (self.input_per_1k * prompt_tokens + self.output_per_1k * completion_tokens) / 1000
+
+
+@dataclass(frozen=True)
 class TierProfile:
     """A tier as the router sees it: relative cost in [0, 1], capacity and prior quality."""
 
@@ -42,7 +59,11 @@ class TierProfile:
     capacity: float
     quality_prior: float
     max_input_tokens: int
-    price_per_1k: float = 0.0  # blended USD per 1k tokens, for the cost-saved metric only
+    prices: TokenPrices = TokenPrices()  # for the cost-saved metric and the bench's cost per request
+
+    @property
+    def price_per_1k(self) -> float:
+        return self.prices.blended_per_1k
 
 
 def context_bucket(examples: Sequence[ScoredExample]) -> str:

@@ -140,12 +140,32 @@ def client_hung_up(kwargs: Mapping[str, Any]) -> bool:
     return False
 
 
-def tokens_of(response_obj: Any) -> int:
-    """Prompt and completion tokens of a response, 0 when it reports no usage."""
+def usage_of(response_obj: Any) -> tuple[int, int]:
+    """Prompt and completion tokens of a response, (0, 0) when it reports no usage."""
     try:
-        return int(response_obj.usage.total_tokens or 0)
+        usage = response_obj.usage
+        return int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0)
     except (AttributeError, TypeError, ValueError):
-        return 0
+        return 0, 0
+
+
+def saving_of(
+    engine: Engine, summary: DecisionSummary, served_by: str, response_obj: Any, logged_cost: object
+) -> float:
+    """USD the strongest tier would have cost for this answer (its prompt without our examples) less what
+    it cost: LiteLLM's own `response_cost` for the deployment that served it (0 for a reused answer on a
+    zero-priced group), or the served tier's price where echolm's config overrides LiteLLM's."""
+    prompt, completion = usage_of(response_obj)
+    strongest = engine.tiers[-1].prices
+    would_cost = strongest.cost(max(0, prompt - summary.example_tokens), completion)
+    served = next((tier.prices for tier in engine.tiers if tier.name == served_by), None)
+    if served is not None and served.overridden:
+        cost = served.cost(prompt, completion)
+    elif isinstance(logged_cost, int | float) and not isinstance(logged_cost, bool):
+        cost = float(logged_cost)
+    else:
+        cost = served.cost(prompt, completion) if served is not None else 0.0
+    return would_cost - cost
 
 
 def summary_in(metadata: object) -> DecisionSummary | None:
@@ -208,10 +228,9 @@ class RecordingCallback(CustomLogger):
             # Counted here, once per request: the failure event fires once per failed attempt.
             self.fail_open.add(f"chosen tier failed: {summary.tier}")
         if summary.routed or summary.action == "reuse":
-            prices = {tier.name: tier.price_per_1k for tier in engine.tiers}
-            if summary.action == "reuse":  # no model was called: the whole strongest-tier price is saved
-                prices[served_by] = 0.0
-            observe_saving(summary.tenant, served_by, tokens_of(response_obj), prices)
+            observe_saving(
+                summary.tenant, saving_of(engine, summary, served_by, response_obj, kwargs.get("response_cost"))
+            )
         if self.records_streams_itself and kwargs.get("stream"):
             return None
         answer, finish_reason, refused = answer_of(response_obj)

@@ -176,6 +176,13 @@ def ask(
     return raw.parse(), raw.headers
 
 
+def prices_of(group: str) -> dict[str, float]:
+    """config.yaml's prices for a tier's deployment (LiteLLM's `input/output_cost_per_token`), for a test's
+    own deployment of that tier: the tiers are priced by LiteLLM's deployments, not by the echolm section."""
+    (params,) = [e["litellm_params"] for e in read_config_file(CONFIG)["model_list"] if e["model_name"] == group]
+    return {key: float(params[key]) for key in ("input_cost_per_token", "output_cost_per_token")}
+
+
 def settings_for_tests() -> Any:
     return load_settings(CONFIG)[0]
 

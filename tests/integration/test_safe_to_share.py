@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests.echo_tier import EchoTier
-from tests.integration.conftest import ProxyUnderTest, config_outside_the_checkout, launch_proxy
+from tests.integration.conftest import ProxyUnderTest, config_outside_the_checkout, launch_proxy, prices_of
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +82,8 @@ def echo_tiers() -> Iterator[tuple[EchoTier, EchoTier]]:
 def _config(tiers: tuple[EchoTier, ...], *, team_keys: bool, master_key: bool = True) -> dict[str, Any]:
     config = config_outside_the_checkout()
     config["model_list"] = [
-        {"model_name": tier.name, "litellm_params": {"model": f"openai/{tier.name}", "api_base": tier.api_base, "api_key": "x"}}
+        {"model_name": tier.name, "litellm_params": {"model": f"openai/{tier.name}", "api_base": tier.api_base, "api_key": "x",
+                                                     **prices_of(tier.name)}}
         for tier in tiers
     ]  # fmt: skip
     general = config.setdefault("general_settings", {})

@@ -52,8 +52,12 @@ def test_the_repository_config_loads_and_names_existing_model_groups() -> None:
     assert settings.store.path.is_absolute()
     assert model_groups_in(raw) == {"cheap", "strong"}
     check_tiers_exist(settings, model_groups_in(raw))
-    profiles = tier_profiles(settings.tiers, raw["model_list"], price_lookup=lambda model: None)
+    profiles = tier_profiles(settings.tiers, raw["model_list"])
     assert [(p.name, p.rank) for p in profiles] == [("cheap", 0), ("strong", 1)]
+    # Priced as LiteLLM charges them: by their deployments' input/output_cost_per_token.
+    assert [p.prices.input_per_1k for p in profiles] == pytest.approx([1e-4, 2e-3])
+    assert [p.prices.output_per_1k for p in profiles] == pytest.approx([1e-4, 2e-3])
+    assert [p.cost for p in profiles] == pytest.approx([0.05, 1.0])
 
 
 def test_relative_paths_resolve_against_the_config_files_folder(tmp_path: Path) -> None:
@@ -224,38 +228,54 @@ def _tiers(*specs: tuple[str, float | None]) -> tuple[TierSettings, ...]:
 
 
 def test_tier_profiles_scale_costs_by_the_dearest_tier() -> None:
-    profiles = tier_profiles(_tiers(("cheap", 0.1), ("mid", 0.5), ("strong", 2.0)), price_lookup=lambda m: None)
+    profiles = tier_profiles(
+        _tiers(("cheap", 0.1), ("mid", 0.5), ("strong", 2.0)), price_lookup=lambda deployment: None
+    )
 
     assert [(p.name, p.rank) for p in profiles] == [("cheap", 0), ("mid", 1), ("strong", 2)]
     assert [p.cost for p in profiles] == pytest.approx([0.05, 0.25, 1.0])
 
 
 def test_free_tiers_are_costed_by_rank() -> None:
-    profiles = tier_profiles(_tiers(("a", 0.0), ("b", 0.0), ("c", 0.0)), price_lookup=lambda m: None)
+    profiles = tier_profiles(_tiers(("a", 0.0), ("b", 0.0), ("c", 0.0)), price_lookup=lambda deployment: None)
 
     assert [p.cost for p in profiles] == [0.0, 0.5, 1.0]
 
 
 def test_tiers_not_listed_cheapest_first_are_refused() -> None:
     with pytest.raises(ConfigError, match="cheapest to dearest"):
-        tier_profiles(_tiers(("strong", 2.0), ("cheap", 0.1)), price_lookup=lambda m: None)
+        tier_profiles(_tiers(("strong", 2.0), ("cheap", 0.1)), price_lookup=lambda deployment: None)
 
 
-def test_a_tier_without_a_cost_takes_the_price_of_its_deployments_model() -> None:
-    looked_up: list[str] = []
+def test_a_tier_without_a_cost_takes_the_price_litellm_charges_for_its_deployment() -> None:
     model_list = [
-        {"model_name": "cheap", "litellm_params": {"model": "openai/gpt-4o-mini"}},
+        # A deployment's own prices (LiteLLM's custom pricing), in litellm_params or model_info ...
+        {"model_name": "cheap", "litellm_params": {"model": "openai/local", "input_cost_per_token": 1e-7,
+                                                   "output_cost_per_token": 3e-7}},
+        {"model_name": "mid", "litellm_params": {"model": "openai/ft"}, "model_info": {"input_cost_per_token": 1e-6,
+                                                                                       "output_cost_per_token": 1e-6}},
+        # ... else LiteLLM's cost map for its model.
         {"model_name": "strong", "litellm_params": {"model": "openai/gpt-4o"}},
-    ]
+    ]  # fmt: skip
 
-    def price(model: str) -> float | None:
-        looked_up.append(model)
-        return {"openai/gpt-4o-mini": 0.4, "openai/gpt-4o": 6.0}.get(model)
+    profiles = tier_profiles(_tiers(("cheap", None), ("mid", None), ("strong", None)), model_list)
 
-    profiles = tier_profiles(_tiers(("cheap", None), ("strong", None)), model_list, price_lookup=price)
+    import litellm
 
-    assert looked_up == ["openai/gpt-4o-mini", "openai/gpt-4o"]
-    assert [p.cost for p in profiles] == pytest.approx([0.4 / 6.0, 1.0])
+    gpt4o = litellm.model_cost["gpt-4o"]
+    assert profiles[0].prices.input_per_1k == pytest.approx(1e-4) and profiles[0].prices.output_per_1k == pytest.approx(
+        3e-4
+    )
+    assert profiles[1].prices.input_per_1k == pytest.approx(1e-3)
+    assert profiles[2].prices.input_per_1k == pytest.approx(gpt4o["input_cost_per_token"] * 1000)
+    assert profiles[2].prices.output_per_1k == pytest.approx(gpt4o["output_cost_per_token"] * 1000)
+    assert not any(p.prices.overridden for p in profiles)
+
+
+def test_echolms_cost_overrides_litellms_price() -> None:
+    model_list = [{"model_name": "strong", "litellm_params": {"model": "openai/gpt-4o"}}]
+    (profile,) = tier_profiles(_tiers(("strong", 0.5)), model_list)
+    assert (profile.prices.input_per_1k, profile.prices.output_per_1k, profile.prices.overridden) == (0.5, 0.5, True)
 
 
 @pytest.mark.parametrize(
@@ -267,7 +287,7 @@ def test_a_tier_without_a_cost_takes_the_price_of_its_deployments_model() -> Non
 )
 def test_a_tier_with_no_cost_and_no_known_price_is_refused(model_list: list[dict[str, Any]], detail: str) -> None:
     with pytest.raises(ConfigError) as raised:
-        tier_profiles(_tiers(("cheap", 0.1), ("strong", None)), model_list, price_lookup=lambda model: None)
+        tier_profiles(_tiers(("cheap", 0.1), ("strong", None)), model_list, price_lookup=lambda deployment: None)
 
     message = str(raised.value)
     assert "echolm.tiers[1].cost_per_1k_tokens" in message

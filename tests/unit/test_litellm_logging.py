@@ -149,3 +149,28 @@ def test_the_router_doors_sync_path_routes_and_records_like_the_async_one(make_e
     assert "Paris is the capital of France." in str(cheap.bodies[-1]["messages"])  # with the example
     assert strong.bodies == []
     assert kit.state.recorded_by(decision.request_id) == "cheap"  # recorded from LiteLLM's sync success event
+
+
+def test_a_saving_is_the_strongest_tiers_price_less_what_litellm_charged() -> None:
+    from echolm_middleware.core.routing import TierProfile, TokenPrices
+    from echolm_middleware.core.summary import DecisionSummary
+    from echolm_middleware.doors.litellm_common import saving_of
+
+    def tier(name: str, rank: int, prices: TokenPrices) -> TierProfile:
+        return TierProfile(name, rank, 0.0, 1.0, 0.5, 2048, prices)
+
+    strong_prices = TokenPrices(input_per_1k=2.0, output_per_1k=6.0)  # USD per 1k tokens
+    engine = SimpleNamespace(tiers=[tier("cheap", 0, TokenPrices(0.1, 0.3)), tier("strong", 1, strong_prices)])
+    routed = DecisionSummary(request_id="r", action="route", tier="cheap", examples=2, example_tokens=300)
+    response = SimpleNamespace(usage=SimpleNamespace(prompt_tokens=500, completion_tokens=100))
+    # The strongest tier would have read the prompt without our 300 example tokens.
+    would_cost = (2.0 * 200 + 6.0 * 100) / 1000
+
+    assert saving_of(engine, routed, "cheap", response, 0.08) == pytest.approx(would_cost - 0.08)  # LiteLLM's cost
+    reused = DecisionSummary(request_id="r", action="reuse", tier="echolm-cache")
+    assert saving_of(engine, reused, "echolm-cache", response, 0.0) == pytest.approx((2.0 * 500 + 6.0 * 100) / 1000)
+    # echolm's own price for a tier overrides what LiteLLM logged for it.
+    engine.tiers[0] = tier("cheap", 0, TokenPrices(0.1, 0.1, overridden=True))
+    assert saving_of(engine, routed, "cheap", response, 0.08) == pytest.approx(
+        would_cost - (0.1 * 500 + 0.1 * 100) / 1000
+    )

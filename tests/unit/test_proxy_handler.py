@@ -299,3 +299,20 @@ def test_a_streamed_answer_is_timed_from_our_hook_for_the_delay_signal(
 
     # The echo tier answers at once: its measured latency replaces the 1-second prior.
     assert prior == 1.0 and 0.0 < kit.engine.latency.estimate("strong") < prior
+
+
+@pytest.mark.parametrize("call_type", ["aresponses", "anthropic_messages", "aembedding", "atext_completion"])
+def test_calls_other_than_chat_completions_pass_through_unseen(installed: Any, call_type: str) -> None:
+    kit, handler = installed.kit, installed.handler
+    assert kit.engine.admit("team:A", QUESTION, "Paris is the capital of France.", "strong")
+    data: dict[str, Any] = {
+        "model": "strong",
+        "input": PARAPHRASE,
+        "messages": [{"role": "user", "content": PARAPHRASE}],
+    }
+    before = dict(data)
+
+    returned = asyncio.run(handler.async_pre_call_hook(SimpleNamespace(team_id="A"), None, data, call_type))
+
+    assert returned is data and data == before  # no model rewritten, no examples, no decision carried
+    assert kit.state.recent(0.0) == []
