@@ -9,6 +9,13 @@ socket timeout; after a failure the board routes on this worker's own in-flight 
 for `retry_after_s`, then tries Redis again, so it recovers without a restart. Ends that could not be
 written are retried when Redis answers again. Leases fail closed instead: an upkeep pass that cannot
 take its lock does not run, and the next period tries again.
+
+Why our own parts where redis-py has some: its `Retry` retries a command (with backoff) but does not
+stop asking a Redis that is down, which on the request path costs every request its timeout; `Degraded`
+skips Redis for `retry_after_s` and routes on the local count meanwhile. Its `Lock` takes, extends and
+releases a lock held by one Lock object, but a lease here is renewed by a later pass of the same holder
+(another object, the same holder name), which `Lock` allows only by setting its thread-local token by
+hand; the two scripts below are what `Lock` runs, keyed by the holder's name instead.
 """
 
 from __future__ import annotations
