@@ -154,7 +154,7 @@ def _example(engine: Engine, pool: Sequence[BenchPrompt], index: int, created: f
 
 
 def summary_ms(values: Sequence[float]) -> dict[str, float]:
-    """Nearest-rank p50/p95/p99 and the mean, in ms."""
+    """p50/p95/p99 (`echolm_lab.stats.percentile`, numpy's linear rule) and the mean, in ms."""
     figures = {f"p{q}": percentile(values, q) for q in (50, 95, 99)}
     return {name: round(value, 3) for name, value in figures.items() if value is not None} | {
         "mean": round(statistics.fmean(values), 3)
@@ -220,6 +220,7 @@ def measure_size(
         nearest_ms.append((time.perf_counter() - began) * 1000)
     return {
         "entries": entries,
+        "requests": len(prepare_ms),
         "stored_entries": engine.store.count(TENANT),
         "synthetic_entries": fill.synthetic,
         "routed": routed,
@@ -339,8 +340,8 @@ def plot_overhead(result: dict[str, Any], path: Path) -> None:
     latency = figure.add_subplot()
     latency.plot(entries, [s["prepare_ms"]["p50"] for s in sizes], "o-", label="p50 prepare")
     latency.plot(entries, [s["prepare_ms"]["p99"] for s in sizes], "o-", label="p99 prepare")
-    for target in (TARGET_P50_MS, TARGET_P99_MS):
-        latency.axhline(target, linestyle=":", color="grey", linewidth=1)
+    for target, name, style in ((TARGET_P50_MS, "p50", ":"), (TARGET_P99_MS, "p99", "--")):
+        latency.axhline(target, linestyle=style, color="grey", linewidth=1, label=f"{name} target ({target:g} ms)")
     latency.set_xscale("log")
     latency.set_xticks(entries, [f"{n:,}" for n in entries])
     latency.set_xticks([], minor=True)
@@ -353,7 +354,10 @@ def plot_overhead(result: dict[str, Any], path: Path) -> None:
     memory.set_ylim(bottom=0)
     handles = latency.get_legend_handles_labels()[0] + memory.get_legend_handles_labels()[0]
     latency.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncols=3, frameon=False)
-    latency.set_title("EchoLM per-request overhead and memory against cache size")
+    measured = ", ".join(f"{s['entries']:,}: n={s.get('requests', '?')}" for s in sizes)
+    latency.set_title(
+        f"EchoLM per-request overhead and memory against cache size\n(requests timed per size: {measured})"
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
