@@ -627,6 +627,8 @@ def _stream_on(tier: _Tier, messages: list[BaseMessage], args: _Arguments) -> It
     if tier.model is None or not _streams(tier.model, kwargs, async_api=False):
         yield _generate_on(tier, messages, args, None).generations[0].message
         return
+    if tier.model.rate_limiter:  # as the tier's own `stream` would
+        tier.model.rate_limiter.acquire(blocking=True)
     for chunk in tier.model._stream(messages, stop=args.stop, **kwargs):
         yield _with_generation_info(chunk)
 
@@ -636,6 +638,8 @@ async def _astream_on(tier: _Tier, messages: list[BaseMessage], args: _Arguments
     if tier.model is None or not _streams(tier.model, kwargs, async_api=True):
         yield (await _agenerate_on(tier, messages, args, None)).generations[0].message
         return
+    if tier.model.rate_limiter:
+        await tier.model.rate_limiter.aacquire(blocking=True)
     async for chunk in tier.model._astream(messages, stop=args.stop, **kwargs):
         yield _with_generation_info(chunk)
 

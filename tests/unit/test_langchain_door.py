@@ -543,3 +543,20 @@ def test_structured_output_by_response_format_sends_it_to_the_chosen_tier(door: 
     raw = door.model.with_structured_output(City, method="json_mode", include_raw=True).invoke(QUESTION)
     assert raw["parsed"] == City(name="Paris") and raw["parsing_error"] is None
     assert door.strong.call_arguments[-1]["response_format"] == {"type": "json_object"}
+
+
+@pytest.mark.parametrize("path", ["invoke", "stream"])
+def test_a_tiers_own_rate_limiter_still_paces_its_calls(make_engine: EngineFactory, path: str) -> None:
+    from langchain_core.rate_limiters import InMemoryRateLimiter
+
+    class Counting(InMemoryRateLimiter):
+        taken = 0
+
+        def acquire(self, *, blocking: bool = True) -> bool:
+            Counting.taken += 1
+            return True
+
+    strong = ScriptedTier(answer=ANSWER, rate_limiter=Counting(requests_per_second=100))
+    model = EchoLMChatModel(tenant="default", tiers=[ScriptedTier(answer="x"), strong], engine=make_engine().engine)
+    model.invoke(QUESTION) if path == "invoke" else list(model.stream(QUESTION))
+    assert Counting.taken == 1
