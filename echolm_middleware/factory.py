@@ -96,11 +96,15 @@ def tier_profiles(
     """Tiers in the order given (cheapest first), with costs scaled to [0, 1] by the dearest.
 
     A tier's price is LiteLLM's for its model group's first deployment (`deployment_prices`), unless
-    `cost_per_1k_tokens` overrides it."""
+    `cost_per_1k_tokens` overrides it. With no model list at all (an engine in process, the LangChain
+    door's) a tier without that key is unpriced: tiers all unpriced are costed by rank."""
     token_prices = []
     for index, tier in enumerate(tiers):
         if tier.cost_per_1k_tokens is not None:
             token_prices.append(TokenPrices(tier.cost_per_1k_tokens, tier.cost_per_1k_tokens, overridden=True))
+            continue
+        if not model_list:
+            token_prices.append(TokenPrices())
             continue
         deployment = _deployment(tier.name, model_list)
         found = price_lookup(deployment) if deployment is not None else None

@@ -272,6 +272,12 @@ def test_a_tier_without_a_cost_takes_the_price_litellm_charges_for_its_deploymen
     assert not any(p.prices.overridden for p in profiles)
 
 
+def test_with_no_model_list_a_tier_without_a_cost_is_unpriced_and_costed_by_rank() -> None:
+    # An engine in process (the LangChain door) has no LiteLLM deployments to price its tiers by.
+    profiles = tier_profiles(_tiers(("cheap", None), ("strong", None)))
+    assert [p.cost for p in profiles] == [0.0, 1.0] and all(p.prices.blended_per_1k == 0 for p in profiles)
+
+
 def test_echolms_cost_overrides_litellms_price() -> None:
     model_list = [{"model_name": "strong", "litellm_params": {"model": "openai/gpt-4o"}}]
     (profile,) = tier_profiles(_tiers(("strong", 0.5)), model_list)
@@ -282,7 +288,7 @@ def test_echolms_cost_overrides_litellms_price() -> None:
     ("model_list", "detail"),
     [
         ([{"model_name": "strong", "litellm_params": {"model": "openai/my-finetune"}}], "openai/my-finetune"),
-        ([], "no deployment found"),
+        ([{"model_name": "other", "litellm_params": {"model": "openai/gpt-4o"}}], "no deployment found"),
     ],
 )
 def test_a_tier_with_no_cost_and_no_known_price_is_refused(model_list: list[dict[str, Any]], detail: str) -> None:
