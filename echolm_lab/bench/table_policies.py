@@ -299,7 +299,7 @@ def evaluate_policies(
     workload = source.workload
     metric = workload.score
     if metric is None:
-        rows = judged_scores(verdicts, source.requests)
+        rows = judged_scores(verdicts, source.requests, answers)
     else:
         rows = scores_by_choice(answers, workload, source.requests)
     three = {STRONG, CHEAP, CHEAP_WITH_EXAMPLES}

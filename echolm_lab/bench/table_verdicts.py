@@ -52,9 +52,13 @@ def verdicts_path(answers_path: Path) -> Path:
 
 
 def verdict_key(judge: Endpoint, prompt: str, candidate: str, baseline: str) -> str:
+    return _verdict_key(judge.model_sha256, judge.server_version, prompt, candidate, baseline)
+
+
+def _verdict_key(judge_sha256: str, judge_server: str, prompt: str, candidate: str, baseline: str) -> str:
     canonical = json.dumps(
         {
-            "judge": judge.model_sha256, "server": judge.server_version, "prompt": prompt, "candidate": candidate,
+            "judge": judge_sha256, "server": judge_server, "prompt": prompt, "candidate": candidate,
             "baseline": baseline, "max_chars": JUDGE_MAX_CHARS, "max_tokens": JUDGE_MAX_TOKENS,
         },
         sort_keys=True, ensure_ascii=False,
@@ -106,16 +110,39 @@ def record_verdicts(
     return asked
 
 
-def judged_scores(verdicts: Sequence[Verdict], requests: Sequence[Any]) -> dict[str, dict[str, float]]:
+def judged_scores(
+    verdicts: Sequence[Verdict], requests: Sequence[Any], answers: Sequence[Answer] = ()
+) -> dict[str, dict[str, float]]:
     """request prompt -> choice -> 0-1 quality against the strong tier (win 1, tie 0.5, loss 0; the strong
-    tier itself 0.5); unparsed verdicts say nothing and are left out."""
+    tier itself 0.5); unparsed verdicts say nothing and are left out.
+
+    A choice in `answers` whose answer is word for word one already judged for the same request (the cheap
+    tier with no example worth showing answers as the cheap tier) shares that verdict: the key is the same,
+    so `record_verdicts` asked the judge once, under the first choice's name.
+    """
     asked = {item.prompt for item in requests}
     scored: dict[str, dict[str, float]] = {}
-    for verdict in verdicts:
-        if verdict.item not in asked:
-            continue
+
+    def put(verdict: Verdict, choice: str) -> None:
         quality = {"win": 1.0, "tie": 0.5, "loss": 0.0}.get(verdict.outcome)
         if quality is not None:
-            row = scored.setdefault(verdict.item, {STRONG: 0.5})
-            row[verdict.choice] = quality
+            scored.setdefault(verdict.item, {STRONG: 0.5})[choice] = quality
+
+    for verdict in verdicts:
+        if verdict.item in asked:
+            put(verdict, verdict.choice)
+    by_key = {verdict.key: verdict for verdict in verdicts}
+    judges = {(verdict.judge_sha256, verdict.judge_server) for verdict in verdicts}
+    texts: dict[str, dict[str, str]] = {}
+    for answer in answers:
+        if answer.item in asked and answer.choice in (STRONG, *JUDGED_CHOICES):
+            texts.setdefault(answer.item, {})[answer.choice] = answer.answer
+    for prompt, row in texts.items():
+        for choice, text in row.items():
+            if STRONG not in row or choice == STRONG or choice in scored.get(prompt, {}):
+                continue
+            for judge_sha256, judge_server in judges:
+                shared = by_key.get(_verdict_key(judge_sha256, judge_server, prompt, text, row[STRONG]))
+                if shared is not None:
+                    put(shared, choice)
     return scored

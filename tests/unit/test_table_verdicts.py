@@ -87,3 +87,22 @@ def test_a_judged_workloads_policies_are_win_rates_paired_with_strong_only(tmp_p
     # The cheap tier with examples at 1 s against the strong tier's 2 s: twice strong-only's rate on two slots.
     assert results["cheap with examples for all"].ceiling.elastic == 2.0
     assert evaluate_policies(source, _answers(source)) == []  # no verdicts: nothing to score a judged workload by
+
+
+def test_a_choice_answering_word_for_word_as_another_shares_its_verdict(tmp_path: Path) -> None:
+    """The cheap tier with no example worth showing answers as the cheap tier: one key, one judgement, and
+    both choices are scored by it (else no request of such a workload would be complete)."""
+    source, judge = _source(3), ScriptedJudge()
+    answers = [
+        a if a.choice != CHEAP_WITH_EXAMPLES else Answer(**{**a.__dict__, "answer": "bad"}) for a in _answers(source)
+    ]
+    verdicts = VerdictsTable(tmp_path / "v.jsonl")
+
+    asked = record_verdicts(source, answers, verdicts, JUDGE, judge)
+
+    assert asked == {CHEAP: 3} and judge.calls == 3 * 2
+    scores = judged_scores(verdicts.records(), source.requests, answers)
+    assert scores["prompt 0"] == {STRONG: 0.5, CHEAP: 0.0, CHEAP_WITH_EXAMPLES: 0.0}
+    assert CHEAP_WITH_EXAMPLES not in judged_scores(verdicts.records(), source.requests)["prompt 0"]
+    results = {r.score.policy: r for r in evaluate_policies(source, answers, verdicts=verdicts.records())}
+    assert results["cheap with examples for all"].score.requests == 3
