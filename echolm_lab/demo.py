@@ -31,6 +31,7 @@ from echolm_middleware.config import Settings, load_settings
 from echolm_middleware.quality_target.answer_match import exact_match, token_f1
 
 SYSTEM_PROMPT = "Answer the question with a short phrase only, no explanation."
+REUSED = "reuse"  # the summary's column for requests answered from the cache, by no tier
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class PassReport:
     @property
     def overhead_ms(self) -> list[float]:
         """What our pre-call hook added to each routed request (the x-echolm-overhead-ms header)."""
-        return [r.overhead_ms for r in self.results if r.action == "route" and r.overhead_ms is not None]
+        return [r.overhead_ms for r in self.results if r.action in ("route", "reuse") and r.overhead_ms is not None]
 
 
 def _client(proxy: ProxyProcess) -> Any:
@@ -90,11 +91,13 @@ def ask(client: Any, model: str, record: QARecord, max_tokens: int, bypass: bool
         completion = raw.parse()
         headers = raw.headers
         answer = completion.choices[0].message.content or ""
+        action = headers.get("x-echolm-action", "unknown")
+        tier = headers.get("x-echolm-tier", model).removesuffix(REPLICATED)  # a replica group is its tier
         return RequestResult(
             record=record,
             answer=answer.strip(),
-            tier=headers.get("x-echolm-tier", model).removesuffix(REPLICATED),  # a replica group is its tier
-            action=headers.get("x-echolm-action", "unknown"),
+            tier=REUSED if action == "reuse" else tier,
+            action=action,
             examples=int(headers.get("x-echolm-examples", "0")),
             latency_s=time.perf_counter() - started,
             request_id=headers.get("x-echolm-request-id", ""),

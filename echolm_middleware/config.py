@@ -85,13 +85,17 @@ class ReuseSettings(_Strict):
     """Serve the nearest cached answer as it is, without calling a model, where the offload model says it is
     as good as a fresh answer from the strongest tier (`core.offload_model`, `core.reuse`)."""
 
-    enabled: bool = Field(default=False, description="Take the reuse choice at all.")
+    enabled: bool = Field(
+        default=True,
+        description="Take the reuse choice at all (on by default: non-inferior to strong-only on the lab's three "
+        "answers tables with the default weights and bar; README 'Reuse').",
+    )
     min_probability: float = Field(
-        default=0.95,
+        default=0.5,
         gt=0,
         le=1,
         description="Least P(the cached answer is as good as the strongest tier's) to reuse it (core.reuse "
-        "REUSE_MIN_PROBABILITY: chosen with the default weights).",
+        "REUSE_MIN_PROBABILITY: chosen with the default weights on the lab's training pools).",
     )
     weights: list[float] | None = Field(
         default=None,
@@ -116,10 +120,12 @@ class RoutingSettings(_Strict):
     load_lambda: float = Field(default=0.5, ge=0, description="λ0 of the load bias λ0·tanh(γ·(L−cap))·C.")
     load_gamma: float = Field(default=1.0, gt=0, description="γ of the load bias.")
     load_signal: Literal["queue", "ema", "delay"] = Field(
-        default="queue",
+        default="delay",
         description=(
-            "The load L a request is routed on. queue: requests in flight on the tier counting this one, the"
-            " queue it would join; ema: the moving average of requests in flight (smoother, lags a burst);"
+            "The load L a request is routed on (delay by default: live on Banking77's table at 1.0x strong-only's"
+            " capacity it served 1.34 req/s where queue served 0.75, README 'On the tables'). queue: requests in"
+            " flight on the tier counting this one, the queue it would join; ema: the moving average of requests"
+            " in flight (smoother, lags a burst);"
             " delay: the seconds the request would take there (the queue it would join times the tier's"
             " measured latency, over its capacity), charged against latency_target_s whatever the tier's price."
         ),

@@ -132,7 +132,8 @@ def write_proxy_config(
     config["model_list"] = widened(deployment, widen) if widen else deployment.model_list
     if with_echolm and reuse is not None:
         group = reuse["model_group"]
-        config["model_list"] = [*config["model_list"], free_model_group(group)]
+        if all(entry.get("model_name") != group for entry in config["model_list"]):
+            config["model_list"] = [*config["model_list"], free_model_group(group)]
         echolm = dict(config.get("echolm") or {})
         echolm["routing"] = {**dict(echolm.get("routing") or {}), "reuse": dict(reuse)}
         config["echolm"] = echolm

@@ -16,11 +16,23 @@ import numpy as np
 
 from echolm_lab.bench.answers_table import CHEAP_WITH_EXAMPLES, REUSE, STRONG, Answer
 from echolm_lab.datasets import QARecord
-from echolm_middleware.core.offload_model import FEATURES, offload_features
+from echolm_middleware.core.offload_model import FEATURES, offload_features, same_answer_key
 from echolm_middleware.core.types import Candidate
 
 OFFLOAD_CHOICES = (REUSE, CHEAP_WITH_EXAMPLES)
 Retrieve = Callable[[str], Sequence[Candidate]]  # the engine's candidates for a request's question
+
+
+def reuse_label(reused: float, own: float, reused_answer: str, own_answer: str) -> float:
+    """1 where serving the nearest cached answer is as good as the strong tier's own answer, else 0.
+
+    Where the metric scores both 0 it cannot tell an answer written for another question from a fresh wrong
+    one (on NQ-open, where the strong tier is right 7% of the time, 93% of unrelated answers would "tie"):
+    such a tie counts only when the two answers say the same thing (the same label or fact).
+    """
+    if reused != own:
+        return float(reused > own)
+    return float(own > 0 or same_answer_key(reused_answer) == same_answer_key(own_answer))
 
 
 @dataclass(frozen=True)
@@ -53,7 +65,8 @@ def study_rows(
             labels[CHEAP_WITH_EXAMPLES] = float(score(row[CHEAP_WITH_EXAMPLES], item) >= strong)
         if candidates:
             nearest = max(candidates, key=lambda c: c.similarity)
-            labels[REUSE] = float(score(nearest.example.answer, item) >= strong)
+            reused = nearest.example.answer
+            labels[REUSE] = reuse_label(score(reused, item), strong, reused, row[STRONG])
         rows.append(StudyRow(item.prompt, offload_features(candidates, item.prompt), labels))
     return rows
 

@@ -204,13 +204,14 @@ def measure_size(
     # stays in flight to tilt the next decision or lengthen the load board's bookkeeping.
     for item in held_out[:WARM_UP]:
         engine.release(engine.prepare(request(item)).decision.request_id)
-    prepare_ms, embed_ms, nearest_ms, routed, with_examples = [], [], [], 0, 0
+    prepare_ms, embed_ms, nearest_ms, routed, reused, with_examples = [], [], [], 0, 0, 0
     for item in tqdm(held_out[WARM_UP:], desc=f"query {entries:,}", disable=not progress, file=sys.stderr):
         began = time.perf_counter()
         prepared = engine.prepare(request(item))
         prepare_ms.append((time.perf_counter() - began) * 1000)
         engine.release(prepared.decision.request_id)
         routed += prepared.routed
+        reused += prepared.decision.action == "reuse"
         with_examples += bool(prepared.decision.examples)
         began = time.perf_counter()
         vector = engine.embedder.embed([item.prompt])[0]
@@ -224,6 +225,7 @@ def measure_size(
         "stored_entries": engine.store.count(TENANT),
         "synthetic_entries": fill.synthetic,
         "routed": routed,
+        "reused": reused,  # answered from the cache (the reuse choice): decided as fully as a route
         "with_examples": with_examples,
         "prepare_ms": summary_ms(prepare_ms),
         "embed_ms": summary_ms(embed_ms),

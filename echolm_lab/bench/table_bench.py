@@ -90,7 +90,7 @@ class TableBenchOptions:
     tables: Path  # a folder of WORKLOAD.jsonl answers tables
     run_dir: Path
     seed: int = 7
-    load_multiples: list[float] = field(default_factory=lambda: [0.6, 1.0, 1.5])
+    load_multiples: list[float] = field(default_factory=lambda: [1.0, 1.5])
     deployments: list[str] = field(default_factory=lambda: [FIXED, ELASTIC])  # EchoLM's; strong-only's is one
     pass_requests: int = 300
     warmup_s: float = 60.0

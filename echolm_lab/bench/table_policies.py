@@ -242,7 +242,9 @@ def cost_per_request(
 def learned_reuse_policies(
     source: TableWorkload, answers: Sequence[Answer], embed: Embed, requests: Sequence[str]
 ) -> list[tuple[str, Policy]]:
-    """The router's reuse choice, fitted and thresholded on the pool (`table_reuse`), then at fixed bars."""
+    """The router's reuse choice with the product's shipped weights and bar; on a workload with a reference
+    metric also fitted and thresholded on the pool (`table_reuse`), then at fixed bars (a judged workload's
+    pool has no verdicts to fit on)."""
     from echolm_lab.bench.table_reuse import (  # built on this module
         ReuseFit,
         fit_on_pool,
@@ -252,8 +254,6 @@ def learned_reuse_policies(
     )
     from echolm_middleware.core.reuse import REUSE_MIN_PROBABILITY, REUSE_WEIGHTS
 
-    if source.workload.score is None:
-        return []
     pooled = pool_answers(source, answers)
     found = nearest_candidates(embed, pooled, requests)
     shipped = ReuseFit(list(REUSE_WEIGHTS), REUSE_MIN_PROBABILITY, 0, 0.0)
@@ -263,6 +263,8 @@ def learned_reuse_policies(
             learned_reuse(found, shipped)[0],
         )
     ]
+    if source.workload.score is None:
+        return defaults
     fit = fit_on_pool(embed, pooled, pool_metric(source))
     if fit is None:
         return defaults
@@ -326,7 +328,7 @@ def evaluate_policies(
             named.append(
                 (f"difficulty router, strong share {share:g}", difficulty_router(embed, scored, strong_share=share))
             )
-        if metric is not None and all(REUSE in row for row in scored.values()):
+        if all(REUSE in row for row in scored.values()):
             named += learned_reuse_policies(source, answers, embed, list(scored))
         if all(REUSE in row for row in scored.values()):
             named.append(("oracle with reuse (a ceiling: reads the answers)", oracle_with_reuse(scored)))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from echolm_lab.bench.answers_table import REUSE, STRONG
-from echolm_lab.bench.offload_study import fit_logistic
+from echolm_lab.bench.offload_study import fit_logistic, reuse_label
 from echolm_lab.bench.table_build import TableWorkload
 from echolm_lab.bench.table_policies import Embed, unit_vectors
 from echolm_lab.bench.table_scores import Policy
@@ -71,7 +71,7 @@ class PoolRow:
     """One pool item asked of the pool without itself: the model's inputs and what reuse did for it."""
 
     features: list[float]
-    label: float  # 1 if the nearest other answer scores at least the item's own, else 0
+    label: float  # offload_study.reuse_label: the nearest other answer is as good as the item's own
     loss: float  # the item's own score minus the nearest other answer's
     own: float  # the item's own answer's score
 
@@ -82,8 +82,10 @@ def pool_reuse_rows(embed: Embed, pool: Mapping[str, str], metric: Callable[[str
     rows = []
     for prompt, candidates in found.items():
         if candidates:
-            own, reused = metric(pool[prompt], prompt), metric(candidates[0].example.answer, prompt)
-            rows.append(PoolRow(offload_features(candidates, prompt), float(reused >= own), own - reused, own))
+            nearest = candidates[0].example.answer
+            own, reused = metric(pool[prompt], prompt), metric(nearest, prompt)
+            label = reuse_label(reused, own, nearest, pool[prompt])
+            rows.append(PoolRow(offload_features(candidates, prompt), label, own - reused, own))
     return rows
 
 

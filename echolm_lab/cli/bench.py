@@ -121,19 +121,22 @@ def register(subparsers: Any) -> None:
         "their table (`echolm answers --verdicts`), untimed",
     )  # fmt: skip
     parser.add_argument(
-        "--load-multiples", type=float, nargs="+", default=[0.6, 1.0, 1.5], metavar="X",
-        help="with --tables: Poisson rates as multiples of strong-only's capacity (default: %(default)s)",
+        "--load-multiples", type=float, nargs="+", default=[1.0, 1.5], metavar="X",
+        help="with --tables: Poisson rates as multiples of strong-only's capacity (default: %(default)s: where "
+        "strong-only keeps up and where it cannot; 0.6 adds a light-load pass, about 4 minutes per system and "
+        "workload)",
     )  # fmt: skip
     parser.add_argument(
         "--deployments", nargs="*", choices=["fixed", "elastic"], default=["fixed", "elastic"],
         help="with --tables: EchoLM's deployments on the same two cores: fixed (one cheap + one strong server) "
-        "and elastic (two of each behind a gate of two slots) (default: both; none: EchoLM only with "
-        "--reuse-bar; strong-only: two strong servers)",
+        "and elastic (two of each behind a gate of two slots) (default: both; none: only the --reuse system; "
+        "strong-only: two strong servers)",
     )  # fmt: skip
     parser.add_argument(
         "--echolm-set",
         metavar="KEY=VALUE,...",
-        help="with --tables: config overrides for every EchoLM pass, e.g. routing.load_signal=delay",
+        help="with --tables: config overrides for every EchoLM pass, e.g. "
+        "routing.load_signal=queue,routing.reuse.enabled=false (the router before reuse and the delay signal)",
     )
     parser.add_argument(
         "--reuse", choices=["shipped", "pool"],

@@ -67,7 +67,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from echolm_lab.datasets import default_nq_path, load_records, split_records, split_with_neighbours
-    from echolm_lab.demo import DemoOptions, equal_cores, format_table, run_demo, settings_for, summarize
+    from echolm_lab.demo import REUSED, DemoOptions, equal_cores, format_table, run_demo, settings_for, summarize
     from echolm_lab.local_tiers.assemble import default_model_dir
     from echolm_lab.local_tiers.servers import running_tiers
     from echolm_middleware.backends.minilm import MiniLMEmbedder
@@ -117,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
     except EchoLMError as exc:
         print(f"echolm: {exc}", file=sys.stderr)
         return 1
-    tiers = [tier.name for tier in settings.tiers]
+    # A request answered from the cache (`routing.reuse`) is its own column: no tier served it.
+    tiers = [tier.name for tier in settings.tiers] + ([REUSED] if settings.routing.reuse.enabled else [])
     rows = [summarize(report, tiers) for report in reports]
     table = format_table(rows, tiers)
     summary = {

@@ -304,6 +304,8 @@ class Engine:
         settings = self.settings.routing.reuse
         if not settings.enabled:
             return None
+        if settings.model_group is not None and not _allowed(settings.model_group, request):
+            return None  # a key limited to some models is served by those: never wider, not even by the cache
         estimate = self.reuse.estimate(request.tenant, candidates, query)
         if estimate is None:
             return None

@@ -25,9 +25,12 @@ from echolm_middleware.errors import ConfigError
 # Fitted by `echolm answers --workload banking77 --study --study-with nq_open` on the two warm pools of
 # the lab's training data (8,610 items, leave-one-out), never on the requests a benchmark measures; the
 # same run chose REUSE_MIN_PROBABILITY there (the lowest bar whose reuse cost at most 1% of the pools'
-# own quality). Held out on Banking77's 1,000 requests: Brier 0.056, AUC 0.744 (benchmarks/results/).
-REUSE_WEIGHTS: tuple[float, ...] = (2.574, 0.682, -2.451, -0.148, 2.244, 0.082, 0.174)
-REUSE_MIN_PROBABILITY = 0.95
+# own quality). A pool item's label is 1 where the nearest other answer scores more than its own, or the
+# same and either scores above 0 or says the same thing (`offload_study.reuse_label`: a "tie" of two
+# wrong answers to different questions is no reason to serve one). Held out on Banking77's 1,000
+# requests: Brier 0.130, AUC 0.859 (benchmarks/results/reuse-2026-12-03/).
+REUSE_WEIGHTS: tuple[float, ...] = (-5.006, 2.832, 2.932, -0.039, 3.806, -0.113, -0.171)
+REUSE_MIN_PROBABILITY = 0.5
 
 # Parameters that bound the answer's length: a cached answer longer than the caller allows is not reused.
 _LENGTH_LIMITS = ("max_tokens", "max_completion_tokens")

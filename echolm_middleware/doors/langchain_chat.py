@@ -393,7 +393,7 @@ class EchoLMChatModel(BaseChatModel):
         if prepared is None or engine is None:
             return _Call(self._tier(request.model, args), request.model, messages, summary, None, None, started)
         if prepared.reused_answer is not None:
-            cached = _Tier(None, cached=_cached_answer(prepared.reused_answer, prepared.reused_usage))
+            cached = _Tier(None, cached=_cached_answer(prepared.reused_answer, prepared.reused_usage, prepared.tier))
             return _Call(cached, request.model, messages, summary, prepared, engine, started)
         requested = None
         if prepared.routed and (prepared.tier != request.model or prepared.decision.examples):
@@ -658,12 +658,14 @@ def _copy(message: AIMessage | None) -> AIMessage:
     return message.model_copy()
 
 
-def _cached_answer(answer: str, usage: tuple[int, int]) -> AIMessage:
-    """A cached answer in place of a tier: the reuse choice calls no model."""
+def _cached_answer(answer: str, usage: tuple[int, int], model_name: str) -> AIMessage:
+    """A cached answer in place of a tier: the reuse choice calls no model. `model_name`: what the decision
+    names as having answered (`routing.reuse.model_group`, else the model asked for), which LangChain's usage
+    callbacks key their counts by."""
     prompt, completion = usage
     return AIMessage(
         content=answer,
-        response_metadata={"finish_reason": "stop"},
+        response_metadata={"finish_reason": "stop", "model_name": model_name},
         usage_metadata={"input_tokens": prompt, "output_tokens": completion, "total_tokens": prompt + completion},
     )
 

@@ -85,7 +85,7 @@ def _config(tiers: tuple[EchoTier, ...], *, team_keys: bool, master_key: bool = 
         {"model_name": tier.name, "litellm_params": {"model": f"openai/{tier.name}", "api_base": tier.api_base, "api_key": "x",
                                                      **prices_of(tier.name)}}
         for tier in tiers
-    ]  # fmt: skip
+    ] + [entry for entry in config["model_list"] if entry["model_name"] == "echolm-cache"]  # reuse's group  # fmt: skip
     general = config.setdefault("general_settings", {})
     if team_keys:
         general["custom_auth"] = "team_keys.user_api_key_auth"
@@ -273,7 +273,12 @@ def test_a_key_limited_to_strong_is_never_routed_to_cheap(stack: Stack) -> None:
     _, dave = stack.ask("sk-dave", _user("what is the chemical symbol for tungsten"))
     _, bob = stack.ask(BOB, _user("what is the chemical symbol for tungsten"))
 
+    assert dave["x-echolm-action"] == "route"
     assert dave["x-echolm-tier"] == "strong" and dave["x-echolm-examples"] == "0"
-    # The same team with no limit: served from Alice's answer and Dave's (his strong answer was cached).
-    assert (bob["x-echolm-tier"], bob["x-echolm-examples"]) == ("cheap", "2")
-    assert len(stack.cheap.bodies) == 1  # Bob's alone
+    # The same team with no limit: served from Alice's answer and Dave's (his strong answer was cached),
+    # as the cheap tier's examples or, where the reuse model trusts the nearest, as it is.
+    if bob["x-echolm-action"] == "reuse":
+        assert bob["x-echolm-tier"] == "echolm-cache" and stack.cheap.bodies == []
+    else:
+        assert (bob["x-echolm-tier"], bob["x-echolm-examples"]) == ("cheap", "2")
+        assert len(stack.cheap.bodies) == 1  # Bob's alone

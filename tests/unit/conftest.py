@@ -99,6 +99,7 @@ ROUTING = RoutingSettings(
     load_window_s=2.0,
     prior_strength=10.0,
     example_uplift=0.9,
+    load_signal="queue",  # the tests that route on the delay signal say so
 )
 ADMISSION = AdmissionSettings(initial_quality=0.8, min_quality=0.5)
 

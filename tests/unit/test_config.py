@@ -50,7 +50,8 @@ def test_the_repository_config_loads_and_names_existing_model_groups() -> None:
     assert settings.store.path == REPO_CONFIG.parent / ".echolm" / "chroma"
     assert settings.state.path == REPO_CONFIG.parent / ".echolm" / "state.db"
     assert settings.store.path.is_absolute()
-    assert model_groups_in(raw) == {"cheap", "strong"}
+    assert model_groups_in(raw) == {"cheap", "strong", "echolm-cache"}
+    assert settings.routing.reuse.enabled and settings.routing.reuse.model_group == "echolm-cache"
     check_tiers_exist(settings, model_groups_in(raw))
     profiles = tier_profiles(settings.tiers, raw["model_list"])
     assert [(p.name, p.rank) for p in profiles] == [("cheap", 0), ("strong", 1)]

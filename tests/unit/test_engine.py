@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from echolm_middleware.backends.sqlite_state import SQLiteState
-from echolm_middleware.config import AdmissionSettings, AugmentationSettings, RequestSettings
+from echolm_middleware.config import AdmissionSettings, AugmentationSettings, RequestSettings, ReuseSettings
 from echolm_middleware.core.engine import Engine, example_id
 from echolm_middleware.core.routing import LoadTracker, TierProfile
 from echolm_middleware.core.selection import utility
@@ -494,7 +494,8 @@ def test_outcomes_of_unknown_or_pass_through_requests_are_skipped(make_engine: A
 
 
 def test_admission_never_replaces_an_example_the_store_holds(make_engine: Any) -> None:
-    kit = make_engine()
+    # The live request below must reach a tier, not be answered from the cache.
+    kit = make_engine(routing=ROUTING.model_copy(update={"reuse": ReuseSettings(enabled=False)}))
     assert kit.engine.admit("A", QUESTION, "Lyon.", "strong", admitted_by="user:alice") is True
 
     # The same prompt again, directly or from a live request: the first answer stays, with who gave it.

@@ -74,13 +74,15 @@ def test_any_request_is_decided_and_recorded_without_raising(
 
     prepared = kit.engine.prepare(ChatRequest(tenant=tenant, model=model, messages=messages, has_tools=tools))
 
-    assert prepared.decision.action in ("route", "pass_through")
+    assert prepared.decision.action in ("route", "reuse", "pass_through")
     if prepared.decision.action == "pass_through":
         assert prepared.tier == model
         assert prepared.messages == list(messages)  # untouched
+    elif prepared.decision.action == "reuse":  # the cached answer, as it was admitted
+        assert prepared.reused_answer == "Paris."
     else:
         assert prepared.tier in (CHEAP.name, STRONG.name)
     outcome = Outcome(prepared.decision.request_id, prepared.tier, data.draw(ANSWER), data.draw(FINISH))
-    assert kit.engine.record(outcome) in ("admitted", "offload_counted", "skipped", "duplicate")
+    assert kit.engine.record(outcome) in ("admitted", "offload_counted", "reuse_counted", "skipped", "duplicate")
     _check_store(kit, {"A", tenant})
     assert all(example.answer == "Paris." for example in kit.store.examples("A") if tenant != "A")

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from echolm_lab.bench.offload_study import calibration, fit_logistic
+from echolm_lab.bench.offload_study import calibration, fit_logistic, reuse_label
 from echolm_middleware.core.offload_model import FEATURES, OffloadModel, offload_features, same_answer_key
 from echolm_middleware.core.types import Candidate, Example
 
@@ -67,3 +67,14 @@ def test_a_fitted_model_recovers_a_known_rule_and_is_calibrated_on_held_out_rows
     assert checked.auc is not None and checked.auc > 0.85
     assert all(abs(predicted - observed) < 0.1 for predicted, observed, n in checked.bins if n >= 100)
     assert sum(n for _, _, n in checked.bins) == 2000
+
+
+def test_a_reused_answer_ties_only_where_it_is_right_too_or_says_the_same() -> None:
+    """Two wrong answers score the same (0) under exact match; serving one written for another question is
+    still not as good as the strong tier's own, unless both say the same thing."""
+    assert reuse_label(1.0, 0.0, "Paris", "Lyon") == 1.0  # better than the strong tier's
+    assert reuse_label(0.0, 1.0, "Lyon", "Paris") == 0.0  # worse
+    assert reuse_label(1.0, 1.0, "Paris", "paris.") == 1.0  # both right
+    assert reuse_label(0.0, 0.0, "1912", "Thomas Jefferson") == 0.0  # both wrong, about different things
+    assert reuse_label(0.0, 0.0, "card_arrival", "Card arrival") == 0.0  # different words: not the same
+    assert reuse_label(0.0, 0.0, "Card arrival", "card arrival!") == 1.0  # both wrong, the same answer

@@ -63,6 +63,28 @@ def test_the_model_group_a_reused_answer_is_logged_under_is_the_configured_one(m
     assert prepared.reused and prepared.tier == "echolm-cache"
 
 
+@pytest.mark.parametrize(
+    ("allowed", "reused"),
+    [
+        ((("strong",),), False),  # a key limited to strong is served by strong, not by the cache's group
+        ((("strong", "echolm-cache"),), True),
+        ((("*",),), True),
+        ((), True),  # no list: no limit
+    ],
+)
+def test_the_cache_serves_only_keys_whose_allow_lists_admit_its_group(
+    make_engine: Any, allowed: tuple[tuple[str, ...], ...], reused: bool
+) -> None:
+    kit = make_engine(routing=_routing(model_group="echolm-cache"))
+    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+
+    prepared = kit.engine.prepare(_ask(PARAPHRASE, allowed_models=allowed))
+
+    assert prepared.reused is reused
+    if not reused:
+        assert prepared.tier == "strong"
+
+
 def test_below_the_threshold_the_request_is_routed_and_the_estimate_is_kept(make_engine: Any) -> None:
     kit = make_engine(routing=_routing(min_probability=0.9))
     kit.engine.admit("A", QUESTION, ANSWER, "strong")
@@ -74,8 +96,8 @@ def test_below_the_threshold_the_request_is_routed_and_the_estimate_is_kept(make
     assert len(prepared.decision.reuse_features) == len(FEATURES)
 
 
-def test_reuse_is_off_unless_configured(make_engine: Any) -> None:
-    kit = make_engine()
+def test_reuse_is_off_where_configured_so(make_engine: Any) -> None:
+    kit = make_engine(routing=_routing(enabled=False))
     kit.engine.admit("A", QUESTION, ANSWER, "strong")
 
     prepared = kit.engine.prepare(_ask(PARAPHRASE))
@@ -190,7 +212,7 @@ def test_the_shipped_defaults_are_one_fit_and_its_own_threshold() -> None:
 
     assert len(REUSE_WEIGHTS) == len(FEATURES)
     assert ReuseSettings().min_probability == REUSE_MIN_PROBABILITY
-    assert ReuseSettings().enabled is False  # on by choice: see README "Reuse"
+    assert ReuseSettings().enabled is True  # on: non-inferior on the three answers tables, README "Reuse"
 
 
 def test_a_tenants_learned_reuse_weights_survive_a_restart(make_engine: Any) -> None:

@@ -183,5 +183,7 @@ def test_the_langchain_door_serves_a_reused_answer_without_calling_a_tier(make_e
 
     assert text == ANSWER
     assert metadata["echolm"]["action"] == "reuse"
+    if not stream:  # LangChain's usage callbacks count by model_name: the model asked for answered it
+        assert metadata["model_name"] == "strong" and message.usage_metadata is not None
     assert cheap.seen == [] and strong_tier.seen == []
     assert _selected(kit, "acme") == 1

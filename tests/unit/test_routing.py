@@ -40,7 +40,13 @@ STRONG3 = TierProfile(name="strong", rank=2, cost=1.0, capacity=1.0, quality_pri
 
 # Pinned so the expected choices below do not move when the defaults are tuned.
 ROUTING = RoutingSettings(
-    policy="mean", cost_weight=0.1, load_lambda=0.5, load_gamma=1.0, prior_strength=10.0, example_uplift=0.9
+    policy="mean",
+    cost_weight=0.1,
+    load_lambda=0.5,
+    load_gamma=1.0,
+    prior_strength=10.0,
+    example_uplift=0.9,
+    load_signal="queue",
 )
 
 
