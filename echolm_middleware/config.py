@@ -120,12 +120,10 @@ class RoutingSettings(_Strict):
     load_lambda: float = Field(default=0.5, ge=0, description="λ0 of the load bias λ0·tanh(γ·(L−cap))·C.")
     load_gamma: float = Field(default=1.0, gt=0, description="γ of the load bias.")
     load_signal: Literal["queue", "ema", "delay"] = Field(
-        default="delay",
+        default="queue",
         description=(
-            "The load L a request is routed on (delay by default: live on Banking77's table at 1.0x strong-only's"
-            " capacity it served 1.34 req/s where queue served 0.75, README 'On the tables'). queue: requests in"
-            " flight on the tier counting this one, the queue it would join; ema: the moving average of requests"
-            " in flight (smoother, lags a burst);"
+            "The load L a request is routed on. queue: requests in flight on the tier counting this one, the"
+            " queue it would join; ema: the moving average of requests in flight (smoother, lags a burst);"
             " delay: the seconds the request would take there (the queue it would join times the tier's"
             " measured latency, over its capacity), charged against latency_target_s whatever the tier's price."
         ),

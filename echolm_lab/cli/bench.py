@@ -136,7 +136,7 @@ def register(subparsers: Any) -> None:
         "--echolm-set",
         metavar="KEY=VALUE,...",
         help="with --tables: config overrides for every EchoLM pass, e.g. "
-        "routing.load_signal=queue,routing.reuse.enabled=false (the router before reuse and the delay signal)",
+        "routing.load_signal=delay or routing.reuse.enabled=false (the router without reuse)",
     )
     parser.add_argument(
         "--reuse", choices=["shipped", "pool"],
