@@ -67,7 +67,7 @@ class PassReport:
 
     @property
     def overhead_ms(self) -> list[float]:
-        """What our pre-call hook added to each routed request (the x-echolm-overhead-ms header)."""
+        """What our pre-call hook added to each request it decided (the x-echolm-overhead-ms header)."""
         return [r.overhead_ms for r in self.results if r.action in ("route", "reuse") and r.overhead_ms is not None]
 
 
