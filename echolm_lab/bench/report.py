@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -323,7 +324,18 @@ def _open_loop_table(workload: dict[str, Any]) -> list[str]:
     return lines
 
 
+def quality_bound(quality: float, n: int) -> float:
+    """Half-width of a 95% interval for a mean of n scores in [0, 1] with mean `quality`, at its widest (a
+    score's variance is at most q(1 - q) on [0, 1], reached by 0/1 scores)."""
+    return 1.96 * math.sqrt(max(quality * (1 - quality), 0.0) / max(n, 1))
+
+
 def plot_quality_vs_throughput(summary: dict[str, Any], path: Path) -> Path:
+    """Each operating point of each system, labelled, with a 95% bar on its quality.
+
+    The bar is `quality_bound`: these passes are not paired, so it is a bound on each point alone, not the
+    paired interval the answers tables give.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -334,10 +346,24 @@ def plot_quality_vs_throughput(summary: dict[str, Any], path: Path) -> Path:
     for axis, name in zip(axes[0], names, strict=True):
         workload = summary["workloads"][name]
         for system, points in workload["sweeps"].items():
-            xy = sorted((p["throughput_rps"], p["quality"]) for p in points if p["quality"] is not None)
-            if xy:
-                axis.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=system)
-        _label(axis, f"{name} ({workload['metric']})", "throughput (req/s)", "quality")
+            shown = sorted((p for p in points if p["quality"] is not None), key=lambda p: p["throughput_rps"])
+            if not shown:
+                continue
+            x = [p["throughput_rps"] for p in shown]
+            y = [p["quality"] for p in shown]
+            bars = [
+                1.96 * math.sqrt(max(q * (1 - q), 0.0) / max(p["requests"], 1)) for q, p in zip(y, shown, strict=True)
+            ]
+            clipped = [
+                [min(b, q) for b, q in zip(bars, y, strict=True)],
+                [min(b, 1 - q) for b, q in zip(bars, y, strict=True)],
+            ]
+            axis.errorbar(x, y, yerr=clipped, marker="o", capsize=3, label=f"{system} (n={shown[0]['requests']})")
+            for px, py, p in zip(x, y, shown, strict=True):
+                axis.annotate(
+                    str(p["operating_point"]), (px, py), fontsize=7, xytext=(4, 4), textcoords="offset points"
+                )
+        _label(axis, f"{name} ({workload['metric']}), 95% bars", "throughput (req/s)", "quality")
     return _save(plt, fig, path)
 
 
@@ -356,7 +382,8 @@ def plot_latency_cdf(results: Sequence[WorkloadRun], path: Path) -> Path:
             seen.add(run.system)
             latencies = sorted(a.latency_s for a in run.passes[0].answers if a.error is None)
             if latencies:
-                axis.step(latencies, [(i + 1) / len(latencies) for i in range(len(latencies))], label=run.system)
+                shares = [(i + 1) / len(latencies) for i in range(len(latencies))]
+                axis.step(latencies, shares, label=f"{run.system} (n={len(latencies)})")
         _label(axis, result.workload.name, "latency (s)", "share of requests")
     return _save(plt, fig, path)
 

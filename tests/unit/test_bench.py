@@ -536,3 +536,12 @@ def test_the_pool_and_the_requests_may_come_from_files_of_their_own(tmp_path: Pa
     overlapping.write_text('{"question": "pool question 1"}\n')
     with pytest.raises(EchoLMError, match="share 1 prompts"):
         split(pool_file=pool, requests_file=overlapping)
+
+
+def test_the_quality_plot_bars_each_point_by_its_sample_size(tmp_path: Path) -> None:
+    assert report.quality_bound(0.5, 100) == pytest.approx(0.098)  # 1.96 * sqrt(0.25 / 100)
+    assert report.quality_bound(0.5, 400) == pytest.approx(0.049)  # four times the requests: half the bar
+    assert report.quality_bound(1.0, 30) == 0.0
+    summary = report.summarize([_result("banking77")], "echolm bench", p95_bound_s=10.0)
+    path = report.plot_quality_vs_throughput(summary, tmp_path / "q.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
