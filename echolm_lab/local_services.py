@@ -8,7 +8,6 @@ log; `stop` ends it gracefully, `kill` as a crash would.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import signal
 import subprocess
@@ -18,6 +17,8 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from echolm_lab.proxy_process import free_port
 from echolm_middleware.errors import EchoLMError
@@ -67,16 +68,12 @@ class Service:
 
 def process_alive(pid: int) -> bool:
     """Whether a process with this pid exists (one of another user's counts as alive)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return bool(psutil.pid_exists(pid))
 
 
 def _wait(ready: Callable[[], bool], service: Service, timeout_s: float) -> Service:
+    # A fixed short poll, kept by hand: the server is a child on this host that is either starting or dead
+    # (checked each round), so backoff (tenacity) would only add up to its cap to every start.
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not service.alive():

@@ -79,6 +79,7 @@ def start_proxy(
             command, stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=str(config.resolve().parent)
         )
     proxy = ProxyProcess(process, f"http://127.0.0.1:{port}", environment.get("LITELLM_MASTER_KEY", ""), log_path)
+    # A fixed poll by hand, as the tier servers' (local_services._wait): a child process, starting or dead.
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

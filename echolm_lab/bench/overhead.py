@@ -21,6 +21,7 @@ import gc
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 from tqdm import tqdm
 
 from echolm_lab.datasets import default_data_dir
@@ -161,14 +163,14 @@ def summary_ms(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-def _proc_status_mib(field: str) -> float | None:
-    """A memory line of /proc/self/status (Linux) in MiB."""
-    try:
-        lines = Path("/proc/self/status").read_text().splitlines()
-    except OSError:
-        return None
-    kib = next((int(line.split()[1]) for line in lines if line.startswith(f"{field}:")), None)
-    return None if kib is None else round(kib / 1024, 1)
+def _rss_mib() -> float:
+    """This process's resident memory now, in MiB."""
+    return round(psutil.Process().memory_info().rss / 2**20, 1)
+
+
+def _peak_rss_mib() -> float:
+    """This process's highest resident memory so far, in MiB (Linux reports ru_maxrss in KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _mib_on_disk(directory: Path) -> float:
@@ -195,7 +197,7 @@ def measure_size(
     fill = fill_store(engine, pool, entries, seed=seed, progress=progress)
     fill_s = time.perf_counter() - began
     gc.collect()
-    rss_mib = _proc_status_mib("VmRSS")
+    rss_mib = _rss_mib()
 
     def request(item: BenchPrompt) -> ChatRequest:
         return ChatRequest(TENANT, engine.strongest, [{"role": "user", "content": item.prompt}])
@@ -231,7 +233,7 @@ def measure_size(
         "embed_ms": summary_ms(embed_ms),
         "nearest_ms": summary_ms(nearest_ms),
         "rss_mib": rss_mib,
-        "peak_rss_mib": _proc_status_mib("VmHWM"),
+        "peak_rss_mib": _peak_rss_mib(),
         "store_mib": _mib_on_disk(settings.store.path),
         "fill_s": round(fill_s, 2),
         "fill_embed_s": round(fill.embed_s, 2),

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import psutil
 from tqdm import tqdm
 
 from echolm_lab.bench.load import closed_loop
@@ -38,7 +39,6 @@ from echolm_lab.stats import percentile
 from echolm_middleware.config import load_settings
 
 _SENDERS = 64
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 @dataclass
@@ -75,31 +75,21 @@ class SoakResult:
 
 
 def process_tree(root: int) -> list[int]:
-    """`root` and every descendant, read from /proc (the proxy's uvicorn workers are its children)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
-    tree, frontier = [], [root]
-    while frontier:
-        pid = frontier.pop()
-        tree.append(pid)
-        frontier.extend(children.get(pid, []))
-    return tree
+    """`root` and every descendant (the proxy's uvicorn workers are its children); [] once it is gone."""
+    try:
+        parent = psutil.Process(root)
+        return [root, *(child.pid for child in parent.children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def rss_mib(pids: Sequence[int]) -> float:
     total = 0
     for pid in pids:
         try:
-            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
-        except (OSError, IndexError, ValueError):
-            continue
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            continue  # exited between listing and reading
     return total / 2**20
 
 

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from echolm_lab.local_services import process_alive
 from echolm_lab.local_tiers import LocalTierError, ServerStartFailed
 from echolm_lab.local_tiers.assemble import ensure_model
@@ -213,6 +215,8 @@ def _launch(spec: TierSpec, log_path: Path) -> int:
 
 
 def _wait_until_healthy(tier: RunningTier, pid: int, timeout_s: float) -> None:
+    # A fixed short poll, kept by hand: the server is a child on this host that is either starting or dead
+    # (checked each round), so backoff (tenacity) would only add up to its cap to every start.
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if _reap_if_exited(pid):
@@ -270,14 +274,14 @@ def _reap_if_exited(pid: int) -> bool:
 def _is_our_server(pid: int, port: int | None) -> bool:
     """Guard against a recycled pid: the process must be a llama_cpp.server (on `port`, when given)."""
     try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except FileNotFoundError:
+        argv = psutil.Process(pid).cmdline()
+    except psutil.NoSuchProcess:
         return False
-    except OSError:
-        return process_alive(pid)  # no /proc to ask: trust the pid file
-    if b"llama_cpp.server" not in argv:
+    except psutil.Error:
+        return process_alive(pid)  # not ours to read: trust the pid file
+    if "llama_cpp.server" not in argv:
         return False
-    return port is None or str(port).encode() in argv
+    return port is None or str(port) in argv
 
 
 def _tail(tier: RunningTier, lines: int = 25) -> str:
