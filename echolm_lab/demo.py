@@ -170,9 +170,9 @@ def run_demo(options: DemoOptions, settings: Settings, log: Callable[[str], None
     strongest = settings.tiers[-1].name
     warm_dir = options.run_dir / "warm"
     log(f"warming the cache: {len(options.records_warm)} questions answered by {strongest!r}")
-    with running_proxy(
-        options.config, env=_proxy_env(warm_dir, ECHOLM_RETRIEVAL__K="0"), log_path=options.run_dir / "proxy-warm.log"
-    ) as proxy:
+    # No examples and no cached answers while warming: every warm-up question is the strongest tier's to answer.
+    env = _proxy_env(warm_dir, ECHOLM_RETRIEVAL__K="0", ECHOLM_ROUTING__REUSE__ENABLED="false")
+    with running_proxy(options.config, env=env, log_path=options.run_dir / "proxy-warm.log") as proxy:
         warm = send_all(proxy, strongest, options.records_warm, concurrency=1, max_tokens=options.max_tokens,
                         bypass=False, label="warm-up")  # fmt: skip
     failed = [r for r in warm.results if r.error]

@@ -314,7 +314,7 @@ class Bench:
         """The strong tier answers the warm-up pool through EchoLM with no examples: all admitted.
 
         Nothing here is timed, so the strong tier gets both strong servers."""
-        env = self._env(store_dir, ECHOLM_RETRIEVAL__K="0")
+        env = self._env(store_dir, ECHOLM_RETRIEVAL__K="0", ECHOLM_ROUTING__REUSE__ENABLED="false")
         with self._proxy(store_dir, echolm=True, env=env, widen=self.strong) as proxy:
             wait_for_engine(proxy, self.strong)
             system = ModelSystem("warm-up", self._chat(proxy), self.strong)
