@@ -83,8 +83,16 @@ def bench_deployment(
 @contextlib.contextmanager
 def serving(deployment: Deployment, run_dir: Path) -> Iterator[None]:
     """Run the deployment's local servers for the block; each server gets a run folder of its own."""
+    with serving_each(deployment.specs, run_dir):
+        yield
+
+
+@contextlib.contextmanager
+def serving_each(specs: Sequence[TierSpec], run_dir: Path) -> Iterator[None]:
+    """Run `specs` for the block, each in a run folder of its own: a folder keeps one server per model
+    alias, and a deployment runs a model twice (a replica on a second port)."""
     with contextlib.ExitStack() as stack:
-        for spec in deployment.specs:
+        for spec in specs:
             stack.enter_context(running_tiers([spec], run_dir / f"tier-{spec.port}"))
         yield
 

@@ -66,10 +66,10 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from echolm_lab.bench.deployments import serving_each
     from echolm_lab.datasets import default_nq_path, load_records, split_records, split_with_neighbours
     from echolm_lab.demo import REUSED, DemoOptions, equal_cores, format_table, run_demo, settings_for, summarize
     from echolm_lab.local_tiers.assemble import default_model_dir
-    from echolm_lab.local_tiers.servers import running_tiers
     from echolm_middleware.backends.minilm import MiniLMEmbedder
     from echolm_middleware.config import read_config_file
 
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         model_dir = args.model_dir or default_model_dir()
         config, strong_only, specs = equal_cores(read_config_file(args.config), settings, model_dir, run_dir)
         print(f"starting local tiers: {', '.join(f'{s.alias}:{s.port}' for s in specs) or 'none'}")
-        with running_tiers(specs, run_dir / "tiers"):
+        with serving_each(specs, run_dir / "tiers"):
             options = DemoOptions(
                 config=config,
                 strong_only=strong_only,
