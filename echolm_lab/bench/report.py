@@ -351,9 +351,7 @@ def plot_quality_vs_throughput(summary: dict[str, Any], path: Path) -> Path:
                 continue
             x = [p["throughput_rps"] for p in shown]
             y = [p["quality"] for p in shown]
-            bars = [
-                1.96 * math.sqrt(max(q * (1 - q), 0.0) / max(p["requests"], 1)) for q, p in zip(y, shown, strict=True)
-            ]
+            bars = [quality_bound(q, p["requests"]) for q, p in zip(y, shown, strict=True)]
             clipped = [
                 [min(b, q) for b, q in zip(bars, y, strict=True)],
                 [min(b, 1 - q) for b, q in zip(bars, y, strict=True)],

@@ -330,7 +330,6 @@ def evaluate_policies(
             )
         if all(REUSE in row for row in scored.values()):
             named += learned_reuse_policies(source, answers, embed, list(scored))
-        if all(REUSE in row for row in scored.values()):
             named.append(("oracle with reuse (a ceiling: reads the answers)", oracle_with_reuse(scored)))
     times, tokens, prompts = service_times(answers), tokens_by_choice(answers), list(scored)
     return [
