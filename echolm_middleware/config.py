@@ -35,6 +35,13 @@ class TierSettings(_Strict):
     quality_prior: float = Field(
         default=0.5, gt=0, lt=1, description="Prior quality of this tier without examples (0-1)."
     )
+    tokenizer: str | None = Field(
+        default=None,
+        description=(
+            "What counts this tier's tokens: unset = LiteLLM's counter for its deployment's model; "
+            "'litellm:<model>', 'gguf:<path to the model file>' or 'tokenizer-json:<path>'."
+        ),
+    )
 
 
 class UtilityWeights(_Strict):

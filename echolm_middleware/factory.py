@@ -7,10 +7,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from echolm_middleware.backends.chroma_store import ChromaExampleStore
-from echolm_middleware.backends.litellm_tokens import LiteLLMTokenCounter
 from echolm_middleware.backends.memory_store import InMemoryExampleStore
 from echolm_middleware.backends.minilm import MiniLMEmbedder
 from echolm_middleware.backends.sqlite_state import SQLiteState
+from echolm_middleware.backends.token_counters import tier_token_counters
 from echolm_middleware.config import Settings, TierSettings
 from echolm_middleware.core.engine import Engine, EngineSettings
 from echolm_middleware.core.ports import (
@@ -148,6 +148,10 @@ def build_engine(
 ) -> Engine:
     """Build the engine from settings; tests pass their own ports to inject faults."""
     state = state or build_state(settings)
+    tier_tokens = None
+    if tokens is None:  # each tier counts with its own tokenizer; the strongest's counts for the rest
+        tier_tokens = tier_token_counters([(tier.name, tier.tokenizer) for tier in settings.tiers], model_list)
+        tokens = tier_tokens[settings.tiers[-1].name]
     if load is None and settings.coordination.redis_url:
         load = build_load_board(settings)
     return Engine(
@@ -163,7 +167,8 @@ def build_engine(
         tier_profiles(settings.tiers, model_list),
         embedder=embedder or EMBEDDERS[settings.embedder.backend](settings),
         store=store or STORES[settings.store.backend](settings),
-        tokens=tokens or LiteLLMTokenCounter(),
+        tokens=tokens,
+        tier_tokens=tier_tokens,
         decisions=state,
         stats=state,
         quality=build_quality_guard(settings, model_list, shadow=shadow),

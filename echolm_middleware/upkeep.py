@@ -113,7 +113,7 @@ class Upkeep:
     def _call_tokens(self, prompt: str, answer_tokens: int, instructions: str = "") -> int:
         """One strong-tier call: the request (with a margin for tokenizers that differ), its template, an answer."""
         asked = f"{instructions}\n{prompt}" if instructions else prompt
-        return int(self.engine.tokens.count(asked) * 1.1) + _TEMPLATE_TOKENS + answer_tokens
+        return int(self.engine.tokens_for(self.strongest).count(asked) * 1.1) + _TEMPLATE_TOKENS + answer_tokens
 
     def _reserve(self, prompt: str, instructions: str = "") -> int:
         """The most a step can spend: every sample at the longest answer allowed."""
@@ -130,7 +130,7 @@ class Upkeep:
                 pooled.append(example)
 
         def answer_tokens(example: Example) -> int:
-            return min(self.settings.max_answer_tokens, self.engine.tokens.count(example.answer))
+            return min(self.settings.max_answer_tokens, self.engine.tokens_for(self.strongest).count(example.answer))
 
         replay = plan_replay(
             pooled,

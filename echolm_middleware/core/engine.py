@@ -169,6 +169,7 @@ class Engine:
         rng: random.Random | None = None,
         quality: QualityCheck | None = None,
         load: LoadBoard | None = None,
+        tier_tokens: Mapping[str, TokenCounter] | None = None,
     ) -> None:
         self.settings = settings
         self.tiers = sorted(tiers, key=lambda t: t.rank)
@@ -179,7 +180,9 @@ class Engine:
         }
         self.embedder = embedder
         self.store = store
+        # `tokens` counts for any tier without a counter of its own in `tier_tokens` (its own tokenizer).
         self.tokens = tokens
+        self._tier_tokens = dict(tier_tokens or {})
         self.decisions = decisions
         self.stats = stats
         # This process's own count unless a board shared between workers is given (coordination.redis_url).
@@ -208,7 +211,12 @@ class Engine:
         """
         self.store.count(_WARM_UP_TENANT)
         self.embedder.embed(["warm up"])
-        self.tokens.count("warm up")
+        for counter in {id(c): c for c in (self.tokens, *self._tier_tokens.values())}.values():
+            counter.count("warm up")  # loads each tokenizer (a GGUF vocabulary, LiteLLM's choice) once
+
+    def tokens_for(self, tier: str) -> TokenCounter:
+        """What counts `tier`'s tokens: its own tokenizer where it has one."""
+        return self._tier_tokens.get(tier, self.tokens)
 
     # ---- request path -------------------------------------------------------------------------
 
@@ -313,7 +321,8 @@ class Engine:
         decision.reuse_probability = round(estimate.probability, 4)
         if estimate.probability < settings.min_probability:
             return None
-        if why_not_reused(request.params, decision.not_cached, estimate.answer, self.tokens.count(estimate.answer)):
+        answer_tokens = self.tokens_for(request.model).count(estimate.answer)
+        if why_not_reused(request.params, decision.not_cached, estimate.answer, answer_tokens):
             return None
         return estimate
 
@@ -334,8 +343,10 @@ class Engine:
         if self.quality is not None:  # a sampled reuse is compared with the strongest's answer, like an offload
             self.quality.sample(decision.request_id, request.messages)
         # A prompt too long to count cheaply is charged one token per character, as `_fitting_tiers` does.
-        prompt_tokens = self.tokens.count(view.text) if view.chars < 200_000 else view.chars
-        usage = (prompt_tokens, self.tokens.count(reused.answer))
+        # Counted as the model asked for would count them: the answer stands in for its answer.
+        tokens = self.tokens_for(request.model)
+        prompt_tokens = tokens.count(view.text) if view.chars < 200_000 else view.chars
+        usage = (prompt_tokens, tokens.count(reused.answer))
         return Prepared(
             decision=decision,
             tier=decision.tier,
@@ -623,8 +634,17 @@ class Engine:
         # a prompt too long to count cheaply is charged one token per character, a lower bound.
         if view.chars * 4 + budget < smallest:
             return affordable
-        prompt_tokens = self.tokens.count(view.text) if view.chars < 200_000 else view.chars
-        return [tier for tier in affordable if prompt_tokens + budget <= tier.max_input_tokens]
+        counted: dict[int, int] = {}  # tiers sharing a tokenizer count the prompt once
+
+        def prompt_tokens(tier: TierProfile) -> int:
+            if view.chars >= 200_000:
+                return view.chars
+            counter = self.tokens_for(tier.name)
+            if id(counter) not in counted:
+                counted[id(counter)] = counter.count(view.text)
+            return counted[id(counter)]
+
+        return [tier for tier in affordable if prompt_tokens(tier) + budget <= tier.max_input_tokens]
 
     def _choose_examples(self, tenant: str, candidates: Sequence[Candidate]) -> list[ScoredExample]:
         retrieval = self.settings.retrieval
@@ -651,7 +671,8 @@ class Engine:
             threshold=retrieval.threshold,
             token_budget=retrieval.max_example_tokens,
             near_duplicate_similarity=retrieval.near_duplicate_similarity,
-            count_tokens=lambda item: self.tokens.count(
+            # Examples are shown to the tiers below the strongest: counted as the cheapest reads them.
+            count_tokens=lambda item: self.tokens_for(self.tiers[0].name).count(
                 item.candidate.example.prompt + "\n" + item.candidate.example.answer
             ),
         )

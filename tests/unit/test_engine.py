@@ -15,7 +15,7 @@ from echolm_middleware.core.selection import utility
 from echolm_middleware.core.types import ChatRequest, Decision, Example, Outcome
 from echolm_middleware.errors import FeedbackAlreadyGiven, StateUnavailable, UnknownRequest
 from echolm_middleware.explain import format_decision
-from tests.unit.conftest import CHEAP, ROUTING, STRONG
+from tests.unit.conftest import CHEAP, ROUTING, STRONG, WordCounter
 
 QUESTION = "What is the capital of France?"
 PARAPHRASE = "What is the capital city of France?"  # similarity 0.93 under the word-hash embedder
@@ -266,6 +266,37 @@ def test_a_short_prompt_is_routed_without_counting_its_tokens(make_engine: Any) 
     )
 
     assert engine.prepare(_ask(UNRELATED)).decision.action == "route"
+
+
+def test_each_tier_measures_the_prompt_with_its_own_tokenizer(make_engine: Any) -> None:
+    class TwoPerWord:
+        """A tokenizer that splits finer: two tokens for every word."""
+
+        def count(self, text: str) -> int:
+            return 2 * len(text.split())
+
+    tiers = (
+        TierProfile(name="cheap", rank=0, cost=0.05, capacity=2, quality_prior=0.3, max_input_tokens=1000),
+        TierProfile(name="strong", rank=1, cost=1.0, capacity=1, quality_prior=0.8, max_input_tokens=1000),
+    )
+    kit = make_engine(tiers)
+    engine = Engine(
+        kit.engine.settings,
+        tiers,
+        embedder=kit.embedder,
+        store=kit.store,
+        tokens=WordCounter(),
+        tier_tokens={"cheap": TwoPerWord()},
+        decisions=kit.state,
+        stats=kit.state,
+    )
+
+    # 300 words and 600 tokens of examples: 900 for the strong tier's tokenizer, 1200 for the cheap one's.
+    prepared = engine.prepare(_ask(" ".join(["word"] * 300)))
+
+    assert prepared.decision.action == "route"
+    assert [score.tier for score in prepared.decision.scores] == ["strong"]
+    assert (engine.tokens_for("cheap").count("a b c"), engine.tokens_for("strong").count("a b c")) == (6, 3)
 
 
 @pytest.mark.parametrize(("signal", "expected_load"), [("queue", 6.0), ("ema", 5.0)])
