@@ -8,7 +8,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export OMP_NUM_THREADS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install servers models demo bench test test-fast test-unit test-integration test-litellm-oldest lint import-graph format clean
+.PHONY: install servers models demo bench test test-fast test-unit test-integration test-litellm-oldest test-litellm-newest lint import-graph format clean
 
 # llama.cpp's default build is -march=native: it emits the newest instructions the CPU reports (AMX
 # tiles on recent Xeons), which a VM may report yet not allow, and the model server then dies with
@@ -77,6 +77,25 @@ $(OLDEST)/.installed: pyproject.toml constraints-litellm-oldest.txt $(WHEELS)/.b
 
 test-litellm-oldest: $(OLDEST)/.installed servers models
 	$(OLDEST)/bin/python -m pytest $(OLDEST_TESTS) -q
+
+# The Router and LangChain doors on the newest LiteLLM release (1.110 registers a routing strategy as a
+# plugin), without the proxy extra, whose newer releases need packages the registry here does not serve.
+NEWEST := .venv-litellm-newest
+NEWEST_TESTS := tests/unit/test_reuse_doors.py tests/unit/test_litellm_logging.py tests/unit/test_request_life.py \
+	tests/unit/test_langchain_door.py tests/unit/test_langchain_standard.py tests/integration/test_router_door.py \
+	tests/integration/test_langchain_door.py tests/integration/test_langchain_standard.py
+
+$(NEWEST)/.installed: pyproject.toml constraints-litellm-newest.txt $(WHEELS)/.built
+	$(PYTHON) -m venv $(NEWEST)
+	$(NEWEST)/bin/pip install -q --upgrade pip
+	$(NEWEST)/bin/pip install -q torch==2.13.0
+	$(NEWEST)/bin/pip install -q -c constraints-litellm-newest.txt --find-links $(WHEELS) \
+		-e ".[embeddings,chroma,langchain,scheduler,coordination,metrics,local,bench,dev]"
+	$(NEWEST)/bin/pip check
+	touch $@
+
+test-litellm-newest: $(NEWEST)/.installed servers models
+	$(NEWEST)/bin/python -m pytest $(NEWEST_TESTS) -q
 
 test-fast: install
 	$(BIN)/python -m pytest tests/unit tests/contract -q

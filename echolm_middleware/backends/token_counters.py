@@ -12,7 +12,7 @@ A tier's `tokenizer` setting says which (config.py `TierSettings.tokenizer`):
 
 from __future__ import annotations
 
-import logging
+import atexit
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -21,8 +21,6 @@ from typing import Any
 from echolm_middleware.backends._lazy import require
 from echolm_middleware.core.ports import TokenCounter
 from echolm_middleware.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 # What LiteLLM counts with when a deployment names no model (and the counter before tiers had their own).
 DEFAULT_MODEL = "gpt-3.5-turbo"
@@ -71,6 +69,9 @@ class GGUFTokenCounter:
             if self._vocab is None:
                 llama_cpp = require("llama_cpp", "local")
                 self._vocab = llama_cpp.Llama(model_path=self.path, vocab_only=True, verbose=False)
+                # Freed before the interpreter tears down the module its finalizer calls into (it would
+                # print a TypeError at every exit otherwise).
+                atexit.register(self._vocab.close)
             return self._vocab
 
     def count(self, text: str) -> int:
