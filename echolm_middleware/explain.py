@@ -51,7 +51,7 @@ def format_decision(decision: Decision, recorded_by: str | None = None) -> str:
         served = f"served example {decision.reused_example}" if decision.action == "reuse" else "not reused"
         lines.append(
             f"reuse: P(nearest cached answer as good as the strongest's) {decision.reuse_probability:.2f}, "
-            f"{served} [{features}]"
+            f"no model call (time: our overhead only; prompt price $0), {served} [{features}]"
         )
     if decision.action == "route":
         best = "n/a" if decision.best_similarity is None else f"{decision.best_similarity:.3f}"
@@ -65,14 +65,20 @@ def format_decision(decision: Decision, recorded_by: str | None = None) -> str:
             lines.append(f"  example {index}: similarity {ex.similarity:.3f} utility {ex.utility:.3f} "
                          f"[{features}] {ex.prompt[:80]!r}")  # fmt: skip
         lines.append(f"context bucket: {decision.bucket}")
-        rows = [["tier", "quality", "alpha/beta", "cost", "load/cap", "-cost", "-load", "score"]]
+        rows = [["tier", "quality", "alpha/beta", "cost", "load/cap", "-cost", "-load", "score", "time s", "prompt $"]]
         for s in decision.scores:
             rows.append([
                 s.tier + (" *" if s.tier == decision.tier else ""),
                 f"{s.quality:.3f}", f"{s.alpha:.1f}/{s.beta:.1f}", f"{s.cost:.3f}",
                 f"{s.load:.2f}/{s.capacity:g}", f"{s.cost_penalty:.3f}", f"{s.load_penalty:.3f}", f"{s.score:.3f}",
+                "-" if s.expected_s is None else f"{s.expected_s:.2f}",
+                "-" if s.prompt_usd is None else f"{s.prompt_usd:.2e}",
             ])  # fmt: skip
-        lines.append("tier scores (score = quality - cost term - load bias):")
+        lines.append(
+            "tier scores (score = quality - cost term - load bias; time: expected seconds to the answer, the queue "
+            "it would join times the tier's measured latency; prompt $: the prompt it would get, examples "
+            "included, at its input price):"
+        )
         lines += _table(rows)
     lines.append(f"why: {_why(decision)}")
     lines.append(f"outcome: {'recorded, served by ' + recorded_by if recorded_by else 'not recorded (yet)'}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -152,3 +153,46 @@ def describe(weights: Mapping[str, Sequence[float]], checked: Mapping[str, Calib
         lines += ["", f"Reliability of {choice} (held out):", "", "| mean P | observed rate | n |", "|---|---|---|"]
         lines += [f"| {predicted:.2f} | {observed:.2f} | {n} |" for predicted, observed, n in c.bins]
     return lines
+
+
+def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a rate: sound at 0 and 1 and in small bins, where the normal
+    approximation is not (one formula; no statistics package earns its place for it)."""
+    if n == 0:
+        return 0.0, 1.0
+    rate = successes / n
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def plot_reliability(checked: Mapping[str, Calibration], title: str, path: Path) -> Path:
+    """One panel per choice: the observed rate per probability decile (95% Wilson bars, n per bin) against
+    the mean predicted probability, the diagonal a perfectly calibrated model would follow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, max(1, len(checked)), figsize=(6 * max(1, len(checked)), 5.5), squeeze=False)
+    for ax, (choice, calibrated) in zip(axes[0], checked.items(), strict=False):
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="perfectly calibrated")
+        for predicted, observed, count in calibrated.bins:
+            low, high = wilson_interval(observed * count, count)
+            ax.errorbar(predicted, observed, yerr=[[observed - low], [high - observed]], fmt="o", color="C0", capsize=3)
+            ax.annotate(f"n={count}", (predicted, observed), textcoords="offset points", xytext=(6, -10), fontsize=7)
+        auc = "-" if calibrated.auc is None else f"{calibrated.auc:.3f}"
+        ax.set_title(
+            f"{choice}: n = {calibrated.n} held-out requests\n"
+            f"base rate {calibrated.base_rate:.2f}, Brier {calibrated.brier:.3f}, AUC {auc}"
+        )
+        ax.set_xlabel("predicted P(as good as the strong tier), mean per decile")
+        ax.set_ylabel("observed share as good (95% Wilson interval)")
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, 1.02)
+        ax.legend(loc="upper left", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -65,6 +65,10 @@ def register(subparsers: Any) -> None:
         help="with --study: these workloads' pools (their tables beside TABLE) join the reuse fit",
     )  # fmt: skip
     parser.add_argument(
+        "--study-out", type=Path, metavar="DIR",
+        help="with --study: also write study.md and reliability.png (each model's reliability on the requests) here",
+    )  # fmt: skip
+    parser.add_argument(
         "--report", action="store_true",
         help="ask nothing: print what the table holds (cost per choice, fixed policies' paired quality) as Markdown",
     )  # fmt: skip
@@ -119,7 +123,15 @@ def run(args: Any) -> int:
             for name in args.study_with
         ]  # fmt: skip
         embed = EMBEDDERS[settings.embedder.backend](settings).embed
-        print("\n".join(study([(source, table.answers()), *others], embed)))
+        lines, checked = study([(source, table.answers()), *others], embed)
+        print("\n".join(lines))
+        if args.study_out is not None:
+            from echolm_lab.bench.offload_study import plot_reliability
+
+            args.study_out.mkdir(parents=True, exist_ok=True)
+            (args.study_out / "study.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+            title = f"Offload models on {args.workload}'s held-out requests"
+            plot_reliability(checked, title, args.study_out / "reliability.png")
         return 0
     engine = build_engine(in_memory, raw["model_list"])
     cheap, strong = (endpoint_of(raw, tier.name) for tier in (settings.tiers[0], settings.tiers[-1]))
@@ -187,8 +199,9 @@ def lookup_seconds(embed: Any, source: Any, samples: int = 50) -> float:
     return statistics.median(spent) if spent else 0.0
 
 
-def study(workloads: Sequence[tuple[Any, Any]], embed: Any) -> list[str]:
-    """Fit the offload models on training data, check them on the first workload's requests: the lines.
+def study(workloads: Sequence[tuple[Any, Any]], embed: Any) -> tuple[list[str], dict[str, Any]]:
+    """Fit the offload models on training data, check them on the first workload's requests: the lines, and
+    each model's calibration on the requests (`offload_study.Calibration` by choice).
 
     `workloads`: (table workload, its answers) pairs. Reuse is fitted on every workload's warm pool,
     leave-one-out, and its threshold chosen there (`table_reuse`); the cheap tier with examples on the
@@ -208,7 +221,7 @@ def study(workloads: Sequence[tuple[Any, Any]], embed: Any) -> list[str]:
     source, answers = workloads[0]
     workload = source.workload
     if workload.score is None:
-        return [f"{workload.name} is judged pairwise: the study needs a reference metric"]
+        return [f"{workload.name} is judged pairwise: the study needs a reference metric"], {}
     prompts = [item.prompt for item in [*source.train, *source.requests]]
     found = nearest_candidates(embed, pool_answers(source, answers), prompts)
     train = study_rows(source.train, answers, lambda prompt: found.get(prompt, []), workload.score)
@@ -228,4 +241,5 @@ def study(workloads: Sequence[tuple[Any, Any]], embed: Any) -> list[str]:
     if CHEAP_WITH_EXAMPLES in weights:
         lines.append(f"- cheap+examples: fitted on {sum(CHEAP_WITH_EXAMPLES in r.labels for r in train)} train items")
     lines += [f"- checked on {len(checked_on)} {workload.name} requests no fit saw", ""]
-    return lines + describe(weights, held_out(checked_on, weights))
+    checked = held_out(checked_on, weights)
+    return lines + describe(weights, checked), dict(checked)

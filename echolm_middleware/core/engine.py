@@ -61,6 +61,7 @@ from echolm_middleware.core.types import (
     Prepared,
     RecordResult,
     ScoredExample,
+    TierScore,
 )
 from echolm_middleware.core.upkeep_rules import after_cheap_use, after_feedback, after_passed_over
 from echolm_middleware.core.whole_answers import why_not_whole
@@ -227,6 +228,35 @@ class Engine:
         queues = self.load.queue_if_added([tier.name for tier in self.tiers])
         return expected_delays(self.tiers, queues, self.latency) if signal == "delay" else queues
 
+    def _with_time_and_price(
+        self,
+        scores: Sequence[TierScore],
+        loads: Mapping[str, float],
+        view: RequestView,
+        chosen: Sequence[ScoredExample],
+    ) -> list[TierScore]:
+        """Each choice's expected seconds and prompt price (`TierScore`), from the loads routing read."""
+        tiers = [self._by_name[score.tier] for score in scores]
+        signal = self.settings.routing.load_signal
+        if signal == "delay":
+            seconds = dict(loads)
+        else:  # the queue it would join; the moving average counts those in flight without this one
+            queues = loads if signal == "queue" else {name: load + 1.0 for name, load in loads.items()}
+            seconds = expected_delays(tiers, queues, self.latency)
+        example_tokens = sum(item.tokens for item in chosen)
+        counted: dict[int, int] = {}  # tiers sharing a tokenizer count the prompt once; unpriced ones not at all
+        priced = []
+        for score, tier in zip(scores, tiers, strict=True):
+            price = 0.0
+            if tier.prices.input_per_1k > 0:
+                counter = self.tokens_for(tier.name)
+                if id(counter) not in counted:
+                    counted[id(counter)] = counter.count(view.text) if view.chars < 200_000 else view.chars
+                shown = example_tokens if tier.name != self.strongest else 0
+                price = tier.prices.input_per_1k * (counted[id(counter)] + shown) / 1000
+            priced.append(replace(score, expected_s=round(seconds.get(tier.name, 0.0), 3), prompt_usd=price))
+        return priced
+
     def prepare(self, request: ChatRequest) -> Prepared:
         """Decide the tier and the messages for one request; the decision is kept under a new id.
 
@@ -273,16 +303,18 @@ class Engine:
             return self._serve_reused(request, decision, view, reused, started)
         with self._lock:
             observed = dict(self._posteriors.get(request.tenant, {}))
+        loads = self._routing_loads()
         scores = score_tiers(
             eligible,
             strongest=self.strongest,
             bucket=bucket,
             observed=observed,
-            loads=self._routing_loads(),
+            loads=loads,
             settings=self.settings.routing,
             rng=self._rng,
             strongest_bias=self.quality.strongest_bias() if self.quality is not None else 0.0,
         )
+        scores = self._with_time_and_price(scores, loads, view, chosen)
         best = choose_tier(scores)
         gets_examples = best.tier != self.strongest and bool(chosen)
         messages = self._augmented(request.messages, chosen if gets_examples else [])

@@ -112,6 +112,11 @@ class TierScore:
     score: float
     # The quality target's bias on the strongest tier's score (0 without a target; older decisions lack it).
     target_bias: float = 0.0
+    # What this choice would take, for `explain` (older decisions lack them): seconds until its answer
+    # (the queue it would join times the tier's measured latency, over its slots), and the price of the
+    # prompt it would be sent (the examples included where the tier gets them) at the tier's input price.
+    expected_s: float | None = None
+    prompt_usd: float | None = None
 
 
 @dataclass(frozen=True)

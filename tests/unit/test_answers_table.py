@@ -261,9 +261,11 @@ def test_the_offload_study_fits_on_train_items_and_checks_on_the_requests(
     table = AnswersTable(tmp_path / "t.jsonl")
     record_table(source, table, make_engine().engine, strong=STRONG_END, cheap=CHEAP_END, asker=ScriptedServers())
 
-    lines = study([(source, table.answers())], make_engine().embedder.embed)
+    lines, checked = study([(source, table.answers())], make_engine().embedder.embed)
 
     report = "\n".join(lines)
+    assert set(checked) <= {"reuse", "cheap+examples"} and "cheap+examples" in checked
+    assert checked["cheap+examples"].n == 4
     assert "- cheap+examples: fitted on 6 train items" in report
     assert "- checked on 4 capitals requests no fit saw" in report
     assert "| cheap+examples |" in report  # its weights and its check

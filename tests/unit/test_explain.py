@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from echolm_middleware.core.routing import TierProfile, TokenPrices
 from echolm_middleware.core.types import ChatRequest, Decision, ExampleTrace, Outcome, TierScore
 from echolm_middleware.explain import format_decision
 
@@ -139,3 +142,29 @@ def test_a_decision_kept_under_the_old_field_name_still_reads() -> None:
     stored["chosen_tier"] = stored.pop("tier")
 
     assert Decision.from_dict(stored).tier == "cheap"
+
+
+def test_each_choice_shows_its_expected_time_and_prompt_price(make_engine: Any) -> None:
+    priced = (
+        TierProfile("cheap", 0, 0.05, 1.0, 0.3, 2048, TokenPrices(input_per_1k=0.1, output_per_1k=0.1)),
+        TierProfile("strong", 1, 1.0, 1.0, 0.8, 2048, TokenPrices(input_per_1k=2.0, output_per_1k=2.0)),
+    )
+    kit = make_engine(priced)
+    kit.engine.admit("A", QUESTION, "Paris.", "strong")
+    kit.engine.latency.observe("cheap", 0.5)
+    kit.engine.latency.observe("strong", 2.0)
+    kit.engine.load.begin("strong", "someone else's request")
+
+    decision = kit.engine.prepare(_ask(PARAPHRASE)).decision
+    cheap, strong = sorted(decision.scores, key=lambda s: s.tier)
+
+    # Idle cheap: its own 0.5 s; strong: one request ahead of this one, 2 s each on its one slot.
+    assert (cheap.expected_s, strong.expected_s) == (0.5, 4.0)
+    words = len(PARAPHRASE.split())  # the test tokenizer counts words
+    assert decision.example_tokens > 0
+    assert cheap.prompt_usd == pytest.approx(0.1 * (words + decision.example_tokens) / 1000)
+    assert strong.prompt_usd == pytest.approx(2.0 * words / 1000)  # the strongest gets no examples
+    report = format_decision(kit.engine.explain(decision.request_id))
+    header = next(line for line in report.splitlines() if "alpha/beta" in line)
+    assert header.split()[-4:] == ["time", "s", "prompt", "$"]
+    assert "4.00" in next(line for line in report.splitlines() if line.strip().startswith("strong"))

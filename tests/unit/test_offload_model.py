@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 import pytest
 
-from echolm_lab.bench.offload_study import calibration, fit_logistic, reuse_label
+from echolm_lab.bench.offload_study import calibration, fit_logistic, plot_reliability, reuse_label, wilson_interval
 from echolm_middleware.core.offload_model import FEATURES, OffloadModel, offload_features, same_answer_key
 from echolm_middleware.core.types import Candidate, Example
 
@@ -78,3 +79,24 @@ def test_a_reused_answer_ties_only_where_it_is_right_too_or_says_the_same() -> N
     assert reuse_label(0.0, 0.0, "1912", "Thomas Jefferson") == 0.0  # both wrong, about different things
     assert reuse_label(0.0, 0.0, "card_arrival", "Card arrival") == 0.0  # different words: not the same
     assert reuse_label(0.0, 0.0, "Card arrival", "card arrival!") == 1.0  # both wrong, the same answer
+
+
+@pytest.mark.parametrize(
+    ("successes", "n", "expected"),
+    [(0, 10, (0.0, 0.2775)), (5, 10, (0.2366, 0.7634)), (10, 10, (0.7225, 1.0)), (0, 0, (0.0, 1.0))],
+)
+def test_the_wilson_interval_matches_its_published_values(
+    successes: int, n: int, expected: tuple[float, float]
+) -> None:
+    assert wilson_interval(successes, n) == pytest.approx(expected, abs=1e-4)
+
+
+def test_the_reliability_plot_is_written_for_each_choice(tmp_path: Path) -> None:
+    rng = random.Random(3)
+    probabilities = [rng.random() for _ in range(300)]
+    labels = [float(rng.random() < p) for p in probabilities]
+    checked = {"reuse": calibration(probabilities, labels), "cheap+examples": calibration(probabilities, labels)}
+
+    written = plot_reliability(checked, "two choices", tmp_path / "reliability.png")
+
+    assert written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and written.stat().st_size > 10_000
