@@ -86,17 +86,19 @@ class _HealthyShuffle:
         registry = self._context.registry()
         return simple_shuffle(lambda name: registry.resolve(name, kind="alias"), healthy, tier, kwargs)
 
-    def _healthy(self, tier: str, kwargs: dict[str, Any], input: Any, specific: bool | None) -> Any:
-        messages = kwargs.get("messages")
+    def _healthy(self, tier: str, kwargs: dict[str, Any], messages: Any, input: Any, specific: bool | None) -> Any:
+        # The messages as they will be sent (ours where we rewrote them), for the pre-call checks.
+        sent = kwargs.get("messages", messages)
         return self._context.select(
-            tier, kwargs, kind="healthy", messages=messages, input=input, specific_deployment=specific
+            tier, kwargs, kind="healthy", messages=sent, input=input, specific_deployment=specific
         )
 
-    async def apick(self, tier: str, kwargs: dict[str, Any], input: Any, specific: bool | None) -> Any:
-        return self._pick(tier, await self._healthy(tier, kwargs, input, specific), kwargs)
+    async def apick(self, tier: str, kwargs: dict[str, Any], messages: Any, input: Any, specific: bool | None) -> Any:
+        return self._pick(tier, await self._healthy(tier, kwargs, messages, input, specific), kwargs)
 
-    def pick(self, tier: str, kwargs: dict[str, Any], input: Any, specific: bool | None) -> Any:
-        return self._pick(tier, self._run_here(lambda: self._healthy(tier, kwargs, input, specific)), kwargs)
+    def pick(self, tier: str, kwargs: dict[str, Any], messages: Any, input: Any, specific: bool | None) -> Any:
+        healthy = self._run_here(lambda: self._healthy(tier, kwargs, messages, input, specific))
+        return self._pick(tier, healthy, kwargs)
 
     def _run_here(self, make: Callable[[], Awaitable[Any]]) -> Any:
         """`select` is async; a sync call runs it as LiteLLM's core runs its routing-cache reads on one
@@ -142,7 +144,7 @@ class EchoLMRoutingStrategy(CustomRoutingStrategyBase):
         if messages is not None and not specific_deployment:
             target = await self._route(model, messages, request_kwargs)
         if self._shuffle is not None:
-            return await self._shuffle.apick(target, request_kwargs, input, specific_deployment)
+            return await self._shuffle.apick(target, request_kwargs, messages, input, specific_deployment)
         return await self._default_async(
             model=target,
             messages=messages,
@@ -164,7 +166,7 @@ class EchoLMRoutingStrategy(CustomRoutingStrategyBase):
             target = self._route_sync(model, messages, request_kwargs)
         if self._shuffle is not None:
             kwargs = request_kwargs if request_kwargs is not None else {}
-            return self._shuffle.pick(target, kwargs, input, specific_deployment)
+            return self._shuffle.pick(target, kwargs, messages, input, specific_deployment)
         return self._default_sync(
             model=target,
             messages=messages,
