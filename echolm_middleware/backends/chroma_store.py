@@ -75,20 +75,14 @@ def _to_metadata(example: Example) -> dict[str, Any]:
 _UNFILTERED_WIDTH = 4
 
 
-def _candidates(result: Any, context: str | None = None, n: int | None = None) -> list[Candidate]:
-    """Chroma's answer to one query as candidates, nearest first (cosine space: distance = 1 - cos): those
-    of `context` only when one is given, the first `n` when a number is.
-
-    Only the candidates kept are built: a wide lookup reads 80 vectors of 384 floats, and making Python
-    objects of all of them was a measurable share of each request's time.
-    """
+def _candidates(result: Any) -> list[Candidate]:
+    """Chroma's answer to one query as candidates, nearest first (cosine space: distance = 1 - cos)."""
     ids, documents = result["ids"][0], result["documents"][0]
     metadatas, distances = result["metadatas"][0], result["distances"][0]
     embeddings = result["embeddings"][0]
-    kept = [i for i in range(len(ids)) if context is None or str(metadatas[i].get("context", "")) == context]
     return [
         Candidate(_to_example(ids[i], documents[i], metadatas[i]), 1.0 - float(distances[i]), _floats(embeddings[i]))
-        for i in kept[:n]
+        for i in range(len(ids))
     ]
 
 
@@ -201,11 +195,34 @@ class ChromaExampleStore:
             # context's own nearest n are exactly its first n there whenever that many are there (or the
             # collection has no more). Only a tenant whose contexts are mixed close together pays for `where`.
             wider = n * _UNFILTERED_WIDTH
-            found = self._query(collection, vector, wider, None)
-            mine = _candidates(found, context, n)
-            if len(mine) >= n or len(found["ids"][0]) < wider:
+            ranked = collection.query(query_embeddings=[list(vector)], n_results=wider, include=["distances"])
+            ids, distances = ranked["ids"][0], ranked["distances"][0]
+            # Records are read n at a time, nearest first, until n of the context are found: Chroma keeps
+            # each metadata key as a row of its own, and reading all 4n records (15 keys each) cost about
+            # three times the search and the first n together (benchmarks/results/overhead-100k-2026-12-03).
+            mine: list[Candidate] = []
+            for start in range(0, len(ids), n):
+                mine += self._read(collection, ids[start : start + n], distances[start : start + n], context)
+                if len(mine) >= n:
+                    return mine[:n]
+            if len(ids) < wider:
                 return mine
             return _candidates(self._query(collection, vector, n, {"context": context}))
+
+    @staticmethod
+    def _read(collection: Any, ids: Sequence[str], distances: Sequence[float], context: str) -> list[Candidate]:
+        """The records `ids` (nearest first, at `distances`) that belong to `context`, in that order; one
+        removed since the search is skipped."""
+        got = collection.get(ids=list(ids), include=["documents", "metadatas", "embeddings"])
+        where = {example_id: index for index, example_id in enumerate(got["ids"])}
+        found = []
+        for example_id, distance in zip(ids, distances, strict=True):
+            index = where.get(example_id)
+            if index is None or str(got["metadatas"][index].get("context", "")) != context:
+                continue
+            example = _to_example(example_id, got["documents"][index], got["metadatas"][index])
+            found.append(Candidate(example, 1.0 - float(distance), _floats(got["embeddings"][index])))
+        return found
 
     @staticmethod
     def _query(collection: Any, vector: Vector, n: int, where: dict[str, str] | None) -> Any:

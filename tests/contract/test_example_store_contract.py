@@ -177,6 +177,19 @@ def test_a_context_crowded_out_by_another_near_the_query_still_gets_its_own_near
     assert [c.example.id for c in store.nearest("A", X, 5, context="c2")] == ["c2-0", "c2-1", "c2-2"]
 
 
+def test_contexts_interleaved_near_the_query_give_each_its_own_nearest_in_order(store: ExampleStore) -> None:
+    # Nearest first, the contexts alternate: each one's nearest n are spread over the closest 2n.
+    examples = [_example(f"e{i}", context="c1" if i % 2 == 0 else "c2") for i in range(12)]
+    vectors = [_unit([1.0, i / 20, 0.0, 0.0]) for i in range(12)]
+    store.add("A", examples, vectors)
+
+    for context, expected in (("c1", ["e0", "e2", "e4", "e6"]), ("c2", ["e1", "e3", "e5", "e7"])):
+        found = store.nearest("A", X, 4, context=context)
+        assert [c.example.id for c in found] == expected
+        assert [c.similarity for c in found] == sorted((c.similarity for c in found), reverse=True)
+        assert all(c.example.context == context and c.embedding is not None and len(c.embedding) == 4 for c in found)
+
+
 def test_upserts_larger_than_a_batch_store_everything(store: ExampleStore) -> None:
     examples = [_example(f"e{i}") for i in range(7)]
     vectors = [[1.0, i / 10, 0.0, 0.0] for i in range(7)]
