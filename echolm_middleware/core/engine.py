@@ -232,7 +232,7 @@ class Engine:
         self,
         scores: Sequence[TierScore],
         loads: Mapping[str, float],
-        view: RequestView,
+        prompt_tokens: Callable[[str], int],
         chosen: Sequence[ScoredExample],
     ) -> list[TierScore]:
         """Each choice's expected seconds and prompt price (`TierScore`), from the loads routing read."""
@@ -244,18 +244,29 @@ class Engine:
             queues = loads if signal == "queue" else {name: load + 1.0 for name, load in loads.items()}
             seconds = expected_delays(tiers, queues, self.latency)
         example_tokens = sum(item.tokens for item in chosen)
-        counted: dict[int, int] = {}  # tiers sharing a tokenizer count the prompt once; unpriced ones not at all
         priced = []
         for score, tier in zip(scores, tiers, strict=True):
             price = 0.0
-            if tier.prices.input_per_1k > 0:
-                counter = self.tokens_for(tier.name)
-                if id(counter) not in counted:
-                    counted[id(counter)] = counter.count(view.text) if view.chars < 200_000 else view.chars
+            if tier.prices.input_per_1k > 0:  # an unpriced tier's prompt is not counted at all
                 shown = example_tokens if tier.name != self.strongest else 0
-                price = tier.prices.input_per_1k * (counted[id(counter)] + shown) / 1000
+                price = tier.prices.input_per_1k * (prompt_tokens(tier.name) + shown) / 1000
             priced.append(replace(score, expected_s=round(seconds.get(tier.name, 0.0), 3), prompt_usd=price))
         return priced
+
+    def _prompt_tokens(self, view: RequestView) -> Callable[[str], int]:
+        """The request's prompt tokens by each tier's tokenizer, each tokenizer counting at most once. A prompt
+        too long to count cheaply is charged one token per character, a lower bound."""
+        counted: dict[int, int] = {}
+
+        def tokens(tier: str) -> int:
+            if view.chars >= 200_000:
+                return view.chars
+            counter = self.tokens_for(tier)
+            if id(counter) not in counted:
+                counted[id(counter)] = counter.count(view.text)
+            return counted[id(counter)]
+
+        return tokens
 
     def prepare(self, request: ChatRequest) -> Prepared:
         """Decide the tier and the messages for one request; the decision is kept under a new id.
@@ -288,7 +299,9 @@ class Engine:
         decision.not_cached = params.not_cached_reason
         scrubbed = self._keep_question(decision, view)
         decision.history_turns = len(view.history)
-        eligible = [tier for tier in self._fitting_tiers(requested, view) if _allowed(tier.name, request)]
+        prompt_tokens = self._prompt_tokens(view)
+        fitting = self._fitting_tiers(requested, view, prompt_tokens)
+        eligible = [tier for tier in fitting if _allowed(tier.name, request)]
         if not eligible:
             return self._pass_through(decision, request, "prompt exceeds the requested tier's context", started)
 
@@ -314,7 +327,7 @@ class Engine:
             rng=self._rng,
             strongest_bias=self.quality.strongest_bias() if self.quality is not None else 0.0,
         )
-        scores = self._with_time_and_price(scores, loads, view, chosen)
+        scores = self._with_time_and_price(scores, loads, prompt_tokens, chosen)
         best = choose_tier(scores)
         gets_examples = best.tier != self.strongest and bool(chosen)
         messages = self._augmented(request.messages, chosen if gets_examples else [])
@@ -374,11 +387,8 @@ class Engine:
         self.decisions.put(decision)
         if self.quality is not None:  # a sampled reuse is compared with the strongest's answer, like an offload
             self.quality.sample(decision.request_id, request.messages)
-        # A prompt too long to count cheaply is charged one token per character, as `_fitting_tiers` does.
         # Counted as the model asked for would count them: the answer stands in for its answer.
-        tokens = self.tokens_for(request.model)
-        prompt_tokens = tokens.count(view.text) if view.chars < 200_000 else view.chars
-        usage = (prompt_tokens, tokens.count(reused.answer))
+        usage = (self._prompt_tokens(view)(request.model), self.tokens_for(request.model).count(reused.answer))
         return Prepared(
             decision=decision,
             tier=decision.tier,
@@ -657,7 +667,9 @@ class Engine:
         self.decisions.put(decision)
         return Prepared(decision=decision, tier=request.model, messages=_copied(request.messages))
 
-    def _fitting_tiers(self, requested: TierProfile, view: RequestView) -> list[TierProfile]:
+    def _fitting_tiers(
+        self, requested: TierProfile, view: RequestView, prompt_tokens: Callable[[str], int]
+    ) -> list[TierProfile]:
         """Tiers no dearer than the one named whose context window holds the prompt and the examples."""
         budget = self.settings.retrieval.max_example_tokens
         affordable = [tier for tier in self.tiers if tier.rank <= requested.rank]
@@ -666,17 +678,7 @@ class Engine:
         # a prompt too long to count cheaply is charged one token per character, a lower bound.
         if view.chars * 4 + budget < smallest:
             return affordable
-        counted: dict[int, int] = {}  # tiers sharing a tokenizer count the prompt once
-
-        def prompt_tokens(tier: TierProfile) -> int:
-            if view.chars >= 200_000:
-                return view.chars
-            counter = self.tokens_for(tier.name)
-            if id(counter) not in counted:
-                counted[id(counter)] = counter.count(view.text)
-            return counted[id(counter)]
-
-        return [tier for tier in affordable if prompt_tokens(tier) + budget <= tier.max_input_tokens]
+        return [tier for tier in affordable if prompt_tokens(tier.name) + budget <= tier.max_input_tokens]
 
     def _choose_examples(self, tenant: str, candidates: Sequence[Candidate]) -> list[ScoredExample]:
         retrieval = self.settings.retrieval
