@@ -8,7 +8,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export OMP_NUM_THREADS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install servers models demo bench test test-fast test-unit test-integration test-litellm-oldest test-litellm-newest lint import-graph format clean
+.PHONY: install servers models demo bench test test-fast test-unit test-integration test-litellm-oldest test-litellm-newest test-wheel lint import-graph format clean
 
 # llama.cpp's default build is -march=native: it emits the newest instructions the CPU reports (AMX
 # tiles on recent Xeons), which a VM may report yet not allow, and the model server then dies with
@@ -96,6 +96,23 @@ $(NEWEST)/.installed: pyproject.toml constraints-litellm-newest.txt $(WHEELS)/.b
 
 test-litellm-newest: $(NEWEST)/.installed servers models
 	$(NEWEST)/bin/python -m pytest $(NEWEST_TESTS) -q
+
+# The wheel on its own, as a user installs it: built from this checkout, installed with the two doors'
+# extras (not editable) into a venv of its own, and the proxy and LangChain doors run from it with the
+# checkout on no path (tests/integration/test_wheel_venv.py). Against constraints.txt, so the run is the
+# same each time; torch's CPU build first, as above.
+WHEEL_VENV := .venv-wheel
+WHEEL_DIR := build/wheel
+
+test-wheel: install
+	rm -rf $(WHEEL_VENV) $(WHEEL_DIR)
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w $(WHEEL_DIR) .
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/pip install -q --upgrade pip
+	$(WHEEL_VENV)/bin/pip install -q torch==2.13.0
+	$(WHEEL_VENV)/bin/pip install -q -c constraints.txt "$$(ls $(WHEEL_DIR)/echolm_middleware-*.whl)[litellm,langchain]"
+	$(WHEEL_VENV)/bin/pip check
+	ECHOLM_WHEEL_VENV=$(WHEEL_VENV) $(BIN)/python -m pytest tests/integration/test_wheel_venv.py -q
 
 test-fast: install
 	$(BIN)/python -m pytest tests/unit tests/contract -q

@@ -8,6 +8,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
+from typing import Any
 
 # name -> module that defines `register(subparsers)`; modules import their heavy parts lazily so
 # `echolm --help` stays fast. `upkeep` also answers to `replay`, its old name (an argparse alias).
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module_name in subcommand_modules().values():
+    for name, module_name in subcommand_modules().items():
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
@@ -41,9 +42,23 @@ def build_parser() -> argparse.ArgumentParser:
             # lab's commands but not the lab: those commands are simply absent there.
             if exc.name == module_name.split(".")[0]:
                 continue
-            raise
+            # A command whose extra is not installed (the lab's `servers` needs psutil, from `local`) must
+            # not take every other command down with it: it stays listed and says what to install.
+            _register_missing(subparsers, name, exc.name or str(exc))
+            continue
         module.register(subparsers)
     return parser
+
+
+def _register_missing(subparsers: Any, name: str, missing: str) -> None:
+    message = f"echolm {name}: needs {missing}, which is not installed: pip install 'echolm-middleware[all]'"
+    parser = subparsers.add_parser(name, help=f"(not installed: needs {missing}, from the [all] extra)")
+    parser.set_defaults(func=lambda _args: _refuse(message))
+
+
+def _refuse(message: str) -> int:
+    print(message, file=sys.stderr)
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
