@@ -196,6 +196,11 @@ class StoreSettings(_Strict):
 class EmbedderSettings(_Strict):
     backend: Literal["minilm"] = "minilm"
     threads: int = Field(default=1, ge=1)
+    runtime: Literal["onnx", "torch"] = Field(
+        default="onnx",
+        description="What runs a request's one query: ONNX Runtime (the same weights, exported at load; "
+        "PyTorch where onnx/onnxruntime are missing or the export fails its check) or PyTorch.",
+    )
 
 
 class StateSettings(_Strict):

@@ -59,6 +59,7 @@ def test_embedding_is_deterministic_and_independent_of_the_batch(embedder: MiniL
 def test_the_single_text_path_gives_the_batch_path_vector(embedder: MiniLMEmbedder, text: str) -> None:
     alone = embedder.embed([text])[0]
     assert embedder._single is not None  # the request path really takes the single-text route
+    assert embedder.runtime == "onnx"  # on ONNX Runtime, the default, checked here against the batch path
     batched = embedder.embed([text, "another text to make a batch"])[0]
     assert alone == pytest.approx(batched, abs=1e-5)
 
@@ -88,3 +89,30 @@ def test_a_model_that_cannot_load_surfaces_as_embedder_unavailable(
         broken.embed(["hello"])
 
     assert raised.value.__cause__ is not None
+
+
+def test_the_torch_runtime_and_the_onnx_runtime_give_the_same_vector(embedder: MiniLMEmbedder) -> None:
+    on_torch = MiniLMEmbedder(EmbedderSettings(runtime="torch"))
+    texts = ["What is the capital of France?", "card payment declined twice", "a long request " * 80]
+
+    for text in texts:
+        assert embedder.embed([text])[0] == pytest.approx(on_torch.embed([text])[0], abs=1e-5)
+    assert (embedder.runtime, on_torch.runtime) == ("onnx", "torch")
+
+
+def test_without_onnxruntime_the_embedder_keeps_pytorch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from echolm_middleware.backends import minilm
+    from echolm_middleware.errors import MissingExtra
+
+    real_require = minilm.require
+
+    def without_onnxruntime(module: str, extra: str) -> object:
+        if module == "onnxruntime":
+            raise MissingExtra("onnxruntime is not installed")
+        return real_require(module, extra)
+
+    monkeypatch.setattr(minilm, "require", without_onnxruntime)
+    embedder = MiniLMEmbedder(EmbedderSettings())
+
+    assert len(embedder.embed(["still works"])[0]) == 384
+    assert embedder.runtime == "torch"
