@@ -122,7 +122,8 @@ def register(subparsers: Any) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--load-multiples", type=float, nargs="+", default=[1.0, 1.5], metavar="X",
-        help="with --tables: Poisson rates as multiples of strong-only's capacity (default: %(default)s: where "
+        help="with --tables: Poisson rates as multiples of strong-only's capacity, measured on this machine before "
+        "each workload's passes (a closed loop of 2 clients, 24 requests) (default: %(default)s: where "
         "strong-only keeps up and where it cannot; 0.6 adds a light-load pass, about 4 minutes per system and "
         "workload)",
     )  # fmt: skip
