@@ -108,7 +108,8 @@ def _onnx_single_text_path(
     """The one-text path on ONNX Runtime, the same weights exported in memory at load; None: keep torch.
 
     A request's query is one short text, where PyTorch's per-operator overhead dominates: on one thread of
-    this machine ONNX Runtime took 6.0-7.6 ms p50 where PyTorch took 15.2-15.3 (400 NQ-open questions).
+    the 2-core development machine ONNX Runtime took 6.0-7.6 ms p50 where PyTorch took 15.2-15.3 (400 NQ-open
+    questions).
     The export traces BERT with eager attention: traced through PyTorch's fused attention, the graph lost the
     padding mask and some vectors moved by 0.09. Each process exports once (about 2 s, nothing written to
     disk) and checks the result against the torch path on probe texts before using it; onnx (the exporter)
