@@ -133,6 +133,8 @@ class TableWorkloadRun:
 
 
 REUSE_GROUP = "echolm-cache"  # the zero-priced model group the bench's reused answers are logged under
+REUSING = "echolm_reuse"  # EchoLM with the reuse choice on
+
 # The closed loop that measures strong-only's capacity on this machine before the passes: the table's
 # service times were measured where it was built, and a machine half as fast would see every "1.0x" pass
 # arrive at twice what it can serve (an AMD EPYC here served 0.97 req/s where the table said 2.10). Four
@@ -142,7 +144,6 @@ REUSE_GROUP = "echolm-cache"  # the zero-priced model group the bench's reused a
 CALIBRATION_CLIENTS = 4
 CALIBRATION_WARM_UP = 8
 CALIBRATION_REQUESTS = 24
-REUSING = "echolm_reuse"  # EchoLM with the reuse choice on
 
 
 def choice_of(answered: Answered, cheap: str, strong: str) -> str:

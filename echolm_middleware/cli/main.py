@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _register_missing(subparsers: Any, name: str, missing: str) -> None:
     message = f"echolm {name}: needs {missing}, which is not installed: pip install 'echolm-middleware[all]'"
     parser = subparsers.add_parser(name, help=f"(not installed: needs {missing}, from the [all] extra)")
+    parser.add_argument("arguments", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)  # whatever was meant for it
     parser.set_defaults(func=lambda _args: _refuse(message))
 
 

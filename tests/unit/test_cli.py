@@ -128,7 +128,7 @@ def test_a_command_whose_package_is_not_installed_is_left_out_and_one_missing_a_
     )
     assert cli_main.main(["proxy", "--check", "--config", str(tmp_path / "absent.yaml")]) == 2
     assert "absent.yaml" in capsys.readouterr().err  # the proxy command ran, and said what was wrong
-    assert cli_main.main(["broken"]) == 2
+    assert cli_main.main(["broken", "start", "--port", "1"]) == 2  # its own arguments, whatever they were
     assert capsys.readouterr().err.strip() == (
         "echolm broken: needs a_dependency_that_is_missing, which is not installed: "
         "pip install 'echolm-middleware[all]'"
