@@ -116,3 +116,13 @@ def test_without_onnxruntime_the_embedder_keeps_pytorch(monkeypatch: pytest.Monk
 
     assert len(embedder.embed(["still works"])[0]) == 384
     assert embedder.runtime == "torch"
+
+
+def test_an_export_that_fails_its_check_keeps_pytorch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from echolm_middleware.backends import minilm
+
+    monkeypatch.setattr(minilm, "ONNX_TOLERANCE", -1.0)  # no vector can be that close: the check fails
+    embedder = MiniLMEmbedder(EmbedderSettings())
+
+    assert len(embedder.embed(["still works"])[0]) == 384
+    assert embedder.runtime == "torch"
