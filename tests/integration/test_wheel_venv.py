@@ -107,7 +107,7 @@ def wheel_proxy(venv: Path, tmp_path: Path) -> Iterator[tuple[str, dict[str, str
             log.close()
 
 
-def test_the_proxy_door_from_the_wheel_routes_records_and_reuses(
+def test_the_proxy_door_from_the_wheel_routes_and_finds_its_first_answer_again(
     wheel_proxy: tuple[str, dict[str, str], EchoTier, EchoTier],
 ) -> None:
     url, headers, cheap, strong = wheel_proxy
