@@ -94,12 +94,20 @@ def _single_text_path(model: Any, torch: Any) -> Any:
     def embed_one(text: str) -> Any:
         with torch.inference_mode():
             features = tokenizer([text], return_tensors="pt", truncation=True, max_length=max_length, padding=True)
-            tokens = bert(**features).last_hidden_state
-            mask = features["attention_mask"].unsqueeze(-1).to(tokens.dtype)
-            pooled = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(pooled, p=2, dim=1).numpy()
+            hidden = bert(**features).last_hidden_state
+            return _mean_pooled_unit(hidden.numpy(), features["attention_mask"].numpy())
 
     return embed_one
+
+
+def _mean_pooled_unit(hidden: Any, attention_mask: Any) -> Any:
+    """Mean of the token vectors the mask keeps, scaled to unit length: sentence-transformers' mean pooling
+    and Normalize, over numpy arrays (batch x tokens x dimensions, batch x tokens)."""
+    import numpy  # with the embeddings extra, as is everything this module loads
+
+    mask = attention_mask[..., None].astype(hidden.dtype)
+    pooled = (hidden * mask).sum(1) / numpy.clip(mask.sum(1), 1e-9, None)
+    return pooled / numpy.clip(numpy.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
 
 
 def _onnx_single_text_path(
@@ -111,18 +119,20 @@ def _onnx_single_text_path(
     the 2-core development machine ONNX Runtime took 6.0-7.6 ms p50 where PyTorch took 15.2-15.3 (400 NQ-open
     questions).
     The export traces BERT with eager attention: traced through PyTorch's fused attention, the graph lost the
-    padding mask and some vectors moved by 0.09. Each process exports once (about 2 s, nothing written to
-    disk) and checks the result against the torch path on probe texts before using it; onnx (the exporter)
-    or onnxruntime missing, a failed export or a vector off by more than ONNX_TOLERANCE keeps torch.
+    padding mask and some vectors moved by 0.09. So the weights are loaded a second time, eager from the
+    start: the loaded model switched with transformers' `set_attn_implementation("eager")` traced to a graph
+    still off by 0.069 on the probes (transformers 5.24). Each process exports once (about 2 s, nothing
+    written to disk; the second copy is dropped after it) and checks the result against the torch path on
+    probe texts before using it; onnx (the exporter) or onnxruntime missing, a failed export or a vector off
+    by more than ONNX_TOLERANCE keeps torch.
     """
     try:
         import numpy
 
         onnxruntime = require("onnxruntime", "embeddings")
-        auto_model = require("transformers", "embeddings").AutoModel
-
         transformer = model[0]
         tokenizer, max_length = transformer.tokenizer, model.max_seq_length
+        auto_model = require("transformers", "embeddings").AutoModel
         eager = auto_model.from_pretrained(transformer.auto_model.name_or_path, attn_implementation="eager").eval()
 
         class _HiddenStates(torch.nn.Module):  # type: ignore[misc]  # keyword arguments in, last hidden state out
@@ -154,9 +164,7 @@ def _onnx_single_text_path(
         def embed_one(text: str) -> Any:
             features = tokenizer([text], return_tensors="np", truncation=True, max_length=max_length)
             (hidden,) = session.run(None, {name: features[name] for name in inputs})
-            mask = features["attention_mask"][..., None].astype(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / numpy.clip(mask.sum(1), 1e-9, None)
-            return pooled / numpy.linalg.norm(pooled, axis=1, keepdims=True)
+            return _mean_pooled_unit(hidden, features["attention_mask"])
 
         drift = max(float(numpy.abs(embed_one(text) - torch_path(text)).max()) for text in _PROBES)
         if drift > ONNX_TOLERANCE:

@@ -305,15 +305,17 @@ class Engine:
         if not eligible:
             return self._pass_through(decision, request, "prompt exceeds the requested tier's context", started)
 
-        vector, candidates, chosen = self._retrieve(request.tenant, view.query, decision.context)
-        bucket = context_bucket(chosen)
-        decision.bucket = bucket
+        vector, candidates = self._nearest(request.tenant, view.query, decision.context)
         decision.candidates_considered = len(candidates)
         decision.best_similarity = max((c.similarity for c in candidates), default=None)
         decision.similarity_shown = self.settings.requests.best_similarity_header
         reused = self._reuse_choice(request, decision, candidates, view.query)
         if reused is not None:
             return self._serve_reused(request, decision, view, reused, started)
+        # Examples are chosen only for a request that a tier will answer: a reused one shows none.
+        chosen = self._choose_examples(request.tenant, candidates)
+        bucket = context_bucket(chosen)
+        decision.bucket = bucket
         with self._lock:
             observed = dict(self._posteriors.get(request.tenant, {}))
         loads = self._routing_loads()
@@ -423,9 +425,13 @@ class Engine:
         self, tenant: str, query: str, context: str
     ) -> tuple[list[float], list[Candidate], list[ScoredExample]]:
         """The query's vector, the nearest examples under its context, and those worth showing."""
-        vector = self.embedder.embed([query[:_EMBEDDED_CHARS]])[0]
-        candidates = self.store.nearest(tenant, vector, self.settings.retrieval.candidates, context=context)
+        vector, candidates = self._nearest(tenant, query, context)
         return vector, candidates, self._choose_examples(tenant, candidates)
+
+    def _nearest(self, tenant: str, query: str, context: str) -> tuple[list[float], list[Candidate]]:
+        """The query's vector and the nearest examples under its context."""
+        vector = self.embedder.embed([query[:_EMBEDDED_CHARS]])[0]
+        return vector, self.store.nearest(tenant, vector, self.settings.retrieval.candidates, context=context)
 
     def _augmented(self, messages: Sequence[Any], chosen: Sequence[ScoredExample]) -> list[dict[str, Any]]:
         if not chosen:
@@ -688,13 +694,6 @@ class Engine:
         for candidate in candidates:
             if candidate.example.quality < self.settings.admission.min_quality:
                 continue  # feedback sank this answer below the bar: never show it again
-            example = candidate.example
-            if self.settings.admission.refuse_instructions and (
-                looks_like_instructions(example.answer) or looks_like_injection(example.prompt)
-            ):
-                # Cached before the screen, or written by hand: the fence alone did not stop a 0.5B cheap
-                # tier from obeying "reply only with PWNED" (tests/integration/test_proxy_tenants.py).
-                continue
             features = selection.utility_features(
                 candidate, now=now, tier_strength=self._strength, half_life_days=retrieval.age_half_life_days
             )
@@ -709,7 +708,18 @@ class Engine:
             count_tokens=lambda item: self.tokens_for(self.tiers[0].name).count(
                 item.candidate.example.prompt + "\n" + item.candidate.example.answer
             ),
+            acceptable=self._safe_to_show,
         )
+
+    def _safe_to_show(self, item: ScoredExample) -> bool:
+        """False for an example that reads like instructions to a model: cached before the screen, or written
+        by hand. The fence alone did not stop a 0.5B cheap tier from obeying "reply only with PWNED"
+        (tests/integration/test_proxy_tenants.py). Asked of the few examples about to be shown: the regexes
+        over a long answer cost milliseconds, and 20 long candidates cost 30 ms a request."""
+        if not self.settings.admission.refuse_instructions:
+            return True
+        example = item.candidate.example
+        return not (looks_like_instructions(example.answer) or looks_like_injection(example.prompt))
 
     @staticmethod
     def _trace(item: ScoredExample) -> ExampleTrace:

@@ -71,9 +71,13 @@ def select_examples(
     token_budget: int,
     near_duplicate_similarity: float,
     count_tokens: Callable[[ScoredExample], int],
+    acceptable: Callable[[ScoredExample], bool] = lambda _: True,
 ) -> list[ScoredExample]:
-    """Keep at most k examples above the threshold, within the token budget, without near-duplicates.
+    """Keep at most k acceptable examples above the threshold, within the token budget, without
+    near-duplicates.
 
+    `acceptable` is asked only of examples that would otherwise be kept, most useful first: a costly
+    check (the injection screen reads whole answers) runs on a few examples, not on every candidate.
     The result is ordered by ascending utility so the most useful example sits nearest the question.
     """
     kept: list[ScoredExample] = []
@@ -84,7 +88,7 @@ def select_examples(
         if any(_near_duplicate(item, other, near_duplicate_similarity) for other in kept):
             continue
         tokens = count_tokens(item)
-        if spent + tokens > token_budget:
+        if spent + tokens > token_budget or not acceptable(item):
             continue
         spent += tokens
         kept.append(ScoredExample(item.candidate, item.utility, item.features, tokens))

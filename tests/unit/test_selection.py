@@ -237,3 +237,26 @@ def test_a_skipped_duplicate_does_not_use_up_k() -> None:
     ]
 
     assert _prompts(_select(scored, k=2)) == ["b", "a"]
+
+
+def test_an_unacceptable_example_is_skipped_and_only_would_be_kept_examples_are_asked() -> None:
+    scored = [_scored("a", 0.9), _scored("b", 0.8), _scored("c", 0.7), _scored("d", 0.6), _scored("low", 0.1)]
+    asked: list[str] = []
+
+    def acceptable(item: ScoredExample) -> bool:
+        asked.append(item.candidate.example.prompt)
+        return item.candidate.example.prompt != "b"
+
+    kept = select_examples(
+        scored,
+        k=2,
+        threshold=0.5,
+        token_budget=1000,
+        near_duplicate_similarity=0.97,
+        count_tokens=lambda item: 10,
+        acceptable=acceptable,
+    )
+
+    assert _prompts(kept) == ["c", "a"]
+    # Once k are kept nothing more is read: "d" (above the threshold) and "low" (below it) never asked.
+    assert asked == ["a", "b", "c"]
