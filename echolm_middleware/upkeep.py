@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 from echolm_middleware.config import UpkeepSettings
+from echolm_middleware.core.consistency import most_agreed
 from echolm_middleware.core.engine import Engine
 from echolm_middleware.core.ports import Completer, DecisionHistory, Leases, UpkeepJournal
 from echolm_middleware.core.requests import context_key
@@ -300,7 +301,8 @@ class Upkeep:
         return result
 
     def _best_answer(self, prompt: str, instructions: str, result: StepReport) -> str | None:
-        """Ask the strongest tier `samples` times; keep the clean answer closest to the others."""
+        """Ask the strongest tier `samples` times (the first greedy, the rest at 0.7); keep the clean answer the
+        others agree with most (`core.consistency`)."""
         answers = []
         for index in range(self.settings.samples):
             completion = self.completer.complete(
@@ -318,10 +320,7 @@ class Upkeep:
                 answers.append(completion.text.strip())
         if len(answers) <= 1:
             return answers[0] if answers else None
-        # Self-consistency: the medoid answer agrees most with the other samples.
-        vectors = self.engine.embedder.embed(answers)
-        agreement = [sum(sum(a * b for a, b in zip(v, w, strict=True)) for w in vectors) for v in vectors]
-        return answers[max(range(len(answers)), key=agreement.__getitem__)]
+        return answers[most_agreed(self.engine.embedder.embed(answers))]
 
     def evict(self) -> PassReport:
         """Eviction alone (ttl_days and the budgets) over every tenant that has examples: no model calls."""

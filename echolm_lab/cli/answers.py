@@ -66,7 +66,26 @@ def register(subparsers: Any) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--study-out", type=Path, metavar="DIR",
-        help="with --study: also write study.md and reliability.png (each model's reliability on the requests) here",
+        help="with --study: also write study.md and reliability.png (each model's reliability on the requests) here; "
+        "with --replay-study: replay-WORKLOAD.md",
+    )  # fmt: skip
+    parser.add_argument(
+        "--replay-study", action="store_true",
+        help="ask the strong tier (two servers) --replay-samples more answers at temperature 0.7 for the warm-pool "
+        "items the reuse serves on the requests (kept in TABLE's .samples.jsonl, resumable), then print what the "
+        "upkeep's replay (the medoid of the greedy answer and the samples) does to those items' score and to the "
+        "reused requests' (paired, 95%% intervals) as Markdown",
+    )  # fmt: skip
+    parser.add_argument(
+        "--replay-items",
+        type=int,
+        default=300,
+        help="with --replay-study: pool items, most reused first (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--replay-samples", type=int, default=4,
+        help="with --replay-study: sampled answers per item beside the greedy one (default: %(default)s, "
+        "as `upkeep.samples: 5`)",
     )  # fmt: skip
     parser.add_argument(
         "--report", action="store_true",
@@ -133,6 +152,8 @@ def run(args: Any) -> int:
             title = f"Offload models on {args.workload}'s held-out requests"
             plot_reliability(checked, title, args.study_out / "reliability.png")
         return 0
+    if args.replay_study:
+        return replay_study(args, source, table, settings, raw)
     engine = build_engine(in_memory, raw["model_list"])
     cheap, strong = (endpoint_of(raw, tier.name) for tier in (settings.tiers[0], settings.tiers[-1]))
     total = len(source.pool) + 3 * (len(source.requests) + len(source.train))
@@ -154,6 +175,66 @@ def run(args: Any) -> int:
         print(f"asked now: {asked}; held: {held}", flush=True)
         if args.verdicts:
             judge_all(source, table, verdicts, strong, EMBEDDERS[settings.embedder.backend](settings).embed)
+    return 0
+
+
+def replay_study(args: Any, source: Any, table: Any, settings: Any, raw: Any) -> int:
+    """`--replay-study`: sample what is missing on the strong tier and its replica, then print the effect."""
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    from echolm_lab.bench.answers_table import AnswersTable
+    from echolm_lab.bench.deployments import serving_each
+    from echolm_lab.bench.replay_study import (
+        describe_effect,
+        record_samples,
+        replay_effect,
+        samples_path,
+        served_by_reuse,
+    )
+    from echolm_lab.bench.table_build import endpoint_of
+    from echolm_lab.bench.table_policies import remembering
+    from echolm_lab.local_tiers.assemble import default_model_dir
+    from echolm_lab.local_tiers.from_config import specs_for_config
+    from echolm_middleware.factory import EMBEDDERS
+
+    answers = table.answers()
+    embed = remembering(EMBEDDERS[settings.embedder.backend](settings).embed)
+    served = served_by_reuse(source, answers, embed)
+    chosen = dict(list(served.items())[: args.replay_items])
+    samples = AnswersTable(samples_path(table.path))
+    strong = endpoint_of(raw, settings.tiers[-1].name)
+    # The strong tier's server and a replica of it on the next free port band: both cores sample.
+    entry = next(e for e in raw["model_list"] if e.get("model_name") == strong.group)
+    specs = specs_for_config({"model_list": [entry]}, default_model_dir())  # none when the tier is remote
+    replica_port = specs[0].port + 100 if specs else None
+    endpoints = [strong]
+    if replica_port is not None:
+        specs.append(replace(specs[0], port=replica_port))
+        endpoints.append(replace(strong, api_base=strong.api_base.replace(f":{specs[0].port}", f":{replica_port}")))
+    total = len(chosen) * args.replay_samples
+    print(
+        f"{args.workload}: {len(served)} pool items serve reuse, sampling {len(chosen)} x {args.replay_samples} "
+        f"({len(samples)} samples held in {samples.path})",
+        flush=True,
+    )
+    with (
+        serving_each(specs, args.work),
+        tqdm(total=total, desc=f"samples {args.workload}", unit="answer", file=sys.stderr, mininterval=30) as bar,
+    ):
+
+        def sampled() -> None:
+            bar.update(1)
+
+        asked = record_samples(source, list(chosen), samples, endpoints, per_item=args.replay_samples, done=sampled)
+    print(f"samples asked now: {asked}; held: {len(samples)}", flush=True)
+    effect = replay_effect(source, answers, samples.answers(), chosen, embed, per_item=args.replay_samples)
+    lines = describe_effect(args.workload, effect, per_item=args.replay_samples)
+    print("\n".join(lines))
+    if args.study_out is not None:
+        args.study_out.mkdir(parents=True, exist_ok=True)
+        (args.study_out / f"replay-{args.workload}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return 0
 
 

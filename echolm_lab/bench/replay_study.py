@@ -1,0 +1,232 @@
+"""Replay by sampling, measured on an answers table: is the answer the upkeep's replay keeps (the medoid of
+several strong-tier samples, `core.consistency`) a better cached answer than the strong tier's greedy one?
+
+The pool items measured are the ones the reuse choice serves on the table's requests: the reuse model is
+fitted on the warm pool alone (`table_reuse.fit_on_pool`), and each request it reuses names the pool item
+whose answer it would be served. Each such item is asked `samples - 1` more times at the replay's
+temperature with seeds 1, 2, ... (so a rerun asks nothing again: the samples are kept in a table of their
+own beside the answers table, keyed like every answer); the greedy answer is the pool's own line. The kept
+answer is chosen exactly as `upkeep` chooses it: among the answers that ended on their own, the one the
+others agree with most.
+
+Reported, each paired with a 95% bootstrap interval: the pool items' own score (kept against greedy),
+and the reused requests' score when the reuse serves the kept answer instead of the greedy one (the same
+reuse decisions, so the same offload), beside strong-only's on the same requests.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from echolm_lab.bench.answers_table import (
+    POOL,
+    REUSE,
+    STRONG,
+    Answer,
+    AnswersTable,
+    answer_key,
+    system_hash,
+    without_system,
+)
+from echolm_lab.bench.table_build import Endpoint, TableWorkload, ask
+from echolm_lab.bench.table_policies import Embed, pool_answers
+from echolm_lab.bench.table_reuse import fit_on_pool, learned_reuse, nearest_candidates, pool_metric
+from echolm_lab.bench.table_scores import paired_bootstrap
+from echolm_middleware.core.consistency import most_agreed
+
+# The upkeep's replay samples every answer but the first at this temperature (`upkeep._best_answer`).
+SAMPLE_TEMPERATURE = 0.7
+SAMPLED = "pool-sample"  # the samples table's choice name
+
+
+def samples_path(table: Path) -> Path:
+    """Where a workload's sampled pool answers are kept: beside its answers table."""
+    return table.with_suffix(".samples.jsonl")
+
+
+def served_by_reuse(source: TableWorkload, answers: Sequence[Answer], embed: Embed) -> dict[str, list[str]]:
+    """Pool prompt -> the requests whose reuse would serve its answer, most served first."""
+    pool = pool_answers(source, answers)
+    fit = fit_on_pool(embed, pool, pool_metric(source))
+    if fit is None:
+        return {}
+    found = nearest_candidates(embed, pool, [item.prompt for item in source.requests])
+    choose, _ = learned_reuse(found, fit)
+    served: dict[str, list[str]] = {}
+    for prompt, candidates in found.items():
+        if candidates and choose(prompt) == REUSE:
+            served.setdefault(candidates[0].example.prompt, []).append(prompt)
+    return dict(sorted(served.items(), key=lambda item: -len(item[1])))
+
+
+def sample_params(max_tokens: int, seed: int) -> dict[str, Any]:
+    return {"temperature": SAMPLE_TEMPERATURE, "max_tokens": max_tokens, "seed": seed}
+
+
+def record_samples(
+    source: TableWorkload,
+    prompts: Sequence[str],
+    samples: AnswersTable,
+    endpoints: Sequence[Endpoint],
+    *,
+    per_item: int,
+    asker: Callable[[Endpoint, list[dict[str, Any]], Mapping[str, Any]], dict[str, Any]] = ask,
+    done: Callable[[], None] = lambda: None,
+) -> int:
+    """Ask each pool prompt `per_item` sampled answers (seeds 1..per_item) that the table lacks, one worker
+    per endpoint (replicas of the strong tier: one model file, one key); the number asked."""
+    workload = source.workload
+    items = {item.prompt: item for item in source.pool}
+    reference = endpoints[0]
+    work: queue.Queue[tuple[str, int]] = queue.Queue()
+    for prompt in prompts:
+        for seed in range(1, per_item + 1):
+            work.put((prompt, seed))
+    asked = [0]
+    failures: list[BaseException] = []
+    lock = threading.Lock()
+
+    def worker(endpoint: Endpoint) -> None:
+        while not failures:
+            try:
+                prompt, seed = work.get_nowait()
+            except queue.Empty:
+                return
+            messages = workload.messages(items[prompt])
+            params = sample_params(workload.max_tokens, seed)
+            key = answer_key(reference.model_sha256, reference.server_version, messages, params)
+            if key not in samples:
+                try:
+                    reply = asker(endpoint, messages, params)
+                except BaseException as exc:  # surfaced below; the other workers stop at their next item
+                    failures.append(exc)
+                    return
+                samples.add(
+                    Answer(
+                        key=key,
+                        workload=workload.name,
+                        item=prompt,
+                        choice=SAMPLED,
+                        tier=endpoint.group,
+                        model_sha256=reference.model_sha256,
+                        server_version=reference.server_version,
+                        messages=without_system(messages),
+                        system_sha256=system_hash(messages),
+                        params=params,
+                        **reply,
+                    )
+                )
+                with lock:
+                    asked[0] += 1
+            done()
+
+    threads = [threading.Thread(target=worker, args=(endpoint,), daemon=True) for endpoint in endpoints]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+    return asked[0]
+
+
+@dataclass(frozen=True)
+class Paired:
+    """A mean paired difference (new minus old) with its 95% interval, over n items."""
+
+    n: int
+    old: float
+    new: float
+    interval: tuple[float, float]
+
+    @property
+    def difference(self) -> float:
+        return self.new - self.old
+
+
+def _paired(old: Sequence[float], new: Sequence[float]) -> Paired:
+    differences = [b - a for a, b in zip(old, new, strict=True)]
+    interval = paired_bootstrap(differences) if differences else (0.0, 0.0)
+    return Paired(len(old), sum(old) / max(len(old), 1), sum(new) / max(len(new), 1), interval)
+
+
+@dataclass(frozen=True)
+class ReplayEffect:
+    items: int  # pool items with every sample in the table
+    changed: int  # of them, those whose kept answer differs from the greedy one
+    pool: Paired  # the pool items' own score: greedy (old) against kept (new)
+    reused: Paired  # the requests served by those items: reuse of greedy (old) against reuse of kept (new)
+    strong_on_reused: float  # strong-only's score on the same requests
+
+
+def replay_effect(
+    source: TableWorkload,
+    answers: Sequence[Answer],
+    sampled: Sequence[Answer],
+    served: Mapping[str, Sequence[str]],
+    embed: Embed,
+    *,
+    per_item: int,
+) -> ReplayEffect:
+    """What keeping the replay's answer instead of the greedy one does, on the items `served` names."""
+    metric, score = pool_metric(source), source.workload.score
+    assert score is not None  # pool_metric has refused a judged workload
+    greedy = {a.item: a for a in answers if a.choice == POOL}
+    strong = {a.item: a.answer for a in answers if a.choice == STRONG}
+    requests = {item.prompt: item for item in source.requests}
+    by_item: dict[str, list[Answer]] = {}
+    for answer in sampled:
+        by_item.setdefault(answer.item, []).append(answer)
+    pool_old, pool_new, reused_old, reused_new, strong_scores, changed = [], [], [], [], [], 0
+    for prompt, asked in served.items():
+        first = greedy.get(prompt)
+        samples = sorted(by_item.get(prompt, []), key=lambda a: int(a.params.get("seed", 0)))
+        if first is None or len(samples) < per_item:
+            continue
+        # As the replay keeps it: answers that ended on their own, the greedy first (ties keep it).
+        candidates = [a.answer.strip() for a in [first, *samples[:per_item]]]
+        finished = [a.finish_reason in (None, "stop") and a.answer.strip() for a in [first, *samples[:per_item]]]
+        clean = [text for text, ok in zip(candidates, finished, strict=True) if ok]
+        kept = clean[most_agreed(embed(clean))] if clean else first.answer
+        changed += kept != first.answer.strip()
+        pool_old.append(metric(first.answer, prompt))
+        pool_new.append(metric(kept, prompt))
+        for request in asked:
+            if request in requests and request in strong:
+                reused_old.append(score(first.answer, requests[request]))
+                reused_new.append(score(kept, requests[request]))
+                strong_scores.append(score(strong[request], requests[request]))
+    return ReplayEffect(
+        items=len(pool_old),
+        changed=changed,
+        pool=_paired(pool_old, pool_new),
+        reused=_paired(reused_old, reused_new),
+        strong_on_reused=sum(strong_scores) / max(len(strong_scores), 1),
+    )
+
+
+def describe_effect(workload: str, effect: ReplayEffect, *, per_item: int) -> list[str]:
+    """Markdown lines for one workload's replay effect (points: percentage points of the metric)."""
+
+    def points(paired: Paired) -> str:
+        low, high = paired.interval
+        return (
+            f"{100 * paired.old:.1f}% -> {100 * paired.new:.1f}%, {100 * paired.difference:+.1f} points "
+            f"({100 * low:+.1f} to {100 * high:+.1f}), n={paired.n}"
+        )
+
+    return [
+        f"## {workload}: greedy answer + {per_item} samples at temperature {SAMPLE_TEMPERATURE:g}, the medoid kept",
+        "",
+        f"- pool items the reuse serves, sampled: {effect.items}; kept answer differs from the greedy one: "
+        f"{effect.changed} ({effect.changed / max(effect.items, 1):.0%})",
+        f"- pool items' own score, greedy -> kept: {points(effect.pool)}",
+        f"- requests served by reuse of those items, greedy -> kept: {points(effect.reused)}; strong-only on the "
+        f"same requests {100 * effect.strong_on_reused:.1f}%",
+        "",
+    ]

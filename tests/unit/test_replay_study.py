@@ -1,0 +1,122 @@
+"""The replay study (`echolm answers --replay-study`): sampled pool answers kept and resumed, and the answer
+the upkeep's replay would keep scored against the greedy one."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from echolm_lab.bench.answers_table import POOL, STRONG, Answer, AnswersTable
+from echolm_lab.bench.replay_study import SAMPLE_TEMPERATURE, record_samples, replay_effect
+from echolm_lab.bench.table_build import Endpoint, TableWorkload
+from echolm_lab.bench.workloads import Workload
+from echolm_lab.datasets import QARecord
+
+POOL_ITEMS = [QARecord("capital of france?", ("paris",)), QARecord("capital of spain?", ("madrid",))]
+REQUESTS = [QARecord("france's capital?", ("paris",)), QARecord("spain's capital city?", ("madrid",))]
+WORKLOAD = Workload(
+    name="toy", items=POOL_ITEMS, system_prompt="Answer briefly.", metric="exact_match",
+    score=lambda answer, item: float(answer.strip().lower() in item.references), max_tokens=8,
+)  # fmt: skip
+SOURCE = TableWorkload(WORKLOAD, POOL_ITEMS, REQUESTS)
+ENDPOINTS = [
+    Endpoint("strong", "http://127.0.0.1:1/v1", "m", "sha", "v1"),
+    Endpoint("strong", "http://127.0.0.1:2/v1", "m", "sha", "v1"),
+]
+
+
+def word_embed(texts: Sequence[str]) -> list[list[float]]:
+    """One dimension per answer word: equal answers embed equal, different ones orthogonal."""
+    words = ["paris", "lyon", "madrid", "rome"]
+    return [[float(text.strip().lower() == word) for word in words] for text in texts]
+
+
+def _line(item: str, choice: str, answer: str) -> Answer:
+    return Answer(
+        key=f"{choice}:{item}", workload="toy", item=item, choice=choice, tier="strong", model_sha256="sha",
+        server_version="v1", messages=[], system_sha256="", params={}, answer=answer, finish_reason="stop",
+        prompt_tokens=1, completion_tokens=1, latency_s=0.1,
+    )  # fmt: skip
+
+
+def test_samples_are_asked_once_per_seed_across_the_replicas_and_a_rerun_asks_nothing(tmp_path: Path) -> None:
+    calls: list[tuple[str, int, float]] = []
+
+    def asker(endpoint: Endpoint, messages: list[dict[str, Any]], params: Mapping[str, Any]) -> dict[str, Any]:
+        calls.append((endpoint.api_base, params["seed"], params["temperature"]))
+        return {
+            "answer": "paris",
+            "finish_reason": "stop",
+            "prompt_tokens": 3,
+            "completion_tokens": 1,
+            "latency_s": 0.01,
+        }
+
+    table = AnswersTable(tmp_path / "toy.samples.jsonl")
+    prompts = [item.prompt for item in POOL_ITEMS]
+    assert record_samples(SOURCE, prompts, table, ENDPOINTS, per_item=3, asker=asker) == 6
+    assert sorted(seed for _, seed, _ in calls) == [1, 1, 2, 2, 3, 3]
+    assert {temperature for _, _, temperature in calls} == {SAMPLE_TEMPERATURE}
+    assert len(table) == 6 and {a.system_sha256 for a in table.answers()} != {""}  # the system prompt, hashed
+
+    again = AnswersTable(tmp_path / "toy.samples.jsonl")  # read back from disk, as a resumed run would
+    assert record_samples(SOURCE, prompts, again, ENDPOINTS, per_item=3, asker=asker) == 0
+    assert len(calls) == 6
+
+
+def test_the_kept_answer_is_the_samples_majority_and_scores_the_reused_requests(tmp_path: Path) -> None:
+    france, spain = (item.prompt for item in POOL_ITEMS)
+    answers = [
+        _line(france, POOL, "lyon"),  # a wrong greedy answer the samples outvote
+        _line(spain, POOL, "madrid"),  # a right one that a stray sample cannot displace
+        _line(REQUESTS[0].prompt, STRONG, "paris"),
+        _line(REQUESTS[1].prompt, STRONG, "madrid"),
+    ]
+    samples = AnswersTable(tmp_path / "s.jsonl")
+    replies = {france: ["paris", "paris", "rome"], spain: ["rome", "madrid", "madrid"]}
+
+    def asker(endpoint: Endpoint, messages: list[dict[str, Any]], params: Mapping[str, Any]) -> dict[str, Any]:
+        answer = replies[messages[-1]["content"]][params["seed"] - 1]
+        return {
+            "answer": answer,
+            "finish_reason": "stop",
+            "prompt_tokens": 3,
+            "completion_tokens": 1,
+            "latency_s": 0.01,
+        }
+
+    record_samples(SOURCE, [france, spain], samples, ENDPOINTS[:1], per_item=3, asker=asker)
+    served = {france: [REQUESTS[0].prompt], spain: [REQUESTS[1].prompt]}
+
+    effect = replay_effect(SOURCE, answers, samples.answers(), served, word_embed, per_item=3)
+
+    assert (effect.items, effect.changed) == (2, 1)
+    assert (effect.pool.old, effect.pool.new) == (0.5, 1.0)
+    assert (effect.reused.n, effect.reused.old, effect.reused.new) == (2, 0.5, 1.0)
+    assert effect.strong_on_reused == 1.0
+
+
+def test_an_item_missing_samples_or_a_sample_cut_short_is_handled_as_the_replay_would(tmp_path: Path) -> None:
+    france, spain = (item.prompt for item in POOL_ITEMS)
+    answers = [_line(france, POOL, "lyon"), _line(spain, POOL, "madrid")]
+    samples = AnswersTable(tmp_path / "s.jsonl")
+
+    def asker(endpoint: Endpoint, messages: list[dict[str, Any]], params: Mapping[str, Any]) -> dict[str, Any]:
+        # "paris" twice, but cut at max_tokens: the replay keeps only answers that ended on their own.
+        return {
+            "answer": "paris",
+            "finish_reason": "length",
+            "prompt_tokens": 3,
+            "completion_tokens": 8,
+            "latency_s": 0.01,
+        }
+
+    record_samples(SOURCE, [france], samples, ENDPOINTS[:1], per_item=2, asker=asker)
+    served = {france: [REQUESTS[0].prompt], spain: [REQUESTS[1].prompt]}
+
+    effect = replay_effect(SOURCE, answers, samples.answers(), served, word_embed, per_item=2)
+
+    assert (effect.items, effect.changed) == (1, 0)  # spain has no samples; france keeps its greedy answer
+    assert effect.pool.new == effect.pool.old == 0.0
+    assert effect.reused.n == 0  # no strong answer in the table for the request
