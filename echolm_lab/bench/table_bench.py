@@ -137,13 +137,16 @@ REUSING = "echolm_reuse"  # EchoLM with the reuse choice on
 
 # The closed loop that measures strong-only's capacity on this machine before the passes: the table's
 # service times were measured where it was built, and a machine half as fast would see every "1.0x" pass
-# arrive at twice what it can serve (an AMD EPYC here served 0.97 req/s where the table said 2.10). Four
-# clients keep both strong servers busy though LiteLLM picks one at random for each request; the first
-# requests are not timed: a server's first Banking77 request reads its long system prompt, which the
-# server then keeps in its prefix cache (24 timed requests with that start counted measured 0.40 req/s).
-CALIBRATION_CLIENTS = 4
+# arrive at twice what it can serve (an AMD EPYC here served 0.97 req/s where the table said 2.10).
+# LiteLLM picks a server at random for each request, so with c requests in flight both servers are busy
+# only while they split between them: all on one, the other idles (chance 2 * 0.5**c each time one ends).
+# Four clients measured 0.85 req/s where the open-loop pass then sustained 1.09 (the pass sat at its real
+# capacity, not at 1.3x of it); eight leave a server idle under 1% of the time. The first requests are not
+# timed: a server's first Banking77 request reads its long system prompt, which the server then keeps in
+# its prefix cache (24 timed requests with that start counted measured 0.40 req/s).
+CALIBRATION_CLIENTS = 8
 CALIBRATION_WARM_UP = 8
-CALIBRATION_REQUESTS = 24
+CALIBRATION_REQUESTS = 48
 
 
 def choice_of(answered: Answered, cheap: str, strong: str) -> str:
