@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,25 @@ def served_by_reuse(source: TableWorkload, answers: Sequence[Answer], embed: Emb
 
 def sample_params(max_tokens: int, seed: int) -> dict[str, Any]:
     return {"temperature": SAMPLE_TEMPERATURE, "max_tokens": max_tokens, "seed": seed}
+
+
+def missing_samples(
+    source: TableWorkload, prompts: Sequence[str], samples: AnswersTable, reference: Endpoint, *, per_item: int
+) -> int:
+    """How many of the `per_item` samples of each prompt the table lacks (none: no server need start)."""
+    items = {item.prompt: item for item in source.pool}
+    workload = source.workload
+    return sum(
+        answer_key(
+            reference.model_sha256,
+            reference.server_version,
+            workload.messages(items[prompt]),
+            sample_params(workload.max_tokens, seed),
+        )
+        not in samples
+        for prompt in prompts
+        for seed in range(1, per_item + 1)
+    )
 
 
 def record_samples(
@@ -162,6 +182,12 @@ class ReplayEffect:
     pool: Paired  # the pool items' own score: greedy (old) against kept (new)
     reused: Paired  # the requests served by those items: reuse of greedy (old) against reuse of kept (new)
     strong_on_reused: float  # strong-only's score on the same requests
+    # Beside the replay's own rule, on the same items: a plain vote (the answer given most often, word for
+    # word up to case, spacing and a final dot; a tie keeps the greedy one), one sample on its own, and the
+    # best of the answers by the metric itself: what a perfect judge among them would keep (a ceiling).
+    vote: Paired
+    one_sample: Paired
+    best_of: Paired
 
 
 def replay_effect(
@@ -183,6 +209,7 @@ def replay_effect(
     for answer in sampled:
         by_item.setdefault(answer.item, []).append(answer)
     pool_old, pool_new, reused_old, reused_new, strong_scores, changed = [], [], [], [], [], 0
+    voted, sampled_once, best = [], [], []
     for prompt, asked in served.items():
         first = greedy.get(prompt)
         samples = sorted(by_item.get(prompt, []), key=lambda a: int(a.params.get("seed", 0)))
@@ -196,6 +223,9 @@ def replay_effect(
         changed += kept != first.answer.strip()
         pool_old.append(metric(first.answer, prompt))
         pool_new.append(metric(kept, prompt))
+        voted.append(metric(vote(clean) if clean else first.answer, prompt))
+        sampled_once.append(metric(samples[0].answer, prompt))
+        best.append(max((metric(text, prompt) for text in clean), default=pool_old[-1]))
         for request in asked:
             if request in requests and request in strong:
                 reused_old.append(score(first.answer, requests[request]))
@@ -207,7 +237,21 @@ def replay_effect(
         pool=_paired(pool_old, pool_new),
         reused=_paired(reused_old, reused_new),
         strong_on_reused=sum(strong_scores) / max(len(strong_scores), 1),
+        vote=_paired(pool_old, voted),
+        one_sample=_paired(pool_old, sampled_once),
+        best_of=_paired(pool_old, best),
     )
+
+
+def vote(answers: Sequence[str]) -> str:
+    """The answer given most often, compared up to case, spacing and a final dot; a tie keeps the first."""
+
+    def plain(text: str) -> str:
+        return " ".join(text.lower().strip().rstrip(".").split())
+
+    counts = Counter(plain(text) for text in answers)
+    most = max(counts.values())
+    return next(text for text in answers if counts[plain(text)] == most)
 
 
 def describe_effect(workload: str, effect: ReplayEffect, *, per_item: int) -> list[str]:
@@ -228,5 +272,8 @@ def describe_effect(workload: str, effect: ReplayEffect, *, per_item: int) -> li
         f"- pool items' own score, greedy -> kept: {points(effect.pool)}",
         f"- requests served by reuse of those items, greedy -> kept: {points(effect.reused)}; strong-only on the "
         f"same requests {100 * effect.strong_on_reused:.1f}%",
+        f"- other rules on the same items, greedy -> a plain vote: {points(effect.vote)}; -> one sample alone: "
+        f"{points(effect.one_sample)}; -> the best of the answers by the metric (a perfect judge, a ceiling): "
+        f"{points(effect.best_of)}",
         "",
     ]

@@ -188,6 +188,7 @@ def replay_study(args: Any, source: Any, table: Any, settings: Any, raw: Any) ->
     from echolm_lab.bench.deployments import serving_each
     from echolm_lab.bench.replay_study import (
         describe_effect,
+        missing_samples,
         record_samples,
         replay_effect,
         samples_path,
@@ -213,14 +214,14 @@ def replay_study(args: Any, source: Any, table: Any, settings: Any, raw: Any) ->
     if replica_port is not None:
         specs.append(replace(specs[0], port=replica_port))
         endpoints.append(replace(strong, api_base=strong.api_base.replace(f":{specs[0].port}", f":{replica_port}")))
-    total = len(chosen) * args.replay_samples
+    total = missing_samples(source, list(chosen), samples, strong, per_item=args.replay_samples)
     print(
         f"{args.workload}: {len(served)} pool items serve reuse, sampling {len(chosen)} x {args.replay_samples} "
-        f"({len(samples)} samples held in {samples.path})",
+        f"({len(samples)} samples held in {samples.path}, {total} to ask)",
         flush=True,
     )
     with (
-        serving_each(specs, args.work),
+        serving_each(specs if total else [], args.work),
         tqdm(total=total, desc=f"samples {args.workload}", unit="answer", file=sys.stderr, mininterval=30) as bar,
     ):
 

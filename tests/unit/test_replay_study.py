@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from echolm_lab.bench.answers_table import POOL, STRONG, Answer, AnswersTable
-from echolm_lab.bench.replay_study import SAMPLE_TEMPERATURE, record_samples, replay_effect
+from echolm_lab.bench.replay_study import (
+    SAMPLE_TEMPERATURE,
+    vote,
+    missing_samples,
+    record_samples,
+    replay_effect,
+)
 from echolm_lab.bench.table_build import Endpoint, TableWorkload
 from echolm_lab.bench.workloads import Workload
 from echolm_lab.datasets import QARecord
@@ -61,6 +67,8 @@ def test_samples_are_asked_once_per_seed_across_the_replicas_and_a_rerun_asks_no
     assert len(table) == 6 and {a.system_sha256 for a in table.answers()} != {""}  # the system prompt, hashed
 
     again = AnswersTable(tmp_path / "toy.samples.jsonl")  # read back from disk, as a resumed run would
+    assert missing_samples(SOURCE, prompts, again, ENDPOINTS[0], per_item=3) == 0
+    assert missing_samples(SOURCE, prompts, again, ENDPOINTS[0], per_item=4) == 2  # seed 4 of each
     assert record_samples(SOURCE, prompts, again, ENDPOINTS, per_item=3, asker=asker) == 0
     assert len(calls) == 6
 
@@ -95,6 +103,10 @@ def test_the_kept_answer_is_the_samples_majority_and_scores_the_reused_requests(
     assert (effect.pool.old, effect.pool.new) == (0.5, 1.0)
     assert (effect.reused.n, effect.reused.old, effect.reused.new) == (2, 0.5, 1.0)
     assert effect.strong_on_reused == 1.0
+    # france: lyon, paris, paris, rome votes paris; spain: madrid, rome, madrid, madrid votes madrid.
+    assert (effect.vote.old, effect.vote.new) == (0.5, 1.0)
+    assert effect.one_sample.new == 0.5  # seed 1 alone: paris (right), rome (wrong)
+    assert effect.best_of.new == 1.0
 
 
 def test_an_item_missing_samples_or_a_sample_cut_short_is_handled_as_the_replay_would(tmp_path: Path) -> None:
@@ -120,3 +132,9 @@ def test_an_item_missing_samples_or_a_sample_cut_short_is_handled_as_the_replay_
     assert (effect.items, effect.changed) == (1, 0)  # spain has no samples; france keeps its greedy answer
     assert effect.pool.new == effect.pool.old == 0.0
     assert effect.reused.n == 0  # no strong answer in the table for the request
+
+
+def test_a_vote_compares_answers_up_to_case_spacing_and_a_final_dot_and_a_tie_keeps_the_first() -> None:
+    assert vote(["Paris.", "lyon", " paris"]) == "Paris."
+    assert vote(["lyon", "paris"]) == "lyon"
+    assert vote(["lyon", "paris", "Paris"]) == "paris"
