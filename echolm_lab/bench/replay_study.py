@@ -1,13 +1,13 @@
 """Replay by sampling, measured on an answers table: is the answer the upkeep's replay keeps (the medoid of
 several strong-tier samples, `core.consistency`) a better cached answer than the strong tier's greedy one?
 
-The pool items measured are the ones the reuse choice serves on the table's requests: the reuse model is
-fitted on the warm pool alone (`table_reuse.fit_on_pool`), and each request it reuses names the pool item
-whose answer it would be served. Each such item is asked `samples - 1` more times at the replay's
-temperature with seeds 1, 2, ... (so a rerun asks nothing again: the samples are kept in a table of their
-own beside the answers table, keyed like every answer); the greedy answer is the pool's own line. The kept
-answer is chosen exactly as `upkeep` chooses it: among the answers that ended on their own, the one the
-others agree with most.
+The pool items measured are first the ones the reuse choice serves on the table's requests (the reuse
+model fitted on the warm pool alone, `table_reuse.fit_on_pool`: each request it reuses names the pool item
+whose answer it would be served), then the ones retrieval shows most often as examples to the requests.
+Each such item is asked `samples - 1` more times at the replay's temperature with seeds 1, 2, ... (so a
+rerun asks nothing again: the samples are kept in a table of their own beside the answers table, keyed
+like every answer); the greedy answer is the pool's own line. The kept answer is chosen exactly as
+`upkeep` chooses it: among the answers that ended on their own, the one the others agree with most.
 
 Reported, each paired with a 95% bootstrap interval: the pool items' own score (kept against greedy),
 and the reused requests' score when the reuse serves the kept answer instead of the greedy one (the same
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from echolm_lab.bench.answers_table import (
+    CHEAP_WITH_EXAMPLES,
     POOL,
     REUSE,
     STRONG,
@@ -63,6 +64,27 @@ def served_by_reuse(source: TableWorkload, answers: Sequence[Answer], embed: Emb
         if candidates and choose(prompt) == REUSE:
             served.setdefault(candidates[0].example.prompt, []).append(prompt)
     return dict(sorted(served.items(), key=lambda item: -len(item[1])))
+
+
+def items_to_sample(
+    source: TableWorkload, answers: Sequence[Answer], served: Mapping[str, Sequence[str]], count: int
+) -> dict[str, list[str]]:
+    """Up to `count` pool items, each with the requests its reuse serves: those the reuse serves first (most
+    served first), then those retrieval shows most often as examples to the requests (the cheap tier with
+    examples reads them), which no request reuses."""
+    chosen = {prompt: list(requests) for prompt, requests in list(served.items())[:count]}
+    asked = {item.prompt for item in source.requests}
+    shown = Counter(
+        example
+        for answer in answers
+        if answer.choice == CHEAP_WITH_EXAMPLES and answer.item in asked
+        for example in answer.examples
+    )
+    for prompt, _ in shown.most_common():
+        if len(chosen) >= count:
+            break
+        chosen.setdefault(prompt, [])
+    return chosen
 
 
 def sample_params(max_tokens: int, seed: int) -> dict[str, Any]:
@@ -267,7 +289,8 @@ def describe_effect(workload: str, effect: ReplayEffect, *, per_item: int) -> li
     return [
         f"## {workload}: greedy answer + {per_item} samples at temperature {SAMPLE_TEMPERATURE:g}, the medoid kept",
         "",
-        f"- pool items the reuse serves, sampled: {effect.items}; kept answer differs from the greedy one: "
+        f"- pool items sampled (those the reuse serves, then those shown most as examples): {effect.items}; kept "
+        f"answer differs from the greedy one: "
         f"{effect.changed} ({effect.changed / max(effect.items, 1):.0%})",
         f"- pool items' own score, greedy -> kept: {points(effect.pool)}",
         f"- requests served by reuse of those items, greedy -> kept: {points(effect.reused)}; strong-only on the "

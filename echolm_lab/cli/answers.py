@@ -72,9 +72,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--replay-study", action="store_true",
         help="ask the strong tier (two servers) --replay-samples more answers at temperature 0.7 for the warm-pool "
-        "items the reuse serves on the requests (kept in TABLE's .samples.jsonl, resumable), then print what the "
-        "upkeep's replay (the medoid of the greedy answer and the samples) does to those items' score and to the "
-        "reused requests' (paired, 95%% intervals) as Markdown",
+        "items the reuse serves on the requests, then those shown most as examples (kept in TABLE's "
+        ".samples.jsonl, resumable), then print what the upkeep's replay (the medoid of the greedy answer and the "
+        "samples) and other rules do to those items' score and to the reused requests' (paired, 95%% intervals)",
     )  # fmt: skip
     parser.add_argument(
         "--replay-items",
@@ -188,6 +188,7 @@ def replay_study(args: Any, source: Any, table: Any, settings: Any, raw: Any) ->
     from echolm_lab.bench.deployments import serving_each
     from echolm_lab.bench.replay_study import (
         describe_effect,
+        items_to_sample,
         missing_samples,
         record_samples,
         replay_effect,
@@ -203,7 +204,7 @@ def replay_study(args: Any, source: Any, table: Any, settings: Any, raw: Any) ->
     answers = table.answers()
     embed = remembering(EMBEDDERS[settings.embedder.backend](settings).embed)
     served = served_by_reuse(source, answers, embed)
-    chosen = dict(list(served.items())[: args.replay_items])
+    chosen = items_to_sample(source, answers, served, args.replay_items)
     samples = AnswersTable(samples_path(table.path))
     strong = endpoint_of(raw, settings.tiers[-1].name)
     # The strong tier's server and a replica of it on the next free port band: both cores sample.

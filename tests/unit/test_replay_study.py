@@ -7,13 +7,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from echolm_lab.bench.answers_table import POOL, STRONG, Answer, AnswersTable
+from echolm_lab.bench.answers_table import CHEAP_WITH_EXAMPLES, POOL, STRONG, Answer, AnswersTable
 from echolm_lab.bench.replay_study import (
     SAMPLE_TEMPERATURE,
-    vote,
+    items_to_sample,
     missing_samples,
     record_samples,
     replay_effect,
+    vote,
 )
 from echolm_lab.bench.table_build import Endpoint, TableWorkload
 from echolm_lab.bench.workloads import Workload
@@ -138,3 +139,20 @@ def test_a_vote_compares_answers_up_to_case_spacing_and_a_final_dot_and_a_tie_ke
     assert vote(["Paris.", "lyon", " paris"]) == "Paris."
     assert vote(["lyon", "paris"]) == "lyon"
     assert vote(["lyon", "paris", "Paris"]) == "paris"
+
+
+def test_items_reused_come_first_then_those_shown_most_as_examples_up_to_the_count() -> None:
+    france, spain = (item.prompt for item in POOL_ITEMS)
+    shown = [
+        _line(REQUESTS[0].prompt, CHEAP_WITH_EXAMPLES, "paris"),
+        _line(REQUESTS[1].prompt, CHEAP_WITH_EXAMPLES, "madrid"),
+        _line("a question no request asked", CHEAP_WITH_EXAMPLES, "x"),  # a train item: not counted
+    ]
+    shown[0] = Answer(**{**shown[0].__dict__, "examples": [spain, "other pool item"]})
+    shown[1] = Answer(**{**shown[1].__dict__, "examples": [spain]})
+    shown[2] = Answer(**{**shown[2].__dict__, "examples": ["train-only example"] * 5})
+
+    chosen = items_to_sample(SOURCE, shown, {france: [REQUESTS[0].prompt]}, 2)
+
+    assert chosen == {france: [REQUESTS[0].prompt], spain: []}
+    assert list(items_to_sample(SOURCE, shown, {}, 3)) == [spain, "other pool item"]
