@@ -215,14 +215,15 @@ def replay_study(args: Any, source: Any, table: Any, settings: Any, raw: Any) ->
     if replica_port is not None:
         specs.append(replace(specs[0], port=replica_port))
         endpoints.append(replace(strong, api_base=strong.api_base.replace(f":{specs[0].port}", f":{replica_port}")))
-    total = missing_samples(source, list(chosen), samples, strong, per_item=args.replay_samples)
+    to_ask = missing_samples(source, list(chosen), samples, strong, per_item=args.replay_samples)
     print(
-        f"{args.workload}: {len(served)} pool items serve reuse, sampling {len(chosen)} x {args.replay_samples} "
-        f"({len(samples)} samples held in {samples.path}, {total} to ask)",
+        f"{args.workload}: {len(served)} pool items serve reuse; sampling {len(chosen)} items x {args.replay_samples} "
+        f"({len(samples)} samples held in {samples.path}, {to_ask} to ask)",
         flush=True,
     )
+    total = len(chosen) * args.replay_samples  # the bar counts held samples as done, as they are found
     with (
-        serving_each(specs if total else [], args.work),
+        serving_each(specs if to_ask else [], args.work),
         tqdm(total=total, desc=f"samples {args.workload}", unit="answer", file=sys.stderr, mininterval=30) as bar,
     ):
 

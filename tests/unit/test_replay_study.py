@@ -14,6 +14,7 @@ from echolm_lab.bench.replay_study import (
     missing_samples,
     record_samples,
     replay_effect,
+    sample_seed,
     vote,
 )
 from echolm_lab.bench.table_build import Endpoint, TableWorkload
@@ -47,11 +48,11 @@ def _line(item: str, choice: str, answer: str) -> Answer:
     )  # fmt: skip
 
 
-def test_samples_are_asked_once_per_seed_across_the_replicas_and_a_rerun_asks_nothing(tmp_path: Path) -> None:
+def test_each_sample_is_asked_once_with_a_seed_of_its_own_and_a_rerun_asks_nothing(tmp_path: Path) -> None:
     calls: list[tuple[str, int, float]] = []
 
     def asker(endpoint: Endpoint, messages: list[dict[str, Any]], params: Mapping[str, Any]) -> dict[str, Any]:
-        calls.append((endpoint.api_base, params["seed"], params["temperature"]))
+        calls.append((messages[-1]["content"], params["seed"], params["temperature"]))
         return {
             "answer": "paris",
             "finish_reason": "stop",
@@ -63,13 +64,16 @@ def test_samples_are_asked_once_per_seed_across_the_replicas_and_a_rerun_asks_no
     table = AnswersTable(tmp_path / "toy.samples.jsonl")
     prompts = [item.prompt for item in POOL_ITEMS]
     assert record_samples(SOURCE, prompts, table, ENDPOINTS, per_item=3, asker=asker) == 6
-    assert sorted(seed for _, seed, _ in calls) == [1, 1, 2, 2, 3, 3]
+    assert sorted((prompt, seed) for prompt, seed, _ in calls) == sorted(
+        (prompt, sample_seed(prompt, sample)) for prompt in prompts for sample in (1, 2, 3)
+    )
+    assert len({seed for _, seed, _ in calls}) == 6  # no two items, no two samples share their random draws
     assert {temperature for _, _, temperature in calls} == {SAMPLE_TEMPERATURE}
     assert len(table) == 6 and {a.system_sha256 for a in table.answers()} != {""}  # the system prompt, hashed
 
     again = AnswersTable(tmp_path / "toy.samples.jsonl")  # read back from disk, as a resumed run would
     assert missing_samples(SOURCE, prompts, again, ENDPOINTS[0], per_item=3) == 0
-    assert missing_samples(SOURCE, prompts, again, ENDPOINTS[0], per_item=4) == 2  # seed 4 of each
+    assert missing_samples(SOURCE, prompts, again, ENDPOINTS[0], per_item=4) == 2  # sample 4 of each
     assert record_samples(SOURCE, prompts, again, ENDPOINTS, per_item=3, asker=asker) == 0
     assert len(calls) == 6
 
@@ -86,7 +90,9 @@ def test_the_kept_answer_is_the_samples_majority_and_scores_the_reused_requests(
     replies = {france: ["paris", "paris", "rome"], spain: ["rome", "madrid", "madrid"]}
 
     def asker(endpoint: Endpoint, messages: list[dict[str, Any]], params: Mapping[str, Any]) -> dict[str, Any]:
-        answer = replies[messages[-1]["content"]][params["seed"] - 1]
+        prompt = messages[-1]["content"]
+        sample = next(i for i in (1, 2, 3) if sample_seed(prompt, i) == params["seed"])
+        answer = replies[prompt][sample - 1]
         return {
             "answer": answer,
             "finish_reason": "stop",
@@ -106,7 +112,7 @@ def test_the_kept_answer_is_the_samples_majority_and_scores_the_reused_requests(
     assert effect.strong_on_reused == 1.0
     # france: lyon, paris, paris, rome votes paris; spain: madrid, rome, madrid, madrid votes madrid.
     assert (effect.vote.old, effect.vote.new) == (0.5, 1.0)
-    assert effect.one_sample.new == 0.5  # seed 1 alone: paris (right), rome (wrong)
+    assert effect.one_sample.new == 0.5  # sample 1 alone: paris (right), rome (wrong)
     assert effect.best_of.new == 1.0
 
 
