@@ -138,12 +138,13 @@ REUSING = "echolm_reuse"  # EchoLM with the reuse choice on
 # The closed loop that measures strong-only's capacity on this machine before the passes: the table's
 # service times were measured where it was built, and a machine half as fast would see every "1.0x" pass
 # arrive at twice what it can serve (an AMD EPYC here served 0.97 req/s where the table said 2.10).
-# LiteLLM picks a server at random for each request, so with c requests in flight both servers are busy
-# only while they split between them: all on one, the other idles (chance 2 * 0.5**c each time one ends).
-# Four clients measured 0.85 req/s where the open-loop pass then sustained 1.09 (the pass sat at its real
-# capacity, not at 1.3x of it); eight leave a server idle under 1% of the time. The first requests are not
-# timed: a server's first Banking77 request reads its long system prompt, which the server then keeps in
-# its prefix cache (24 timed requests with that start counted measured 0.40 req/s).
+# The closed loop reads low, cause not found: 4 clients and 24 timed requests measured 0.85 req/s where the
+# open-loop pass at "1.3x" then sustained 1.09; 8 and 48 (now: more requests, less noise) measured 0.78
+# where the pass sustained 0.95 with its queue growing (p50 23 s), so a "1.3x" pass runs at about 1.05-1.1x
+# of the real capacity. Idle servers under LiteLLM's random pick were the first suspect; eight clients
+# (an idle server under 1% of the time) did not change the reading. The first requests are not timed: a
+# server's first Banking77 request reads its long system prompt, which the server then keeps in its prefix
+# cache (24 timed requests with that start counted measured 0.40 req/s).
 CALIBRATION_CLIENTS = 8
 CALIBRATION_WARM_UP = 8
 CALIBRATION_REQUESTS = 48
