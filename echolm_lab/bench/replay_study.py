@@ -215,8 +215,9 @@ class ReplayEffect:
     reused: Paired  # the requests served by those items: reuse of greedy (old) against reuse of kept (new)
     strong_on_reused: float  # strong-only's score on the same requests
     # Beside the replay's own rule, on the same items: a plain vote (the answer given most often, word for
-    # word up to case, spacing and a final dot; a tie keeps the greedy one), one sample on its own, and the
-    # best of the answers by the metric itself: what a perfect judge among them would keep (a ceiling).
+    # word up to case, spacing and a final dot; a tie keeps the earliest of the tied, the greedy one when it
+    # is among them), one sample on its own, and the best of the answers by the metric itself: what a
+    # perfect judge among them would keep (a ceiling).
     vote: Paired
     one_sample: Paired
     best_of: Paired
@@ -249,9 +250,7 @@ def replay_effect(
         if first is None or len(samples) < per_item:
             continue
         # As the replay keeps it: answers that ended on their own, the greedy first (ties keep it).
-        candidates = [a.answer.strip() for a in [first, *samples[:per_item]]]
-        finished = [a.finish_reason in (None, "stop") and a.answer.strip() for a in [first, *samples[:per_item]]]
-        clean = [text for text, ok in zip(candidates, finished, strict=True) if ok]
+        clean = [a.answer.strip() for a in [first, *samples] if a.finish_reason in (None, "stop") and a.answer.strip()]
         kept = clean[most_agreed(embed(clean))] if clean else first.answer
         changed += kept != first.answer.strip()
         pool_old.append(metric(first.answer, prompt))
