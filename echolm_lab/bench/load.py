@@ -35,11 +35,28 @@ class LoadPass:
     # warm-up: queues build from empty, so the first minute's latencies flatter any rate.
     arrivals_s: list[float] | None = None
     warmup_s: float = 0.0
+    # Closed loop: how many clients, and when each request finished (seconds into the pass).
+    clients: int | None = None
+    finished_s: list[float] | None = None
 
     @property
     def throughput_rps(self) -> float:
         done = sum(1 for a in self.answers if a.error is None)
         return done / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def saturated_rps(self) -> float:
+        """A closed loop's rate while every client had a request in flight: the completions up to the one
+        that sent the last request, over their time. After it the loop drains, fewer requests than servers
+        remain and some servers idle, which `throughput_rps` counts against the servers. A pass with no such
+        window (no more requests than clients, or an open loop) gives `throughput_rps`."""
+        if self.clients is None or self.finished_s is None or len(self.finished_s) <= self.clients:
+            return self.throughput_rps
+        # The last request is sent when the (n - clients)-th finishes; requests finishing at that same time
+        # (servers started together finish together) were served in the window too.
+        until = sorted(self.finished_s)[len(self.finished_s) - self.clients - 1]
+        served = sum(1 for at in self.finished_s if at <= until)
+        return served / until if until > 0 else self.throughput_rps
 
     def steady(self) -> list[Answered]:
         """The answers latency is read from: past the warm-up (every answer of a closed loop)."""
@@ -51,15 +68,24 @@ class LoadPass:
 def closed_loop(system: System, workload: Workload, items: Sequence[QARecord], *, clients: int, label: str) -> LoadPass:
     """`clients` concurrent clients work through the items in order."""
     results: list[Answered | None] = [None] * len(items)
+    finished = [0.0] * len(items)
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool, _bar(len(items), label) as bar:
 
         def one(index: int) -> None:
             results[index] = system.answer(workload.messages(items[index]), workload.max_tokens)
+            finished[index] = time.perf_counter() - started
             bar.update(1)
 
         list(pool.map(one, range(len(items))))
-    return LoadPass(system.name, f"closed loop, {clients} clients", _complete(results), time.perf_counter() - started)
+    return LoadPass(
+        system.name,
+        f"closed loop, {clients} clients",
+        _complete(results),
+        time.perf_counter() - started,
+        clients=clients,
+        finished_s=finished,
+    )
 
 
 def open_loop(

@@ -138,13 +138,13 @@ REUSING = "echolm_reuse"  # EchoLM with the reuse choice on
 # The closed loop that measures strong-only's capacity on this machine before the passes: the table's
 # service times were measured where it was built, and a machine half as fast would see every "1.0x" pass
 # arrive at twice what it can serve (an AMD EPYC here served 0.97 req/s where the table said 2.10).
-# The closed loop reads low, cause not found: 4 clients and 24 timed requests measured 0.85 req/s where the
-# open-loop pass at "1.3x" then sustained 1.09; 8 and 48 (now: more requests, less noise) measured 0.78
-# where the pass sustained 0.95 with its queue growing (p50 23 s), so a "1.3x" pass runs at about 1.05-1.1x
-# of the real capacity. Idle servers under LiteLLM's random pick were the first suspect; eight clients
-# (an idle server under 1% of the time) did not change the reading. The first requests are not timed: a
-# server's first Banking77 request reads its long system prompt, which the server then keeps in its prefix
-# cache (24 timed requests with that start counted measured 0.40 req/s).
+# The capacity is the closed loop's saturated rate (`LoadPass.saturated_rps`: the requests served while
+# every client had one in flight), not its whole-pass rate: once the last request is sent the loop drains,
+# the last few requests queue on whichever server LiteLLM picked and the other idles. Counted whole, 4
+# clients and 24 timed requests read 0.85 req/s where the open-loop pass at "1.3x" then sustained 1.09, and
+# 8 clients and 48 requests 0.78 where it sustained 0.95 with its queue growing (p50 23 s). The first
+# requests are not timed: a server's first Banking77 request reads its long system prompt, which the server
+# then keeps in its prefix cache (24 timed requests with that start counted measured 0.40 req/s).
 CALIBRATION_CLIENTS = 8
 CALIBRATION_WARM_UP = 8
 CALIBRATION_REQUESTS = 48
@@ -332,7 +332,7 @@ class TableBench:
             system = ModelSystem("strong_only", chat, self.deployment.strong_x2)
             closed_loop(system, workload, warm_up, clients=CALIBRATION_CLIENTS, label="warm-up")
             load = closed_loop(system, workload, timed, clients=CALIBRATION_CLIENTS, label="strong-only capacity")
-        return load.throughput_rps, untimed
+        return load.saturated_rps, untimed
 
     def _reuse_settings(self, source: TableWorkload, answers: Sequence[Answer]) -> dict[str, Any] | None:
         """`echolm.routing.reuse` for the reusing system: weights fitted on the pool, the options' bar."""

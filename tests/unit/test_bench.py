@@ -338,6 +338,27 @@ class SleepySystem:
 WORKLOAD = Workload("w", [], None, "exact_match", lambda a, i: 1.0, 8)
 
 
+def test_a_closed_loops_saturated_rate_leaves_out_the_drain_where_servers_idle() -> None:
+    # Two servers of 1 s each, four clients, nine requests: two finish every second; the last request is
+    # sent when the fifth finishes (at 3 s) and runs alone on one server from 4 to 5 s.
+    finished = [1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0, 5.0]
+    answers = [Answered("a", "strong", 1.0, 0.5)] * 9
+    load = LoadPass("strong_only", "closed loop, 4 clients", answers, 5.0, clients=4, finished_s=finished)
+    assert load.throughput_rps == pytest.approx(9 / 5)  # the drain counted against the servers
+    assert load.saturated_rps == pytest.approx(2.0)  # six served by 3 s: the servers' real rate
+    # No window with every client busy: the plain rate.
+    few = LoadPass("s", "closed loop, 9 clients", answers, 5.0, clients=9, finished_s=finished)
+    assert few.saturated_rps == few.throughput_rps
+
+
+def test_closed_loop_records_when_each_request_finished() -> None:
+    items = [QARecord(f"q{i}", ()) for i in range(6)]
+    result = closed_loop(SleepySystem(0.02), WORKLOAD, items, clients=2, label="t")
+    assert result.clients == 2 and result.finished_s is not None and len(result.finished_s) == 6
+    assert all(0.0 < at <= result.wall_s for at in result.finished_s)
+    assert result.saturated_rps > 0
+
+
 def test_closed_loop_keeps_answers_in_request_order_with_at_most_n_in_flight() -> None:
     items = [QARecord(f"q{i}", ()) for i in range(12)]
     system = SleepySystem(0.02)
