@@ -123,8 +123,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--load-multiples", type=float, nargs="+", default=[1.0, 1.5], metavar="X",
         help="with --tables: Poisson rates as multiples of strong-only's capacity, measured on this machine before "
-        "each workload's passes (a closed loop of 8 clients, 48 requests after 8 untimed, its rate while every "
-        "client had a request in flight) (default: %(default)s: where "
+        "each workload's passes (a closed loop of 8 clients, 48 requests after 8 untimed; its whole-pass rate, "
+        "which reads low by up to a fifth) (default: %(default)s: where "
         "strong-only keeps up and where it cannot; 0.6 adds a light-load pass, about 4 minutes per system and "
         "workload)",
     )  # fmt: skip
