@@ -201,6 +201,12 @@ def replay_study(args: Any, source: Any, table: Any, settings: Any, raw: Any) ->
     from echolm_lab.local_tiers.from_config import specs_for_config
     from echolm_middleware.factory import EMBEDDERS
 
+    if source.workload.score is None:
+        print(
+            f"echolm answers: --replay-study needs a reference metric; {args.workload} is judged pairwise",
+            file=sys.stderr,
+        )
+        return 2
     answers = table.answers()
     embed = remembering(EMBEDDERS[settings.embedder.backend](settings).embed)
     served = served_by_reuse(source, answers, embed)

@@ -162,3 +162,10 @@ def test_items_reused_come_first_then_those_shown_most_as_examples_up_to_the_cou
 
     assert chosen == {france: [REQUESTS[0].prompt], spain: []}
     assert list(items_to_sample(SOURCE, shown, {}, 3)) == [spain, "other pool item"]
+
+
+def test_the_cli_refuses_a_judged_workload_with_a_clear_error(capsys: Any) -> None:
+    from echolm_middleware.cli import main as cli_main
+
+    assert cli_main.main(["answers", "--workload", "arena_hard", "--replay-study"]) == 2
+    assert "needs a reference metric; arena_hard is judged pairwise" in capsys.readouterr().err
