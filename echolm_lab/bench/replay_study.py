@@ -101,23 +101,35 @@ def sample_params(max_tokens: int, seed: int) -> dict[str, Any]:
     return {"temperature": SAMPLE_TEMPERATURE, "max_tokens": max_tokens, "seed": seed}
 
 
+@dataclass(frozen=True)
+class _Sample:
+    """One sampled answer to ask: its prompt, what is sent, and the key it is kept under."""
+
+    prompt: str
+    messages: list[dict[str, Any]]
+    params: dict[str, Any]
+    key: str
+
+
+def _planned(source: TableWorkload, prompts: Sequence[str], reference: Endpoint, per_item: int) -> list[_Sample]:
+    """Samples 1..`per_item` of each prompt, keyed by the reference endpoint's model (replicas share it)."""
+    items = {item.prompt: item for item in source.pool}
+    workload = source.workload
+    planned = []
+    for prompt in prompts:
+        messages = workload.messages(items[prompt])
+        for sample in range(1, per_item + 1):
+            params = sample_params(workload.max_tokens, sample_seed(prompt, sample))
+            key = answer_key(reference.model_sha256, reference.server_version, messages, params)
+            planned.append(_Sample(prompt, messages, params, key))
+    return planned
+
+
 def missing_samples(
     source: TableWorkload, prompts: Sequence[str], samples: AnswersTable, reference: Endpoint, *, per_item: int
 ) -> int:
     """How many of the `per_item` samples of each prompt the table lacks (none: no server need start)."""
-    items = {item.prompt: item for item in source.pool}
-    workload = source.workload
-    return sum(
-        answer_key(
-            reference.model_sha256,
-            reference.server_version,
-            workload.messages(items[prompt]),
-            sample_params(workload.max_tokens, sample_seed(prompt, sample)),
-        )
-        not in samples
-        for prompt in prompts
-        for sample in range(1, per_item + 1)
-    )
+    return sum(planned.key not in samples for planned in _planned(source, prompts, reference, per_item))
 
 
 def record_samples(
@@ -133,48 +145,40 @@ def record_samples(
     """Ask each pool prompt `per_item` sampled answers (samples 1..per_item) that the table lacks, one worker
     per endpoint (replicas of the strong tier: one model file, one key); the number asked."""
     workload = source.workload
-    items = {item.prompt: item for item in source.pool}
     reference = endpoints[0]
-    work: queue.Queue[tuple[str, int]] = queue.Queue()
-    for prompt in prompts:
-        for sample in range(1, per_item + 1):
-            work.put((prompt, sample_seed(prompt, sample)))
-    asked = [0]
+    work: queue.Queue[_Sample] = queue.Queue()
+    for planned in _planned(source, prompts, reference, per_item):
+        work.put(planned)
+    held_before = len(samples)
     failures: list[BaseException] = []
-    lock = threading.Lock()
 
     def worker(endpoint: Endpoint) -> None:
         while not failures:
             try:
-                prompt, seed = work.get_nowait()
+                planned = work.get_nowait()
             except queue.Empty:
                 return
-            messages = workload.messages(items[prompt])
-            params = sample_params(workload.max_tokens, seed)
-            key = answer_key(reference.model_sha256, reference.server_version, messages, params)
-            if key not in samples:
+            if planned.key not in samples:
                 try:
-                    reply = asker(endpoint, messages, params)
+                    reply = asker(endpoint, planned.messages, planned.params)
                 except BaseException as exc:  # surfaced below; the other workers stop at their next item
                     failures.append(exc)
                     return
                 samples.add(
                     Answer(
-                        key=key,
+                        key=planned.key,
                         workload=workload.name,
-                        item=prompt,
+                        item=planned.prompt,
                         choice=SAMPLED,
                         tier=endpoint.group,
                         model_sha256=reference.model_sha256,
                         server_version=reference.server_version,
-                        messages=without_system(messages),
-                        system_sha256=system_hash(messages),
-                        params=params,
+                        messages=without_system(planned.messages),
+                        system_sha256=system_hash(planned.messages),
+                        params=planned.params,
                         **reply,
                     )
                 )
-                with lock:
-                    asked[0] += 1
             done()
 
     threads = [threading.Thread(target=worker, args=(endpoint,), daemon=True) for endpoint in endpoints]
@@ -184,7 +188,7 @@ def record_samples(
         thread.join()
     if failures:
         raise failures[0]
-    return asked[0]
+    return len(samples) - held_before  # each key is added once: what the table gained is what was asked
 
 
 @dataclass(frozen=True)
