@@ -15,6 +15,7 @@ from echolm_lab.bench.replay_study import (
     record_samples,
     replay_effect,
     sample_seed,
+    samples_path,
     vote,
 )
 from echolm_lab.bench.table_build import Endpoint, TableWorkload
@@ -169,3 +170,7 @@ def test_the_cli_refuses_a_judged_workload_with_a_clear_error(capsys: Any) -> No
 
     assert cli_main.main(["answers", "--workload", "arena_hard", "--replay-study"]) == 2
     assert "needs a reference metric; arena_hard is judged pairwise" in capsys.readouterr().err
+
+
+def test_samples_are_kept_beside_the_answers_table() -> None:
+    assert samples_path(Path("benchmarks/tables/banking77.jsonl")) == Path("benchmarks/tables/banking77.samples.jsonl")
