@@ -42,11 +42,15 @@ from echolm_lab.bench.table_build import Endpoint, TableWorkload, ask
 from echolm_lab.bench.table_policies import Embed, pool_answers
 from echolm_lab.bench.table_reuse import fit_on_pool, learned_reuse, nearest_candidates, pool_metric
 from echolm_lab.bench.table_scores import paired_bootstrap
+from echolm_lab.bench.workloads import Workload
+from echolm_lab.datasets import QARecord
+from echolm_middleware.core.answer_pick import PICK_MAX_TOKENS, distinct_answers, parse_pick, pick_prompt
 from echolm_middleware.core.consistency import most_agreed
 
 # The upkeep's replay samples every answer but the first at this temperature (`upkeep._best_answer`).
 SAMPLE_TEMPERATURE = 0.7
 SAMPLED = "pool-sample"  # the samples table's choice name
+PICKED = "pool-pick"  # the judge's replies, kept in the same table
 
 
 def samples_path(table: Path) -> Path:
@@ -102,16 +106,17 @@ def sample_params(max_tokens: int, seed: int) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class _Sample:
-    """One sampled answer to ask: its prompt, what is sent, and the key it is kept under."""
+class _Ask:
+    """One answer to ask the strong tier: its pool prompt, what is sent, and the key it is kept under."""
 
     prompt: str
     messages: list[dict[str, Any]]
     params: dict[str, Any]
     key: str
+    choice: str  # SAMPLED or PICKED
 
 
-def _planned(source: TableWorkload, prompts: Sequence[str], reference: Endpoint, per_item: int) -> list[_Sample]:
+def _planned(source: TableWorkload, prompts: Sequence[str], reference: Endpoint, per_item: int) -> list[_Ask]:
     """Samples 1..`per_item` of each prompt, keyed by the reference endpoint's model (replicas share it)."""
     items = {item.prompt: item for item in source.pool}
     workload = source.workload
@@ -121,7 +126,68 @@ def _planned(source: TableWorkload, prompts: Sequence[str], reference: Endpoint,
         for sample in range(1, per_item + 1):
             params = sample_params(workload.max_tokens, sample_seed(prompt, sample))
             key = answer_key(reference.model_sha256, reference.server_version, messages, params)
-            planned.append(_Sample(prompt, messages, params, key))
+            planned.append(_Ask(prompt, messages, params, key, SAMPLED))
+    return planned
+
+
+def _held_samples(prompt: str, by_item: Mapping[str, Sequence[Answer]], per_item: int) -> list[Answer] | None:
+    """Samples 1..`per_item` of a prompt in order, or None while any is missing."""
+    held = {int(a.params.get("seed", -1)): a for a in by_item.get(prompt, [])}
+    seeds = [sample_seed(prompt, sample) for sample in range(1, per_item + 1)]
+    return [held[seed] for seed in seeds] if all(seed in held for seed in seeds) else None
+
+
+def _clean(first: Answer, samples: Sequence[Answer]) -> list[str]:
+    """As the replay keeps them: the answers that ended on their own, the greedy first (ties keep it)."""
+    return [a.answer.strip() for a in [first, *samples] if a.finish_reason in (None, "stop") and a.answer.strip()]
+
+
+def _pick(workload: Workload, item: QARecord, candidates: Sequence[str], reference: Endpoint) -> _Ask:
+    """The judge's question for one pool item: its own messages (the workload's system prompt first, so the
+    server's prefix cache holds it) with the candidates listed after the question, asked greedily."""
+    messages = workload.messages(item)
+    messages[-1] = {"role": "user", "content": pick_prompt(item.prompt, candidates)}
+    params = {"temperature": 0.0, "max_tokens": PICK_MAX_TOKENS}
+    key = answer_key(reference.model_sha256, reference.server_version, messages, params)
+    return _Ask(item.prompt, messages, params, key, PICKED)
+
+
+def _candidates(
+    greedy: Mapping[str, Answer], by_item: Mapping[str, Sequence[Answer]], prompt: str, per_item: int
+) -> list[str] | None:
+    """The distinct clean answers of a pool item with every sample held (None otherwise)."""
+    first, samples = greedy.get(prompt), _held_samples(prompt, by_item, per_item)
+    if first is None or samples is None:
+        return None
+    return distinct_answers(_clean(first, samples))
+
+
+def _by_item(sampled: Sequence[Answer]) -> dict[str, list[Answer]]:
+    by_item: dict[str, list[Answer]] = {}
+    for answer in sampled:
+        if answer.choice == SAMPLED:
+            by_item.setdefault(answer.item, []).append(answer)
+    return by_item
+
+
+def planned_picks(
+    source: TableWorkload,
+    answers: Sequence[Answer],
+    sampled: Sequence[Answer],
+    prompts: Sequence[str],
+    reference: Endpoint,
+    *,
+    per_item: int,
+) -> list[_Ask]:
+    """The judge's questions: one per pool item whose greedy answer and samples are held and differ."""
+    greedy = {a.item: a for a in answers if a.choice == POOL}
+    by_item = _by_item(sampled)
+    items = {item.prompt: item for item in source.pool}
+    planned = []
+    for prompt in prompts:
+        candidates = _candidates(greedy, by_item, prompt, per_item)
+        if candidates is not None and len(candidates) > 1:
+            planned.append(_pick(source.workload, items[prompt], candidates, reference))
     return planned
 
 
@@ -132,6 +198,9 @@ def missing_samples(
     return sum(planned.key not in samples for planned in _planned(source, prompts, reference, per_item))
 
 
+Asker = Callable[[Endpoint, list[dict[str, Any]], Mapping[str, Any]], dict[str, Any]]
+
+
 def record_samples(
     source: TableWorkload,
     prompts: Sequence[str],
@@ -139,43 +208,57 @@ def record_samples(
     endpoints: Sequence[Endpoint],
     *,
     per_item: int,
-    asker: Callable[[Endpoint, list[dict[str, Any]], Mapping[str, Any]], dict[str, Any]] = ask,
-    done: Callable[[], None] = lambda: None,
+    asker: Asker = ask,
+    done: Callable[[], object] = lambda: None,
 ) -> int:
     """Ask each pool prompt `per_item` sampled answers (samples 1..per_item) that the table lacks, one worker
     per endpoint (replicas of the strong tier: one model file, one key); the number asked."""
+    planned = _planned(source, prompts, endpoints[0], per_item)
+    return ask_planned(source, planned, samples, endpoints, asker=asker, done=done)
+
+
+def ask_planned(
+    source: TableWorkload,
+    planned: Sequence[_Ask],
+    samples: AnswersTable,
+    endpoints: Sequence[Endpoint],
+    *,
+    asker: Asker = ask,
+    done: Callable[[], object] = lambda: None,
+) -> int:
+    """Ask what `planned` names and the table lacks, one worker per endpoint; the number asked."""
     workload = source.workload
     reference = endpoints[0]
-    work: queue.Queue[_Sample] = queue.Queue()
-    for planned in _planned(source, prompts, reference, per_item):
-        work.put(planned)
+    work: queue.Queue[_Ask] = queue.Queue()
+    for each in planned:
+        work.put(each)
     held_before = len(samples)
     failures: list[BaseException] = []
 
     def worker(endpoint: Endpoint) -> None:
         while not failures:
             try:
-                planned = work.get_nowait()
+                each = work.get_nowait()
             except queue.Empty:
                 return
-            if planned.key not in samples:
+            if each.key not in samples:
                 try:
-                    reply = asker(endpoint, planned.messages, planned.params)
+                    reply = asker(endpoint, each.messages, each.params)
                 except BaseException as exc:  # surfaced below; the other workers stop at their next item
                     failures.append(exc)
                     return
                 samples.add(
                     Answer(
-                        key=planned.key,
+                        key=each.key,
                         workload=workload.name,
-                        item=planned.prompt,
-                        choice=SAMPLED,
+                        item=each.prompt,
+                        choice=each.choice,
                         tier=endpoint.group,
                         model_sha256=reference.model_sha256,
                         server_version=reference.server_version,
-                        messages=without_system(planned.messages),
-                        system_sha256=system_hash(planned.messages),
-                        params=planned.params,
+                        messages=without_system(each.messages),
+                        system_sha256=system_hash(each.messages),
+                        params=each.params,
                         **reply,
                     )
                 )
@@ -225,6 +308,12 @@ class ReplayEffect:
     vote: Paired
     one_sample: Paired
     best_of: Paired
+    # The strong tier as judge among the distinct answers (`core.answer_pick`), on the pool items and on the
+    # requests their reuse serves; None until every judge's reply is in the table.
+    judged: Paired | None = None
+    judged_reused: Paired | None = None
+    judge_asked: int = 0  # items whose answers differed, so the judge was asked
+    judge_unparsed: int = 0  # replies naming no candidate (the first, the vote, is kept)
 
 
 def replay_effect(
@@ -235,38 +324,50 @@ def replay_effect(
     embed: Embed,
     *,
     per_item: int,
+    reference: Endpoint | None = None,
 ) -> ReplayEffect:
-    """What keeping the replay's answer instead of the greedy one does, on the items `served` names."""
+    """What keeping the replay's answer instead of the greedy one does, on the items `served` names; with the
+    `reference` endpoint the judge's replies were keyed by, what keeping the judge's choice does too."""
     metric, score = pool_metric(source), source.workload.score
     assert score is not None  # pool_metric has refused a judged workload
     greedy = {a.item: a for a in answers if a.choice == POOL}
     strong = {a.item: a.answer for a in answers if a.choice == STRONG}
     requests = {item.prompt: item for item in source.requests}
-    by_item: dict[str, list[Answer]] = {}
-    for answer in sampled:
-        by_item.setdefault(answer.item, []).append(answer)
+    items = {item.prompt: item for item in source.pool}
+    by_item = _by_item(sampled)
+    picks = {a.key: a.answer for a in sampled if a.choice == PICKED}
     pool_old, pool_new, reused_old, reused_new, strong_scores, changed = [], [], [], [], [], 0
-    voted, sampled_once, best = [], [], []
+    voted, sampled_once, best, judged, judged_reused = [], [], [], [], []
+    judge_asked = judge_unparsed = judge_missing = 0
     for prompt, asked in served.items():
-        first = greedy.get(prompt)
-        held = {int(a.params.get("seed", -1)): a for a in by_item.get(prompt, [])}
-        samples = [held[seed] for seed in (sample_seed(prompt, i) for i in range(1, per_item + 1)) if seed in held]
-        if first is None or len(samples) < per_item:
+        first, samples = greedy.get(prompt), _held_samples(prompt, by_item, per_item)
+        if first is None or samples is None:
             continue
-        # As the replay keeps it: answers that ended on their own, the greedy first (ties keep it).
-        clean = [a.answer.strip() for a in [first, *samples] if a.finish_reason in (None, "stop") and a.answer.strip()]
+        clean = _clean(first, samples)
         kept = clean[most_agreed(embed(clean))] if clean else first.answer
         changed += kept != first.answer.strip()
+        candidates = distinct_answers(clean)
+        chosen = candidates[0] if candidates else first.answer  # one distinct answer (or none): no judge asked
+        if len(candidates) > 1 and reference is not None:
+            judge_asked += 1
+            reply = picks.get(_pick(source.workload, items[prompt], candidates, reference).key)
+            index = None if reply is None else parse_pick(reply, candidates)
+            judge_missing += reply is None
+            judge_unparsed += reply is not None and index is None
+            chosen = candidates[0 if index is None else index]
         pool_old.append(metric(first.answer, prompt))
         pool_new.append(metric(kept, prompt))
-        voted.append(metric(vote(clean) if clean else first.answer, prompt))
+        voted.append(metric(candidates[0] if candidates else first.answer, prompt))
         sampled_once.append(metric(samples[0].answer, prompt))
         best.append(max((metric(text, prompt) for text in clean), default=pool_old[-1]))
+        judged.append(metric(chosen, prompt))
         for request in asked:
             if request in requests and request in strong:
                 reused_old.append(score(first.answer, requests[request]))
                 reused_new.append(score(kept, requests[request]))
+                judged_reused.append(score(chosen, requests[request]))
                 strong_scores.append(score(strong[request], requests[request]))
+    complete = reference is not None and judge_missing == 0
     return ReplayEffect(
         items=len(pool_old),
         changed=changed,
@@ -276,18 +377,16 @@ def replay_effect(
         vote=_paired(pool_old, voted),
         one_sample=_paired(pool_old, sampled_once),
         best_of=_paired(pool_old, best),
+        judged=_paired(pool_old, judged) if complete else None,
+        judged_reused=_paired(reused_old, judged_reused) if complete else None,
+        judge_asked=judge_asked,
+        judge_unparsed=judge_unparsed,
     )
 
 
 def vote(answers: Sequence[str]) -> str:
     """The answer given most often, compared up to case, spacing and a final dot; a tie keeps the first."""
-
-    def plain(text: str) -> str:
-        return " ".join(text.lower().strip().rstrip(".").split())
-
-    counts = Counter(plain(text) for text in answers)
-    most = max(counts.values())
-    return next(text for text in answers if counts[plain(text)] == most)
+    return distinct_answers(answers)[0]
 
 
 def describe_effect(workload: str, effect: ReplayEffect, *, per_item: int) -> list[str]:
@@ -300,17 +399,28 @@ def describe_effect(workload: str, effect: ReplayEffect, *, per_item: int) -> li
             f"({100 * low:+.1f} to {100 * high:+.1f}), n={paired.n}"
         )
 
-    return [
-        f"## {workload}: greedy answer + {per_item} samples at temperature {SAMPLE_TEMPERATURE:g}, the medoid kept",
-        "",
-        f"- pool items sampled (those the reuse serves, then those shown most as examples): {effect.items}; kept "
-        f"answer differs from the greedy one: "
-        f"{effect.changed} ({effect.changed / max(effect.items, 1):.0%})",
-        f"- pool items' own score, greedy -> kept: {points(effect.pool)}",
-        f"- requests served by reuse of those items, greedy -> kept: {points(effect.reused)}; strong-only on the "
-        f"same requests {100 * effect.strong_on_reused:.1f}%",
-        f"- other rules on the same items, greedy -> a plain vote: {points(effect.vote)}; -> one sample alone: "
-        f"{points(effect.one_sample)}; -> the best of the answers by the metric (a perfect judge, a ceiling): "
-        f"{points(effect.best_of)}",
-        "",
-    ]
+    return (
+        [
+            f"## {workload}: greedy answer + {per_item} samples at temperature {SAMPLE_TEMPERATURE:g}, the medoid kept",
+            "",
+            f"- pool items sampled (those the reuse serves, then those shown most as examples): {effect.items}; kept "
+            f"answer differs from the greedy one: "
+            f"{effect.changed} ({effect.changed / max(effect.items, 1):.0%})",
+            f"- pool items' own score, greedy -> kept: {points(effect.pool)}",
+            f"- requests served by reuse of those items, greedy -> kept: {points(effect.reused)}; strong-only on the "
+            f"same requests {100 * effect.strong_on_reused:.1f}%",
+            f"- other rules on the same items, greedy -> a plain vote: {points(effect.vote)}; -> one sample alone: "
+            f"{points(effect.one_sample)}; -> the best of the answers by the metric (a perfect judge, a ceiling): "
+            f"{points(effect.best_of)}",
+        ]
+        + (
+            [
+                f"- the strong tier as judge among the distinct answers (`core.answer_pick`; asked on {effect.judge_asked} "
+                f"items whose answers differed, {effect.judge_unparsed} replies unreadable, the vote kept there), "
+                f"greedy -> judged: {points(effect.judged)}; requests served by reuse: {points(effect.judged_reused)}"
+            ]
+            if effect.judged is not None and effect.judged_reused is not None
+            else []
+        )
+        + [""]
+    )

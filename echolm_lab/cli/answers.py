@@ -73,8 +73,10 @@ def register(subparsers: Any) -> None:
         "--replay-study", action="store_true",
         help="ask the strong tier (two servers) --replay-samples more answers at temperature 0.7 for the warm-pool "
         "items the reuse serves on the requests, then those shown most as examples (kept in TABLE's "
-        ".samples.jsonl, resumable), then print what the upkeep's replay (the medoid of the greedy answer and the "
-        "samples) and other rules do to those items' score and to the reused requests' (paired, 95%% intervals)",
+        ".samples.jsonl, resumable), then, where an item's answers differ, ask the strong tier which of them is "
+        "correct (kept there too), and print what the upkeep's replay (the medoid of the greedy answer and the "
+        "samples), the judge and other rules do to those items' score and to the reused requests' (paired, 95%% "
+        "intervals)",
     )  # fmt: skip
     parser.add_argument(
         "--replay-items",
@@ -187,9 +189,11 @@ def replay_study(args: Any, source: Any, table: Any, settings: Any, raw: Any) ->
     from echolm_lab.bench.answers_table import AnswersTable
     from echolm_lab.bench.deployments import serving_each
     from echolm_lab.bench.replay_study import (
+        ask_planned,
         describe_effect,
         items_to_sample,
         missing_samples,
+        planned_picks,
         record_samples,
         replay_effect,
         samples_path,
@@ -221,25 +225,30 @@ def replay_study(args: Any, source: Any, table: Any, settings: Any, raw: Any) ->
     if replica_port is not None:
         specs.append(replace(specs[0], port=replica_port))
         endpoints.append(replace(strong, api_base=strong.api_base.replace(f":{specs[0].port}", f":{replica_port}")))
-    to_ask = missing_samples(source, list(chosen), samples, strong, per_item=args.replay_samples)
+    per_item, prompts = args.replay_samples, list(chosen)
+    to_ask = missing_samples(source, prompts, samples, strong, per_item=per_item)
+    # The judge's questions depend on the samples: those known now say whether a server must start when no
+    # sample is missing; the rest are planned once the samples are in.
+    picks_to_ask = sum(
+        pick.key not in samples
+        for pick in planned_picks(source, answers, samples.answers(), prompts, strong, per_item=per_item)
+    )
     print(
-        f"{args.workload}: {len(served)} pool items serve reuse; sampling {len(chosen)} items x {args.replay_samples} "
-        f"({len(samples)} samples held in {samples.path}, {to_ask} to ask)",
+        f"{args.workload}: {len(served)} pool items serve reuse; sampling {len(chosen)} items x {per_item} "
+        f"({len(samples)} answers held in {samples.path}, {to_ask} samples to ask)",
         flush=True,
     )
-    total = len(chosen) * args.replay_samples  # the bar counts held samples as done, as they are found
-    with (
-        serving_each(specs if to_ask else [], args.work),
-        tqdm(total=total, desc=f"samples {args.workload}", unit="answer", file=sys.stderr, mininterval=30) as bar,
-    ):
-
-        def sampled() -> None:
-            bar.update(1)
-
-        asked = record_samples(source, list(chosen), samples, endpoints, per_item=args.replay_samples, done=sampled)
-    print(f"samples asked now: {asked}; held: {len(samples)}", flush=True)
-    effect = replay_effect(source, answers, samples.answers(), chosen, embed, per_item=args.replay_samples)
-    lines = describe_effect(args.workload, effect, per_item=args.replay_samples)
+    with serving_each(specs if to_ask or picks_to_ask else [], args.work):
+        # The bars count held answers as done, as they are found.
+        with tqdm(total=len(chosen) * per_item, desc=f"samples {args.workload}", unit="answer", file=sys.stderr,
+                  mininterval=30) as bar:  # fmt: skip
+            asked = record_samples(source, prompts, samples, endpoints, per_item=per_item, done=lambda: bar.update(1))
+        picks = planned_picks(source, answers, samples.answers(), prompts, strong, per_item=per_item)
+        with tqdm(total=len(picks), desc=f"judge {args.workload}", unit="item", file=sys.stderr, mininterval=30) as bar:
+            judged = ask_planned(source, picks, samples, endpoints, done=lambda: bar.update(1))
+    print(f"samples asked now: {asked}; judge's picks asked now: {judged}; held: {len(samples)}", flush=True)
+    effect = replay_effect(source, answers, samples.answers(), chosen, embed, per_item=per_item, reference=strong)
+    lines = describe_effect(args.workload, effect, per_item=per_item)
     print("\n".join(lines))
     if args.study_out is not None:
         args.study_out.mkdir(parents=True, exist_ok=True)

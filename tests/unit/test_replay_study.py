@@ -9,9 +9,12 @@ from typing import Any
 
 from echolm_lab.bench.answers_table import CHEAP_WITH_EXAMPLES, POOL, STRONG, Answer, AnswersTable
 from echolm_lab.bench.replay_study import (
+    PICKED,
     SAMPLE_TEMPERATURE,
+    ask_planned,
     items_to_sample,
     missing_samples,
+    planned_picks,
     record_samples,
     replay_effect,
     sample_seed,
@@ -140,6 +143,69 @@ def test_an_item_missing_samples_or_a_sample_cut_short_is_handled_as_the_replay_
     assert (effect.items, effect.changed) == (1, 0)  # spain has no samples; france keeps its greedy answer
     assert effect.pool.new == effect.pool.old == 0.0
     assert effect.reused.n == 0  # no strong answer in the table for the request
+
+
+def _reply(answer: str) -> dict[str, Any]:
+    return {"answer": answer, "finish_reason": "stop", "prompt_tokens": 3, "completion_tokens": 1, "latency_s": 0.01}
+
+
+def test_the_judge_is_asked_only_where_answers_differ_and_its_pick_is_scored(tmp_path: Path) -> None:
+    france, spain = (item.prompt for item in POOL_ITEMS)
+    answers = [
+        _line(france, POOL, "lyon"),
+        _line(spain, POOL, "madrid"),
+        _line(REQUESTS[0].prompt, STRONG, "paris"),
+        _line(REQUESTS[1].prompt, STRONG, "madrid"),
+    ]
+    samples = AnswersTable(tmp_path / "s.jsonl")
+    # france: lyon (greedy), lyon, paris: the medoid and the vote keep lyon; spain: madrid throughout.
+    replies = {france: ["lyon", "paris"], spain: ["madrid", "madrid"]}
+
+    def sampler(endpoint: Endpoint, messages: list[dict[str, Any]], params: Mapping[str, Any]) -> dict[str, Any]:
+        prompt = messages[-1]["content"]
+        return _reply(replies[prompt][next(i for i in (1, 2) if sample_seed(prompt, i) == params["seed"]) - 1])
+
+    record_samples(SOURCE, [france, spain], samples, ENDPOINTS[:1], per_item=2, asker=sampler)
+    served = {france: [REQUESTS[0].prompt], spain: [REQUESTS[1].prompt]}
+    picks = planned_picks(SOURCE, answers, samples.answers(), [france, spain], ENDPOINTS[0], per_item=2)
+    assert [pick.prompt for pick in picks] == [france]  # spain's answers agree: no judge needed
+    asked: list[list[dict[str, Any]]] = []
+
+    def judge(endpoint: Endpoint, messages: list[dict[str, Any]], params: Mapping[str, Any]) -> dict[str, Any]:
+        asked.append(messages)
+        return _reply("2")  # the second listed: paris
+
+    before = replay_effect(SOURCE, answers, samples.answers(), served, word_embed, per_item=2, reference=ENDPOINTS[0])
+    assert before.judged is None and before.judge_asked == 1  # the judge's reply is not in yet
+    assert ask_planned(SOURCE, picks, samples, ENDPOINTS, asker=judge) == 1
+    assert asked[0][0] == {"role": "system", "content": "Answer briefly."}  # under the question's own instructions
+    assert "1. lyon\n2. paris" in asked[0][-1]["content"]  # the greedy's answer leads: given twice
+    assert [a.choice for a in samples.answers()].count(PICKED) == 1
+    assert ask_planned(SOURCE, picks, samples, ENDPOINTS, asker=judge) == 0  # kept: a rerun asks nothing
+
+    effect = replay_effect(SOURCE, answers, samples.answers(), served, word_embed, per_item=2, reference=ENDPOINTS[0])
+
+    assert effect.pool.new == 0.5 and effect.vote.new == 0.5  # lyon kept for france by both
+    assert effect.judged is not None and effect.judged_reused is not None
+    assert (effect.judged.old, effect.judged.new) == (0.5, 1.0)
+    assert (effect.judged_reused.old, effect.judged_reused.new) == (0.5, 1.0)
+    assert (effect.judge_asked, effect.judge_unparsed) == (1, 0)
+
+
+def test_a_judge_reply_naming_no_candidate_keeps_the_most_given_answer(tmp_path: Path) -> None:
+    france = POOL_ITEMS[0].prompt
+    answers = [_line(france, POOL, "lyon")]
+    samples = AnswersTable(tmp_path / "s.jsonl")
+    record_samples(SOURCE, [france], samples, ENDPOINTS[:1], per_item=1, asker=lambda *_: _reply("paris"))
+    picks = planned_picks(SOURCE, answers, samples.answers(), [france], ENDPOINTS[0], per_item=1)
+    ask_planned(SOURCE, picks, samples, ENDPOINTS, asker=lambda *_: _reply("I cannot tell."))
+
+    effect = replay_effect(
+        SOURCE, answers, samples.answers(), {france: []}, word_embed, per_item=1, reference=ENDPOINTS[0]
+    )
+
+    assert effect.judge_unparsed == 1
+    assert effect.judged is not None and effect.judged.new == 0.0  # lyon, the greedy, leads a split
 
 
 def test_a_vote_compares_answers_up_to_case_spacing_and_a_final_dot_and_a_tie_keeps_the_first() -> None:
