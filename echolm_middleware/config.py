@@ -279,6 +279,13 @@ class UpkeepSettings(_Strict):
         default=None, ge=0, description="Money one pass may spend, priced by litellm's cost data; None = tokens only."
     )
     samples: int = Field(default=1, ge=1, le=5, description="Strong-tier answers per replayed request; best kept.")
+    keep: Literal["agreement", "judge"] = Field(
+        default="judge",
+        description=(
+            "Of several samples, keep the one the others agree with most, or the one the strongest tier names"
+            " among the different answers (one more call; its unreadable reply keeps the most given answer)."
+        ),
+    )
     max_replays: int = Field(default=5, ge=1, description="An example replayed this often is not replayed again.")
     horizon_days: float = Field(default=7.0, gt=0, description="How far ahead a replay must pay back its cost.")
     max_answer_tokens: int = Field(default=256, ge=1, description="Answer length asked of the strong tier.")

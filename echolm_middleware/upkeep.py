@@ -19,11 +19,12 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 from echolm_middleware.config import UpkeepSettings
+from echolm_middleware.core.answer_pick import PICK_MAX_TOKENS, distinct_answers, parse_pick, pick_prompt
 from echolm_middleware.core.consistency import most_agreed
 from echolm_middleware.core.engine import Engine
 from echolm_middleware.core.ports import Completer, DecisionHistory, Leases, UpkeepJournal
 from echolm_middleware.core.requests import context_key
-from echolm_middleware.core.types import Decision, Example
+from echolm_middleware.core.types import Completion, Decision, Example
 from echolm_middleware.core.upkeep_rules import Miss, cluster_misses, plan_eviction, plan_replay
 
 LEASE = "echolm-upkeep"
@@ -116,13 +117,25 @@ class Upkeep:
         asked = f"{instructions}\n{prompt}" if instructions else prompt
         return int(self.engine.tokens_for(self.strongest).count(asked) * 1.1) + _TEMPLATE_TOKENS + answer_tokens
 
+    def _step_tokens(self, prompt: str, answer_tokens: int, instructions: str = "") -> int:
+        """A step's calls: every sample, and with `keep: judge` the judge's, whose prompt lists the samples."""
+        samples = self.settings.samples
+        tokens = samples * self._call_tokens(prompt, answer_tokens, instructions)
+        if self._judges:
+            tokens += self._call_tokens(prompt, PICK_MAX_TOKENS, instructions) + samples * answer_tokens
+        return tokens
+
+    @property
+    def _judges(self) -> bool:
+        return self.settings.keep == "judge" and self.settings.samples > 1
+
     def _reserve(self, prompt: str, instructions: str = "") -> int:
-        """The most a step can spend: every sample at the longest answer allowed."""
-        return self.settings.samples * self._call_tokens(prompt, self.settings.max_answer_tokens, instructions)
+        """The most a step can spend: every sample (and the judge) at the longest answer allowed."""
+        return self._step_tokens(prompt, self.settings.max_answer_tokens, instructions)
 
     def _plan(self, tenants: Sequence[str], recent: Sequence[Decision]) -> list[dict[str, Any]]:
         budget = float(self.settings.budget_tokens)
-        now, samples = self.now(), self.settings.samples
+        now = self.now()
         owner: dict[str, str] = {}
         pooled: list[Example] = []
         for tenant in tenants:
@@ -135,7 +148,7 @@ class Upkeep:
 
         replay = plan_replay(
             pooled,
-            expected_cost=lambda e: float(samples * self._call_tokens(e.prompt, answer_tokens(e), e.instructions)),
+            expected_cost=lambda e: float(self._step_tokens(e.prompt, answer_tokens(e), e.instructions)),
             reserve=lambda e: float(self._reserve(e.prompt, e.instructions)),
             saving_per_use=lambda e: float(self._call_tokens(e.prompt, answer_tokens(e), e.instructions)),
             budget=budget,
@@ -300,27 +313,43 @@ class Upkeep:
         result.gain_after = 0.0 if result.outcome in ("upgraded", "admitted") else result.gain_before
         return result
 
+    def _ask(
+        self, prompt: str, instructions: str, result: StepReport, *, max_tokens: int, temperature: float
+    ) -> Completion:
+        """One strongest-tier call, its tokens and cost counted to the step."""
+        completion = self.completer.complete(
+            self.strongest, prompt, max_tokens=max_tokens, temperature=temperature, instructions=instructions
+        )
+        result.tokens += completion.tokens
+        result.cost_usd += (
+            completion.cost_usd if completion.cost_usd is not None else completion.tokens * self.price_per_token_usd
+        )
+        return completion
+
     def _best_answer(self, prompt: str, instructions: str, result: StepReport) -> str | None:
-        """Ask the strongest tier `samples` times (the first greedy, the rest at 0.7); keep the clean answer the
-        others agree with most (`core.consistency`)."""
+        """Ask the strongest tier `samples` times (the first greedy, the rest at 0.7); of the clean answers keep
+        the one the others agree with most (`core.consistency`), or with `keep: judge`, where they differ, the
+        one the strongest tier names among them (`core.answer_pick`)."""
         answers = []
         for index in range(self.settings.samples):
-            completion = self.completer.complete(
-                self.strongest,
-                prompt,
-                max_tokens=self.settings.max_answer_tokens,
+            completion = self._ask(
+                prompt, instructions, result, max_tokens=self.settings.max_answer_tokens,
                 temperature=0.0 if index == 0 else 0.7,
-                instructions=instructions,
-            )
-            result.tokens += completion.tokens
-            result.cost_usd += (
-                completion.cost_usd if completion.cost_usd is not None else completion.tokens * self.price_per_token_usd
-            )
+            )  # fmt: skip
             if completion.finish_reason in (None, "stop") and completion.text.strip():
                 answers.append(completion.text.strip())
         if len(answers) <= 1:
             return answers[0] if answers else None
-        return answers[most_agreed(self.engine.embedder.embed(answers))]
+        if not self._judges:
+            return answers[most_agreed(self.engine.embedder.embed(answers))]
+        candidates = distinct_answers(answers)
+        if len(candidates) == 1:
+            return candidates[0]
+        reply = self._ask(
+            pick_prompt(prompt, candidates), instructions, result, max_tokens=PICK_MAX_TOKENS, temperature=0.0
+        )
+        picked = parse_pick(reply.text, candidates)
+        return candidates[0 if picked is None else picked]  # unreadable: the answer given most often
 
     def evict(self) -> PassReport:
         """Eviction alone (ttl_days and the budgets) over every tenant that has examples: no model calls."""

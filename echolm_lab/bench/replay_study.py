@@ -399,28 +399,24 @@ def describe_effect(workload: str, effect: ReplayEffect, *, per_item: int) -> li
             f"({100 * low:+.1f} to {100 * high:+.1f}), n={paired.n}"
         )
 
-    return (
-        [
-            f"## {workload}: greedy answer + {per_item} samples at temperature {SAMPLE_TEMPERATURE:g}, the medoid kept",
-            "",
-            f"- pool items sampled (those the reuse serves, then those shown most as examples): {effect.items}; kept "
-            f"answer differs from the greedy one: "
-            f"{effect.changed} ({effect.changed / max(effect.items, 1):.0%})",
-            f"- pool items' own score, greedy -> kept: {points(effect.pool)}",
-            f"- requests served by reuse of those items, greedy -> kept: {points(effect.reused)}; strong-only on the "
-            f"same requests {100 * effect.strong_on_reused:.1f}%",
-            f"- other rules on the same items, greedy -> a plain vote: {points(effect.vote)}; -> one sample alone: "
-            f"{points(effect.one_sample)}; -> the best of the answers by the metric (a perfect judge, a ceiling): "
-            f"{points(effect.best_of)}",
-        ]
-        + (
-            [
-                f"- the strong tier as judge among the distinct answers (`core.answer_pick`; asked on {effect.judge_asked} "
-                f"items whose answers differed, {effect.judge_unparsed} replies unreadable, the vote kept there), "
-                f"greedy -> judged: {points(effect.judged)}; requests served by reuse: {points(effect.judged_reused)}"
-            ]
-            if effect.judged is not None and effect.judged_reused is not None
-            else []
+    lines = [
+        f"## {workload}: greedy answer + {per_item} samples at temperature {SAMPLE_TEMPERATURE:g}, the medoid kept",
+        "",
+        f"- pool items sampled (those the reuse serves, then those shown most as examples): {effect.items}; kept "
+        f"answer differs from the greedy one: "
+        f"{effect.changed} ({effect.changed / max(effect.items, 1):.0%})",
+        f"- pool items' own score, greedy -> kept: {points(effect.pool)}",
+        f"- requests served by reuse of those items, greedy -> kept: {points(effect.reused)}; strong-only on the "
+        f"same requests {100 * effect.strong_on_reused:.1f}%",
+        f"- other rules on the same items, greedy -> a plain vote: {points(effect.vote)}; -> one sample alone: "
+        f"{points(effect.one_sample)}; -> the best of the answers by the metric (a perfect judge, a ceiling): "
+        f"{points(effect.best_of)}",
+    ]
+    if effect.judged is not None and effect.judged_reused is not None:
+        lines.append(
+            f"- the strong tier as judge among the distinct answers (`core.answer_pick`; asked on "
+            f"{effect.judge_asked} items whose answers differed, {effect.judge_unparsed} replies unreadable, the "
+            f"vote kept there), greedy -> judged: {points(effect.judged)}; requests served by reuse: "
+            f"{points(effect.judged_reused)}"
         )
-        + [""]
-    )
+    return [*lines, ""]

@@ -240,3 +240,16 @@ def test_the_cli_refuses_a_judged_workload_with_a_clear_error(capsys: Any) -> No
 
 def test_samples_are_kept_beside_the_answers_table() -> None:
     assert samples_path(Path("benchmarks/tables/banking77.jsonl")) == Path("benchmarks/tables/banking77.samples.jsonl")
+
+
+def test_every_committed_judge_reply_names_one_of_its_candidates_by_number() -> None:
+    """The README's count: 136 Banking77 and 112 NQ-open items asked, every reply a number in range."""
+    import re
+
+    for workload, asked in (("banking77", 136), ("nq_open", 112)):
+        table = AnswersTable(samples_path(Path("benchmarks/tables") / f"{workload}.jsonl"))
+        picks = [answer for answer in table.answers() if answer.choice == PICKED]
+        assert len(picks) == asked
+        for pick in picks:
+            listed = re.findall(r"^(\d+)\. ", pick.messages[-1]["content"], flags=re.MULTILINE)
+            assert pick.answer.strip() in listed

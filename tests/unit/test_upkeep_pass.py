@@ -439,3 +439,72 @@ def test_the_built_upkeep_reads_the_misses_its_engine_decided(tmp_path: Path, ba
 def test_an_upkeep_over_a_given_engine_needs_its_in_memory_state(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="needs that engine's state"):
         _wired(tmp_path, "memory", share_state=False)
+
+
+class SampledStrongTier(ScriptedStrongTier):
+    """Answers the replay's calls from `replies` in turn; a judge's call (it lists the answers) with `verdict`."""
+
+    def __init__(self, replies: list[str], verdict: str = "2") -> None:
+        super().__init__()
+        self.replies = replies
+        self.verdict = verdict
+        self.temperatures: list[float] = []
+
+    def complete(
+        self, tier: str, prompt: str, *, max_tokens: int, temperature: float, instructions: str = ""
+    ) -> Completion:
+        super().complete(tier, prompt, max_tokens=max_tokens, temperature=temperature, instructions=instructions)
+        self.temperatures.append(temperature)
+        text = self.verdict if prompt.endswith("Reply with its number only.") else self.replies.pop(0)
+        return Completion(text=text, finish_reason="stop", tokens=len(prompt.split()) + len(text.split()))
+
+
+def _replayed_under_system(kit: EngineKit) -> str:
+    kit.engine.admit("A", "my card has not come yet", "I am not sure.", "cheap", instructions=SYSTEM)
+    key = admitted_id("A", "my card has not come yet", SYSTEM)
+    kit.store.modify("A", [key], lambda e: replace(e, gain=0.6, uses=30, selected=30))
+    return key
+
+
+def test_of_several_samples_the_replay_keeps_the_one_the_others_agree_with_most(make_engine: EngineFactory) -> None:
+    kit = make_engine()
+    key = _replayed_under_system(kit)
+    tier = SampledStrongTier(["card_delivery_estimate", "card_arrival", "card_arrival"])
+
+    (step,) = _upkeep(kit, tier, samples=3, keep="agreement").run_pass().steps
+
+    assert step.outcome == "upgraded" and _stored(kit, key).answer == "card_arrival"
+    assert tier.temperatures == [0.0, 0.7, 0.7]  # the first greedy; no judge asked
+
+
+def test_with_keep_judge_the_strongest_tier_names_one_of_the_different_answers(make_engine: EngineFactory) -> None:
+    kit = make_engine()
+    key = _replayed_under_system(kit)
+    tier = SampledStrongTier(["card_arrival", "card_delivery_estimate", "card_arrival"], verdict="2")
+    upkeep = _upkeep(kit, tier, samples=3, keep="judge")
+    (planned,) = upkeep.plan()
+
+    report = upkeep.run_pass()
+
+    assert _stored(kit, key).answer == "card_delivery_estimate"  # the judge's pick, though given once
+    assert len(tier.prompts) == 4 and tier.temperatures[-1] == 0.0
+    assert tier.prompts[-1].startswith("my card has not come yet\n")
+    assert "\n1. card_arrival\n2. card_delivery_estimate\n" in tier.prompts[-1]  # the most given listed first
+    assert tier.instructions == [SYSTEM] * 4  # the judge reads the question under its own system message
+    assert 0 < report.tokens_spent <= int(planned["estimate"])  # the judge's call is inside the reservation
+
+
+def test_a_judge_reply_naming_no_answer_keeps_the_most_given_and_agreeing_samples_ask_no_judge(
+    make_engine: EngineFactory,
+) -> None:
+    kit = make_engine()
+    key = _replayed_under_system(kit)
+    tier = SampledStrongTier(["card_delivery_estimate", "card_arrival", "card_arrival"], verdict="I cannot say.")
+    _upkeep(kit, tier, samples=3, keep="judge").run_pass()
+    assert _stored(kit, key).answer == "card_arrival" and len(tier.prompts) == 4
+
+    agreeing = make_engine()
+    _replayed_under_system(agreeing)
+    tier = SampledStrongTier(["card_arrival", "Card_arrival.", "card_arrival"])
+    _upkeep(agreeing, tier, samples=3, keep="judge").run_pass()
+    assert len(tier.prompts) == 3  # one distinct answer: nothing to judge
