@@ -131,8 +131,9 @@ class RoutingSettings(_Strict):
         description=(
             "The load L a request is routed on. queue: requests in flight on the tier counting this one, the"
             " queue it would join; ema: the moving average of requests in flight (smoother, lags a burst);"
-            " delay: the seconds the request would take there (the queue it would join times the tier's"
-            " measured latency, over its capacity), charged against latency_target_s whatever the tier's price."
+            " delay: the seconds the request would take there (the requests ahead of it at the tier's measured"
+            " latency, over its capacity, then its own answer, predicted from the prompt tokens it would read,"
+            " examples included), charged against latency_target_s whatever the tier's price."
         ),
     )
     latency_target_s: float = Field(

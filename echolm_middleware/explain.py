@@ -75,9 +75,9 @@ def format_decision(decision: Decision, recorded_by: str | None = None) -> str:
                 "-" if s.prompt_usd is None else f"{s.prompt_usd:.2e}",
             ])  # fmt: skip
         lines.append(
-            "tier scores (score = quality - cost term - load bias; time: expected seconds to the answer, the queue "
-            "it would join times the tier's measured latency; prompt $: the prompt it would get, examples "
-            "included, at its input price):"
+            "tier scores (score = quality - cost term - load bias; time: expected seconds to the answer, the "
+            "requests ahead at the tier's measured latency, then its own from the prompt tokens it would read; "
+            "prompt $: the prompt it would get, examples included, at its input price):"
         )
         lines += _table(rows)
     lines.append(f"why: {_why(decision)}")

@@ -42,7 +42,6 @@ from echolm_middleware.core.requests import RequestView, context_key, inspect_re
 from echolm_middleware.core.reuse import STORED_PREFIX as REUSE_STORED_PREFIX
 from echolm_middleware.core.reuse import ReuseCandidate, ReuseModels, why_not_reused
 from echolm_middleware.core.routing import (
-    LatencyTracker,
     LoadTracker,
     TierProfile,
     choose_tier,
@@ -51,6 +50,7 @@ from echolm_middleware.core.routing import (
     score_tiers,
     tier_bucket,
 )
+from echolm_middleware.core.service_time import ServiceTimes
 from echolm_middleware.core.types import (
     Candidate,
     ChatRequest,
@@ -188,8 +188,9 @@ class Engine:
         self.stats = stats
         # This process's own count unless a board shared between workers is given (coordination.redis_url).
         self.load: LoadBoard = load or LoadTracker(settings.routing.load_window_s, settings.routing.load_stale_after_s)
-        # Each tier's measured latency, for the `delay` load signal (this process's own answers).
-        self.latency = LatencyTracker(settings.routing.latency_prior_s)
+        # Each tier's measured latency and cost per prompt token, for the `delay` load signal and `explain`
+        # (this process's own answers).
+        self.service = ServiceTimes(settings.routing.latency_prior_s)
         self._now = clock or time.time
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
@@ -221,19 +222,27 @@ class Engine:
 
     # ---- request path -------------------------------------------------------------------------
 
-    def _routing_loads(self) -> dict[str, float]:
+    def _routing_loads(self, sent_tokens: Mapping[str, int] | None) -> dict[str, float]:
+        """The load each tier is routed on; `sent_tokens`: the prompt tokens each would read (`delay`)."""
         signal = self.settings.routing.load_signal
         if signal == "ema":
             return self.load.loads()
         queues = self.load.queue_if_added([tier.name for tier in self.tiers])
-        return expected_delays(self.tiers, queues, self.latency) if signal == "delay" else queues
+        return expected_delays(self.tiers, queues, self.service, sent_tokens) if signal == "delay" else queues
+
+    def _sent_tokens(
+        self, tiers: Sequence[TierProfile], prompt_tokens: Callable[[str], int], chosen: Sequence[ScoredExample]
+    ) -> dict[str, int] | None:
+        """The prompt tokens each tier would read: the request's, and the examples' where the tier gets them.
+        None where nothing reads them (no `delay` signal, no priced tier): a short prompt is then never
+        tokenized at all (`_fitting_tiers` proves it fits by its bytes)."""
+        if self.settings.routing.load_signal != "delay" and not any(t.prices.input_per_1k > 0 for t in tiers):
+            return None
+        shown = sum(item.tokens for item in chosen)
+        return {tier.name: prompt_tokens(tier.name) + (0 if tier.name == self.strongest else shown) for tier in tiers}
 
     def _with_time_and_price(
-        self,
-        scores: Sequence[TierScore],
-        loads: Mapping[str, float],
-        prompt_tokens: Callable[[str], int],
-        chosen: Sequence[ScoredExample],
+        self, scores: Sequence[TierScore], loads: Mapping[str, float], sent_tokens: Mapping[str, int] | None
     ) -> list[TierScore]:
         """Each choice's expected seconds and prompt price (`TierScore`), from the loads routing read."""
         tiers = [self._by_name[score.tier] for score in scores]
@@ -242,14 +251,12 @@ class Engine:
             seconds = dict(loads)
         else:  # the queue it would join; the moving average counts those in flight without this one
             queues = loads if signal == "queue" else {name: load + 1.0 for name, load in loads.items()}
-            seconds = expected_delays(tiers, queues, self.latency)
-        example_tokens = sum(item.tokens for item in chosen)
+            seconds = expected_delays(tiers, queues, self.service, sent_tokens)
         priced = []
         for score, tier in zip(scores, tiers, strict=True):
             price = 0.0
-            if tier.prices.input_per_1k > 0:  # an unpriced tier's prompt is not counted at all
-                shown = example_tokens if tier.name != self.strongest else 0
-                price = tier.prices.input_per_1k * (prompt_tokens(tier.name) + shown) / 1000
+            if sent_tokens is not None and tier.prices.input_per_1k > 0:  # an unpriced tier's prompt is free
+                price = tier.prices.input_per_1k * sent_tokens[tier.name] / 1000
             priced.append(replace(score, expected_s=round(seconds.get(tier.name, 0.0), 3), prompt_usd=price))
         return priced
 
@@ -318,7 +325,8 @@ class Engine:
         decision.bucket = bucket
         with self._lock:
             observed = dict(self._posteriors.get(request.tenant, {}))
-        loads = self._routing_loads()
+        sent_tokens = self._sent_tokens(eligible, prompt_tokens, chosen)
+        loads = self._routing_loads(sent_tokens)
         scores = score_tiers(
             eligible,
             strongest=self.strongest,
@@ -329,7 +337,7 @@ class Engine:
             rng=self._rng,
             strongest_bias=self.quality.strongest_bias() if self.quality is not None else 0.0,
         )
-        scores = self._with_time_and_price(scores, loads, prompt_tokens, chosen)
+        scores = self._with_time_and_price(scores, loads, sent_tokens)
         best = choose_tier(scores)
         gets_examples = best.tier != self.strongest and bool(chosen)
         messages = self._augmented(request.messages, chosen if gets_examples else [])
@@ -339,6 +347,7 @@ class Engine:
         decision.augmentation = self.settings.augmentation.format if gets_examples else "none"
         decision.examples = [self._trace(item) for item in chosen] if gets_examples else []
         decision.example_tokens = sum(item.tokens for item in chosen) if gets_examples else 0
+        decision.prompt_tokens = sent_tokens[best.tier] if sent_tokens is not None else 0
         decision.scores = scores
         if chosen and not gets_examples:
             decision.passed_over = [item.candidate.example.id for item in chosen]
@@ -486,7 +495,9 @@ class Engine:
             return self._record_reuse(decision, outcome)
         whole = not why_not_whole(outcome)
         if whole and outcome.latency_s is not None:
-            self.latency.observe(outcome.served_by, outcome.latency_s)
+            # The prompt it read is known only on the tier it was sent to (a fallback read another's).
+            sent = decision.prompt_tokens if outcome.served_by == decision.tier and decision.prompt_tokens else None
+            self.service.observe(outcome.served_by, outcome.latency_s, sent)
         if self.quality is not None and not (whole and outcome.served_by != self.strongest):
             self.quality.compare(outcome.request_id, outcome.answer, comparable=False)  # forget its sample
         now, alpha = self._now(), self.settings.upkeep.gain_alpha

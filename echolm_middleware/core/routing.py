@@ -5,8 +5,9 @@ the quality of the examples found for this request (DESIGN.md §2.5). L_i is, by
 request would join (requests in flight on the tier, counting this one), or the moving average of the
 in-flight count (`routing.load_signal`). With those the load bias is λ0·tanh(γ·(L_i − cap_i))⁺·C_i: zero up
 to capacity, then growing with the excess and with the tier's cost, so load shifts to cheap tiers. With
-`load_signal: delay`, L_i is the seconds the request would take on the tier (its queue times the tier's
-measured latency, over its capacity) and the bias is λ0·L_i/latency_target_s whatever the tier costs: an
+`load_signal: delay`, L_i is the seconds the request would take on the tier (the queue ahead of it at the
+tier's measured latency, over its capacity, then its own answer, predicted from its prompt tokens with the
+examples it would get: `core.service_time`) and the bias is λ0·L_i/latency_target_s whatever the tier costs: an
 idle tier attracts work and a queued one sheds it, the expensive one included.
 """
 
@@ -20,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from echolm_middleware.config import RoutingSettings
+from echolm_middleware.core.service_time import ServiceTimes
 from echolm_middleware.core.types import ScoredExample, TierScore
 
 # Context buckets by the best example's utility, each with the utility it stands for in the prior.
@@ -139,37 +141,21 @@ def choose_tier(scores: Sequence[TierScore]) -> TierScore:
     return max(scores, key=lambda s: (round(s.score, 9), -s.cost))
 
 
-class LatencyTracker:
-    """Each tier's latency per whole answer, as an exponential moving average (this process only).
-
-    What the `delay` load signal multiplies the queue by. A latency measured under load includes the wait
-    in the tier's own queue, so a busy tier looks slower still: the signal errs toward the idle tier.
-    """
-
-    def __init__(self, prior_s: float, alpha: float = 0.1) -> None:
-        self._prior_s = prior_s
-        self._alpha = alpha
-        self._latency: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def observe(self, tier: str, seconds: float) -> None:
-        if not math.isfinite(seconds) or seconds <= 0:
-            return
-        with self._lock:
-            before = self._latency.get(tier)
-            self._latency[tier] = seconds if before is None else before + self._alpha * (seconds - before)
-
-    def estimate(self, tier: str) -> float:
-        with self._lock:
-            return self._latency.get(tier, self._prior_s)
-
-
 def expected_delays(
-    tiers: Sequence[TierProfile], queues: Mapping[str, float], latency: LatencyTracker
+    tiers: Sequence[TierProfile],
+    queues: Mapping[str, float],
+    service: ServiceTimes,
+    prompt_tokens: Mapping[str, int] | None = None,
 ) -> dict[str, float]:
-    """Seconds a request would take on each tier: the queue it would join (counting itself) times the
-    tier's latency, shared among its `capacity` concurrent slots."""
-    return {tier.name: queues.get(tier.name, 1.0) * latency.estimate(tier.name) / tier.capacity for tier in tiers}
+    """Seconds a request would take on each tier: the requests ahead of it (its queue less itself) at the
+    tier's mean latency, shared among its `capacity` slots, then its own answer, predicted from the prompt
+    tokens the tier would read (`prompt_tokens`, examples included where it gets them; else its mean)."""
+    tokens = prompt_tokens or {}
+    return {
+        tier.name: max(0.0, queues.get(tier.name, 1.0) - 1.0) * service.estimate(tier.name) / tier.capacity
+        + service.predict(tier.name, tokens.get(tier.name))
+        for tier in tiers
+    }
 
 
 class LoadTracker:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal, TypeVar
 
 Vector = Sequence[float]
 Message = Mapping[str, Any]
+_Record = TypeVar("_Record")
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ class TierScore:
     # The quality target's bias on the strongest tier's score (0 without a target; older decisions lack it).
     target_bias: float = 0.0
     # What this choice would take, for `explain` (older decisions lack them): seconds until its answer
-    # (the queue it would join times the tier's measured latency, over its slots), and the price of the
+    # (the requests ahead at the tier's measured latency, over its slots, then its own), and the price of the
     # prompt it would be sent (the examples included where the tier gets them) at the tier's input price.
     expected_s: float | None = None
     prompt_usd: float | None = None
@@ -157,6 +158,8 @@ class Decision:
     # tell whether a teammate asked something alike. Metrics and `explain` always have it.
     similarity_shown: bool = False
     example_tokens: int = 0
+    # The prompt tokens the chosen tier was sent, examples included (0: not routed, or kept before it was).
+    prompt_tokens: int = 0
     overhead_ms: float = 0.0
     # Examples selected for a cheaper tier, but the request went to the strongest: their replay gain grows.
     passed_over: list[str] = field(default_factory=list)
@@ -182,9 +185,16 @@ class Decision:
         values = dict(data)
         if "chosen_tier" in values:  # its old name, in decisions kept before the rename
             values["tier"] = values.pop("chosen_tier")
-        values["examples"] = [ExampleTrace(**item) for item in values.get("examples", [])]
-        values["scores"] = [TierScore(**item) for item in values.get("scores", [])]
-        return cls(**values)
+        values["examples"] = [_known(ExampleTrace, item) for item in values.get("examples", [])]
+        values["scores"] = [_known(TierScore, item) for item in values.get("scores", [])]
+        return _known(cls, values)
+
+
+def _known(kind: type[_Record], values: Mapping[str, Any]) -> _Record:
+    """`kind` from the fields it has: one a newer version wrote (workers mid-upgrade share a state database)
+    is left out rather than failing the read."""
+    names = {item.name for item in fields(kind)}  # type: ignore[arg-type]
+    return kind(**{name: value for name, value in values.items() if name in names})
 
 
 @dataclass(frozen=True)

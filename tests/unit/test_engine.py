@@ -64,6 +64,25 @@ def test_a_paraphrase_of_an_admitted_question_goes_to_the_cheap_tier_with_the_ex
     assert content.endswith(f"Question: {PARAPHRASE}")
 
 
+def test_the_prompt_a_tier_was_sent_is_kept_and_its_answer_times_that_tiers_cost_per_token(
+    make_engine: Any,
+) -> None:
+    kit = make_engine(routing=ROUTING.model_copy(update={"load_signal": "delay"}))
+    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+    question_tokens = len(PARAPHRASE.split())
+    shown = len((QUESTION + "\n" + ANSWER).split())
+
+    for seconds, request in ((0.4, _ask(UNRELATED, model="cheap")), (1.6, _ask(PARAPHRASE))):
+        prepared = kit.engine.prepare(request)
+        assert prepared.tier == "cheap"
+        kit.engine.record(Outcome(prepared.decision.request_id, "cheap", "ok", "stop", latency_s=seconds))
+
+    assert prepared.decision.prompt_tokens == question_tokens + shown  # the examples count as prompt
+    # Two answers of different prompt lengths: the longer took longer, so a token now has a price in time.
+    assert kit.engine.service.seconds_per_token("cheap") > 0
+    assert kit.engine.service.predict("cheap", 40) > kit.engine.service.predict("cheap", 10)
+
+
 def test_the_same_request_with_no_examples_goes_to_the_strong_tier_unchanged(make_engine: Any) -> None:
     kit = make_engine()
     request = _ask(PARAPHRASE)
@@ -948,6 +967,6 @@ def test_with_the_delay_signal_the_engine_routes_on_seconds_it_has_measured(make
     decision = kit.engine.prepare(_ask(QUESTION)).decision
 
     loads = {score.tier: score.load for score in decision.scores}
-    # Strong: its one timed whole answer (3 s; the cut one is not a latency), capacity 1; cheap: the prior
-    # (1 s) over its capacity of 2. Each counts this request's own place in the queue.
-    assert loads == pytest.approx({"strong": 3.0 / STRONG.capacity, "cheap": 1.0 / CHEAP.capacity})
+    # Both idle, so each is this request's own answer: strong its one timed whole answer (3 s; the cut one is
+    # not a latency), cheap the prior (1 s; its two slots do not make one answer faster).
+    assert loads == pytest.approx({"strong": 3.0, "cheap": 1.0})

@@ -144,6 +144,18 @@ def test_a_decision_kept_under_the_old_field_name_still_reads() -> None:
     assert Decision.from_dict(stored).tier == "cheap"
 
 
+def test_a_decision_a_newer_version_kept_with_fields_unknown_here_still_reads() -> None:
+    """Workers mid-upgrade share one state database: a field added later is left out, not an error."""
+    trace = ExampleTrace(id="e1", prompt=QUESTION, similarity=0.93, utility=0.88, features={}, tokens=12)
+    stored = _decision(tier="cheap", examples=[trace], bucket="high").to_dict()
+    stored["a_later_field"] = 1
+    stored["examples"][0]["a_later_field"] = "x"
+
+    again = Decision.from_dict(stored)
+
+    assert (again.tier, again.examples[0].tokens) == ("cheap", 12)
+
+
 def test_each_choice_shows_its_expected_time_and_prompt_price(make_engine: Any) -> None:
     priced = (
         TierProfile("cheap", 0, 0.05, 1.0, 0.3, 2048, TokenPrices(input_per_1k=0.1, output_per_1k=0.1)),
@@ -151,8 +163,8 @@ def test_each_choice_shows_its_expected_time_and_prompt_price(make_engine: Any) 
     )
     kit = make_engine(priced)
     kit.engine.admit("A", QUESTION, "Paris.", "strong")
-    kit.engine.latency.observe("cheap", 0.5)
-    kit.engine.latency.observe("strong", 2.0)
+    kit.engine.service.observe("cheap", 0.5)
+    kit.engine.service.observe("strong", 2.0)
     kit.engine.load.begin("strong", "someone else's request")
 
     decision = kit.engine.prepare(_ask(PARAPHRASE)).decision

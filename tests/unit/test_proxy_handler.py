@@ -286,7 +286,7 @@ def test_a_streamed_answer_is_timed_from_our_hook_for_the_delay_signal(
 ) -> None:
     kit, handler = installed.kit, installed.handler
     data: dict[str, Any] = {"model": "strong", "messages": [{"role": "user", "content": QUESTION}], "stream": True}
-    prior = kit.engine.latency.estimate("strong")
+    prior = kit.engine.service.estimate("strong")
 
     async def run() -> None:
         await handler.async_pre_call_hook(SimpleNamespace(team_id="A"), None, data, "acompletion")
@@ -298,7 +298,7 @@ def test_a_streamed_answer_is_timed_from_our_hook_for_the_delay_signal(
     asyncio.run(run())
 
     # The echo tier answers at once: its measured latency replaces the 1-second prior.
-    assert prior == 1.0 and 0.0 < kit.engine.latency.estimate("strong") < prior
+    assert prior == 1.0 and 0.0 < kit.engine.service.estimate("strong") < prior
 
 
 @pytest.mark.parametrize("call_type", ["aresponses", "anthropic_messages", "aembedding", "atext_completion"])

@@ -304,20 +304,45 @@ DELAY = ROUTING.model_copy(update={"load_signal": "delay", "latency_target_s": 5
 
 
 def test_with_the_delay_signal_an_idle_cheap_tier_draws_work_from_a_queued_strong_one() -> None:
-    from echolm_middleware.core.routing import LatencyTracker, expected_delays
+    from echolm_middleware.core.routing import expected_delays
+    from echolm_middleware.core.service_time import ServiceTimes
 
-    latency = LatencyTracker(prior_s=1.0)
-    latency.observe("strong", 0.8)
-    latency.observe("cheap", 1.7)  # with examples the cheap tier is the slower one here
-    idle = expected_delays([CHEAP, STRONG], {"cheap": 1.0, "strong": 1.0}, latency)
-    queued = expected_delays([CHEAP, STRONG], {"cheap": 1.0, "strong": 8.0}, latency)  # 6.4 s on strong
+    service = ServiceTimes(prior_s=1.0)
+    service.observe("strong", 0.8)
+    service.observe("cheap", 0.5)
+    idle = expected_delays([CHEAP, STRONG], {"cheap": 1.0, "strong": 1.0}, service)
+    queued = expected_delays([CHEAP, STRONG], {"cheap": 1.0, "strong": 8.0}, service)  # 7 ahead on strong
 
-    assert idle == pytest.approx({"cheap": 0.85, "strong": 0.8})
+    # An idle tier: its own answer, whatever its slots (two slots do not halve one answer's time).
+    assert idle == pytest.approx({"cheap": 0.5, "strong": 0.8})
+    assert queued["strong"] == pytest.approx(7 * 0.8 / STRONG.capacity + 0.8)
     # Mid bucket: both idle, quality decides (the cheap tier with examples, as without load).
     assert _chosen(bucket="mid", loads=idle, settings=DELAY) == "cheap"
     # No example (prior 0.3 vs 0.8): the strong tier while idle, the cheap one once the strong queue costs more.
     assert _chosen(bucket=NO_EXAMPLES, loads=idle, settings=DELAY) == "strong"
     assert _chosen(bucket=NO_EXAMPLES, loads=queued, settings=DELAY) == "cheap"
+
+
+def test_with_the_delay_signal_examples_that_slow_the_cheap_tier_past_the_strong_one_keep_work_there() -> None:
+    from echolm_middleware.core.routing import expected_delays
+    from echolm_middleware.core.service_time import ServiceTimes
+
+    service = ServiceTimes(prior_s=1.0, alpha=0.2)
+    for _ in range(30):  # the cheap tier read 30-token prompts in 0.5 s and 100-token ones in 1.7 s
+        service.observe("cheap", 0.5, prompt_tokens=30)
+        service.observe("cheap", 1.7, prompt_tokens=100)
+        service.observe("strong", 0.9, prompt_tokens=30)
+    bare = expected_delays([CHEAP, STRONG], {"cheap": 1.0, "strong": 1.0}, service, {"cheap": 30, "strong": 30})
+    shown = expected_delays([CHEAP, STRONG], {"cheap": 1.0, "strong": 1.0}, service, {"cheap": 100, "strong": 30})
+
+    assert bare["cheap"] < 0.8 < 1.5 < shown["cheap"]  # both idle; the examples' 70 tokens cost a second
+    assert shown["strong"] == bare["strong"] == pytest.approx(0.9)
+    # Where time weighs (load_lambda 2 per 5 s), an idle cheap tier draws a bare request, but one whose
+    # examples make it slower than the idle strong tier stays there, though the examples' quality alone
+    # (mid bucket) would send it to the cheap tier.
+    weighing_time = DELAY.model_copy(update={"load_lambda": 2.0})
+    assert _chosen(bucket="mid", loads=bare, settings=weighing_time) == "cheap"
+    assert _chosen(bucket="mid", loads=shown, settings=weighing_time) == "strong"
 
 
 def test_with_the_delay_signal_a_queued_cheap_tier_sheds_work_back_to_the_strong_one() -> None:
@@ -329,13 +354,14 @@ def test_with_the_delay_signal_a_queued_cheap_tier_sheds_work_back_to_the_strong
 
 
 def test_latency_is_learned_per_tier_and_ignores_nonsense() -> None:
-    from echolm_middleware.core.routing import LatencyTracker
+    from echolm_middleware.core.service_time import ServiceTimes
 
-    latency = LatencyTracker(prior_s=1.0, alpha=0.5)
-    latency.observe("strong", 2.0)
-    latency.observe("strong", 4.0)
-    latency.observe("strong", float("nan"))
-    latency.observe("strong", -1.0)
+    service = ServiceTimes(prior_s=1.0, alpha=0.5)
+    service.observe("strong", 2.0)
+    service.observe("strong", 4.0)
+    service.observe("strong", float("nan"))
+    service.observe("strong", -1.0)
 
-    assert latency.estimate("strong") == pytest.approx(3.0)
-    assert latency.estimate("cheap") == 1.0  # the prior until timed
+    assert service.estimate("strong") == pytest.approx(3.0)
+    assert service.estimate("cheap") == service.predict("cheap", 500) == 1.0  # the prior until timed
+    assert service.predict("strong", 500) == pytest.approx(3.0)  # no prompt of known length timed yet
