@@ -19,7 +19,7 @@ import pytest
 
 from echolm_middleware.config import Settings
 from echolm_middleware.core.engine import admitted_id
-from echolm_middleware.core.types import Decision
+from echolm_middleware.core.types import Completion, Decision
 from echolm_middleware.factory import State, build_engine, build_state, build_upkeep
 from echolm_middleware.upkeep import Upkeep
 from tests.integration.conftest import (
@@ -90,6 +90,40 @@ def test_a_pass_upgrades_a_degraded_example_with_the_strong_tiers_answer(
     (example,) = [e for e in upkeep.engine.store.examples("default") if e.id == key]
     assert example.answer != DEGRADED and "tokyo" in example.answer.lower()
     assert (example.source_tier, example.replays, example.gain) == (STRONG, 1, 0.0)
+
+
+class WithAWrongSample:
+    """The real strongest tier, except that the second sample says "Osaka": the samples then differ for sure,
+    and the real tier, as judge, must name the right one."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.prompts: list[str] = []
+
+    def complete(
+        self, tier: str, prompt: str, *, max_tokens: int, temperature: float, instructions: str = ""
+    ) -> Completion:
+        self.prompts.append(prompt)
+        completion: Completion = self.real.complete(
+            tier, prompt, max_tokens=max_tokens, temperature=temperature, instructions=instructions
+        )
+        return replace(completion, text="Osaka") if len(self.prompts) == 2 else completion
+
+
+def test_with_keep_judge_the_strong_tier_names_the_right_one_of_differing_samples(
+    local_tiers: LocalTiers, tmp_path: Path
+) -> None:
+    upkeep = _in_process(local_tiers, tmp_path, samples=3, keep="judge")
+    key = _degrade(upkeep, "What is the capital of Japan?", gain=0.8)
+    completer = upkeep.completer = WithAWrongSample(upkeep.completer)
+
+    (step,) = upkeep.run_pass().steps
+
+    assert step.outcome == "upgraded"
+    assert len(completer.prompts) == 4  # three samples, then the judge
+    assert re.search(r"^\d\. Osaka$", completer.prompts[-1], flags=re.MULTILINE)  # listed for the judge
+    (example,) = [e for e in upkeep.engine.store.examples("default") if e.id == key]
+    assert "tokyo" in example.answer.lower()
 
 
 def test_the_budget_is_never_exceeded_on_real_token_counts(local_tiers: LocalTiers, tmp_path: Path) -> None:
