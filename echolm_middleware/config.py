@@ -127,7 +127,7 @@ class RoutingSettings(_Strict):
     load_lambda: float = Field(default=0.5, ge=0, description="λ0 of the load bias λ0·tanh(γ·(L−cap))·C.")
     load_gamma: float = Field(default=1.0, gt=0, description="γ of the load bias.")
     load_signal: Literal["queue", "ema", "delay"] = Field(
-        default="delay",
+        default="queue",
         description=(
             "The load L a request is routed on. queue: requests in flight on the tier counting this one, the"
             " queue it would join; ema: the moving average of requests in flight (smoother, lags a burst);"
