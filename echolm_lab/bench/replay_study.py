@@ -384,11 +384,6 @@ def replay_effect(
     )
 
 
-def vote(answers: Sequence[str]) -> str:
-    """The answer given most often, compared up to case, spacing and a final dot; a tie keeps the first."""
-    return distinct_answers(answers)[0]
-
-
 def describe_effect(workload: str, effect: ReplayEffect, *, per_item: int) -> list[str]:
     """Markdown lines for one workload's replay effect (points: percentage points of the metric)."""
 

@@ -19,11 +19,11 @@ from echolm_lab.bench.replay_study import (
     replay_effect,
     sample_seed,
     samples_path,
-    vote,
 )
 from echolm_lab.bench.table_build import Endpoint, TableWorkload
 from echolm_lab.bench.workloads import Workload
 from echolm_lab.datasets import QARecord
+from echolm_middleware.core.answer_pick import distinct_answers
 
 POOL_ITEMS = [QARecord("capital of france?", ("paris",)), QARecord("capital of spain?", ("madrid",))]
 REQUESTS = [QARecord("france's capital?", ("paris",)), QARecord("spain's capital city?", ("madrid",))]
@@ -209,9 +209,10 @@ def test_a_judge_reply_naming_no_candidate_keeps_the_most_given_answer(tmp_path:
 
 
 def test_a_vote_compares_answers_up_to_case_spacing_and_a_final_dot_and_a_tie_keeps_the_first() -> None:
-    assert vote(["Paris.", "lyon", " paris"]) == "Paris."
-    assert vote(["lyon", "paris"]) == "lyon"
-    assert vote(["lyon", "paris", "Paris"]) == "paris"
+    # The study's plain vote is the most given of the distinct answers (`core.answer_pick`).
+    assert distinct_answers(["Paris.", "lyon", " paris"])[0] == "Paris."
+    assert distinct_answers(["lyon", "paris"])[0] == "lyon"
+    assert distinct_answers(["lyon", "paris", "Paris"])[0] == "paris"
 
 
 def test_items_reused_come_first_then_those_shown_most_as_examples_up_to_the_count() -> None:
