@@ -127,17 +127,23 @@ class RoutingSettings(_Strict):
     load_lambda: float = Field(default=0.5, ge=0, description="λ0 of the load bias λ0·tanh(γ·(L−cap))·C.")
     load_gamma: float = Field(default=1.0, gt=0, description="γ of the load bias.")
     load_signal: Literal["queue", "ema", "delay"] = Field(
-        default="queue",
+        default="delay",
         description=(
-            "The load L a request is routed on. queue: requests in flight on the tier counting this one, the"
-            " queue it would join; ema: the moving average of requests in flight (smoother, lags a burst);"
-            " delay: the seconds the request would take there (the requests ahead of it at the tier's measured"
-            " latency, over its capacity, then its own answer, predicted from the prompt tokens it would read,"
-            " examples included), charged against latency_target_s whatever the tier's price."
+            "The load L a request is routed on. delay: the seconds of delay it would meet there, charged"
+            " load_lambda per latency_target_s whatever the tier's price: the wait behind the requests ahead of"
+            " it (at the tier's measured latency, over its capacity) in full, and its own answer (predicted"
+            " from the prompt tokens it would read, examples included) only beyond latency_target_s. queue:"
+            " requests in flight on the tier counting this one, charged above capacity and scaled by the"
+            " tier's relative cost; ema: the moving average of requests in flight (smoother, lags a burst)."
         ),
     )
     latency_target_s: float = Field(
-        default=5.0, gt=0, description="load_signal delay: the expected seconds that cost load_lambda of quality."
+        default=5.0,
+        gt=0,
+        description=(
+            "load_signal delay: the seconds of wait that cost load_lambda of quality; a request's own answer"
+            " is charged only for its time beyond this."
+        ),
     )
     latency_prior_s: float = Field(
         default=1.0, gt=0, description="load_signal delay: a tier's latency until its answers have been timed."

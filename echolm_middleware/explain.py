@@ -24,7 +24,11 @@ def _why(decision: Decision) -> str:
         return f"{chosen.tier} is the only tier no dearer than {decision.requested_model!r}"
     runner = ranked[1]
     parts = [f"{chosen.tier} scored {chosen.score:.3f} against {runner.tier}'s {runner.score:.3f}"]
-    if runner.load_penalty > 0:
+    if runner.load_penalty > 0 and runner.load_signal == "delay":
+        parts.append(f"{runner.tier} was charged {runner.load:.2f} s of delay (the wait behind the requests ahead, "
+                     f"and its answer's time beyond the {runner.capacity:g} s latency target), costing it "
+                     f"{runner.load_penalty:.3f}")  # fmt: skip
+    elif runner.load_penalty > 0:
         parts.append(f"{runner.tier} was over capacity (load {runner.load:.2f} > {runner.capacity:g}), costing it "
                      f"{runner.load_penalty:.3f}")  # fmt: skip
     if decision.examples:
@@ -65,7 +69,9 @@ def format_decision(decision: Decision, recorded_by: str | None = None) -> str:
             lines.append(f"  example {index}: similarity {ex.similarity:.3f} utility {ex.utility:.3f} "
                          f"[{features}] {ex.prompt[:80]!r}")  # fmt: skip
         lines.append(f"context bucket: {decision.bucket}")
-        rows = [["tier", "quality", "alpha/beta", "cost", "load/cap", "-cost", "-load", "score", "time s", "prompt $"]]
+        delay = any(s.load_signal == "delay" for s in decision.scores)
+        load_column = "delay/target s" if delay else "load/cap"
+        rows = [["tier", "quality", "alpha/beta", "cost", load_column, "-cost", "-load", "score", "time s", "prompt $"]]
         for s in decision.scores:
             rows.append([
                 s.tier + (" *" if s.tier == decision.tier else ""),
@@ -74,10 +80,15 @@ def format_decision(decision: Decision, recorded_by: str | None = None) -> str:
                 "-" if s.expected_s is None else f"{s.expected_s:.2f}",
                 "-" if s.prompt_usd is None else f"{s.prompt_usd:.2e}",
             ])  # fmt: skip
+        charged = (
+            "delay: the seconds charged, the wait in full and the answer's own time beyond the target; "
+            if delay
+            else ""
+        )
         lines.append(
-            "tier scores (score = quality - cost term - load bias; time: expected seconds to the answer, the "
-            "requests ahead at the tier's measured latency, then its own from the prompt tokens it would read; "
-            "prompt $: the prompt it would get, examples included, at its input price):"
+            f"tier scores (score = quality - cost term - load bias; {charged}time: expected seconds to the "
+            "answer, the requests ahead at the tier's measured latency, then its own from the prompt tokens it "
+            "would read; prompt $: the prompt it would get, examples included, at its input price):"
         )
         lines += _table(rows)
     lines.append(f"why: {_why(decision)}")

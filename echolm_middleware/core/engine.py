@@ -43,6 +43,7 @@ from echolm_middleware.core.reuse import STORED_PREFIX as REUSE_STORED_PREFIX
 from echolm_middleware.core.reuse import ReuseCandidate, ReuseModels, why_not_reused
 from echolm_middleware.core.routing import (
     LoadTracker,
+    TierDelay,
     TierProfile,
     choose_tier,
     context_bucket,
@@ -222,13 +223,21 @@ class Engine:
 
     # ---- request path -------------------------------------------------------------------------
 
-    def _routing_loads(self, sent_tokens: Mapping[str, int] | None) -> dict[str, float]:
-        """The load each tier is routed on; `sent_tokens`: the prompt tokens each would read (`delay`)."""
-        signal = self.settings.routing.load_signal
-        if signal == "ema":
-            return self.load.loads()
-        queues = self.load.queue_if_added([tier.name for tier in self.tiers])
-        return expected_delays(self.tiers, queues, self.service, sent_tokens) if signal == "delay" else queues
+    def _routing_loads(self, sent_tokens: Mapping[str, int] | None) -> tuple[dict[str, float], dict[str, TierDelay]]:
+        """The load each tier is routed on, and the delay the request would meet there (for `explain` and,
+        with the `delay` signal, for routing); `sent_tokens`: the prompt tokens each would read."""
+        routing = self.settings.routing
+        names = [tier.name for tier in self.tiers]
+        if routing.load_signal == "ema":  # the moving average counts those in flight without this one
+            loads = self.load.loads()
+            queues = {name: loads.get(name, 0.0) + 1.0 for name in names}
+        else:
+            queues = self.load.queue_if_added(names)
+            loads = dict(queues)
+        delays = expected_delays(self.tiers, queues, self.service, sent_tokens)
+        if routing.load_signal == "delay":
+            loads = {name: delay.charged(routing.latency_target_s) for name, delay in delays.items()}
+        return loads, delays
 
     def _sent_tokens(
         self, tiers: Sequence[TierProfile], prompt_tokens: Callable[[str], int], chosen: Sequence[ScoredExample]
@@ -242,22 +251,17 @@ class Engine:
         return {tier.name: prompt_tokens(tier.name) + (0 if tier.name == self.strongest else shown) for tier in tiers}
 
     def _with_time_and_price(
-        self, scores: Sequence[TierScore], loads: Mapping[str, float], sent_tokens: Mapping[str, int] | None
+        self, scores: Sequence[TierScore], delays: Mapping[str, TierDelay], sent_tokens: Mapping[str, int] | None
     ) -> list[TierScore]:
-        """Each choice's expected seconds and prompt price (`TierScore`), from the loads routing read."""
-        tiers = [self._by_name[score.tier] for score in scores]
-        signal = self.settings.routing.load_signal
-        if signal == "delay":
-            seconds = dict(loads)
-        else:  # the queue it would join; the moving average counts those in flight without this one
-            queues = loads if signal == "queue" else {name: load + 1.0 for name, load in loads.items()}
-            seconds = expected_delays(tiers, queues, self.service, sent_tokens)
+        """Each choice's expected seconds (wait and answer) and prompt price (`TierScore`)."""
         priced = []
-        for score, tier in zip(scores, tiers, strict=True):
+        for score in scores:
+            tier = self._by_name[score.tier]
             price = 0.0
             if sent_tokens is not None and tier.prices.input_per_1k > 0:  # an unpriced tier's prompt is free
                 price = tier.prices.input_per_1k * sent_tokens[tier.name] / 1000
-            priced.append(replace(score, expected_s=round(seconds.get(tier.name, 0.0), 3), prompt_usd=price))
+            seconds = delays[tier.name].total_s if tier.name in delays else 0.0
+            priced.append(replace(score, expected_s=round(seconds, 3), prompt_usd=price))
         return priced
 
     def _prompt_tokens(self, view: RequestView) -> Callable[[str], int]:
@@ -326,7 +330,7 @@ class Engine:
         with self._lock:
             observed = dict(self._posteriors.get(request.tenant, {}))
         sent_tokens = self._sent_tokens(eligible, prompt_tokens, chosen)
-        loads = self._routing_loads(sent_tokens)
+        loads, delays = self._routing_loads(sent_tokens)
         scores = score_tiers(
             eligible,
             strongest=self.strongest,
@@ -337,7 +341,7 @@ class Engine:
             rng=self._rng,
             strongest_bias=self.quality.strongest_bias() if self.quality is not None else 0.0,
         )
-        scores = self._with_time_and_price(scores, loads, sent_tokens)
+        scores = self._with_time_and_price(scores, delays, sent_tokens)
         best = choose_tier(scores)
         gets_examples = best.tier != self.strongest and bool(chosen)
         messages = self._augmented(request.messages, chosen if gets_examples else [])

@@ -5,10 +5,12 @@ the quality of the examples found for this request (DESIGN.md §2.5). L_i is, by
 request would join (requests in flight on the tier, counting this one), or the moving average of the
 in-flight count (`routing.load_signal`). With those the load bias is λ0·tanh(γ·(L_i − cap_i))⁺·C_i: zero up
 to capacity, then growing with the excess and with the tier's cost, so load shifts to cheap tiers. With
-`load_signal: delay`, L_i is the seconds the request would take on the tier (the queue ahead of it at the
-tier's measured latency, over its capacity, then its own answer, predicted from its prompt tokens with the
-examples it would get: `core.service_time`) and the bias is λ0·L_i/latency_target_s whatever the tier costs: an
-idle tier attracts work and a queued one sheds it, the expensive one included.
+`load_signal: delay`, L_i is the seconds of delay the request is charged on the tier (`TierDelay.charged`: the
+wait behind the requests ahead of it at the tier's measured latency, over its capacity, plus its own answer's
+time beyond latency_target_s, predicted from its prompt tokens with the examples it would get:
+`core.service_time`) and the bias is λ0·L_i/latency_target_s whatever the tier costs: an idle tier attracts
+work and a queued one sheds it, the expensive one included, while a slow but idle tier keeps the requests
+its quality earns.
 """
 
 from __future__ import annotations
@@ -131,6 +133,7 @@ def score_tiers(
                 load_penalty=load_penalty,
                 score=quality - cost_penalty - load_penalty + bias,
                 target_bias=bias,
+                load_signal=settings.load_signal,
             )
         )
     return scores
@@ -141,19 +144,42 @@ def choose_tier(scores: Sequence[TierScore]) -> TierScore:
     return max(scores, key=lambda s: (round(s.score, 9), -s.cost))
 
 
+@dataclass(frozen=True)
+class TierDelay:
+    """The seconds a request would take on a tier: the wait behind the requests ahead of it, then its answer."""
+
+    wait_s: float
+    answer_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.wait_s + self.answer_s
+
+    def charged(self, target_s: float) -> float:
+        """The seconds the router charges: the wait, and the answer's own time only beyond `target_s`.
+
+        The wait is what load adds; an idle tier's answer time is the tier itself. Charging it in full sent
+        requests without examples from an idle strong tier that answers in 6 s to an idle cheap one that
+        answers in 2 s, trading quality for seconds no one was short of; within the target it costs nothing.
+        """
+        return self.wait_s + max(0.0, self.answer_s - target_s)
+
+
 def expected_delays(
     tiers: Sequence[TierProfile],
     queues: Mapping[str, float],
     service: ServiceTimes,
     prompt_tokens: Mapping[str, int] | None = None,
-) -> dict[str, float]:
-    """Seconds a request would take on each tier: the requests ahead of it (its queue less itself) at the
+) -> dict[str, TierDelay]:
+    """The delay a request would meet on each tier: the requests ahead of it (its queue less itself) at the
     tier's mean latency, shared among its `capacity` slots, then its own answer, predicted from the prompt
     tokens the tier would read (`prompt_tokens`, examples included where it gets them; else its mean)."""
     tokens = prompt_tokens or {}
     return {
-        tier.name: max(0.0, queues.get(tier.name, 1.0) - 1.0) * service.estimate(tier.name) / tier.capacity
-        + service.predict(tier.name, tokens.get(tier.name))
+        tier.name: TierDelay(
+            wait_s=max(0.0, queues.get(tier.name, 1.0) - 1.0) * service.estimate(tier.name) / tier.capacity,
+            answer_s=service.predict(tier.name, tokens.get(tier.name)),
+        )
         for tier in tiers
     }
 

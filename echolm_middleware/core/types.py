@@ -118,6 +118,9 @@ class TierScore:
     # prompt it would be sent (the examples included where the tier gets them) at the tier's input price.
     expected_s: float | None = None
     prompt_usd: float | None = None
+    # What `load` and `capacity` count (`routing.load_signal`): requests for queue and ema; for delay, the
+    # seconds charged and the latency target (older decisions lack it and were queue or ema).
+    load_signal: str = "queue"
 
 
 @dataclass(frozen=True)

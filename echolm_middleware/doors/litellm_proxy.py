@@ -271,9 +271,7 @@ class EchoLMProxyHandler(RecordingCallback):
             metadata = {}
             data["metadata"] = metadata
         metadata.pop(METADATA_KEY, None)  # never trust a summary the caller sent
-        # When the request reached us: a stream's latency is measured from here (LiteLLM times non-streamed
-        # calls itself). Overwritten like the summary, so a caller cannot plant one.
-        metadata[STARTED_KEY] = time.monotonic()
+        metadata.pop(STARTED_KEY, None)  # nor a start time
         messages = data.get("messages")
         request = ChatRequest(
             tenant=tenant_of(user_api_key_dict),
@@ -300,6 +298,10 @@ class EchoLMProxyHandler(RecordingCallback):
             summary = summary_of(request, prepared)
         # What this hook added to the request's latency, end to end (thread hop and waits included).
         carry(metadata, summary.with_overhead((time.perf_counter() - started) * 1000))
+        # When the request leaves us for its tier: a stream's latency, the tier's service time, is measured
+        # from here (LiteLLM times non-streamed calls itself), so our own wait (the first requests wait
+        # for the engine to load) is not taken for the tier's.
+        metadata[STARTED_KEY] = time.monotonic()
         return data
 
     async def _bypass(self, request: ChatRequest) -> DecisionSummary:

@@ -61,12 +61,12 @@ def test_the_repository_config_loads_and_names_existing_model_groups() -> None:
     assert [p.cost for p in profiles] == pytest.approx([0.05, 1.0])
 
 
-def test_the_repository_config_routes_on_the_queue_and_replays_one_answer_judged_when_sampled() -> None:
-    """README: `load_signal: queue` is the default (delay measured, not yet the default); the replay asks one
-    greedy answer (`samples: 1`) and, where set to sample, keeps the strong tier's pick (`keep: judge`)."""
+def test_the_repository_config_routes_on_delay_and_replays_one_answer_judged_when_sampled() -> None:
+    """README: `load_signal: delay` with a 5 s latency target is the default; the replay asks one greedy
+    answer (`samples: 1`) and, where set to sample, keeps the strong tier's pick (`keep: judge`)."""
     settings, _ = load_settings(REPO_CONFIG)
 
-    assert settings.routing.load_signal == "queue"
+    assert (settings.routing.load_signal, settings.routing.latency_target_s) == ("delay", 5.0)
     assert (settings.upkeep.samples, settings.upkeep.keep) == (1, "judge")
 
 

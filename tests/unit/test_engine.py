@@ -966,7 +966,16 @@ def test_with_the_delay_signal_the_engine_routes_on_seconds_it_has_measured(make
 
     decision = kit.engine.prepare(_ask(QUESTION)).decision
 
-    loads = {score.tier: score.load for score in decision.scores}
+    seconds = {score.tier: score.expected_s for score in decision.scores}
     # Both idle, so each is this request's own answer: strong its one timed whole answer (3 s; the cut one is
     # not a latency), cheap the prior (1 s; its two slots do not make one answer faster).
-    assert loads == pytest.approx({"strong": 3.0, "cheap": 1.0})
+    assert seconds == pytest.approx({"strong": 3.0, "cheap": 1.0})
+    # Both answers are within the 5 s target and nothing waits ahead of them, so neither is charged.
+    assert {score.tier: score.load for score in decision.scores} == {"strong": 0.0, "cheap": 0.0}
+
+    # That request (no example, so the strong tier) is still in flight: the next waits its 3 s there, charged.
+    assert decision.tier == "strong"
+    queued = kit.engine.prepare(_ask(QUESTION)).decision
+    charged = {score.tier: score.load for score in queued.scores}
+    assert charged["strong"] == pytest.approx(3.0)
+    assert charged["cheap"] == 0.0

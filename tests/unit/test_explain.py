@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -102,6 +103,20 @@ def test_an_overloaded_runner_up_is_explained() -> None:
 
     assert why.startswith("why: cheap scored 0.295 against strong's 0.200")
     assert "strong was over capacity (load 5.00 > 1), costing it 0.500" in why
+
+
+def test_a_runner_up_charged_for_delay_is_explained_in_seconds_against_the_target() -> None:
+    strong = replace(
+        _score("strong", 0.07, load=6.3, capacity=5.0, load_penalty=0.63), load_signal="delay", expected_s=6.3
+    )
+    decision = _decision(tier="cheap", scores=[replace(_score("cheap", 0.295), load_signal="delay"), strong])
+
+    lines = format_decision(decision).splitlines()
+
+    assert "strong was charged 6.30 s of delay (the wait behind the requests ahead" in lines[-2]
+    assert "beyond the 5 s latency target), costing it 0.630" in lines[-2]
+    header = next(line for line in lines if line.split()[:2] == ["tier", "quality"])
+    assert "delay/target s" in header and "load/cap" not in header
 
 
 def test_a_single_eligible_tier_is_explained_as_the_only_choice() -> None:

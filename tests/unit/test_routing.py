@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import pytest
 
@@ -303,6 +303,10 @@ def test_the_queue_signal_counts_the_request_being_routed_on_every_tier(clock: F
 DELAY = ROUTING.model_copy(update={"load_signal": "delay", "latency_target_s": 5.0})
 
 
+def _charged(delays: dict[str, Any], target_s: float = 5.0) -> dict[str, float]:
+    return {name: delay.charged(target_s) for name, delay in delays.items()}
+
+
 def test_with_the_delay_signal_an_idle_cheap_tier_draws_work_from_a_queued_strong_one() -> None:
     from echolm_middleware.core.routing import expected_delays
     from echolm_middleware.core.service_time import ServiceTimes
@@ -314,16 +318,37 @@ def test_with_the_delay_signal_an_idle_cheap_tier_draws_work_from_a_queued_stron
     queued = expected_delays([CHEAP, STRONG], {"cheap": 1.0, "strong": 8.0}, service)  # 7 ahead on strong
 
     # An idle tier: its own answer, whatever its slots (two slots do not halve one answer's time).
-    assert idle == pytest.approx({"cheap": 0.5, "strong": 0.8})
-    assert queued["strong"] == pytest.approx(7 * 0.8 / STRONG.capacity + 0.8)
+    assert {name: delay.total_s for name, delay in idle.items()} == pytest.approx({"cheap": 0.5, "strong": 0.8})
+    assert queued["strong"].wait_s == pytest.approx(7 * 0.8 / STRONG.capacity)
+    assert queued["strong"].total_s == pytest.approx(7 * 0.8 / STRONG.capacity + 0.8)
+    # Answers within the 5 s target cost nothing; the wait is charged in full.
+    assert _charged(idle) == {"cheap": 0.0, "strong": 0.0}
+    assert _charged(queued)["strong"] == pytest.approx(7 * 0.8)
     # Mid bucket: both idle, quality decides (the cheap tier with examples, as without load).
-    assert _chosen(bucket="mid", loads=idle, settings=DELAY) == "cheap"
+    assert _chosen(bucket="mid", loads=_charged(idle), settings=DELAY) == "cheap"
     # No example (prior 0.3 vs 0.8): the strong tier while idle, the cheap one once the strong queue costs more.
-    assert _chosen(bucket=NO_EXAMPLES, loads=idle, settings=DELAY) == "strong"
-    assert _chosen(bucket=NO_EXAMPLES, loads=queued, settings=DELAY) == "cheap"
+    assert _chosen(bucket=NO_EXAMPLES, loads=_charged(idle), settings=DELAY) == "strong"
+    assert _chosen(bucket=NO_EXAMPLES, loads=_charged(queued), settings=DELAY) == "cheap"
 
 
-def test_with_the_delay_signal_examples_that_slow_the_cheap_tier_past_the_strong_one_keep_work_there() -> None:
+def test_with_the_delay_signal_a_slow_idle_strong_tier_keeps_the_requests_its_quality_earns() -> None:
+    from echolm_middleware.core.routing import expected_delays
+    from echolm_middleware.core.service_time import ServiceTimes
+
+    service = ServiceTimes(prior_s=1.0)
+    service.observe("strong", 8.0)
+    service.observe("cheap", 1.0)
+    idle = expected_delays([CHEAP, STRONG], {"cheap": 1.0, "strong": 1.0}, service)
+    whole_answers = {name: delay.total_s for name, delay in idle.items()}
+
+    # Charged its whole 8 s answer against the cheap tier's 1 s, the idle strong tier would lose a request
+    # without examples (0.8 - 0.8 < 0.3 - 0.1); charged only the 3 s beyond the target, it keeps it.
+    assert _chosen(bucket=NO_EXAMPLES, loads=whole_answers, settings=DELAY) == "cheap"
+    assert _charged(idle) == pytest.approx({"cheap": 0.0, "strong": 3.0})
+    assert _chosen(bucket=NO_EXAMPLES, loads=_charged(idle), settings=DELAY) == "strong"
+
+
+def test_with_the_delay_signal_examples_that_slow_the_cheap_tier_past_the_target_keep_work_off_it() -> None:
     from echolm_middleware.core.routing import expected_delays
     from echolm_middleware.core.service_time import ServiceTimes
 
@@ -335,14 +360,14 @@ def test_with_the_delay_signal_examples_that_slow_the_cheap_tier_past_the_strong
     bare = expected_delays([CHEAP, STRONG], {"cheap": 1.0, "strong": 1.0}, service, {"cheap": 30, "strong": 30})
     shown = expected_delays([CHEAP, STRONG], {"cheap": 1.0, "strong": 1.0}, service, {"cheap": 100, "strong": 30})
 
-    assert bare["cheap"] < 0.8 < 1.5 < shown["cheap"]  # both idle; the examples' 70 tokens cost a second
-    assert shown["strong"] == bare["strong"] == pytest.approx(0.9)
-    # Where time weighs (load_lambda 2 per 5 s), an idle cheap tier draws a bare request, but one whose
-    # examples make it slower than the idle strong tier stays there, though the examples' quality alone
-    # (mid bucket) would send it to the cheap tier.
-    weighing_time = DELAY.model_copy(update={"load_lambda": 2.0})
-    assert _chosen(bucket="mid", loads=bare, settings=weighing_time) == "cheap"
-    assert _chosen(bucket="mid", loads=shown, settings=weighing_time) == "strong"
+    assert bare["cheap"].answer_s < 0.8 < 1.5 < shown["cheap"].answer_s  # the examples' 70 tokens cost a second
+    assert shown["strong"].answer_s == bare["strong"].answer_s == pytest.approx(0.9)
+    # With a 1 s target (load_lambda 2 per second beyond it), an idle cheap tier draws a bare request, but
+    # one whose examples take it past the target stays on the idle strong tier, though the examples'
+    # quality alone (mid bucket) would send it to the cheap tier.
+    tight = DELAY.model_copy(update={"load_lambda": 2.0, "latency_target_s": 1.0})
+    assert _chosen(bucket="mid", loads=_charged(bare, 1.0), settings=tight) == "cheap"
+    assert _chosen(bucket="mid", loads=_charged(shown, 1.0), settings=tight) == "strong"
 
 
 def test_with_the_delay_signal_a_queued_cheap_tier_sheds_work_back_to_the_strong_one() -> None:
