@@ -99,7 +99,7 @@ class TableBenchOptions:
     # bar) or "pool" (weights fitted on the workload's warm pool, reuse at P >= reuse_bar); None: not run.
     reuse: str | None = None
     reuse_bar: float = 0.95
-    # Config overrides for every EchoLM pass ("routing.load_signal=delay"), as the proxy's environment.
+    # Config overrides for every EchoLM pass ("routing.load_signal=queue"), as the proxy's environment.
     echolm_env: dict[str, str] = field(default_factory=dict)
     replica_ports: tuple[int, int] = REPLICA_PORTS
 

@@ -138,7 +138,7 @@ def register(subparsers: Any) -> None:
         "--echolm-set",
         metavar="KEY=VALUE,...",
         help="with --tables: config overrides for every EchoLM pass, e.g. "
-        "routing.load_signal=delay or routing.reuse.enabled=false (the router without reuse)",
+        "routing.load_signal=queue or routing.reuse.enabled=false (the router without reuse)",
     )
     parser.add_argument(
         "--reuse", choices=["shipped", "pool"],

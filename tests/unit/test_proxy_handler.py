@@ -20,7 +20,13 @@ from litellm.proxy._types import UserAPIKeyAuth
 from echolm_lab.local_services import free_port
 from echolm_middleware.core.summary import DecisionSummary
 from echolm_middleware.doors.access import EngineHandle
-from echolm_middleware.doors.litellm_common import METADATA_KEY, as_served, bypass_requested, fall_back_to_requested
+from echolm_middleware.doors.litellm_common import (
+    METADATA_KEY,
+    as_served,
+    bypass_requested,
+    fall_back_to_requested,
+    summary_in,
+)
 from echolm_middleware.doors.litellm_proxy import EchoLMProxyHandler, caller_of, tenant_of
 from echolm_middleware.metrics import metrics
 from tests.echo_tier import WORDS, EchoTier
@@ -299,6 +305,33 @@ def test_a_streamed_answer_is_timed_from_our_hook_for_the_delay_signal(
 
     # The echo tier answers at once: its measured latency replaces the 1-second prior.
     assert prior == 1.0 and 0.0 < kit.engine.service.estimate("strong") < prior
+
+
+def test_the_time_our_hook_takes_is_not_taken_for_the_tiers_latency(
+    installed: Any, router_with_a_dead_cheap_tier: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kit, handler = installed.kit, installed.handler
+    decide = kit.engine.prepare
+
+    def slow_decision(request: Any) -> Any:  # as the first requests wait for the engine to load
+        time.sleep(0.6)
+        return decide(request)
+
+    monkeypatch.setattr(kit.engine, "prepare", slow_decision)
+    data: dict[str, Any] = {"model": "strong", "messages": [{"role": "user", "content": QUESTION}], "stream": True}
+
+    async def run() -> None:
+        await handler.async_pre_call_hook(SimpleNamespace(team_id="A"), None, data, "acompletion")
+        response = await router_with_a_dead_cheap_tier.acompletion(**data)
+        async for _ in handler.async_post_call_streaming_iterator_hook(None, response, data):
+            pass
+
+    asyncio.run(run())
+
+    # The echo tier answers at once; the hook's 0.6 s is ours, not the tier's.
+    summary = summary_in(data["metadata"])
+    assert summary is not None and summary.overhead_ms >= 600
+    assert 0.0 < kit.engine.service.estimate("strong") < 0.3
 
 
 @pytest.mark.parametrize("call_type", ["aresponses", "anthropic_messages", "aembedding", "atext_completion"])
