@@ -159,8 +159,9 @@ class TierDelay:
         """The seconds the router charges: the wait, and the answer's own time only beyond `target_s`.
 
         The wait is what load adds; an idle tier's answer time is the tier itself. Charging it in full sent
-        requests without examples from an idle strong tier that answers in 6 s to an idle cheap one that
-        answers in 2 s, trading quality for seconds no one was short of; within the target it costs nothing.
+        requests without examples from an idle strong tier that answers in 8 s to an idle cheap one that
+        answers in 1 s (at the defaults), trading quality for seconds no one was short of; within the target
+        it costs nothing.
         """
         return self.wait_s + max(0.0, self.answer_s - target_s)
 
