@@ -124,8 +124,15 @@ class RoutingSettings(_Strict):
     cost_weight: float = Field(
         default=0.1, ge=0, description="Quality points traded for going from the dearest to a free tier."
     )
-    load_lambda: float = Field(default=0.5, ge=0, description="λ0 of the load bias λ0·tanh(γ·(L−cap))·C.")
-    load_gamma: float = Field(default=1.0, gt=0, description="γ of the load bias.")
+    load_lambda: float = Field(
+        default=0.5,
+        ge=0,
+        description=(
+            "λ0, the quality load costs: λ0 per latency_target_s of delay charged (delay), or the most of"
+            " λ0·tanh(γ·(L−cap))·C (queue, ema)."
+        ),
+    )
+    load_gamma: float = Field(default=1.0, gt=0, description="γ of the load bias (queue, ema).")
     load_signal: Literal["queue", "ema", "delay"] = Field(
         default="delay",
         description=(
