@@ -128,8 +128,8 @@ class RoutingSettings(_Strict):
         default=0.5,
         ge=0,
         description=(
-            "λ0, the quality load costs: λ0 per latency_target_s of delay charged (delay), or the most of"
-            " λ0·tanh(γ·(L−cap))·C (queue, ema)."
+            "λ0, the quality load costs: λ0 per latency_target_s of delay charged (delay), or the scale of"
+            " the bias λ0·tanh(γ·(L−cap))⁺·C, at most λ0·C (queue, ema)."
         ),
     )
     load_gamma: float = Field(default=1.0, gt=0, description="γ of the load bias (queue, ema).")
