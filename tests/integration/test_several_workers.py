@@ -215,7 +215,15 @@ def test_when_the_chosen_tier_dies_mid_stream_the_named_model_answers_what_it_ca
 
     on_cheap = [run for run in runs if run.headers.get("x-echolm-tier") == CHEAP]
     cut = [run for run in on_cheap if run.error is not None]
-    assert [run for run in cut if run.first_part_at and run.first_part_at < killed_at], "no stream was cut mid-way"
+    seen = [  # what each stream did, relative to the kill: for the message when no stream was cut
+        (run.headers.get("x-echolm-tier"), run.headers.get("x-echolm-action"), len(run.parts),
+         run.first_part_at and round(run.first_part_at - killed_at, 3), run.ended_at and round(run.ended_at - killed_at, 3),
+         repr(run.error)[:120])
+        for run in runs
+    ]  # fmt: skip
+    assert [run for run in cut if run.first_part_at and run.first_part_at < killed_at], (
+        f"no stream was cut mid-way: {seen}"
+    )
     for run in cut:
         assert stack.recorded_by(run.request_id) is None  # half an answer is never recorded
     for run in runs:
