@@ -174,7 +174,7 @@ def two_worker_stack(base: Path) -> Iterator[Stack]:
         env["ECHOLM_UPKEEP__BUDGET_TOKENS"] = "0"
         # The faults here need several streams queued on the cheap tier at once (one is cut mid-way when its
         # server is killed, the others wait on it). The delay signal spreads such a burst over both tiers,
-        # leaving one or two on the cheap one, and the mid-stream kill then found no stream to cut in 2 of 5
+        # leaving one or two on the cheap one, and the mid-stream kill then found no stream to cut in 2 of 8
         # runs (cause not found); the queue signal, which barely charges the cheap tier's queue, keeps them there.
         env["ECHOLM_ROUTING__LOAD_SIGNAL"] = "queue"
         config = _config_with_cheap_on(spec.port, base)
