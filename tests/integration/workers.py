@@ -172,13 +172,6 @@ def two_worker_stack(base: Path) -> Iterator[Stack]:
         # Both workers run the upkeep scheduler every 6 s; a zero budget keeps the passes off the model servers.
         env["ECHOLM_UPKEEP__SCHEDULE_MINUTES"] = "0.1"
         env["ECHOLM_UPKEEP__BUDGET_TOKENS"] = "0"
-        # The faults here need several streams queued on the cheap tier at once (one is cut mid-way when its
-        # server is killed, the others wait on it). The delay signal spreads such a burst over both tiers,
-        # leaving one or two on the cheap one, and the mid-stream kill then found no stream to cut in 3 of 11 runs:
-        # in the one traced, that stream's 13 parts arrived within 52 ms around the kill and it ended cleanly,
-        # a short answer already whole. The queue signal, which barely charges the cheap tier's queue, keeps
-        # the burst there, so one is always mid-way.
-        env["ECHOLM_ROUTING__LOAD_SIGNAL"] = "queue"
         config = _config_with_cheap_on(spec.port, base)
         proxy = start_proxy(config, env=env, workers=2, log_path=base / "proxy.log")
         stack.callback(proxy.stop)
