@@ -31,6 +31,9 @@ def _why(decision: Decision) -> str:
     elif runner.load_penalty > 0:
         parts.append(f"{runner.tier} was over capacity (load {runner.load:.2f} > {runner.capacity:g}), costing it "
                      f"{runner.load_penalty:.3f}")  # fmt: skip
+    for capped in (s for s in (chosen, runner) if s.load_penalty_capped):
+        parts.append(f"{capped.tier}'s load charge was capped at {capped.load_penalty:.3f}, the most load may "
+                     "cost a tier (routing.max_load_penalty)")  # fmt: skip
     if decision.examples:
         parts.append(f"{len(decision.examples)} example(s) put the request in context bucket "
                      f"{decision.bucket!r}, raising the estimate for cheaper tiers")  # fmt: skip

@@ -600,12 +600,7 @@ class Engine:
             self._learn_reuse(tenant, decision.reuse_features, score)
             return
         strongest = decision.tier == self.strongest
-        bucket = tier_bucket(decision.bucket, strongest=strongest)
-        self.stats.add_to_posterior(decision.tier, tenant_bucket(bucket, tenant), score, 1.0 - score)
-        with self._lock:
-            observed = self._posteriors.setdefault(tenant, {})
-            successes, failures = observed.get((decision.tier, bucket), (0.0, 0.0))
-            observed[(decision.tier, bucket)] = (successes + score, failures + 1.0 - score)
+        self._observe_quality(tenant, decision.tier, decision.bucket, score)
         if strongest:
             # The answer this request admitted, if it was the one kept, is only as good as the feedback says.
             key = example_id(decision.tenant, decision.context, decision.query.strip())
@@ -636,10 +631,24 @@ class Engine:
                 self._weights[decision.tenant] = weights
             self.stats.save_weights({f"{name}|{decision.tenant}": value for name, value in weights.items()})
 
+    def _observe_quality(self, tenant: str, tier: str, bucket: str, score: float) -> None:
+        """One score (0-1) for an answer of `tier` in context `bucket`: the tenant's posterior moves, kept."""
+        bucket = tier_bucket(bucket, strongest=tier == self.strongest)
+        self.stats.add_to_posterior(tier, tenant_bucket(bucket, tenant), score, 1.0 - score)
+        with self._lock:
+            observed = self._posteriors.setdefault(tenant, {})
+            successes, failures = observed.get((tier, bucket), (0.0, 0.0))
+            observed[(tier, bucket)] = (successes + score, failures + 1.0 - score)
+
     def _compared(self, decision: Decision, served_by: str, score: float) -> None:
-        """A shadow comparison scored a cheaper tier's answer (0-1): evidence for the examples it used, as
-        feedback is. It moves neither the router's posteriors nor the utility weights, and the caller's own
-        feedback on the request is still taken."""
+        """A shadow comparison scored a cheaper tier's answer (0-1) against the strongest's: evidence for the
+        router's posterior of that tier in the request's context bucket (so it learns where the cheap tier
+        falls short, e.g. a bucket whose answers rarely agree with the strongest's), and for the examples it
+        used, as feedback is. It does not move the utility weights; the caller's own feedback on the request
+        is still taken, as a second piece of evidence."""
+        if served_by != decision.tier:  # a fallback answered: the comparison says nothing of the chosen tier
+            return
+        self._observe_quality(decision.tenant, served_by, decision.bucket, score)
         if not decision.examples:
             return
         now, alpha, cost = self._now(), self.settings.upkeep.gain_alpha, self._cost_of(served_by)

@@ -10,7 +10,8 @@ wait behind the requests ahead of it at the tier's measured latency, over its ca
 time beyond latency_target_s, predicted from its prompt tokens with the examples it would get:
 `core.service_time`) and the bias is λ0·L_i/latency_target_s whatever the tier costs: an idle tier attracts
 work and a queued one sheds it, the expensive one included, while a slow but idle tier keeps the requests
-its quality earns.
+its quality earns. Under either signal the bias is at most `max_load_penalty`: load sheds the requests
+whose predicted loss on a cheaper tier is smaller than that, never the ones that would lose more.
 """
 
 from __future__ import annotations
@@ -119,6 +120,8 @@ def score_tiers(
         else:
             excess = max(0.0, load - tier.capacity)
             load_penalty = settings.load_lambda * math.tanh(settings.load_gamma * excess) * tier.cost
+        capped = load_penalty > settings.max_load_penalty
+        load_penalty = min(load_penalty, settings.max_load_penalty)
         bias = strongest_bias if is_strongest else 0.0
         scores.append(
             TierScore(
@@ -134,6 +137,7 @@ def score_tiers(
                 score=quality - cost_penalty - load_penalty + bias,
                 target_bias=bias,
                 load_signal=settings.load_signal,
+                load_penalty_capped=capped,
             )
         )
     return scores

@@ -121,6 +121,8 @@ class TierScore:
     # What `load` and `capacity` count (`routing.load_signal`): requests for queue and ema; for delay, the
     # seconds charged and the latency target (older decisions lack it and were queue or ema).
     load_signal: str = "queue"
+    # Whether the load bias hit `routing.max_load_penalty`, the most quality load may cost a tier.
+    load_penalty_capped: bool = False
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,7 @@ ROUTING = RoutingSettings(
     prior_strength=10.0,
     example_uplift=0.9,
     load_signal="queue",  # the tests that route on the delay signal say so
+    max_load_penalty=10.0,  # uncapped: load may shed a request without examples (the cap's tests set it)
 )
 ADMISSION = AdmissionSettings(initial_quality=0.8, min_quality=0.5)
 

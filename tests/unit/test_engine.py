@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from echolm_middleware.backends.sqlite_state import SQLiteState
-from echolm_middleware.config import AdmissionSettings, AugmentationSettings, RequestSettings, ReuseSettings
+from echolm_middleware.config import AdmissionSettings, AugmentationSettings, RequestSettings, ReuseSettings, RoutingSettings
 from echolm_middleware.core.engine import Engine, example_id
 from echolm_middleware.core.routing import LoadTracker, TierProfile
 from echolm_middleware.core.selection import utility
@@ -336,6 +336,22 @@ def test_load_above_capacity_on_the_strong_tier_sends_a_plain_request_to_cheap(
     assert strong.load == pytest.approx(expected_load, abs=0.05)
     assert strong.load_penalty > 0
     assert "over capacity" in format_decision(prepared.decision)
+
+
+def test_with_the_default_cap_a_long_queue_keeps_a_plain_request_on_the_strong_tier(make_engine: Any) -> None:
+    default_cap = RoutingSettings().max_load_penalty
+    kit = make_engine(routing=ROUTING.model_copy(update={"load_signal": "delay", "max_load_penalty": default_cap}))
+    kit.engine.load = LoadTracker(window_s=2.0, clock=kit.clock)
+    for n in range(30):  # 30 ahead at the 1 s latency prior: 30 s of wait, 3.0 of quality uncapped
+        kit.engine.load.begin("strong", f"r{n}")
+
+    prepared = kit.engine.prepare(_ask(UNRELATED))
+
+    # No example: the cheap tier is predicted 0.5 worse (0.3 against 0.8), more than load may cost.
+    assert prepared.tier == "strong"
+    strong = next(score for score in prepared.decision.scores if score.tier == "strong")
+    assert strong.load == pytest.approx(30.0) and strong.load_penalty == pytest.approx(default_cap)
+    assert "routing.max_load_penalty" in format_decision(prepared.decision)
 
 
 def test_a_request_that_would_queue_behind_a_busy_strong_tier_goes_cheap_with_a_weak_example(

@@ -119,6 +119,19 @@ def test_a_runner_up_charged_for_delay_is_explained_in_seconds_against_the_targe
     assert "delay/target s" in header and "load/cap" not in header
 
 
+def test_a_strong_tier_kept_by_the_cap_on_its_load_charge_says_so() -> None:
+    strong = replace(
+        _score("strong", 0.4, load=40.0, capacity=5.0, load_penalty=0.4), load_signal="delay", load_penalty_capped=True
+    )
+    decision = _decision(tier="strong", scores=[replace(_score("cheap", 0.295), load_signal="delay"), strong])
+
+    why = format_decision(decision).splitlines()[-2]
+
+    assert why.startswith("why: strong scored 0.400 against cheap's 0.295")
+    assert "strong's load charge was capped at 0.400, the most load may cost a tier (routing.max_load_penalty)" in why
+    assert Decision.from_dict(decision.to_dict()) == decision  # the flag is kept with the decision
+
+
 def test_a_single_eligible_tier_is_explained_as_the_only_choice() -> None:
     decision = _decision(requested_model="cheap", tier="cheap", scores=[_score("cheap", 0.3)])
 

@@ -110,6 +110,30 @@ def test_cheap_answers_below_the_target_move_traffic_to_the_strongest_tier(make_
     assert strongest.target_bias == pytest.approx(kit.engine.quality.strongest_bias())
 
 
+def test_comparisons_teach_the_router_where_the_cheap_tier_falls_short_even_with_the_bias_at_rest(
+    make_engine: Any,
+) -> None:
+    # A target of 0: comparisons scoring 0 leave the bias at 0, so only the posterior can move the choice.
+    shadow = ImmediateShadow(score=0.0)
+    kit = make_engine(routing=_routing(target=0.0), shadow=shadow)
+    kit.engine.admit("A", QUESTION, ANSWER, "strong", instructions="Be brief.")
+
+    served = [_serve(kit, PARAPHRASE)]
+    while served[-1][0] == "cheap" and len(served) < 12:
+        served.append(_serve(kit, PARAPHRASE))
+
+    assert served[0][0] == "cheap" and served[-1][0] == "strong"
+    assert kit.engine.quality.strongest_bias() == 0.0
+    # One failure a comparison, in the cheap tier's posterior of the bucket each request was in (the failed
+    # uses also lower the example's utility, so the bucket may fall as they add up).
+    posteriors = kit.state.load_posteriors()
+    failures = sum(f for (tier, _), (_, f) in posteriors.items() if tier == "cheap")
+    assert failures == len(shadow.seen) == len(served) - 1
+    assert all(s == 0.0 for (tier, _), (s, _) in posteriors.items() if tier == "cheap")
+    cheap_first, cheap_last = (next(s for s in p.decision.scores if s.tier == "cheap") for _, p in served[::len(served) - 1])
+    assert cheap_last.quality < cheap_first.quality
+
+
 def test_without_a_shadow_there_is_no_target_and_no_bias(make_engine: Any) -> None:
     kit = make_engine(routing=_routing())
     kit.engine.admit("A", QUESTION, ANSWER, "strong", instructions="Be brief.")
@@ -165,7 +189,7 @@ def test_a_failed_comparison_is_counted_and_a_full_queue_drops_samples() -> None
 
 
 @pytest.mark.parametrize("score", [0.0, 1.0])
-def test_a_comparisons_score_is_evidence_for_the_examples_the_cheap_answer_used(make_engine: Any, score: float) -> None:
+def test_a_comparisons_score_is_evidence_for_the_examples_and_the_cheap_tiers_posterior(make_engine: Any, score: float) -> None:
     kit = make_engine(routing=_routing(), shadow=ImmediateShadow(score=score))
     kit.engine.admit("A", QUESTION, ANSWER, "strong", instructions="Be brief.")
 
@@ -175,6 +199,9 @@ def test_a_comparisons_score_is_evidence_for_the_examples_the_cheap_answer_used(
     (example,) = kit.store.examples("A")
     # One judged use, scored by the comparison, as the caller's own feedback would count it ...
     assert (example.uses, example.offload_successes, example.value) == (1, pytest.approx(score), pytest.approx(score))
-    # ... which moves neither the router's learned state nor takes the caller's own feedback away.
-    assert kit.state.load_posteriors() == {}
+    # ... and for the router: the cheap tier's posterior in the request's context bucket, kept in the state ...
+    key = ("cheap", f"{prepared.decision.bucket}|A")
+    assert kit.state.load_posteriors() == {key: (pytest.approx(score), pytest.approx(1.0 - score))}
+    # ... without taking the caller's own feedback away: a second piece of evidence.
     kit.engine.feedback(prepared.decision.request_id, 1.0, tenant="A")
+    assert kit.state.load_posteriors() == {key: (pytest.approx(score + 1.0), pytest.approx(1.0 - score))}

@@ -47,6 +47,7 @@ ROUTING = RoutingSettings(
     prior_strength=10.0,
     example_uplift=0.9,
     load_signal="queue",
+    max_load_penalty=10.0,  # uncapped: the cap has its own test
 )
 
 
@@ -376,6 +377,24 @@ def test_with_the_delay_signal_a_queued_cheap_tier_sheds_work_back_to_the_strong
 
     assert _chosen(bucket="high", loads={"cheap": 8.0, "strong": 1.0}) == "cheap"  # queue: stays cheap
     assert _chosen(bucket="high", loads=loads, settings=DELAY) == "strong"
+
+
+def test_the_load_charge_is_capped_so_a_long_queue_sheds_only_requests_with_a_small_predicted_loss() -> None:
+    capped = DELAY.model_copy(update={"max_load_penalty": 0.4})
+    queued = {"cheap": 0.0, "strong": 40.0}  # seconds of wait: 4.0 of quality at 0.5 per 5 s, uncapped
+
+    # Uncapped, the queue sheds even a request no example helps (prior 0.3 against 0.8) ...
+    assert _chosen(bucket=NO_EXAMPLES, loads=queued, settings=DELAY) == "cheap"
+    # ... capped at 0.4, that request's predicted loss (0.5) is more than load may cost: it stays strong.
+    (cheap, strong) = _scores(bucket=NO_EXAMPLES, loads=queued, settings=capped)
+    assert strong.load_penalty == pytest.approx(0.4) and strong.load_penalty_capped
+    assert not cheap.load_penalty_capped
+    assert choose_tier([cheap, strong]).tier == "strong"
+    # A request whose examples leave a small predicted loss (low bucket: 0.68 against 0.8) is still shed.
+    assert _chosen(bucket="low", loads=queued, settings=capped) == "cheap"
+    # Below the cap nothing changes: a 3 s wait costs 0.3 either way.
+    assert _scores(loads={"strong": 3.0}, settings=capped)[1].load_penalty == pytest.approx(0.3)
+    assert not _scores(loads={"strong": 3.0}, settings=capped)[1].load_penalty_capped
 
 
 def test_latency_is_learned_per_tier_and_ignores_nonsense() -> None:
