@@ -8,7 +8,13 @@ from typing import Any
 import pytest
 
 from echolm_middleware.backends.sqlite_state import SQLiteState
-from echolm_middleware.config import AdmissionSettings, AugmentationSettings, RequestSettings, ReuseSettings, RoutingSettings
+from echolm_middleware.config import (
+    AdmissionSettings,
+    AugmentationSettings,
+    RequestSettings,
+    ReuseSettings,
+    RoutingSettings,
+)
 from echolm_middleware.core.engine import Engine, example_id
 from echolm_middleware.core.routing import LoadTracker, TierProfile
 from echolm_middleware.core.selection import utility

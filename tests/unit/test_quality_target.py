@@ -130,7 +130,9 @@ def test_comparisons_teach_the_router_where_the_cheap_tier_falls_short_even_with
     failures = sum(f for (tier, _), (_, f) in posteriors.items() if tier == "cheap")
     assert failures == len(shadow.seen) == len(served) - 1
     assert all(s == 0.0 for (tier, _), (s, _) in posteriors.items() if tier == "cheap")
-    cheap_first, cheap_last = (next(s for s in p.decision.scores if s.tier == "cheap") for _, p in served[::len(served) - 1])
+    cheap_first, cheap_last = (
+        next(s for s in prepared.decision.scores if s.tier == "cheap") for _, prepared in (served[0], served[-1])
+    )
     assert cheap_last.quality < cheap_first.quality
 
 
@@ -189,7 +191,9 @@ def test_a_failed_comparison_is_counted_and_a_full_queue_drops_samples() -> None
 
 
 @pytest.mark.parametrize("score", [0.0, 1.0])
-def test_a_comparisons_score_is_evidence_for_the_examples_and_the_cheap_tiers_posterior(make_engine: Any, score: float) -> None:
+def test_a_comparisons_score_is_evidence_for_the_examples_and_the_cheap_tiers_posterior(
+    make_engine: Any, score: float
+) -> None:
     kit = make_engine(routing=_routing(), shadow=ImmediateShadow(score=score))
     kit.engine.admit("A", QUESTION, ANSWER, "strong", instructions="Be brief.")
 
