@@ -76,6 +76,31 @@ def test_at_most_two_generations_run_at_once_across_every_server_behind_the_gate
     assert {r["port"] for r in replies} == set(servers)
 
 
+def test_a_request_queued_behind_its_busy_server_leaves_the_slot_to_an_idle_one(servers: list[int]) -> None:
+    # Three requests for the first server, then one for the second: the gate lets a server answer one at a
+    # time (as a one-slot llama.cpp server does), so the first's second and third wait without a slot, and the second server's request takes the
+    # other slot at once (holding slots while queued, it would wait for two of the first's 0.3 s answers).
+    with slot_gate(2) as gate:
+        done_at: dict[int, float] = {}
+        started = time.perf_counter()
+
+        def ask(n: int, port: int) -> None:
+            _post(f"{gate.url_for(port)}/v1/chat/completions", {"n": n})
+            done_at[n] = time.perf_counter() - started
+
+        threads = [threading.Thread(target=ask, args=(n, servers[0])) for n in range(3)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.05)
+        threads.append(threading.Thread(target=ask, args=(3, servers[1])))
+        threads[-1].start()
+        for thread in threads:
+            thread.join()
+
+    assert done_at[3] < 0.6, done_at
+    assert max(done_at.values()) >= 0.9  # the first server's three answers, one after another
+
+
 def test_requests_that_generate_nothing_pass_without_a_slot(servers: list[int]) -> None:
     with slot_gate(1) as gate:
         holder = threading.Thread(target=_post, args=(f"{gate.url_for(servers[0])}/v1/chat/completions", {"n": 0}))
