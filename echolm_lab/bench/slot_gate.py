@@ -8,8 +8,8 @@ cores, as a deployment that moves cores between tiers on demand would. Each serv
 one request at a time (one llama.cpp slot), so a request first waits for its own server to be free and
 only then for a slot: a request queued behind its busy server never holds a core that another, idle
 server could use (with nine in ten requests on the two strong servers, an elastic pass reached 2.11 req/s
-against its ceiling of 2.45 while queued requests held slots). Requests that generate nothing (`GET /v1/models`, health checks) pass
-straight through.
+against its ceiling of 2.45 while queued requests held slots). Requests that generate nothing
+(`GET /v1/models`, health checks) pass straight through.
 
 Each upstream is reached under its port: `http://127.0.0.1:<gate>/<port>/v1/...` goes to
 `http://127.0.0.1:<port>/v1/...`.
