@@ -134,13 +134,14 @@ class RoutingSettings(_Strict):
     )
     load_gamma: float = Field(default=1.0, gt=0, description="γ of the load bias (queue, ema).")
     max_load_penalty: float = Field(
-        default=0.4,
+        default=1.0,
         ge=0,
         description=(
-            "The most quality load may cost a tier, whatever its queue: a request whose cheaper choices are"
-            " predicted worse than the strongest by more than this stays on the strongest (with the default"
-            " priors, a request no example helps: 0.8 against 0.3), so a long queue never trades a large"
-            " predicted loss for speed. Raise it to shed such requests too."
+            "The most quality load may cost a tier, whatever its queue: a long queue never outweighs"
+            " everything else, so a quality target's bias can always hold a request on the strongest tier,"
+            " and a request whose cheaper choices are predicted worse than the strongest by more than this"
+            " is never shed. At 0.4, a request no example helps (0.3 against 0.8 with the default priors)"
+            " stays on the strongest tier however long its queue."
         ),
     )
     load_signal: Literal["queue", "ema", "delay"] = Field(

@@ -344,19 +344,44 @@ def test_load_above_capacity_on_the_strong_tier_sends_a_plain_request_to_cheap(
     assert "over capacity" in format_decision(prepared.decision)
 
 
-def test_with_the_default_cap_a_long_queue_keeps_a_plain_request_on_the_strong_tier(make_engine: Any) -> None:
-    default_cap = RoutingSettings().max_load_penalty
-    kit = make_engine(routing=ROUTING.model_copy(update={"load_signal": "delay", "max_load_penalty": default_cap}))
+class _HeldBias:
+    """A quality target whose bias on the strongest tier's score is held where it is (it samples nothing)."""
+
+    def __init__(self, bias: float) -> None:
+        self.bias = bias
+
+    def strongest_bias(self) -> float:
+        return self.bias
+
+    def sample(self, request_id: str, messages: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("cap", "target_bias", "tier"),
+    [
+        (None, 0.0, "cheap"),  # the default cap (1.0): 30 s of wait outweighs the 0.5 a plain request loses
+        (None, 1.0, "strong"),  # ... but a quality target's bias can always outweigh a capped charge
+        (0.4, 0.0, "strong"),  # capped below the predicted loss: load never sheds it
+    ],
+)
+def test_the_load_charge_is_capped_so_a_long_queue_does_not_outweigh_everything(
+    make_engine: Any, cap: float | None, target_bias: float, tier: str
+) -> None:
+    cap = RoutingSettings().max_load_penalty if cap is None else cap
+    kit = make_engine(routing=ROUTING.model_copy(update={"load_signal": "delay", "max_load_penalty": cap}))
     kit.engine.load = LoadTracker(window_s=2.0, clock=kit.clock)
+    if target_bias:
+        kit.engine.quality = _HeldBias(target_bias)
     for n in range(30):  # 30 ahead at the 1 s latency prior: 30 s of wait, 3.0 of quality uncapped
         kit.engine.load.begin("strong", f"r{n}")
 
-    prepared = kit.engine.prepare(_ask(UNRELATED))
+    prepared = kit.engine.prepare(_ask(UNRELATED))  # no example: cheap 0.3 against strong 0.8
 
-    # No example: the cheap tier is predicted 0.5 worse (0.3 against 0.8), more than load may cost.
-    assert prepared.tier == "strong"
+    assert prepared.tier == tier
     strong = next(score for score in prepared.decision.scores if score.tier == "strong")
-    assert strong.load == pytest.approx(30.0) and strong.load_penalty == pytest.approx(default_cap)
+    assert strong.load == pytest.approx(30.0) and strong.load_penalty == pytest.approx(cap)
+    assert strong.load_penalty_capped
     assert "routing.max_load_penalty" in format_decision(prepared.decision)
 
 
