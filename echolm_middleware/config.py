@@ -138,10 +138,10 @@ class RoutingSettings(_Strict):
         ge=0,
         description=(
             "The most quality load may cost a tier, whatever its queue: a long queue never outweighs"
-            " everything else, so a quality target's bias can always hold a request on the strongest tier,"
-            " and a request whose cheaper choices are predicted worse than the strongest by more than this"
-            " is never shed. At 0.4, a request no example helps (0.3 against 0.8 with the default priors)"
-            " stays on the strongest tier however long its queue."
+            " everything else, so a quality target's bias (max_bias at least this) can always hold a request on"
+            " the strongest tier, and a request whose cheaper choices are predicted worse than the strongest by"
+            " more than this is never shed. At 0.4, a request no example helps (0.3 against 0.8 with the default"
+            " priors) stays on the strongest tier however long its queue."
         ),
     )
     load_signal: Literal["queue", "ema", "delay"] = Field(
