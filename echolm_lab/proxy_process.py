@@ -66,6 +66,9 @@ def start_proxy(
     # The lab's proxies serve one user, its master key: they share one cache because this says so.
     # A test of tenancy itself sets ECHOLM_TENANCY__SHARED in `env`, and wins.
     environment.setdefault("ECHOLM_TENANCY__SHARED", "true")
+    # A proxy that dies in native code (a bench pass's proxy once stopped mid-pass with nothing in its log)
+    # then leaves every thread's Python stack in its log.
+    environment.setdefault("PYTHONFAULTHANDLER", "1")
     if not master_key:
         environment.pop("LITELLM_MASTER_KEY")
     log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -76,8 +76,11 @@ class GGUFTokenCounter:
 
     def count(self, text: str) -> int:
         vocab = self._model()
-        # As the text would sit inside a chat prompt: no BOS of its own, special-token text read as text.
-        return len(vocab.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+        # One call at a time: the engine counts from several threads, and llama.cpp does not promise that
+        # one model's tokenizer may be entered by several at once (a counted prompt takes well under 1 ms).
+        with self._lock:
+            # As the text would sit inside a chat prompt: no BOS of its own, special-token text read as text.
+            return len(vocab.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
 
 class TokenizerJsonCounter:

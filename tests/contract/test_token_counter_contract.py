@@ -108,3 +108,15 @@ def test_a_path_may_start_with_home_or_a_variable(monkeypatch: pytest.MonkeyPatc
 
     for spec in ("tokenizer-json:$TOKENIZER_DIR/tokenizer.json", "tokenizer-json:~/tokenizer.json"):
         assert token_counter(spec, None).count("hello world") == 2
+
+
+def test_counts_from_many_threads_at_once_are_the_counts_of_one(counter: TokenCounter) -> None:
+    # The engine counts from the proxy's worker threads: each count is what a lone call gives.
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [f"Question {n}: why is the sky blue at noon? " * (1 + n % 7) for n in range(200)]
+    alone = [counter.count(text) for text in texts]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        together = list(pool.map(counter.count, texts))
+
+    assert together == alone
