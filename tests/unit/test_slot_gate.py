@@ -1,5 +1,6 @@
 """The slot gate of the elastic deployment: at most `slots` generations at once across every server behind
-it, held until the reply's last byte; requests that generate nothing pass straight through."""
+it, held until the reply's last byte, one at a time per server, and taken only once the request's own
+server is free; requests that generate nothing pass straight through."""
 
 from __future__ import annotations
 
