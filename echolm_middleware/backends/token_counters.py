@@ -64,7 +64,10 @@ class GGUFTokenCounter:
         self._vocab: Any = None
         self._lock = threading.Lock()
 
-    def _model(self) -> Any:
+    def count(self, text: str) -> int:
+        # One call at a time, the first one loading the vocabulary: the engine counts from several threads,
+        # and llama.cpp does not promise that one model's tokenizer may be entered by several at once (a
+        # counted prompt takes well under 1 ms).
         with self._lock:
             if self._vocab is None:
                 llama_cpp = require("llama_cpp", "local")
@@ -72,15 +75,8 @@ class GGUFTokenCounter:
                 # Freed before the interpreter tears down the module its finalizer calls into (it would
                 # print a TypeError at every exit otherwise).
                 atexit.register(self._vocab.close)
-            return self._vocab
-
-    def count(self, text: str) -> int:
-        vocab = self._model()
-        # One call at a time: the engine counts from several threads, and llama.cpp does not promise that
-        # one model's tokenizer may be entered by several at once (a counted prompt takes well under 1 ms).
-        with self._lock:
             # As the text would sit inside a chat prompt: no BOS of its own, special-token text read as text.
-            return len(vocab.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+            return len(self._vocab.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
 
 class TokenizerJsonCounter:

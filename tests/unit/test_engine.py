@@ -361,7 +361,7 @@ class _HeldBias:
     ("cap", "target_bias", "tier"),
     [
         (None, 0.0, "cheap"),  # the default cap (1.0): 30 s of wait outweighs the 0.5 a plain request loses
-        (None, 1.0, "strong"),  # ... but a quality target's bias can always outweigh a capped charge
+        (None, 1.0, "strong"),  # ... but a quality target's bias as large as the cap outweighs the capped charge
         (0.4, 0.0, "strong"),  # capped below the predicted loss: load never sheds it
     ],
 )

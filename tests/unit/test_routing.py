@@ -393,8 +393,8 @@ def test_the_load_charge_is_capped_so_a_long_queue_sheds_only_requests_with_a_sm
     # A request whose examples leave a small predicted loss (low bucket: 0.68 against 0.8) is still shed.
     assert _chosen(bucket="low", loads=queued, settings=capped) == "cheap"
     # Below the cap nothing changes: a 3 s wait costs 0.3 either way.
-    assert _scores(loads={"strong": 3.0}, settings=capped)[1].load_penalty == pytest.approx(0.3)
-    assert not _scores(loads={"strong": 3.0}, settings=capped)[1].load_penalty_capped
+    strong_after_3_s = _scores(loads={"strong": 3.0}, settings=capped)[1]
+    assert strong_after_3_s.load_penalty == pytest.approx(0.3) and not strong_after_3_s.load_penalty_capped
 
 
 def test_latency_is_learned_per_tier_and_ignores_nonsense() -> None:

@@ -79,8 +79,9 @@ def test_at_most_two_generations_run_at_once_across_every_server_behind_the_gate
 
 def test_a_request_queued_behind_its_busy_server_leaves_the_slot_to_an_idle_one(servers: list[int]) -> None:
     # Three requests for the first server, then one for the second: the gate lets a server answer one at a
-    # time (as a one-slot llama.cpp server does), so the first's second and third wait without a slot, and the second server's request takes the
-    # other slot at once (holding slots while queued, it would wait for two of the first's 0.3 s answers).
+    # time (as a one-slot llama.cpp server does), so the first's second and third wait without a slot, and
+    # the second server's request takes the other slot at once (holding slots while queued, it would wait
+    # for two of the first's 0.3 s answers).
     with slot_gate(2) as gate:
         done_at: dict[int, float] = {}
         started = time.perf_counter()
