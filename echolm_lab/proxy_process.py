@@ -31,8 +31,10 @@ class ProxyProcess:
     url: str
     master_key: str
     log_path: Path
+    stopped: bool = False  # stop() was called: its end was asked for
 
     def stop(self, timeout: float = 20.0) -> None:
+        self.stopped = True
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -40,6 +42,19 @@ class ProxyProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def ended_unasked(self) -> str | None:
+        """How the process ended if it ended before anyone stopped it ("killed by SIGSEGV", "exited with code 1");
+        None while it runs or once stopped. A bench pass that loses its proxy says so, not only its errors."""
+        code = self.process.poll()
+        if code is None or self.stopped:
+            return None
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exited with code {code}"
 
     def log_tail(self, lines: int = 40) -> str:
         try:

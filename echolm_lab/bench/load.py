@@ -38,6 +38,8 @@ class LoadPass:
     # Closed loop: how many clients, and when each request finished (seconds into the pass).
     clients: int | None = None
     finished_s: list[float] | None = None
+    # How the system's proxy ended if it ended mid-pass ("killed by SIGSEGV"): its errors are then that.
+    proxy_ended: str | None = None
 
     @property
     def throughput_rps(self) -> float:

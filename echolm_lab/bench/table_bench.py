@@ -317,6 +317,10 @@ class TableBench:
             for system, deployment in systems:
                 where = folder / f"{system}-{deployment}-{multiple:g}"
                 load = self._pass(system, deployment, source.workload, items, rate, where, reuse)
+                if load.proxy_ended is not None:
+                    lost = f"{system} ({deployment}) at {multiple:g}x: its proxy ended mid-pass ({load.proxy_ended})"
+                    self.log(f"{name}: {lost}; its log: {where / 'proxy.log'}")
+                    run.notes.append(f"{lost}; its errors are requests it never answered")
                 choices = [choice_of(a, self.cheap, self.strong) for a in load.answers]
                 live = LivePass(system, multiple, load, items, choices, deployment=deployment)
                 score_pass(live, table, source.workload.score, self.prices)
@@ -384,7 +388,9 @@ class TableBench:
             if echolm:
                 wait_for_engine(proxy, self.cheap)
             chat = ProxyChat(proxy.url, proxy.master_key)
-            return open_loop(
+            load = open_loop(
                 ModelSystem(system, chat, model), workload, items, rate_rps=rate, seed=self.options.seed,
                 label=f"{system} @{rate:.2f}/s", warmup_s=self.options.warmup_s,
             )  # fmt: skip
+            load.proxy_ended = proxy.ended_unasked()
+            return load
