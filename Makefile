@@ -65,7 +65,8 @@ test: install models
 OLDEST := .venv-litellm-oldest
 OLDEST_TESTS := tests/unit/test_proxy_handler.py tests/unit/test_reuse_doors.py tests/unit/test_litellm_logging.py \
 	tests/unit/test_request_life.py tests/integration/test_router_door.py tests/integration/test_reuse_proxy.py \
-	tests/integration/test_proxy_routing.py tests/integration/test_proxy_fail_open.py
+	tests/integration/test_proxy_routing.py tests/integration/test_proxy_fail_open.py \
+	tests/unit/test_proxy_feedback_route.py tests/integration/test_safe_to_share.py
 
 $(OLDEST)/.installed: pyproject.toml constraints-litellm-oldest.txt $(WHEELS)/.built
 	$(PYTHON) -m venv $(OLDEST)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 # FastAPI reads the route's parameter types from this module's names (annotations are strings here).
-from fastapi import Request, Response
+from fastapi import Depends, Request, Response
 
 from echolm_middleware.config import (
     RequestSettings,
@@ -32,7 +32,7 @@ from echolm_middleware.config import (
     load_settings,
     model_groups_in,
 )
-from echolm_middleware.core.engine import Engine
+from echolm_middleware.core.engine import SHARED_TENANT, Engine
 from echolm_middleware.core.generation_params import judged_params
 from echolm_middleware.core.summary import DecisionSummary
 from echolm_middleware.core.types import ChatRequest, Outcome
@@ -45,7 +45,7 @@ from echolm_middleware.doors.access import (
     release_or_count,
     summary_of,
 )
-from echolm_middleware.doors.bounded_threads import PREPARE, SCRAPES, Saturated
+from echolm_middleware.doors.bounded_threads import PREPARE, SCRAPES, WRITES, Saturated
 from echolm_middleware.doors.litellm_common import (
     BYPASS_KEY,
     METADATA_KEY,
@@ -58,6 +58,7 @@ from echolm_middleware.doors.litellm_common import (
     serve_reused,
     summary_in,
 )
+from echolm_middleware.errors import FeedbackAlreadyGiven, UnknownRequest
 from echolm_middleware.factory import build_engine, build_state
 from echolm_middleware.metrics import metrics, observe_decision, tenant_label
 
@@ -193,6 +194,64 @@ def mount_metrics_route() -> bool:
     return True
 
 
+FEEDBACK_PATH = "/echolm/feedback"
+
+
+def mount_feedback_route() -> bool:
+    """Take a caller's quality score for a past response on the running proxy at FEEDBACK_PATH; False
+    outside a proxy.
+
+        POST /echolm/feedback   Authorization: Bearer <the key the request was made with>
+        {"request_id": "<its x-echolm-request-id header>", "score": 0.0-1.0}
+
+    The caller is authenticated by LiteLLM's own auth (its key database, a `custom_auth` such as
+    `static_keys`, or the master key), and the score counts for the tenant that key belongs to: another
+    tenant's request id is unknown, exactly as one that never existed. Answers: 200 recorded; 404 no
+    routed request of the caller's with that id; 409 already scored (a response counts once); 422 a body
+    without a request id and a score in [0, 1]; 503 the engine not ready or its writers busy.
+    """
+    proxy_server = sys.modules.get("litellm.proxy.proxy_server")
+    app = getattr(proxy_server, "app", None)
+    if app is None or any(getattr(route, "path", None) == FEEDBACK_PATH for route in app.routes):
+        return False
+    from litellm.proxy.auth.user_api_key_auth import user_api_key_auth
+
+    authenticated = Depends(user_api_key_auth)  # the caller's key, checked as on LiteLLM's own routes
+
+    async def echolm_feedback(request: Request, user_api_key_dict: Any = authenticated) -> Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        request_id = body.get("request_id") if isinstance(body, dict) else None
+        score = body.get("score") if isinstance(body, dict) else None
+        if not isinstance(request_id, str) or not request_id or isinstance(score, bool):
+            return _plain(422, 'send {"request_id": "<x-echolm-request-id>", "score": <0-1>}')
+        if not isinstance(score, int | float) or not 0.0 <= score <= 1.0:
+            return _plain(422, "score must be a number in [0, 1]")
+        handler = next((cb for cb in _callbacks() if isinstance(cb, EchoLMProxyHandler)), None)
+        engine = handler.handle.ready() if handler is not None else None
+        if engine is None:
+            return _plain(503, "echolm is not ready yet; send the feedback again shortly")
+        tenant = tenant_of(user_api_key_dict) or (SHARED_TENANT if engine.settings.tenancy.shared else "")
+        try:
+            await WRITES.run(engine.feedback, request_id, float(score), tenant=tenant)
+        except UnknownRequest:
+            return _plain(404, f"no routed request {request_id!r} of this caller")
+        except FeedbackAlreadyGiven:
+            return _plain(409, f"request {request_id!r} already has feedback; it counts once")
+        except Saturated:
+            return _plain(503, "echolm's writers are busy; send the feedback again shortly")
+        return _plain(200, "recorded")
+
+    app.add_api_route(FEEDBACK_PATH, echolm_feedback, methods=["POST"], include_in_schema=False)
+    return True
+
+
+def _plain(status: int, text: str) -> Response:
+    return Response(text + "\n", status_code=status, media_type="text/plain")
+
+
 def _callbacks() -> list[Any]:
     import litellm
 
@@ -213,7 +272,8 @@ class EchoLMProxyHandler(RecordingCallback):
         self._budget_s: float | None = None  # requests.timeout_ms, read from the config once needed
         # Loading the embedder takes seconds; requests arriving meanwhile wait this long, then fail open.
         self._startup_wait_s = startup_wait_s
-        if mount_metrics_route():
+        metrics_mounted, feedback_mounted = mount_metrics_route(), mount_feedback_route()
+        if metrics_mounted or feedback_mounted:
             # Inside a running proxy (each worker loads its own handler): build the engine now, so no
             # worker's first requests fail open while its embedder loads.
             self.handle.start()

@@ -9,6 +9,7 @@ never reach another's prompts.
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -62,6 +63,18 @@ class Stack:
                     if read_chunks is not None and read >= read_chunks:
                         break  # leaving the block closes the connection: the client hung up
         return request_id
+
+    def feedback(self, key: str | None, request_id: str, score: object) -> httpx.Response:
+        """POST /echolm/feedback for a past request, with `key` (None: no Authorization header)."""
+        headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+        body = {"request_id": request_id, "score": score}
+        return httpx.post(f"{self.proxy.url}/echolm/feedback", json=body, headers=headers, timeout=30)
+
+    def posteriors(self) -> dict[tuple[str, str], tuple[float, float]]:
+        """What the router has learned, as the proxy keeps it: (tier, bucket|tenant) -> (successes, failures)."""
+        with sqlite3.connect(self.proxy.state_dir / "state.db") as db:
+            rows = db.execute("SELECT tier, bucket, successes, failures FROM posteriors").fetchall()
+        return {(tier, bucket): (successes, failures) for tier, bucket, successes, failures in rows}
 
     def settled(self, request_id: str, seconds: float) -> str | None:
         """The tier the request was recorded as served by, after waiting `seconds` for any recording."""
@@ -226,11 +239,14 @@ def test_shared_mode_is_the_operators_explicit_choice_and_the_proxy_says_so(
         _, first = stack.ask(proxy.process.master_key, _user("What is the longest river in Asia?"))
         assert stack.settled(first["x-echolm-request-id"], 20) == "strong"
         _, again = stack.ask(proxy.process.master_key, _user("what is the longest river in asia"))
+        # The admin's feedback counts for the shared tenant its requests were served as.
+        feedback = stack.feedback(proxy.process.master_key, first["x-echolm-request-id"], 1.0)
         log = proxy.process.log_tail(400)
     finally:
         proxy.stop()
 
     assert (again["x-echolm-tier"], again["x-echolm-examples"]) == ("cheap", "1")
+    assert feedback.status_code == 200, feedback.text
     assert "tenancy.shared is on" in log
 
 
@@ -254,6 +270,8 @@ def test_static_team_keys_make_each_team_a_tenant_without_a_key_database(
             headers={"Authorization": "Bearer sk-not-listed"},
             timeout=30,
         )
+        asked = first["x-echolm-request-id"]
+        feedback = {key: stack.feedback(key, asked, 1.0) for key in ("sk-not-listed", "sk-beta-1", "sk-acme-2")}
     finally:
         proxy.stop()
 
@@ -263,6 +281,49 @@ def test_static_team_keys_make_each_team_a_tenant_without_a_key_database(
     assert admin["x-echolm-action"] == "pass_through"
     assert admin["x-echolm-reason"] == "no tenant identity (tenancy.shared is off)"
     assert refused.status_code in (401, 403)
+    # Feedback: refused for a key not listed, unknown to another team, taken from a teammate.
+    assert feedback["sk-not-listed"].status_code in (401, 403)
+    assert feedback["sk-beta-1"].status_code == 404
+    assert feedback["sk-acme-2"].status_code == 200, feedback["sk-acme-2"].text
+
+
+def test_feedback_through_the_proxy_moves_the_callers_tenant_only_and_counts_once(stack: Stack) -> None:
+    _, headers = stack.ask(ALICE, _user("What is the longest bone in the human body?"))
+    request_id = headers["x-echolm-request-id"]
+    assert stack.settled(request_id, 20) == "strong"
+    mine = ("strong", "any|team:team-a")  # the strongest tier has one posterior per tenant
+    before = stack.posteriors()
+
+    refused = {
+        "another team's key": stack.feedback("sk-carol", request_id, 0.0),
+        "no key": stack.feedback(None, request_id, 0.0),
+        "a key nobody issued": stack.feedback("sk-mallory", request_id, 0.0),
+        "a score above 1": stack.feedback(ALICE, request_id, 1.5),
+        "a score that is not a number": stack.feedback(ALICE, request_id, "good"),
+        "an id never issued": stack.feedback(ALICE, "req-that-never-was", 0.0),
+    }
+    assert stack.posteriors() == before, "a refused score moved the router"
+    accepted = stack.feedback(BOB, request_id, 0.0)  # Alice's teammate: the same tenant
+    again = stack.feedback(ALICE, request_id, 1.0)
+
+    assert refused["another team's key"].status_code == 404  # as unknown as an id never issued
+    assert refused["an id never issued"].status_code == 404
+    # Refused by LiteLLM's own auth, as its chat route refuses the same keys (this custom_auth raises a bare
+    # exception, which LiteLLM answers with a 500; `static_keys` answers 401: the test below).
+    for key, case in ((None, "no key"), ("sk-mallory", "a key nobody issued")):
+        chat = httpx.post(
+            f"{stack.proxy.url}/v1/chat/completions",
+            json={"model": "strong", "messages": _user("hi")},
+            headers={"Authorization": f"Bearer {key}"} if key else {},
+            timeout=30,
+        )
+        assert refused[case].status_code == chat.status_code >= 400, case
+    assert refused["a score above 1"].status_code == 422 and refused["a score that is not a number"].status_code == 422
+    assert accepted.status_code == 200, accepted.text
+    assert again.status_code == 409  # a response counts once
+    successes, failures = before.get(mine, (0.0, 0.0))
+    assert stack.posteriors()[mine] == (successes, failures + 1.0)
+    assert all(stack.posteriors().get(key) == value for key, value in before.items() if key != mine)
 
 
 def test_a_key_limited_to_strong_is_never_routed_to_cheap(stack: Stack) -> None:
