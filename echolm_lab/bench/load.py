@@ -7,9 +7,9 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import NoReturn
 
 from tqdm import tqdm
@@ -40,6 +40,7 @@ class LoadPass:
     finished_s: list[float] | None = None
     # How the system's proxy ended if it ended mid-pass ("killed by SIGSEGV"): its errors are then that.
     proxy_ended: str | None = None
+    notes: list[str] = field(default_factory=list)  # what else the report should say about the pass
 
     @property
     def throughput_rps(self) -> float:
@@ -99,9 +100,11 @@ def open_loop(
     seed: int,
     label: str,
     warmup_s: float = 0.0,
+    after_answer: Callable[[QARecord, Answered], None] | None = None,
 ) -> LoadPass:
     """Poisson arrivals at `rate_rps`; each request's latency runs from its arrival, so queueing shows.
-    Requests that arrive in the first `warmup_s` are served but not counted in the latency figures."""
+    Requests that arrive in the first `warmup_s` are served but not counted in the latency figures.
+    `after_answer` sees each request with its answer once it is timed (a user's feedback, say)."""
     rng = random.Random(seed)
     arrivals, clock = [], 0.0
     for _ in items:
@@ -119,6 +122,8 @@ def open_loop(
             with lock:
                 results[index] = _with_queueing(served, queued)
                 bar.update(1)
+            if after_answer is not None:
+                after_answer(items[index], served)
 
         futures = []
         for index, offset in enumerate(arrivals):
@@ -134,16 +139,7 @@ def open_loop(
 
 def _with_queueing(served: Answered, queued_s: float) -> Answered:
     ttft = None if served.ttft_s is None else served.ttft_s + queued_s
-    return Answered(
-        served.answer,
-        served.tier,
-        served.latency_s + queued_s,
-        ttft,
-        served.overhead_ms,
-        served.examples,
-        served.example_tokens,
-        served.error,
-    )
+    return replace(served, latency_s=served.latency_s + queued_s, ttft_s=ttft)
 
 
 def _complete(results: list[Answered | None]) -> list[Answered]:

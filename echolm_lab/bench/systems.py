@@ -31,6 +31,7 @@ class Answered:
     examples: int = 0
     example_tokens: int = 0
     error: str | None = None
+    request_id: str | None = None  # EchoLM's kept decision (x-echolm-request-id), what feedback names
 
 
 class System(Protocol):
@@ -82,6 +83,7 @@ class ProxyChat:
             overhead_ms=float(overhead) if overhead else None,
             examples=int(headers.get("x-echolm-examples", "0") or 0),
             example_tokens=int(headers.get("x-echolm-example-tokens", "0") or 0),
+            request_id=headers.get("x-echolm-request-id") or None,
         )
 
 

@@ -41,6 +41,7 @@ from echolm_lab.bench.deployments import (
     serving,
     write_proxy_config,
 )
+from echolm_lab.bench.feedback import FeedbackSender
 from echolm_lab.bench.load import LoadPass, closed_loop, open_loop
 from echolm_lab.bench.slot_gate import behind_gate, slot_gate
 from echolm_lab.bench.systems import Answered, Embed, ModelSystem, ProxyChat
@@ -101,6 +102,8 @@ class TableBenchOptions:
     reuse_bar: float = 0.95
     # Config overrides for every EchoLM pass ("routing.load_signal=queue"), as the proxy's environment.
     echolm_env: dict[str, str] = field(default_factory=dict)
+    # Share of each EchoLM pass's answers its users score (the reference metric) and send as feedback.
+    feedback_share: float = 0.0
     replica_ports: tuple[int, int] = REPLICA_PORTS
 
 
@@ -299,6 +302,11 @@ class TableBench:
         reuse = self._reuse_settings(source, answers)
         if self.options.echolm_env:
             run.notes.append(f"every EchoLM pass ran with {self.options.echolm_env}")
+        if self.options.feedback_share:
+            run.notes.append(
+                f"every EchoLM pass's users scored {self.options.feedback_share:.0%} of its answers by the reference "
+                "metric and sent each score to the proxy's POST /echolm/feedback as it came"
+            )
         if reuse is not None:
             how = (
                 "the product's default weights and bar"
@@ -321,6 +329,7 @@ class TableBench:
                     lost = f"{system} ({deployment}) at {multiple:g}x: its proxy ended mid-pass ({load.proxy_ended})"
                     self.log(f"{name}: {lost}; its log: {where / 'proxy.log'}")
                     run.notes.append(f"{lost}; its errors are requests it never answered")
+                run.notes += [f"{system} ({deployment}) at {multiple:g}x: {note}" for note in load.notes]
                 choices = [choice_of(a, self.cheap, self.strong) for a in load.answers]
                 live = LivePass(system, multiple, load, items, choices, deployment=deployment)
                 score_pass(live, table, source.workload.score, self.prices)
@@ -388,9 +397,17 @@ class TableBench:
             if echolm:
                 wait_for_engine(proxy, self.cheap)
             chat = ProxyChat(proxy.url, proxy.master_key)
-            load = open_loop(
-                ModelSystem(system, chat, model), workload, items, rate_rps=rate, seed=self.options.seed,
-                label=f"{system} @{rate:.2f}/s", warmup_s=self.options.warmup_s,
-            )  # fmt: skip
-            load.proxy_ended = proxy.ended_unasked()
-            return load
+            share = self.options.feedback_share if echolm else 0.0
+            sender = None
+            if share and workload.score is not None:
+                sender = FeedbackSender(proxy.url, proxy.master_key, workload.score, share, self.options.seed)
+            try:
+                load = open_loop(
+                    ModelSystem(system, chat, model), workload, items, rate_rps=rate, seed=self.options.seed,
+                    label=f"{system} @{rate:.2f}/s", warmup_s=self.options.warmup_s, after_answer=sender,
+                )  # fmt: skip
+            finally:
+                if sender is not None:
+                    sender.close()
+            notes = [f"feedback on {share:.0%} of its answers: {sender.counts.describe()}"] if sender else []
+            return replace(load, proxy_ended=proxy.ended_unasked(), notes=notes)

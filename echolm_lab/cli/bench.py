@@ -141,6 +141,12 @@ def register(subparsers: Any) -> None:
         "routing.load_signal=queue or routing.reuse.enabled=false (the router without reuse)",
     )
     parser.add_argument(
+        "--feedback-share", type=float, default=0.0, metavar="F",
+        help="with --tables: EchoLM's users score this share of its answers by the workload's reference metric "
+        "and send each score to the proxy's POST /echolm/feedback during the pass, so the router learns as it "
+        "would from users (default: %(default)s, none)",
+    )  # fmt: skip
+    parser.add_argument(
         "--reuse", choices=["shipped", "pool"],
         help="with --tables: also time EchoLM with the reuse choice on the fixed split: shipped (the product's "
         "default weights and bar) or pool (its model fitted on the workload's warm pool, leave-one-out)",
@@ -285,7 +291,11 @@ def run_on_tables(args: argparse.Namespace) -> int:
         run_dir=args.work.resolve() / name, seed=args.seed, load_multiples=list(args.load_multiples),
         pass_requests=args.pass_requests, warmup_s=args.warmup, deployments=list(args.deployments),
         replica_ports=(args.replica_ports[0], args.replica_ports[1]), reuse=args.reuse, reuse_bar=args.reuse_bar,
+        feedback_share=args.feedback_share,
     )  # fmt: skip
+    if not 0.0 <= args.feedback_share <= 1.0:
+        print("echolm bench: --feedback-share must lie in [0, 1]", file=sys.stderr)
+        return 2
     if args.echolm_set:
         from echolm_lab.bench.runner import check_overrides, point_overrides
 
