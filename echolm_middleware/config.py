@@ -171,6 +171,15 @@ class RoutingSettings(_Strict):
         default=600.0, gt=0, description="A request whose end was never reported stops counting as load after this."
     )
     prior_strength: float = Field(default=10.0, gt=0, description="Pseudo-observations behind each prior.")
+    posterior_refresh_s: float = Field(
+        default=10.0,
+        ge=0,
+        description=(
+            "How often the router re-reads what it has learned (each tier's posterior per context bucket and"
+            " tenant) from the state, where every worker adds its feedback and comparisons: another worker's"
+            " evidence reaches this one within this many seconds. 0: on every request."
+        ),
+    )
     example_uplift: float = Field(
         default=0.9, ge=0, le=1, description="Share of a tier's quality gap closed by a perfect example."
     )

@@ -6,6 +6,7 @@ fast (DESIGN.md §4: a `where` filter over half of 100k entries is ~100x slower)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -123,6 +124,16 @@ class ChromaExampleStore:
         self._collections: dict[str, Any] = {}
         # Read-modify-write of offload counters must not interleave within this process.
         self._lock = threading.RLock()
+        # The embedded client runs chromadb's Rust core in this process, and its reads are entered by one
+        # thread at a time too, never beside a write: chromadb 1.5's bindings have open reports of SIGSEGV
+        # under concurrent calls in one process (chroma-core/chroma#6979, a use-after-free in the HNSW walk),
+        # and a bench proxy died of SIGSEGV with a query in flight (its threads' stacks:
+        # benchmarks/results/tables-nq_open-1000-1.0x-2026-12-05/proxy-sigsegv.txt). A query takes
+        # milliseconds. Several workers share a Chroma server instead: its client only speaks HTTP here,
+        # and its reads stay concurrent.
+        self._reads: threading.RLock | contextlib.nullcontext[None] = (
+            contextlib.nullcontext() if settings.server_url else self._lock
+        )
 
     @contextmanager
     def _translated(self, action: str) -> Iterator[None]:
@@ -183,7 +194,7 @@ class ChromaExampleStore:
         return require("chromadb.errors", "chroma")
 
     def nearest(self, tenant: str, vector: Vector, n: int, *, context: str | None = None) -> list[Candidate]:
-        with self._translated("query"):
+        with self._reads, self._translated("query"):
             collection = self._collection(tenant, create=False)
             if collection is None:
                 return []
@@ -327,6 +338,6 @@ class ChromaExampleStore:
             )
 
     def count(self, tenant: str) -> int:
-        with self._translated("count"):
+        with self._reads, self._translated("count"):
             collection = self._collection(tenant, create=False)
             return 0 if collection is None else int(collection.count())

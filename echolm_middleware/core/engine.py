@@ -195,8 +195,13 @@ class Engine:
         self._now = clock or time.time
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
-        # Per tenant: one tenant's feedback moves its own routing, never everyone's.
+        # Per tenant: one tenant's feedback moves its own routing, never everyone's. The state holds the
+        # sums over every worker; each worker re-reads them every routing.posterior_refresh_s.
         self._posteriors = _by_tenant(stats.load_posteriors())
+        self._posteriors_read_at = self._now()
+        # Taken around each write of evidence to the state and its copy here, and around each re-read: a
+        # re-read then holds a score either in the state's counts or added to ours after it, never both.
+        self._posteriors_io = threading.Lock()
         self._default_weights = settings.retrieval.weights.model_dump()
         self._weights = _weights_by_tenant(stats.load_weights() or {})
         self._vectors: OrderedDict[str, list[float]] = OrderedDict()
@@ -327,8 +332,7 @@ class Engine:
         chosen = self._choose_examples(request.tenant, candidates)
         bucket = context_bucket(chosen)
         decision.bucket = bucket
-        with self._lock:
-            observed = dict(self._posteriors.get(request.tenant, {}))
+        observed = self._observed(request.tenant)
         sent_tokens = self._sent_tokens(eligible, prompt_tokens, chosen)
         loads, delays = self._routing_loads(sent_tokens)
         scores = score_tiers(
@@ -631,14 +635,32 @@ class Engine:
                 self._weights[decision.tenant] = weights
             self.stats.save_weights({f"{name}|{decision.tenant}": value for name, value in weights.items()})
 
+    def _observed(self, tenant: str) -> dict[tuple[str, str], tuple[float, float]]:
+        """The tenant's evidence per (tier, bucket), re-read from the state once it is older than
+        routing.posterior_refresh_s: the counts there are every worker's, added atomically, so the read
+        replaces ours whole."""
+        now = self._now()
+        with self._lock:
+            stale = now - self._posteriors_read_at >= self.settings.routing.posterior_refresh_s
+            if stale:
+                self._posteriors_read_at = now  # one request re-reads; the others route on what is here
+        if stale:
+            with self._posteriors_io:
+                fresh = _by_tenant(self.stats.load_posteriors())
+                with self._lock:
+                    self._posteriors = fresh
+        with self._lock:
+            return dict(self._posteriors.get(tenant, {}))
+
     def _observe_quality(self, tenant: str, tier: str, bucket: str, score: float) -> None:
         """One score (0-1) for an answer of `tier` in context `bucket`: the tenant's posterior moves, kept."""
         bucket = tier_bucket(bucket, strongest=tier == self.strongest)
-        self.stats.add_to_posterior(tier, tenant_bucket(bucket, tenant), score, 1.0 - score)
-        with self._lock:
-            observed = self._posteriors.setdefault(tenant, {})
-            successes, failures = observed.get((tier, bucket), (0.0, 0.0))
-            observed[(tier, bucket)] = (successes + score, failures + 1.0 - score)
+        with self._posteriors_io:
+            self.stats.add_to_posterior(tier, tenant_bucket(bucket, tenant), score, 1.0 - score)
+            with self._lock:
+                observed = self._posteriors.setdefault(tenant, {})
+                successes, failures = observed.get((tier, bucket), (0.0, 0.0))
+                observed[(tier, bucket)] = (successes + score, failures + 1.0 - score)
 
     def _compared(self, decision: Decision, served_by: str, score: float) -> None:
         """A shadow comparison scored a cheaper tier's answer (0-1) against the strongest's: evidence for the

@@ -275,6 +275,61 @@ def test_a_whole_tenant_scan_lets_admissions_through_between_its_pages(
     assert len(scanned) == len({e.id for e in scanned})
 
 
+def test_the_embedded_chroma_is_entered_by_one_thread_at_a_time_reads_included(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """chromadb's Rust core runs in our process when embedded, and its bindings have open reports of SIGSEGV
+    under concurrent calls (a bench proxy died so with a query in flight): queries, reads, counts and writes
+    from many threads never overlap inside it."""
+    import threading
+
+    from chromadb.api.models.Collection import Collection
+
+    store = ChromaExampleStore(StoreSettings(path=tmp_path / "chroma"))
+    store.upsert("A", [_example(f"e{n}") for n in range(50)], [_unit([1.0, n / 50, 0.0, 0.0]) for n in range(50)])
+    inside, most, guard = [0], [0], threading.Lock()
+
+    def counted(method: str) -> None:
+        original = getattr(Collection, method)
+
+        def call(self: Collection, *args: object, **kwargs: object) -> object:
+            with guard:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            try:
+                time.sleep(0.002)  # long enough that unguarded calls from 10 threads would overlap
+                return original(self, *args, **kwargs)
+            finally:
+                with guard:
+                    inside[0] -= 1
+
+        monkeypatch.setattr(Collection, method, call)
+
+    for method in ("query", "get", "count", "upsert", "add", "update"):
+        counted(method)
+
+    def reader() -> None:
+        for _ in range(20):
+            store.nearest("A", X, 5, context="")
+            store.count("A")
+
+    def writer(k: int) -> None:
+        for n in range(10):
+            store.upsert("A", [_example(f"w{k}-{n}")], [Y])
+            store.modify("A", [f"e{n}"], lambda e: replace(e, uses=e.uses + 1))
+
+    threads = [threading.Thread(target=reader) for _ in range(8)] + [
+        threading.Thread(target=writer, args=(k,)) for k in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert most[0] == 1
+    assert store.count("A") == 70 and store.nearest("A", Y, 1)[0].example.id.startswith("w")
+
+
 def test_delete_removes_only_the_listed_examples(store: ExampleStore) -> None:
     store.upsert("A", [_example("a"), _example("b")], [X, Y])
     store.upsert("B", [_example("a")], [X])

@@ -753,6 +753,38 @@ def test_one_tenants_feedback_moves_its_own_routing_not_anothers(make_engine: An
     assert kit.engine.prepare(_ask(PARAPHRASE, tenant="B")).tier == "cheap"  # B's routing never moved
 
 
+def _strong_evidence(decision: Decision) -> tuple[float, float]:
+    """The strong tier's posterior (alpha, beta) as the request was routed on it (one bucket: "any")."""
+    return next((s.alpha, s.beta) for s in decision.scores if s.tier == "strong")
+
+
+def test_one_workers_feedback_reaches_another_sharing_its_state_within_the_refresh_and_counts_once(
+    make_engine: Any, tmp_path: Any
+) -> None:
+    """Two workers of one proxy: one state file (SQLite), each its own engine. What one learns from its
+    users reaches the other within routing.posterior_refresh_s (10 s), and re-reading the sums never
+    counts a worker's own scores twice."""
+    state = SQLiteState(tmp_path / "state.db")
+    try:
+        scored, other = make_engine(state=state), make_engine(state=state)
+        prior = _strong_evidence(other.engine.prepare(_ask("Who wrote Hamlet?")).decision)
+        for n in range(6):  # the first worker's users score its strong answers 0
+            prepared = scored.engine.prepare(_ask(f"Who wrote play number {n}?"))
+            assert prepared.tier == "strong"  # nothing cached: no example, the strongest tier
+            scored.engine.release(prepared.decision.request_id)
+            scored.engine.feedback(prepared.decision.request_id, 0.0, tenant="A")
+        learned = _strong_evidence(scored.engine.prepare(_ask("Who wrote Hamlet?")).decision)
+
+        assert learned == pytest.approx((prior[0], prior[1] + 6.0))
+        assert _strong_evidence(other.engine.prepare(_ask("Who wrote Hamlet?")).decision) == prior  # not re-read
+        other.clock.advance(10.0)
+        assert _strong_evidence(other.engine.prepare(_ask("Who wrote Hamlet?")).decision) == pytest.approx(learned)
+        scored.clock.advance(10.0)  # its own re-read: the state's sums, its own scores once
+        assert _strong_evidence(scored.engine.prepare(_ask("Who wrote Hamlet?")).decision) == pytest.approx(learned)
+    finally:
+        state.close()
+
+
 def test_repeated_bad_feedback_on_the_cheap_tier_moves_routing_back_to_strong(make_engine: Any) -> None:
     kit = make_engine()
     decision = _cheap_with_example(kit)
