@@ -58,7 +58,7 @@ from echolm_middleware.doors.litellm_common import (
     serve_reused,
     summary_in,
 )
-from echolm_middleware.errors import FeedbackAlreadyGiven, UnknownRequest
+from echolm_middleware.errors import EchoLMError, FeedbackAlreadyGiven, UnknownRequest
 from echolm_middleware.factory import build_engine, build_state
 from echolm_middleware.metrics import metrics, observe_decision, tenant_label
 
@@ -208,7 +208,8 @@ def mount_feedback_route() -> bool:
     `static_keys`, or the master key), and the score counts for the tenant that key belongs to: another
     tenant's request id is unknown, exactly as one that never existed. Answers: 200 recorded; 404 no
     routed request of the caller's with that id; 409 already scored (a response counts once); 422 a body
-    without a request id and a score in [0, 1]; 503 the engine not ready or its writers busy.
+    without a request id and a score in [0, 1]; 503 the engine not ready, its writers busy, or its state
+    or store down.
     """
     proxy_server = sys.modules.get("litellm.proxy.proxy_server")
     app = getattr(proxy_server, "app", None)
@@ -237,11 +238,14 @@ def mount_feedback_route() -> bool:
         try:
             await WRITES.run(engine.feedback, request_id, float(score), tenant=tenant)
         except UnknownRequest:
-            return _plain(404, f"no routed request {request_id!r} of this caller")
+            return _plain(404, f"no routed request {request_id[:80]!r} of this caller")
         except FeedbackAlreadyGiven:
-            return _plain(409, f"request {request_id!r} already has feedback; it counts once")
+            return _plain(409, f"request {request_id[:80]!r} already has feedback; it counts once")
         except Saturated:
             return _plain(503, "echolm's writers are busy; send the feedback again shortly")
+        except EchoLMError as exc:  # the state or the store down: said by kind, no address or path
+            logger.warning("echolm: feedback on %s not recorded: %s", request_id, exc)
+            return _plain(503, f"echolm could not record it ({type(exc).__name__}); send it again later")
         return _plain(200, "recorded")
 
     app.add_api_route(FEEDBACK_PATH, echolm_feedback, methods=["POST"], include_in_schema=False)

@@ -23,7 +23,7 @@ from litellm.proxy.auth.user_api_key_auth import user_api_key_auth
 from echolm_middleware.core.engine import SHARED_TENANT
 from echolm_middleware.doors.access import EngineHandle
 from echolm_middleware.doors.litellm_proxy import FEEDBACK_PATH, EchoLMProxyHandler, mount_feedback_route
-from echolm_middleware.errors import FeedbackAlreadyGiven, UnknownRequest
+from echolm_middleware.errors import FeedbackAlreadyGiven, StateUnavailable, UnknownRequest
 
 
 class RecordingEngine:
@@ -34,6 +34,8 @@ class RecordingEngine:
         self.scores: list[tuple[str, float, str]] = []
 
     def feedback(self, request_id: str, score: float, *, tenant: str) -> None:
+        if request_id == "state-down":
+            raise StateUnavailable("database is locked: /var/lib/echolm/state.db")
         if request_id != "known" or tenant not in ("team:a", SHARED_TENANT):
             raise UnknownRequest(request_id)
         if self.scores:
@@ -135,3 +137,11 @@ def test_the_admins_feedback_counts_for_the_shared_tenant_only_when_the_cache_is
 
     assert accepted.status_code == 200 and shared.scores == [("known", 1.0, SHARED_TENANT)]
     assert refused.status_code == 404 and private.scores == []
+
+
+def test_a_state_that_cannot_take_the_score_answers_503_without_its_path(
+    monkeypatch: pytest.MonkeyPatch, engine: Any
+) -> None:
+    response = _client(monkeypatch, engine, TEAM_A).post(FEEDBACK_PATH, json={"request_id": "state-down", "score": 1})
+    assert response.status_code == 503
+    assert "StateUnavailable" in response.text and "/var/lib" not in response.text
