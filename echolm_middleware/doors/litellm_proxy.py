@@ -171,18 +171,18 @@ def mount_metrics_route() -> bool:
     Tenant names are labels, so a scrape needs the proxy's master key (Authorization: Bearer ...) when
     the proxy has one, as LiteLLM's own admin routes do.
     """
-    proxy_server = sys.modules.get("litellm.proxy.proxy_server")
-    app = getattr(proxy_server, "app", None)
-    if app is None or any(getattr(route, "path", None) == METRICS_PATH for route in app.routes):
+    app = _proxy_app_without(METRICS_PATH)
+    if app is None:
         return False
+    proxy_server = sys.modules.get("litellm.proxy.proxy_server")
     from echolm_middleware.metrics import CONTENT_TYPE
 
     async def echolm_metrics(request: Request) -> Response:
         master_key = getattr(proxy_server, "master_key", None)
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         if master_key and not hmac.compare_digest(given.encode(), str(master_key).encode()):
-            return Response("master key required\n", status_code=401, media_type="text/plain")
-        handler = next((cb for cb in _callbacks() if isinstance(cb, EchoLMProxyHandler)), None)
+            return _plain(401, "master key required")
+        handler = _our_handler()
         if handler is not None:
             # The store's size is read on a pool of its own, briefly: a hung store leaves the gauges as
             # they were, and the scrape still answers.
@@ -211,9 +211,8 @@ def mount_feedback_route() -> bool:
     without a request id and a score in [0, 1]; 503 the engine not ready, its writers busy, or its state
     or store down.
     """
-    proxy_server = sys.modules.get("litellm.proxy.proxy_server")
-    app = getattr(proxy_server, "app", None)
-    if app is None or any(getattr(route, "path", None) == FEEDBACK_PATH for route in app.routes):
+    app = _proxy_app_without(FEEDBACK_PATH)
+    if app is None:
         return False
     from litellm.proxy.auth.user_api_key_auth import user_api_key_auth
 
@@ -230,7 +229,7 @@ def mount_feedback_route() -> bool:
             return _plain(422, 'send {"request_id": "<x-echolm-request-id>", "score": <0-1>}')
         if not isinstance(score, int | float) or not 0.0 <= score <= 1.0:
             return _plain(422, "score must be a number in [0, 1]")
-        handler = next((cb for cb in _callbacks() if isinstance(cb, EchoLMProxyHandler)), None)
+        handler = _our_handler()
         engine = handler.handle.ready() if handler is not None else None
         if engine is None:
             return _plain(503, "echolm is not ready yet; send the feedback again shortly")
@@ -256,10 +255,20 @@ def _plain(status: int, text: str) -> Response:
     return Response(text + "\n", status_code=status, media_type="text/plain")
 
 
-def _callbacks() -> list[Any]:
+def _proxy_app_without(path: str) -> Any:
+    """The running proxy's FastAPI app if it does not serve `path` yet (each of our routes is mounted once,
+    however many handlers a proxy loads); None outside a proxy."""
+    app = getattr(sys.modules.get("litellm.proxy.proxy_server"), "app", None)
+    if app is None or any(getattr(route, "path", None) == path for route in app.routes):
+        return None
+    return app
+
+
+def _our_handler() -> EchoLMProxyHandler | None:
+    """The proxy's EchoLM callback, the one whose engine our routes use."""
     import litellm
 
-    return list(litellm.callbacks or [])
+    return next((cb for cb in litellm.callbacks or [] if isinstance(cb, EchoLMProxyHandler)), None)
 
 
 class EchoLMProxyHandler(RecordingCallback):
