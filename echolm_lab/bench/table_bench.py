@@ -59,6 +59,7 @@ from echolm_lab.bench.table_verdicts import VerdictsTable, verdicts_path
 from echolm_lab.bench.workloads import Workload
 from echolm_lab.datasets import QARecord
 from echolm_lab.demo import wait_for_engine
+from echolm_lab.local_services import free_port, running, start_chroma
 from echolm_lab.proxy_process import running_proxy
 from echolm_middleware.config import Settings, load_settings
 from echolm_middleware.core.engine import SHARED_TENANT
@@ -104,6 +105,9 @@ class TableBenchOptions:
     echolm_env: dict[str, str] = field(default_factory=dict)
     # Share of each EchoLM pass's answers its users score (the reference metric) and send as feedback.
     feedback_share: float = 0.0
+    # EchoLM's proxies reach their copy of the warm store through a `chroma run` server of their own (the
+    # deployment README recommends for production) instead of opening it embedded in the proxy's process.
+    store_server: bool = False
     replica_ports: tuple[int, int] = REPLICA_PORTS
 
 
@@ -302,6 +306,8 @@ class TableBench:
         reuse = self._reuse_settings(source, answers)
         if self.options.echolm_env:
             run.notes.append(f"every EchoLM pass ran with {self.options.echolm_env}")
+        if self.options.store_server:
+            run.notes.append("every EchoLM pass reached its copy of the warm store through a `chroma run` server")
         if self.options.feedback_share:
             run.notes.append(
                 f"every EchoLM pass's users scored {self.options.feedback_share:.0%} of its answers by the reference "
@@ -393,6 +399,20 @@ class TableBench:
             folder.mkdir(parents=True, exist_ok=True)
         config = write_proxy_config(self.raw, deployment, folder / "proxy.yaml", with_echolm=echolm, reuse=reuse)
         model = self.strong if echolm else self.deployment.strong_x2
+        if not (echolm and self.options.store_server):
+            return self._serve_pass(system, echolm, model, config, env, workload, items, rate, folder)
+        with running(start_chroma(free_port(), folder / "chroma")) as chroma:
+            env["ECHOLM_STORE__SERVER_URL"] = chroma.url
+            load = self._serve_pass(system, echolm, model, config, env, workload, items, rate, folder)
+            ended = chroma.process.poll()
+        if ended is None:
+            return load
+        return replace(load, notes=[*load.notes, f"its Chroma server ended during the pass (exit code {ended})"])
+
+    def _serve_pass(
+        self, system: str, echolm: bool, model: str, config: Path, env: dict[str, str], workload: Workload,
+        items: Sequence[QARecord], rate: float, folder: Path,
+    ) -> LoadPass:  # fmt: skip
         with running_proxy(config, env=env, log_path=folder / "proxy.log") as proxy:
             if echolm:
                 wait_for_engine(proxy, self.cheap)

@@ -147,6 +147,11 @@ def register(subparsers: Any) -> None:
         "would from users (default: %(default)s, none)",
     )  # fmt: skip
     parser.add_argument(
+        "--store-server", action="store_true",
+        help="with --tables: each EchoLM pass reaches its copy of the warm store through a `chroma run` server "
+        "of its own, as a production deployment does, instead of opening it embedded in the proxy's process",
+    )  # fmt: skip
+    parser.add_argument(
         "--reuse", choices=["shipped", "pool"],
         help="with --tables: also time EchoLM with the reuse choice on the fixed split: shipped (the product's "
         "default weights and bar) or pool (its model fitted on the workload's warm pool, leave-one-out)",
@@ -291,7 +296,7 @@ def run_on_tables(args: argparse.Namespace) -> int:
         run_dir=args.work.resolve() / name, seed=args.seed, load_multiples=list(args.load_multiples),
         pass_requests=args.pass_requests, warmup_s=args.warmup, deployments=list(args.deployments),
         replica_ports=(args.replica_ports[0], args.replica_ports[1]), reuse=args.reuse, reuse_bar=args.reuse_bar,
-        feedback_share=args.feedback_share,
+        feedback_share=args.feedback_share, store_server=args.store_server,
     )  # fmt: skip
     if not 0.0 <= args.feedback_share <= 1.0:
         print("echolm bench: --feedback-share must lie in [0, 1]", file=sys.stderr)

@@ -77,7 +77,8 @@ def test_a_tiny_bench_on_an_answers_table_pairs_every_policy_and_times_both_syst
     local_tiers: LocalTiers, tmp_path: Path
 ) -> None:
     """`echolm answers` fills a tiny table on the real tiers; `echolm bench --tables` scores every policy off
-    it and times strong-only and EchoLM on the real servers, checking their answers against the table."""
+    it and times strong-only and EchoLM on the real servers, checking their answers against the table.
+    EchoLM's passes reach their warm store through a Chroma server (`--store-server`), as in production."""
     config = tmp_path / "config.yaml"
     config.write_text(CONFIG.read_text())
     env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", OMP_NUM_THREADS="1")
@@ -94,7 +95,7 @@ def test_a_tiny_bench_on_an_answers_table_pairs_every_policy_and_times_both_syst
     done = subprocess.run(
         [*cli, "bench", "--config", str(config), "--tables", str(tmp_path / "tables"), "--workloads", "nq_open",
          "--load-multiples", "1", "--pass-requests", "3", "--warmup", "0", "--replica-ports", "8303", "8304",
-         "--results", str(tmp_path / "results"), "--work", str(tmp_path / "work"), "--run", "tiny"],
+         "--results", str(tmp_path / "results"), "--work", str(tmp_path / "work"), "--run", "tiny", "--store-server"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -109,6 +110,11 @@ def test_a_tiny_bench_on_an_answers_table_pairs_every_policy_and_times_both_syst
     assert workload["strong_only_capacity_rps"] > 0
     # The passes' rates are multiples of the capacity measured on this machine, not the table's.
     assert any(note.startswith("strong-only capacity measured on this machine") for note in workload["notes"])
+    assert any("through a `chroma run` server" in note for note in workload["notes"])
+    assert not any("Chroma server ended" in note or "proxy ended" in note for note in workload["notes"])
+    for deployment in ("fixed", "elastic"):  # each pass's nearest-example queries went to its Chroma server
+        served = (tmp_path / "work" / "tiny" / "nq_open" / f"echolm-{deployment}-1" / "chroma-chroma.log").read_text()
+        assert "/query" in served
     passes = {p["system"]: p for p in workload["open_loop"]}
     assert set(passes) == {"strong_only", "echolm"}
     for live in passes.values():
