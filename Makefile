@@ -66,7 +66,7 @@ OLDEST := .venv-litellm-oldest
 OLDEST_TESTS := tests/unit/test_proxy_handler.py tests/unit/test_reuse_doors.py tests/unit/test_litellm_logging.py \
 	tests/unit/test_request_life.py tests/integration/test_router_door.py tests/integration/test_reuse_proxy.py \
 	tests/integration/test_proxy_routing.py tests/integration/test_proxy_fail_open.py \
-	tests/unit/test_proxy_feedback_route.py tests/integration/test_safe_to_share.py
+	tests/unit/test_proxy_feedback_route.py tests/integration/test_safe_to_share.py tests/unit/test_litellm_stream_finalizer.py
 
 $(OLDEST)/.installed: pyproject.toml constraints-litellm-oldest.txt $(WHEELS)/.built
 	$(PYTHON) -m venv $(OLDEST)
@@ -82,7 +82,7 @@ test-litellm-oldest: $(OLDEST)/.installed servers models
 # The Router and LangChain doors on the newest LiteLLM release (1.110 registers a routing strategy as a
 # plugin), without the proxy extra, whose newer releases need packages the registry here does not serve.
 NEWEST := .venv-litellm-newest
-NEWEST_TESTS := tests/unit/test_proxy_handler.py tests/unit/test_reuse_doors.py tests/unit/test_litellm_logging.py tests/unit/test_request_life.py \
+NEWEST_TESTS := tests/unit/test_litellm_stream_finalizer.py tests/unit/test_proxy_handler.py tests/unit/test_reuse_doors.py tests/unit/test_litellm_logging.py tests/unit/test_request_life.py \
 	tests/unit/test_langchain_door.py tests/unit/test_langchain_standard.py tests/integration/test_router_door.py \
 	tests/integration/test_langchain_door.py tests/integration/test_langchain_standard.py
 

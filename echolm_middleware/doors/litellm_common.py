@@ -25,7 +25,11 @@ from echolm_middleware.doors.access import (
     record_or_count,
     release_or_count,
 )
+from echolm_middleware.doors.litellm_stream_finalizer import guard_stream_finalizer
 from echolm_middleware.metrics import observe_saving
+
+# Before anything of ours runs in a LiteLLM process: on Python 3.11 LiteLLM's stream finalizer can crash it.
+guard_stream_finalizer()
 
 # Where a request carries our summary between the pre-call hook and the log events. The hook always
 # overwrites it, so a caller cannot plant one.
