@@ -128,9 +128,9 @@ class ChromaExampleStore:
         # thread at a time too, never beside a write: chromadb 1.5's bindings have open reports of SIGSEGV
         # under concurrent calls in one process (chroma-core/chroma#6979, a use-after-free in the HNSW walk).
         # A query takes milliseconds. Several workers share a Chroma server instead: its client only speaks
-        # HTTP here, and its reads stay concurrent. This did not stop the faults the bench's proxies met:
-        # each died with one of our threads inside chromadb's query and the event loop faulting in CPython
-        # (benchmarks/results/tables-nq_open-1000-fixed-1.0x-2026-12-05/proxy-sigsegv.txt).
+        # HTTP here, and its reads stay concurrent. (The SIGSEGVs the bench's proxies met with a query in
+        # flight trace, by their stack, to LiteLLM's stream finalizer and CPython gh-148891, guarded in
+        # doors/litellm_stream_finalizer.py.)
         self._reads: threading.RLock | contextlib.nullcontext[None] = (
             contextlib.nullcontext() if settings.server_url else self._lock
         )
