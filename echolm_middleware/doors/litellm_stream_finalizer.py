@@ -5,8 +5,8 @@ correlation ids (`trace_id_var`, `session_id_var`) through `Logging._restore_cor
 Streams sit in reference cycles, so the cyclic collector runs that finalizer inside whatever allocation
 triggered it. On CPython 3.10 and 3.11, if that allocation is a node of the context's HAMT inside another
 `ContextVar.set` of the same context, the finalizer's own `set` replaces and frees the HAMT still being
-walked: a use-after-free that kills the process with SIGSEGV (CPython gh-148891, fixed from 3.12 on). A
-proxy under load met it in the event loop's `ContextVar.set` under LiteLLM's auth
+walked: a use-after-free that kills the process with SIGSEGV (CPython gh-148891, open; 3.12 and later run
+the collector between bytecodes, where it cannot land inside that walk). A proxy under load met it in the event loop's `ContextVar.set` under LiteLLM's auth
 (benchmarks/results/tables-nq_open-1000-fixed-1.0x-2026-12-05/proxy-sigsegv.txt).
 
 With `litellm.request_correlation_in_logs` off, LiteLLM's default, both ids before and after the call are
