@@ -292,22 +292,22 @@ def _fill(disk: Path) -> Path:
     return filler
 
 
-def _store_is_whole(stack: Stack) -> int:
-    """Every example on the Chroma server has its vector, prompt and answer; SQLite's own check passes.
-    Returns how many examples there are."""
+def _stored_prompts(stack: Stack) -> list[str]:
+    """The prompt of every example on the Chroma server, after checking each has its vector, prompt and
+    answer and that SQLite's own check passes."""
     import chromadb
 
     client = chromadb.HttpClient(host="127.0.0.1", port=stack.chroma.port)
-    total = 0
+    prompts: list[str] = []
     for collection in client.list_collections():
         got = collection.get(include=["documents", "metadatas", "embeddings"])
         assert len(got["ids"]) == len(got["documents"]) == len(got["metadatas"]) == len(got["embeddings"])
         assert all(document for document in got["documents"])
         assert all(metadata and metadata.get("answer") for metadata in got["metadatas"])
-        total += len(got["ids"])
+        prompts += got["documents"]
     with sqlite3.connect(f"file:{stack.chroma_data}/chroma.sqlite3?mode=ro", uri=True) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    return total
+    return prompts
 
 
 def _landmark(country: str) -> str:
@@ -320,7 +320,7 @@ def test_when_the_store_disk_is_full_requests_are_answered_and_admission_resumes
 ) -> None:
     if stack.disk is None:
         pytest.skip("this machine refuses to mount a small tmpfs for the Chroma server's data (needs root)")
-    before = _store_is_whole(stack)
+    assert not any("Peru" in prompt or "Chile" in prompt for prompt in _stored_prompts(stack))
     failed_before = stack.fail_open("record")
     filler = _fill(stack.disk)
     try:
@@ -343,11 +343,14 @@ def test_when_the_store_disk_is_full_requests_are_answered_and_admission_resumes
     # Its operator restarts it on the same data; our workers need no restart.
     stack.restart_chroma()
 
-    assert _store_is_whole(stack) == before  # the admissions that found no room left nothing behind
+    # The admissions that found no room left nothing behind, whole or partial. (A count would not do:
+    # Egypt's, asked once there was room again, is there when Chroma answers that collection again before
+    # its restart, which is Chroma's affair, and an earlier test's record may land meanwhile.)
+    assert not any("Peru" in prompt or "Chile" in prompt for prompt in _stored_prompts(stack))
     deadline, recorded = time.monotonic() + 120, False
     while not recorded:  # the first requests after the restart may still fail open while reconnecting
         assert time.monotonic() < deadline, "the store took no example after the restart"
         _, headers = ask(stack.proxy, _landmark("Kenya"), max_tokens=64)
         stack.wait_recorded(headers["x-echolm-request-id"])
         time.sleep(1.0)
-        recorded = _store_is_whole(stack) > before
+        recorded = any("Kenya" in prompt for prompt in _stored_prompts(stack))
