@@ -1,4 +1,4 @@
-"""Keep LiteLLM's stream finalizer from writing context variables that it would leave unchanged.
+"""Keep LiteLLM's stream finalizer from setting context variables inside the cyclic collector.
 
 LiteLLM (1.100 to at least 1.110) gives `CustomStreamWrapper` a `__del__` that restores the request's
 correlation ids (`trace_id_var`, `session_id_var`) through `Logging._restore_correlation_context_if_unclaimed`.
@@ -6,21 +6,27 @@ Streams sit in reference cycles, so the cyclic collector runs that finalizer ins
 triggered it. On CPython 3.10 and 3.11, if that allocation is a node of the context's HAMT inside another
 `ContextVar.set` of the same context, the finalizer's own `set` replaces and frees the HAMT still being
 walked: a use-after-free that kills the process with SIGSEGV (CPython gh-148891, open; 3.12 and later run
-the collector between bytecodes, where it cannot land inside that walk). A proxy under load met it in the event loop's `ContextVar.set` under LiteLLM's auth
+the collector between bytecodes, where it cannot land inside that walk). A proxy under load met it in the
+event loop's `ContextVar.set` under LiteLLM's auth
 (benchmarks/results/tables-nq_open-1000-fixed-1.0x-2026-12-05/proxy-sigsegv.txt).
 
-With `litellm.request_correlation_in_logs` off, LiteLLM's default, both ids before and after the call are
-"" and the restore writes "" over "": it changes nothing and only opens the window for the crash. The
-guard skips a restore whose values equal the call's own (nothing to restore) and keeps every other one.
-Installed by the LiteLLM doors at import, on Python before 3.12 only; where LiteLLM lacks the method, or
-names its fields otherwise, it leaves LiteLLM as it is.
+The guard skips that restore
+- when it would change nothing: with `litellm.request_correlation_in_logs` off, LiteLLM's default, the ids
+  before and after the call are both "" and the restore writes "" over "";
+- when it runs inside the cyclic collector, whatever the ids (told by `gc.callbacks`, per thread). With
+  correlation on, the ids this abandoned stream stamped then stay in its Task's context until that Task's
+  next call sets its own: LiteLLM calls this restore best effort, for streams nobody finished or closed.
+A restore outside the collector that changes an id runs as LiteLLM wrote it. Installed by the LiteLLM doors
+at import, on Python before 3.12 only; where LiteLLM lacks the method it leaves LiteLLM as it is.
 """
 
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +34,23 @@ log = logging.getLogger(__name__)
 
 _METHOD = "_restore_correlation_context_if_unclaimed"
 _MARK = "__echolm_guarded__"
+
+
+class CollectorWatch:
+    """Whether this thread is inside a run of the cyclic collector: a `gc.callbacks` entry."""
+
+    def __init__(self) -> None:
+        self._threads = threading.local()
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        self._threads.inside = phase == "start"
+
+    @property
+    def inside(self) -> bool:
+        return bool(getattr(self._threads, "inside", False))
+
+
+COLLECTOR = CollectorWatch()
 
 
 def restore_changes_nothing(logging_obj: Any) -> bool:
@@ -56,12 +79,14 @@ def guard_stream_finalizer(*, python: tuple[int, int] = sys.version_info[:2]) ->
         return True
 
     @functools.wraps(original)
-    def restore_if_it_changes_something(self: Any) -> None:
-        if restore_changes_nothing(self):
+    def restore_outside_the_collector(self: Any) -> None:
+        if COLLECTOR.inside or restore_changes_nothing(self):
             return
         original(self)
 
-    setattr(restore_if_it_changes_something, _MARK, True)
-    setattr(Logging, _METHOD, restore_if_it_changes_something)
-    log.debug("LiteLLM's stream finalizer skips restores that change nothing (CPython gh-148891)")
+    setattr(restore_outside_the_collector, _MARK, True)
+    if COLLECTOR not in gc.callbacks:
+        gc.callbacks.append(COLLECTOR)
+    setattr(Logging, _METHOD, restore_outside_the_collector)
+    log.debug("LiteLLM's stream finalizer sets no context variable inside the collector (CPython gh-148891)")
     return True
