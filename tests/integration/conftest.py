@@ -165,15 +165,17 @@ def embedder() -> MiniLMEmbedder:
 def ask(
     proxy: ProxyUnderTest, content: Any, *, model: str = STRONG, api_key: str | None = None, **extra: Any
 ) -> tuple[Any, Mapping[str, str]]:
-    """One chat completion through the proxy with the openai client: (completion, response headers)."""
-    raw = proxy.client(api_key).chat.completions.with_raw_response.create(
-        model=model,
-        messages=[{"role": "user", "content": content}] if isinstance(content, str) else content,
-        max_tokens=extra.pop("max_tokens", 24),
-        temperature=0,
-        **extra,
-    )
-    return raw.parse(), raw.headers
+    """One chat completion through the proxy with the openai client: (completion, response headers).
+    The client is closed after: an open one left to the collector warns of its socket wherever it is freed."""
+    with proxy.client(api_key) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model=model,
+            messages=[{"role": "user", "content": content}] if isinstance(content, str) else content,
+            max_tokens=extra.pop("max_tokens", 24),
+            temperature=0,
+            **extra,
+        )
+        return raw.parse(), raw.headers
 
 
 def prices_of(group: str) -> dict[str, float]:

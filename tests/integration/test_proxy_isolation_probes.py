@@ -129,10 +129,11 @@ def test_four_hundred_probes_through_the_proxy_reach_none_of_another_tenants_exa
 
 
 def _probe_as_a(proxy: ProxyUnderTest, prompt: str) -> tuple[str, str]:
-    raw = proxy.client(KEY_A).chat.completions.with_raw_response.create(
-        model=STRONG,
-        messages=[{"role": "user", "content": prompt}],
-        max_tokens=4,
-        extra_body={"mock_response": "noted"},
-    )
-    return raw.headers.get("x-echolm-request-id", ""), raw.parse().choices[0].message.content or ""
+    with proxy.client(KEY_A) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model=STRONG,
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=4,
+            extra_body={"mock_response": "noted"},
+        )
+        return raw.headers.get("x-echolm-request-id", ""), raw.parse().choices[0].message.content or ""

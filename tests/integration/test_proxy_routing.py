@@ -90,36 +90,36 @@ def test_a_queue_on_the_strong_tier_shifts_requests_to_the_cheap_tier(start_prox
 
 
 def test_streamed_request_is_recorded_once_after_it_completes(proxy: ProxyUnderTest, local_tiers: LocalTiers) -> None:
-    client = proxy.client()
-    raw = client.chat.completions.with_raw_response.create(
-        model=STRONG,
-        messages=[{"role": "user", "content": "Who painted the Mona Lisa?"}],
-        max_tokens=40,
-        temperature=0,
-        stream=True,
-    )
-    request_id = raw.headers["x-echolm-request-id"]
-    chunks = iter(raw.parse())
-    first = next(chunks)
-    assert proxy.recorded_by(request_id) is None  # nothing is admitted while the stream is open
-    text = "".join((c.choices[0].delta.content or "") for c in [first, *chunks] if c.choices)
-    assert text.strip()
-    assert proxy.wait_recorded(request_id) == STRONG
+    with proxy.client() as client:  # closed after: an open one warns of its socket wherever it is collected
+        raw = client.chat.completions.with_raw_response.create(
+            model=STRONG,
+            messages=[{"role": "user", "content": "Who painted the Mona Lisa?"}],
+            max_tokens=40,
+            temperature=0,
+            stream=True,
+        )
+        request_id = raw.headers["x-echolm-request-id"]
+        chunks = iter(raw.parse())
+        first = next(chunks)
+        assert proxy.recorded_by(request_id) is None  # nothing is admitted while the stream is open
+        text = "".join((c.choices[0].delta.content or "") for c in [first, *chunks] if c.choices)
+        assert text.strip()
+        assert proxy.wait_recorded(request_id) == STRONG
 
-    # A streamed paraphrase gets that answer, once, as its only example.
-    local_tiers.recorder.clear()
-    raw = client.chat.completions.with_raw_response.create(
-        model=STRONG,
-        messages=[{"role": "user", "content": "who painted the mona lisa"}],
-        max_tokens=24,
-        temperature=0,
-        stream=True,
-    )
-    streamed = "".join((c.choices[0].delta.content or "") for c in raw.parse() if c.choices)
-    assert raw.headers["x-echolm-tier"] == CHEAP
-    assert raw.headers["x-echolm-examples"] == "1"
-    assert streamed.strip()
-    (cheap_body,) = local_tiers.recorder.bodies
-    assert cheap_body["stream"] is True
-    assert text.strip()[:40] in cheap_body["messages"][-1]["content"]
-    assert proxy.wait_recorded(raw.headers["x-echolm-request-id"]) == CHEAP
+        # A streamed paraphrase gets that answer, once, as its only example.
+        local_tiers.recorder.clear()
+        raw = client.chat.completions.with_raw_response.create(
+            model=STRONG,
+            messages=[{"role": "user", "content": "who painted the mona lisa"}],
+            max_tokens=24,
+            temperature=0,
+            stream=True,
+        )
+        streamed = "".join((c.choices[0].delta.content or "") for c in raw.parse() if c.choices)
+        assert raw.headers["x-echolm-tier"] == CHEAP
+        assert raw.headers["x-echolm-examples"] == "1"
+        assert streamed.strip()
+        (cheap_body,) = local_tiers.recorder.bodies
+        assert cheap_body["stream"] is True
+        assert text.strip()[:40] in cheap_body["messages"][-1]["content"]
+        assert proxy.wait_recorded(raw.headers["x-echolm-request-id"]) == CHEAP

@@ -160,19 +160,20 @@ class StreamRun:
 
 def _stream(proxy: ProxyProcess, question: str, run: StreamRun) -> None:
     try:
-        raw = client_for(proxy).chat.completions.with_raw_response.create(
-            model=STRONG,
-            messages=[{"role": "user", "content": question}],
-            max_tokens=64,
-            temperature=0,
-            stream=True,
-        )
-        run.headers = dict(raw.headers)
-        run.request_id = run.headers.get("x-echolm-request-id", "")
-        for chunk in raw.parse():
-            if chunk.choices and chunk.choices[0].delta.content:
-                run.first_part_at = run.first_part_at or time.monotonic()
-                run.parts.append(chunk.choices[0].delta.content)
+        with client_for(proxy) as client:
+            raw = client.chat.completions.with_raw_response.create(
+                model=STRONG,
+                messages=[{"role": "user", "content": question}],
+                max_tokens=64,
+                temperature=0,
+                stream=True,
+            )
+            run.headers = dict(raw.headers)
+            run.request_id = run.headers.get("x-echolm-request-id", "")
+            for chunk in raw.parse():
+                if chunk.choices and chunk.choices[0].delta.content:
+                    run.first_part_at = run.first_part_at or time.monotonic()
+                    run.parts.append(chunk.choices[0].delta.content)
     except Exception as exc:  # a stream cut after its first token ends in an error: kept for the checks
         run.error = exc
     finally:

@@ -48,10 +48,11 @@ def client_for(proxy: ProxyProcess) -> Any:
 
 def ask(proxy: ProxyProcess, question: str, max_tokens: int = 8) -> tuple[str, dict[str, str]]:
     """One non-streamed completion naming the strong tier: (answer, response headers)."""
-    raw = client_for(proxy).chat.completions.with_raw_response.create(
-        model=STRONG, messages=[{"role": "user", "content": question}], max_tokens=max_tokens, temperature=0
-    )
-    return raw.parse().choices[0].message.content or "", dict(raw.headers)
+    with client_for(proxy) as client:  # closed: an open one warns of its socket wherever it is collected
+        raw = client.chat.completions.with_raw_response.create(
+            model=STRONG, messages=[{"role": "user", "content": question}], max_tokens=max_tokens, temperature=0
+        )
+        return raw.parse().choices[0].message.content or "", dict(raw.headers)
 
 
 def ask_all(proxy: ProxyProcess, questions: list[str]) -> list[tuple[str, dict[str, str]]]:
