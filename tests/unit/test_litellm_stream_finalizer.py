@@ -111,8 +111,8 @@ def reproduce(mode: str, seed: int, ids: str) -> subprocess.CompletedProcess[str
 @pytest.mark.parametrize("ids", ["default", "correlated"])
 def test_litellms_own_finalizer_crashes_this_python_and_the_guarded_one_does_not(ids: str) -> None:
     """The hazard is real here, not argued: LiteLLM's finalizer as shipped dies of SIGSEGV inside the
-    collector (measured at hash seeds 0-9: 9 of 10 with LiteLLM's default ids, 4 of 4 tried with
-    correlation on), the same process with the guard installed lives."""
+    collector (measured as the reproducer was written: at 9 of hash seeds 0-9 with LiteLLM's default ids,
+    4 of 4 tried with correlation on), the same process with the guard installed lives."""
     unguarded = []
     for seed in (0, 1, 2):  # stop at the first crash
         unguarded.append(reproduce("litellm", seed, ids).returncode)
