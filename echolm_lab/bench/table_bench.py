@@ -16,8 +16,9 @@ Per workload with a table (`echolm answers` builds one):
    metric and paired with the table's strong answer to the same request; strong-only's live answers are
    compared with the table's to check that a table answer is what the server gives (determinism).
 
-Open-ended workloads (Arena-Hard) need the judge for every policy's quality: they get the table's choice
-costs only, until a table of verdicts exists.
+Open-ended workloads (Arena-Hard) are judged pairwise against the table's strong answer by the strongest
+tier (both orders): the policies off the table's verdicts, the live passes' answers by `LiveJudgement`
+(the tabled verdict where a live answer is the table's word for word, the strong server otherwise).
 """
 
 from __future__ import annotations
@@ -45,17 +46,24 @@ from echolm_lab.bench.feedback import FeedbackSender
 from echolm_lab.bench.load import LoadPass, closed_loop, open_loop
 from echolm_lab.bench.slot_gate import behind_gate, slot_gate
 from echolm_lab.bench.systems import Answered, Embed, ModelSystem, ProxyChat
-from echolm_lab.bench.table_build import TableWorkload, table_workload
+from echolm_lab.bench.table_build import TableWorkload, ask, endpoint_of, table_workload
 from echolm_lab.bench.table_policies import (
     Ceiling,
     PolicyResult,
     ceiling,
     evaluate_policies,
     pool_answers,
+    rivals_at_strong_share,
     service_times,
 )
-from echolm_lab.bench.table_scores import paired_bootstrap
-from echolm_lab.bench.table_verdicts import VerdictsTable, verdicts_path
+from echolm_lab.bench.table_scores import Policy, paired_bootstrap
+from echolm_lab.bench.table_verdicts import (
+    JUDGE_MAX_TOKENS,
+    LiveJudgement,
+    VerdictsTable,
+    live_verdicts_path,
+    verdicts_path,
+)
 from echolm_lab.bench.workloads import Workload
 from echolm_lab.datasets import QARecord
 from echolm_lab.demo import wait_for_engine
@@ -127,6 +135,21 @@ class LivePass:
     matched_table: tuple[int, int] = (0, 0)  # answers equal to the table's for the same choice, of those compared
     cost_per_request: float = 0.0  # each chosen answer's tokens as the table holds them, at its tier's price
     ceiling: Ceiling | None = None  # of the pass's own mix of choices
+    unscored: int = 0  # answered requests whose quality could not be told (a judged workload's unparsed verdict)
+    quality_by_prompt: dict[str, float] = field(default_factory=dict)  # each scored request's live quality
+    rivals: list[RivalComparison] = field(default_factory=list)  # the baselines at the pass's own strong share
+
+
+@dataclass(frozen=True)
+class RivalComparison:
+    """A live pass against a baseline set to the pass's share of strong calls, off the table, paired on the
+    pass's requests: the pass's quality minus the baseline's, with its 95% interval."""
+
+    policy: str
+    requests: int
+    difference: float
+    interval: tuple[float, float]
+    ceiling: Ceiling
 
 
 @dataclass
@@ -183,20 +206,26 @@ def by_item(answers: Sequence[Answer]) -> dict[str, dict[str, Answer]]:
 def score_pass(
     live: LivePass,
     table: Mapping[str, Mapping[str, Answer]],
-    score: Callable[[str, QARecord], float],
+    score: Callable[[str, QARecord], float | None],
     price_per_1k: Mapping[str, float],
 ) -> None:
     """The pass's quality, paired with the table's strong answers; how often it gave the table's answer; its
-    cost per request."""
+    cost per request. `score` gives None where it cannot tell (a judge's verdict it could not read): such a
+    request is left out of the quality, not counted either way."""
     mine, differences, costs, compared, matched = [], [], [], 0, 0
     for item, answered, choice in zip(live.items, live.load.answers, live.choices, strict=True):
         if answered.error is not None:
             continue
         row = table.get(item.prompt, {})
         quality = score(answered.answer, item)
-        mine.append(quality)
-        if STRONG in row:
-            differences.append(quality - score(row[STRONG].answer, item))
+        if quality is not None:
+            mine.append(quality)
+            live.quality_by_prompt[item.prompt] = quality
+            baseline = score(row[STRONG].answer, item) if STRONG in row else None
+            if baseline is not None:
+                differences.append(quality - baseline)
+        else:
+            live.unscored += 1
         if choice == REUSE:
             costs.append(0.0)  # no model was called
         elif choice in row:
@@ -214,6 +243,25 @@ def score_pass(
     chosen = {item.prompt: choice for item, choice in zip(live.items, live.choices, strict=True)}
     with contextlib.suppress(ValueError):  # no request of the pass has the strong tier's answer tabled
         live.ceiling = ceiling(chosen.__getitem__, service_times(table_answers(table)), list(chosen))
+
+
+def compare_with_rivals(
+    live: LivePass, scored: Mapping[str, Mapping[str, float]], rivals: Sequence[tuple[str, Policy]],
+    times: Mapping[str, Mapping[str, float]], reuse_s: float = 0.0,
+) -> None:  # fmt: skip
+    """Pair the pass's live quality with each baseline's off the table, request by request (`reuse_s`: our
+    lookup per reused answer, for the baselines' ceilings)."""
+    for name, rival in rivals:
+        prompts = [p for p in live.quality_by_prompt if rival(p) in scored.get(p, {})]
+        if not prompts:
+            continue
+        differences = [live.quality_by_prompt[p] - scored[p][rival(p)] for p in prompts]
+        live.rivals.append(
+            RivalComparison(
+                name, len(prompts), statistics.fmean(differences), paired_bootstrap(differences),
+                ceiling(rival, times, prompts, reuse_s=reuse_s),
+            )
+        )  # fmt: skip
 
 
 def warm_store(settings: Settings, model_list: Sequence[Mapping[str, Any]], store_dir: Path, source: TableWorkload,
@@ -277,17 +325,44 @@ class TableBench:
         if source.workload.score is None:
             run.notes.append(
                 f"judged pairwise: policies scored by {len(verdicts)} tabled verdicts (strongest tier as judge, both "
-                "orders); no live passes (EchoLM's live answers would each need the judge)"
+                "orders); a live pass's answers take the tabled verdict where they are the table's answer word for "
+                "word, and are judged by the strong server after the pass where they are not"
             )
         return run, answers
+
+    def _compare_with_rivals(self, live: LivePass, source: TableWorkload, answers: Sequence[Answer]) -> None:
+        answered = [c for c, a in zip(live.choices, live.load.answers, strict=True) if a.error is None]
+        if not answered:
+            return
+        strong_share = answered.count(STRONG) / len(answered)
+        verdicts = VerdictsTable(verdicts_path(self.options.tables / f"{source.workload.name}.jsonl")).records()
+        scored, rivals = rivals_at_strong_share(source, answers, self.embed.embed, strong_share, verdicts)
+        compare_with_rivals(live, scored, rivals, service_times(answers), self.options.reuse_s)
+
+    def _live_judgement(self, name: str, table: Mapping[str, Mapping[str, Answer]]) -> LiveJudgement | None:
+        """A judged workload's live scorer, or None while its table has no verdicts to start from."""
+        path = self.options.tables / f"{name}.jsonl"
+        tabled = VerdictsTable(verdicts_path(path)).records()
+        if not tabled:
+            return None
+        judge = endpoint_of({"model_list": self.deployment.model_list}, self.strong)
+        params = {"temperature": 0.0, "max_tokens": JUDGE_MAX_TOKENS}
+
+        def call(messages: list[dict[str, str]]) -> str:
+            return str(ask(judge, messages, params)["answer"])
+
+        strong = {prompt: row[STRONG].answer for prompt, row in table.items() if STRONG in row}
+        return LiveJudgement(judge, call, tabled, VerdictsTable(live_verdicts_path(path)), strong)
 
     def run_workload(self, name: str) -> TableWorkloadRun:
         run, answers = self.offline(name)
         source, folder = run.source, self.options.run_dir / name
         table = by_item(answers)
         complete = [item for item in source.requests if len(table.get(item.prompt, {})) == 3]
-        if not complete or run.capacity_rps <= 0 or source.workload.score is None:
-            run.notes.append("no live passes: the table has no complete request or no reference metric")
+        judgement = self._live_judgement(name, table) if source.workload.score is None else None
+        score = source.workload.score or judgement
+        if not complete or run.capacity_rps <= 0 or score is None:
+            run.notes.append("no live passes: the table has no complete request, or no reference metric or verdicts")
             return run
         admitted = warm_store(self.settings, self.deployment.model_list, folder / "warm", source,
                               pool_answers(source, answers), self.strong)  # fmt: skip
@@ -338,7 +413,15 @@ class TableBench:
                 run.notes += [f"{system} ({deployment}) at {multiple:g}x: {note}" for note in load.notes]
                 choices = [choice_of(a, self.cheap, self.strong) for a in load.answers]
                 live = LivePass(system, multiple, load, items, choices, deployment=deployment)
-                score_pass(live, table, source.workload.score, self.prices)
+                asked_before = judgement.asked if judgement is not None else 0
+                score_pass(live, table, score, self.prices)
+                if system != "strong_only":
+                    self._compare_with_rivals(live, source, answers)
+                if judgement is not None:
+                    run.notes.append(
+                        f"{system} ({deployment}) at {multiple:g}x: {judgement.asked - asked_before} answers judged "
+                        f"after the pass, {live.unscored} verdicts unparsed (left out)"
+                    )
                 run.passes.append(live)
         return run
 

@@ -34,6 +34,18 @@ def live_figures(live: LivePass) -> dict[str, Any]:
         "ceiling_fixed_split": None if live.ceiling is None else _finite(live.ceiling.fixed_split),
         "ceiling_elastic": None if live.ceiling is None else _finite(live.ceiling.elastic),
         "answers_equal_to_table": {"equal": live.matched_table[0], "compared": live.matched_table[1]},
+        "unscored": live.unscored,
+        "against_baselines_at_its_strong_share": [
+            {
+                "policy": r.policy,
+                "paired_requests": r.requests,
+                "difference": round(r.difference, 4),
+                "difference_interval_95": _interval(r.interval),
+                "baseline_ceiling_fixed_split": _finite(r.ceiling.fixed_split),
+                "baseline_ceiling_elastic": _finite(r.ceiling.elastic),
+            }
+            for r in live.rivals
+        ],
     }
 
 
@@ -139,6 +151,7 @@ def format_report(summary: dict[str, Any], plots: Sequence[str]) -> str:
                     f"| {_q(p['quality'])} | {versus} | {shares} "
                     f"| {equal['equal']}/{equal['compared']} |"
                 )
+            lines += _against_baselines(data)
             sustained = data["sustained_rate_rps"]
             lines += [
                 "",
@@ -151,6 +164,31 @@ def format_report(summary: dict[str, Any], plots: Sequence[str]) -> str:
         lines.append("")
     lines += [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _against_baselines(data: dict[str, Any]) -> list[str]:
+    """Each EchoLM pass against the baselines set to its own share of strong calls, paired per request."""
+    rows = [(p, r) for p in data["open_loop"] for r in p.get("against_baselines_at_its_strong_share", [])]
+    if not rows:
+        return []
+    capacity = data["strong_only_capacity_rps"]
+    lines = [
+        "",
+        "Each EchoLM pass against the baselines set to its own share of strong calls (off the table, paired on "
+        "the pass's requests; the baseline's ceiling on the pass's deployment in req/s):",
+        "",
+        "| system | load | baseline | n | pass minus baseline (95% CI) | baseline's ceiling |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p, r in rows:
+        low, high = r["difference_interval_95"]
+        ratio = r["baseline_ceiling_elastic"] if p["deployment"] == "elastic" else r["baseline_ceiling_fixed_split"]
+        at = "unbounded" if ratio is None else f"{ratio * capacity:.2f}"
+        lines.append(
+            f"| {_series(p)} | {p['load_multiple']:g}x | {r['policy']} | {r['paired_requests']} "
+            f"| {r['difference']:+.3f} ({low:+.3f} to {high:+.3f}) | {at} |"
+        )
+    return lines
 
 
 def _ceiling_of(live: dict[str, Any], capacity_rps: float) -> str:

@@ -285,6 +285,52 @@ class PolicyResult:
     cost_per_request: float  # at the tiers' prices; 0 where none was given
 
 
+def complete_rows(
+    source: TableWorkload, answers: Sequence[Answer], verdicts: Sequence[Verdict] = ()
+) -> dict[str, dict[str, float]]:
+    """Request prompt -> choice -> quality, for the requests with all three choices scored: by the workload's
+    metric, or a judged workload by its `verdicts`."""
+    if source.workload.score is None:
+        rows = judged_scores(verdicts, source.requests, answers)
+    else:
+        rows = scores_by_choice(answers, source.workload, source.requests)
+    three = {STRONG, CHEAP, CHEAP_WITH_EXAMPLES}
+    return {p: dict(row) for p, row in rows.items() if three <= set(row)}
+
+
+def rivals_at_strong_share(
+    source: TableWorkload,
+    answers: Sequence[Answer],
+    embed: Embed,
+    strong_share: float,
+    verdicts: Sequence[Verdict] = (),
+) -> tuple[dict[str, dict[str, float]], list[tuple[str, Policy]]]:
+    """The baselines set to a router's own share of strong calls, so it can be paired with them at the
+    throughput that share allows: the difficulty router at that share, and (where every request's reused
+    answer can be scored) the semantic cache with its threshold lowered until it reuses for all the rest.
+    Returns the scored rows (reuse beside the three choices where it can be scored) and the policies."""
+    complete = complete_rows(source, answers, verdicts)
+    if not complete:
+        return {}, []
+    embed = remembering(embed)
+    scored: dict[str, dict[str, float]] = complete
+    neighbours = nearest_in_pool(embed, pool_answers(source, answers), list(complete))
+    metric = source.workload.score
+    if metric is not None:
+        items = {item.prompt: item for item in source.requests}
+        scored = with_reuse(complete, neighbours, lambda answer, prompt: metric(answer, items[prompt]))
+    router = difficulty_router(embed, scored, strong_share=strong_share)
+    named: list[tuple[str, Policy]] = [(f"difficulty router, strong share {strong_share:.2f}", router)]
+    reused = round((1 - strong_share) * len(scored))
+    if reused > 0 and all(REUSE in row and p in neighbours for p, row in scored.items()):
+        similarity = sorted((neighbours[p].similarity for p in scored), reverse=True)[reused - 1]
+        named.append(
+            (f"semantic cache at {1 - strong_share:.0%} reuse (threshold {similarity:.3f})",
+             semantic_cache(neighbours, similarity))
+        )  # fmt: skip
+    return scored, named
+
+
 def evaluate_policies(
     source: TableWorkload,
     answers: Sequence[Answer],
@@ -298,14 +344,8 @@ def evaluate_policies(
     semantic cache, the difficulty router and the oracle with reuse. A judged workload is scored by its
     `verdicts` (win 1, tie 0.5, loss 0 against the strong tier's answer; strong-only 0.5), its reuse
     policies only where reuse was judged for every request. Empty while no request is complete."""
-    workload = source.workload
-    metric = workload.score
-    if metric is None:
-        rows = judged_scores(verdicts, source.requests, answers)
-    else:
-        rows = scores_by_choice(answers, workload, source.requests)
-    three = {STRONG, CHEAP, CHEAP_WITH_EXAMPLES}
-    complete = {p: dict(row) for p, row in rows.items() if three <= set(row)}
+    metric = source.workload.score
+    complete = complete_rows(source, answers, verdicts)
     if not complete:
         return []
     named: list[tuple[str, Policy]] = [

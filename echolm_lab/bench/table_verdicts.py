@@ -146,3 +146,47 @@ def judged_scores(
                 if shared is not None:
                     put(shared, choice)
     return scored
+
+
+def live_verdicts_path(answers_path: Path) -> Path:
+    """Verdicts on a live pass's answers that the table never held (`arena_hard.live-verdicts.jsonl`): kept
+    apart so the table's policies read only the table's own choices."""
+    return answers_path.with_name(answers_path.stem + ".live-verdicts.jsonl")
+
+
+QUALITY_OF_OUTCOME = {"win": 1.0, "tie": 0.5, "loss": 0.0}
+
+
+class LiveJudgement:
+    """The 0-1 quality of a live answer to a judged request, against the table's strong answer to it.
+
+    The strong answer itself ties (0.5, as strong-only against itself). An answer already judged for the
+    request (the table's cheap answer, word for word, as a deterministic server gives it again) takes its
+    verdict from either table; any other is judged now by `call`, both orders, and kept in `live`, so a
+    rerun of the bench asks nothing twice. An unparsed verdict gives None: it says nothing either way.
+    """
+
+    def __init__(
+        self, judge: Endpoint, call: JudgeCall, tabled: Sequence[Verdict], live: VerdictsTable,
+        strong: Mapping[str, str],
+    ) -> None:  # fmt: skip
+        self.judge, self.call, self.live, self.strong = judge, call, live, strong
+        self.known = {verdict.key: verdict for verdict in tabled}
+        self.asked = 0  # judgements asked by this instance (the rest came from a table)
+
+    def __call__(self, answer: str, item: Any) -> float | None:
+        baseline = self.strong[item.prompt]
+        if answer.strip() == baseline.strip():
+            return 0.5
+        key = verdict_key(self.judge, item.prompt, answer, baseline)
+        verdict = self.known.get(key) or self.live.get(key)
+        if verdict is None:
+            judged = judge_pair(self.call, item.prompt, answer, baseline, max_chars=JUDGE_MAX_CHARS)
+            verdict = Verdict(
+                key=key, item=item.prompt, choice="live", judge_sha256=self.judge.model_sha256,
+                judge_server=self.judge.server_version, outcome=judged.outcome, replies=list(judged.outputs),
+                created_at=time.time(),
+            )  # fmt: skip
+            self.live.add(verdict)
+            self.asked += 1
+        return QUALITY_OF_OUTCOME.get(verdict.outcome)

@@ -117,8 +117,9 @@ def register(subparsers: Any) -> None:
         "the table, every policy's quality is paired with strong-only over all the table's requests with a 95%% "
         "interval and its throughput ceiling, and strong-only and EchoLM are timed in open-loop passes at "
         "--load-multiples of strong-only's capacity, EchoLM's live answers scored and paired likewise; reference "
-        "workloads (nq_open, banking77) are timed; judged ones (arena_hard) are scored by the verdicts beside "
-        "their table (`echolm answers --verdicts`), untimed",
+        "workloads (nq_open, banking77) are scored by their metric; judged ones (arena_hard) by the verdicts beside "
+        "their table (`echolm answers --verdicts`), a live answer the table never held judged by the strong server "
+        "after its pass and kept beside them (WORKLOAD.live-verdicts.jsonl)",
     )  # fmt: skip
     parser.add_argument(
         "--load-multiples", type=float, nargs="+", default=[1.0, 1.5], metavar="X",

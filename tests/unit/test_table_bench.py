@@ -11,7 +11,15 @@ import pytest
 from echolm_lab.bench.answers_table import CHEAP, CHEAP_WITH_EXAMPLES, REUSE, STRONG, Answer
 from echolm_lab.bench.load import LoadPass
 from echolm_lab.bench.systems import Answered
-from echolm_lab.bench.table_bench import REUSE_GROUP, LivePass, TableWorkloadRun, by_item, choice_of, score_pass
+from echolm_lab.bench.table_bench import (
+    REUSE_GROUP,
+    LivePass,
+    RivalComparison,
+    TableWorkloadRun,
+    by_item,
+    choice_of,
+    score_pass,
+)
 from echolm_lab.bench.table_bench_report import format_report, plot_latency_vs_load, plot_quality_vs_offload, summarize
 from echolm_lab.bench.table_build import TableWorkload
 from echolm_lab.bench.table_policies import Ceiling, PolicyResult
@@ -113,6 +121,9 @@ def test_the_summary_report_and_plots_carry_intervals_sample_sizes_and_ceilings(
     run = TableWorkloadRun(source, policies, capacity_rps=1.6, mean_service_s={STRONG: 1.25})
     live = _live(items, [Answered("a", "cheap", 2.0, None)] * 3, [CHEAP] * 3)
     live.quality, live.difference, live.interval = 1.0, 0.0, (0.0, 0.0)
+    live.rivals.append(
+        RivalComparison("difficulty router, strong share 0.00", 3, 0.3333, (0.0, 1.0), Ceiling(0.7, 1.4, {}))
+    )
     run.passes.append(live)
 
     summary = summarize([run], "echolm bench --tables t", p95_bound_s=10.0)
@@ -127,6 +138,11 @@ def test_the_summary_report_and_plots_carry_intervals_sample_sizes_and_ceilings(
     assert data["sustained_rate_rps"] == {"echolm (fixed)": 1.0}
     assert "| echolm (fixed) | 1x | 1.00 | 3 (3) |" in report and "ceiling_elastic" in data["open_loop"][0]
     assert "| cheap-only | 1000 | 0.700 | -0.100 (-0.130 to -0.070) | cheap 100% | 1.00e-05 | 1.20x | 2.40x |" in report
+    # Against the baseline at its own strong share: the baseline's ceiling on the pass's deployment in req/s.
+    assert (
+        "| echolm (fixed) | 1x | difficulty router, strong share 0.00 | 3 | +0.333 (+0.000 to +1.000) | 1.12 |"
+        in report
+    )
     assert json.loads(json.dumps(summary)) == summary  # plain JSON
     assert quality_plot.stat().st_size > 0 and latency_plot.stat().st_size > 0
 

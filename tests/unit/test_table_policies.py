@@ -173,3 +173,75 @@ def test_a_pool_where_reuse_is_never_worse_or_always_worse_fits_nothing() -> Non
     pool = {f"card question {i}": "card_lost" for i in range(4)}
 
     assert fit_on_pool(topic_embed, pool, lambda answer, prompt: 1.0) is None  # one label only
+
+
+def test_a_live_pass_is_paired_with_the_baselines_set_to_its_own_share_of_strong_calls() -> None:
+    from echolm_lab.bench.answers_table import POOL
+    from echolm_lab.bench.load import LoadPass
+    from echolm_lab.bench.systems import Answered
+    from echolm_lab.bench.table_bench import LivePass, compare_with_rivals
+    from echolm_lab.bench.table_build import TableWorkload
+    from echolm_lab.bench.table_policies import rivals_at_strong_share
+    from echolm_lab.bench.workloads import Workload
+    from echolm_lab.datasets import QARecord
+
+    workload = Workload(
+        name="w", items=[], system_prompt=None, metric="exact_match",
+        score=lambda answer, item: float(answer == item.references[0]), max_tokens=8,
+    )  # fmt: skip
+    # Card questions: the cheap tier is right, their pool neighbour's answer wrong. Transfer questions: the
+    # cheap tier is wrong, the pool's answer right. The strong tier is right on all.
+    requests = [QARecord(f"card question {k}", ("card",)) for k in range(10)]
+    requests += [QARecord(f"transfer question {k}", ("transfer",)) for k in range(10)]
+    pool = [QARecord("card pool", ("card",)), QARecord("transfer pool", ("transfer",))]
+    source = TableWorkload(workload, pool, requests)
+
+    def line(item: str, choice: str, text: str) -> Answer:
+        return Answer(
+            key=f"{item}/{choice}", workload="w", item=item, choice=choice, tier=choice, model_sha256="m",
+            server_version="v", messages=[], system_sha256="", params={}, answer=text, finish_reason="stop",
+            prompt_tokens=1, completion_tokens=1, latency_s=1.0,
+        )  # fmt: skip
+
+    answers = [line("card pool", POOL, "wrong"), line("transfer pool", POOL, "transfer")]
+    for item in requests:
+        topic = item.references[0]
+        answers += [line(item.prompt, STRONG, topic), line(item.prompt, CHEAP_WITH_EXAMPLES, topic)]
+        answers.append(line(item.prompt, CHEAP, topic if topic == "card" else "wrong"))
+
+    def graded_embed(texts: Sequence[str]) -> list[list[float]]:
+        """Question k drifts from its topic's pool prompt as k grows (pool prompts have k = 0)."""
+        drift = [0.1 * int(t.split()[-1]) if t[-1].isdigit() else 0.0 for t in texts]
+        return [[*v[:-1], d] for v, d in zip(topic_embed(texts), drift, strict=True)]
+
+    scored, rivals = rivals_at_strong_share(source, answers, graded_embed, 0.5)
+
+    names = [name for name, _ in rivals]
+    assert names[0] == "difficulty router, strong share 0.50" and names[1].startswith("semantic cache at 50% reuse")
+    router = rivals[0][1]
+    assert {router(f"card question {k}") for k in range(10)} == {CHEAP}  # the cheap tier's wins, ranked easy
+    assert scored["transfer question 0"][REUSE] == 1.0 and scored["card question 0"][REUSE] == 0.0
+
+    # A live pass right everywhere but on two card questions.
+    answered = [Answered(i.references[0], "strong", 1.0, None) for i in requests]
+    answered[0] = answered[1] = Answered("no", "cheap", 1.0, None)
+    load = LoadPass("echolm", "Poisson", answered, wall_s=10.0, rate_rps=1.0, arrivals_s=[0.0] * len(requests))
+    live = LivePass("echolm", 1.0, load, requests, [STRONG] * len(requests))
+    live.quality_by_prompt = {
+        i.prompt: float(a.answer == i.references[0]) for i, a in zip(requests, answered, strict=True)
+    }
+
+    compare_with_rivals(live, scored, rivals, service_times(answers))
+
+    by_name = {r.policy: r for r in live.rivals}
+    versus_router = by_name["difficulty router, strong share 0.50"]
+    assert versus_router.requests == 20 and versus_router.difference == pytest.approx(-2 / 20)
+    assert versus_router.interval[0] <= -2 / 20 <= versus_router.interval[1]
+    # The semantic cache at half reuse reuses for the nearest ten (questions 0-4 of each topic), wrong on
+    # five card questions: 15 of 20 against the pass's 18.
+    versus_cache = by_name[names[1]]
+    assert versus_cache.difference == pytest.approx((18 - 15) / 20)
+    # Both send half to the strong server, which bounds the fixed split alike; on two shared slots the
+    # cache's reuse is free and the router's cheap half is not.
+    assert versus_cache.ceiling.fixed_split == versus_router.ceiling.fixed_split == pytest.approx(1.0)
+    assert (versus_cache.ceiling.elastic, versus_router.ceiling.elastic) == (pytest.approx(2.0), pytest.approx(1.0))

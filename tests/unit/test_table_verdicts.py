@@ -106,3 +106,47 @@ def test_a_choice_answering_word_for_word_as_another_shares_its_verdict(tmp_path
     assert CHEAP_WITH_EXAMPLES not in judged_scores(verdicts.records(), source.requests)["prompt 0"]
     results = {r.score.policy: r for r in evaluate_policies(source, answers, verdicts=verdicts.records())}
     assert results["cheap with examples for all"].score.requests == 3
+
+
+def test_a_live_answer_takes_the_tabled_verdict_when_it_is_the_tables_answer_and_is_judged_once_when_not(
+    tmp_path: Path,
+) -> None:
+    from echolm_lab.bench.load import LoadPass
+    from echolm_lab.bench.systems import Answered
+    from echolm_lab.bench.table_bench import LivePass, by_item, score_pass
+    from echolm_lab.bench.table_verdicts import LiveJudgement, live_verdicts_path
+
+    source, judge = _source(4), ScriptedJudge()
+    answers = _answers(source)
+    tabled = VerdictsTable(verdicts_path(tmp_path / "chat.jsonl"))
+    record_verdicts(source, answers, tabled, JUDGE, judge)
+    judge.calls = 0
+    table = by_item(answers)
+    strong = {prompt: row[STRONG].answer for prompt, row in table.items()}
+    live_table = VerdictsTable(live_verdicts_path(tmp_path / "chat.jsonl"))
+    judgement = LiveJudgement(JUDGE, judge, tabled.records(), live_table, strong)
+    items = source.requests
+    answered = [
+        Answered("good", "strong", 1.0, None),  # the table's strong answer: a tie, nothing asked
+        Answered("bad", "cheap", 1.0, None),  # the table's cheap answer: its tabled loss
+        Answered("good and new", "cheap", 1.0, None),  # never judged: asked now, a tie with "good"
+        Answered("garbled", "cheap", 1.0, None),  # the judge cannot be read: left out
+    ]
+    load = LoadPass("echolm", "Poisson", answered, wall_s=10.0, rate_rps=1.0, arrivals_s=[0.0] * 4)
+    live = LivePass("echolm", 1.0, load, items, [STRONG, CHEAP, CHEAP, CHEAP])
+
+    def unreadable_on_garbled(messages: list[dict[str, str]]) -> str:
+        return "no verdict" if "garbled" in messages[-1]["content"] else judge(messages)
+
+    judgement.call = unreadable_on_garbled
+    score_pass(live, table, judgement, {STRONG: 1.0, CHEAP: 0.1, CHEAP_WITH_EXAMPLES: 0.1})
+
+    assert live.quality == pytest.approx((0.5 + 0.0 + 0.5) / 3)
+    assert live.difference == pytest.approx((0.0 - 0.5 + 0.0) / 3)  # paired with strong-only's tie
+    assert live.unscored == 1
+    assert judgement.asked == 2 and judge.calls == 2  # "good and new" in both orders; "garbled" unread
+    assert live_table.path.name == "chat.live-verdicts.jsonl" and len(VerdictsTable(live_table.path)) == 2
+    assert tabled.path.read_text().count("\n") == 8  # the table's own verdicts (4 requests x 2 choices) untouched
+
+    again = LiveJudgement(JUDGE, judge, tabled.records(), VerdictsTable(live_table.path), strong)
+    assert again("good and new", items[2]) == 0.5 and again.asked == 0  # kept: a rerun asks nothing
