@@ -67,7 +67,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--study-out", type=Path, metavar="DIR",
         help="with --study: also write study.md and reliability.png (each model's reliability on the requests) here; "
-        "with --replay-study: replay-WORKLOAD.md",
+        "with --replay-study: replay-WORKLOAD.md; with --examples-study: examples-WORKLOAD-VARIANT.md",
     )  # fmt: skip
     parser.add_argument(
         "--replay-study", action="store_true",
@@ -88,6 +88,22 @@ def register(subparsers: Any) -> None:
         "--replay-samples", type=int, default=4,
         help="with --replay-study: sampled answers per item beside the greedy one (default: %(default)s, "
         "as `upkeep.samples: 5`)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--examples-study", action="store_true",
+        help="ask the cheap tier (two servers) for the train items' answers with a shortened selection of examples "
+        "(--examples-k, --examples-max-answer-chars) and with the default one (kept in TABLE's .examples.jsonl, "
+        "resumable; the table's own answers taken where the messages are the same), then print the variant's "
+        "quality paired with the default's, its prompt tokens and time, over all items and those whose nearest "
+        "example is very close",
+    )  # fmt: skip
+    parser.add_argument(
+        "--examples-k", type=int, metavar="K",
+        help="with --examples-study: at most K examples a request (retrieval.k)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--examples-max-answer-chars", type=int, metavar="C",
+        help="with --examples-study: each example's answer cut at C characters (augmentation.max_answer_chars)",
     )  # fmt: skip
     parser.add_argument(
         "--report", action="store_true",
@@ -156,6 +172,8 @@ def run(args: Any) -> int:
         return 0
     if args.replay_study:
         return replay_study(args, source, table, settings, raw)
+    if args.examples_study:
+        return examples_study(args, source, table, settings, raw)
     engine = build_engine(in_memory, raw["model_list"])
     cheap, strong = (endpoint_of(raw, tier.name) for tier in (settings.tiers[0], settings.tiers[-1]))
     total = len(source.pool) + 3 * (len(source.requests) + len(source.train))
@@ -253,6 +271,84 @@ def replay_study(args: Any, source: Any, table: Any, settings: Any, raw: Any) ->
     if args.study_out is not None:
         args.study_out.mkdir(parents=True, exist_ok=True)
         (args.study_out / f"replay-{args.workload}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return 0
+
+
+def examples_study(args: Any, source: Any, table: Any, settings: Any, raw: Any) -> int:
+    """`--examples-study`: the train items' cheap answers under the default and the shortened selection, asked
+    where missing of the cheap tier and a replica of it, then the variant's effect."""
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    from echolm_lab.bench.answers_table import AnswersTable
+    from echolm_lab.bench.deployments import serving_each
+    from echolm_lab.bench.examples_study import (
+        DEFAULT,
+        Variant,
+        describe,
+        effects,
+        examples_path,
+        plan,
+        record_variant,
+    )
+    from echolm_lab.bench.table_build import endpoint_of
+    from echolm_lab.bench.table_policies import pool_answers
+    from echolm_lab.local_tiers.assemble import default_model_dir
+    from echolm_lab.local_tiers.from_config import specs_for_config
+    from echolm_middleware.factory import EMBEDDERS
+
+    if source.workload.score is None or not source.train:
+        print(
+            f"echolm answers: --examples-study needs a reference metric and train items; {args.workload} has "
+            f"{'no metric' if source.workload.score is None else 'no train items'}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.examples_k is None and args.examples_max_answer_chars is None:
+        print("echolm answers: --examples-study needs --examples-k or --examples-max-answer-chars", file=sys.stderr)
+        return 2
+    parts = []
+    if args.examples_k is not None:
+        parts.append(f"k={args.examples_k}")
+    if args.examples_max_answer_chars is not None:
+        parts.append(f"answers cut at {args.examples_max_answer_chars} characters")
+    variant = Variant(", ".join(parts), k=args.examples_k, max_answer_chars=args.examples_max_answer_chars)
+    cheap = endpoint_of(raw, settings.tiers[0].name)
+    strong_group = settings.tiers[-1].name
+    pool = pool_answers(source, table.answers())
+    embedder = EMBEDDERS[settings.embedder.backend](settings)  # one model load for both selections
+    planned = {
+        v.name: plan(source, pool, v, settings, raw["model_list"], strong_group, embedder=embedder)
+        for v in (Variant(DEFAULT), variant)
+    }
+    study = AnswersTable(examples_path(table.path))
+    # The cheap tier's server and a replica of it on the next free port band: both cores answer.
+    entry = next(e for e in raw["model_list"] if e.get("model_name") == cheap.group)
+    specs = specs_for_config({"model_list": [entry]}, default_model_dir())  # none when the tier is remote
+    endpoints = [cheap]
+    if specs:
+        replica_port = specs[0].port + 100
+        specs.append(replace(specs[0], port=replica_port))
+        endpoints.append(replace(cheap, api_base=cheap.api_base.replace(f":{specs[0].port}", f":{replica_port}")))
+    shown: dict[str, Any] = {}
+    with serving_each(specs, args.work):
+        for name, items in planned.items():
+            chosen = variant if name == variant.name else Variant(DEFAULT)
+            with tqdm(total=len(items), desc=f"examples {name}", unit="answer", file=sys.stderr, mininterval=30) as bar:
+
+                def answered() -> None:
+                    bar.update(1)
+
+                shown[name], asked = record_variant(source, items, chosen, table, study, endpoints, done=answered)
+            print(f"{name}: {asked} answers asked now; held: {len(study)}", flush=True)
+    found = effects(shown[DEFAULT], shown[variant.name], source.workload.score)
+    lines = describe(args.workload, variant, found, [s.examples for s in shown[DEFAULT]])
+    print("\n".join(lines))
+    if args.study_out is not None:
+        args.study_out.mkdir(parents=True, exist_ok=True)
+        slug = variant.name.replace(", ", "-").replace(" ", "-").replace("=", "")
+        (args.study_out / f"examples-{args.workload}-{slug}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return 0
 
 
