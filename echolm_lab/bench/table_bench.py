@@ -44,6 +44,7 @@ from echolm_lab.bench.deployments import (
 )
 from echolm_lab.bench.feedback import FeedbackSender
 from echolm_lab.bench.load import LoadPass, closed_loop, open_loop
+from echolm_lab.bench.offload_study import Calibration
 from echolm_lab.bench.slot_gate import behind_gate, slot_gate
 from echolm_lab.bench.systems import Answered, Embed, ModelSystem, ProxyChat
 from echolm_lab.bench.table_build import TableWorkload, ask, endpoint_of, table_workload
@@ -53,14 +54,17 @@ from echolm_lab.bench.table_policies import (
     ceiling,
     evaluate_policies,
     pool_answers,
+    remembering,
     rivals_at_strong_share,
     service_times,
 )
+from echolm_lab.bench.table_reuse import shipped_reuse_reliability
 from echolm_lab.bench.table_scores import Policy, paired_bootstrap
 from echolm_lab.bench.table_verdicts import (
     JUDGE_MAX_TOKENS,
     LiveJudgement,
     VerdictsTable,
+    judged_scores,
     live_verdicts_path,
     verdicts_path,
 )
@@ -160,6 +164,8 @@ class TableWorkloadRun:
     mean_service_s: dict[str, float]  # per choice, from the table
     passes: list[LivePass] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # The shipped reuse model (on the request path) on the table's requests: does its P mean what it says?
+    reuse_reliability: Calibration | None = None
 
 
 REUSE_GROUP = "echolm-cache"  # the zero-priced model group the bench's reused answers are logged under
@@ -314,7 +320,8 @@ class TableBench:
                                 seed=self.options.seed)  # fmt: skip
         path = self.options.tables / f"{name}.jsonl"
         answers, verdicts = AnswersTable(path).answers(), VerdictsTable(verdicts_path(path)).records()
-        policies = evaluate_policies(source, answers, self.embed.embed, self.options.reuse_s, self.prices, verdicts)
+        embed = remembering(self.embed.embed)  # the policies and the reliability embed the same texts
+        policies = evaluate_policies(source, answers, embed, self.options.reuse_s, self.prices, verdicts)
         service = {
             choice: statistics.fmean(a.latency_s for a in answers if a.choice == choice)
             for choice in (STRONG, CHEAP, CHEAP_WITH_EXAMPLES)
@@ -322,6 +329,9 @@ class TableBench:
         }
         capacity = 2 / service[STRONG] if STRONG in service else 0.0
         run = TableWorkloadRun(source, policies, capacity, service)
+        judged = judged_scores(verdicts, source.requests, answers) if source.workload.score is None else None
+        strong = {a.item: a.answer for a in answers if a.choice == STRONG}
+        run.reuse_reliability = shipped_reuse_reliability(source, pool_answers(source, answers), strong, embed, judged)
         if source.workload.score is None:
             run.notes.append(
                 f"judged pairwise: policies scored by {len(verdicts)} tabled verdicts (strongest tier as judge, both "

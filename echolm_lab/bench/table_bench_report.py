@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from echolm_lab.bench.offload_study import Calibration
 from echolm_lab.bench.report import pass_figures
 from echolm_lab.bench.table_bench import LivePass, TableWorkloadRun
 
@@ -86,9 +87,44 @@ def summarize(
             ],
             "open_loop": passes,
             "sustained_rate_rps": sustained,
+            "reuse_model_reliability": _reliability(run.reuse_reliability),
             "notes": list(run.notes),
         }
     return {"command": command, "p95_bound_s": p95_bound_s, "warmup_s": warmup_s, "workloads": workloads}
+
+
+def _reliability(calibrated: Calibration | None) -> dict[str, Any] | None:
+    if calibrated is None:
+        return None
+    return {
+        "requests": calibrated.n,
+        "base_rate": round(calibrated.base_rate, 4),
+        "brier": round(calibrated.brier, 4),
+        "auc": None if calibrated.auc is None else round(calibrated.auc, 4),
+        "bins": [{"mean_p": round(p, 4), "observed": round(o, 4), "n": n} for p, o, n in calibrated.bins],
+    }
+
+
+def plot_reuse_reliability(summary: dict[str, Any], path: Path) -> Path | None:
+    """A panel per workload: the shipped reuse model's reliability on its requests; None where none has one."""
+    from echolm_lab.bench.offload_study import plot_reliability
+
+    checked = {
+        f"{name}, the shipped reuse model": Calibration(
+            r["requests"],
+            r["base_rate"],
+            r["brier"],
+            r["auc"],
+            [(b["mean_p"], b["observed"], b["n"]) for b in r["bins"]],
+        )
+        for name, data in summary["workloads"].items()
+        if (r := data.get("reuse_model_reliability")) is not None
+    }
+    if not checked:
+        return None
+    return plot_reliability(
+        checked, "P(the nearest cached answer is as good as the strong tier's), on each workload's requests", path
+    )
 
 
 def _series(live: dict[str, Any]) -> str:
@@ -157,6 +193,17 @@ def format_report(summary: dict[str, Any], plots: Sequence[str]) -> str:
                 "",
                 f"Sustained rate (p95 <= {summary['p95_bound_s']:g} s): "
                 + ", ".join(f"{s} {_q(v)} req/s" for s, v in sustained.items())
+                + ".",
+                "",
+            ]
+        reliability = data.get("reuse_model_reliability")
+        if reliability is not None:
+            auc = "-" if reliability["auc"] is None else f"{reliability['auc']:.3f}"
+            lines += [
+                f"The shipped reuse model on these {reliability['requests']} requests: base rate (the nearest "
+                f"cached answer as good as the strong tier's) {reliability['base_rate']:.3f}, Brier "
+                f"{reliability['brier']:.3f}, AUC {auc}; reliability per decile of P (mean P -> observed, n): "
+                + ", ".join(f"{b['mean_p']:.2f} -> {b['observed']:.2f} ({b['n']})" for b in reliability["bins"])
                 + ".",
                 "",
             ]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from echolm_lab.bench.answers_table import REUSE, STRONG
-from echolm_lab.bench.offload_study import fit_logistic, reuse_label
+from echolm_lab.bench.offload_study import Calibration, fit_logistic, reuse_label
 from echolm_lab.bench.table_build import TableWorkload
 from echolm_lab.bench.table_policies import Embed, unit_vectors
 from echolm_lab.bench.table_scores import Policy
@@ -136,3 +136,38 @@ def pool_metric(source: TableWorkload) -> Callable[[str, str], float]:
         raise ValueError(f"{source.workload.name} is judged pairwise: it has no reference metric")
     items = {item.prompt: item for item in source.pool}
     return lambda answer, prompt: metric(answer, items[prompt])
+
+
+def shipped_reuse_reliability(
+    source: TableWorkload,
+    pool: Mapping[str, str],
+    strong_answers: Mapping[str, str],
+    embed: Embed,
+    judged: Mapping[str, Mapping[str, float]] | None = None,
+) -> Calibration | None:
+    """How well the product's shipped reuse model (the one on the request path) is calibrated on the
+    workload's requests: its P(the nearest cached answer is as good as the strong tier's) against whether
+    it was, by the workload's metric (`offload_study.reuse_label`) or, judged, by the tabled verdict on
+    the reused answer (a tie or better). None where no request can be labelled."""
+    from echolm_lab.bench.offload_study import calibration
+    from echolm_middleware.core.reuse import REUSE_MIN_PROBABILITY, REUSE_WEIGHTS
+
+    requests = [item for item in source.requests if item.prompt in strong_answers]
+    found = nearest_candidates(embed, pool, [item.prompt for item in requests])
+    _, probability = learned_reuse(found, ReuseFit(list(REUSE_WEIGHTS), REUSE_MIN_PROBABILITY, 0, 0.0))
+    metric = source.workload.score
+    predicted, labels = [], []
+    for item in requests:
+        candidates = found.get(item.prompt)
+        if not candidates:
+            continue
+        if metric is not None:
+            reused, own = candidates[0].example.answer, strong_answers[item.prompt]
+            label = reuse_label(metric(reused, item), metric(own, item), reused, own)
+        elif judged is not None and REUSE in judged.get(item.prompt, {}):
+            label = float(judged[item.prompt][REUSE] >= judged[item.prompt][STRONG])
+        else:
+            continue
+        predicted.append(probability[item.prompt])
+        labels.append(label)
+    return calibration(predicted, labels) if labels else None

@@ -319,6 +319,9 @@ def run_on_tables(args: argparse.Namespace) -> int:
             report.plot_quality_vs_offload(summary, out / "quality_vs_offload.png"),
             report.plot_latency_vs_load(summary, out / "latency_vs_load.png"),
         ]
+        reliability = report.plot_reuse_reliability(summary, out / "reuse_reliability.png")
+        if reliability is not None:
+            plots.append(reliability)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         (out / "report.md").write_text(report.format_report(summary, [str(p) for p in plots]), encoding="utf-8")
 

@@ -10,6 +10,7 @@ import pytest
 
 from echolm_lab.bench.answers_table import CHEAP, CHEAP_WITH_EXAMPLES, REUSE, STRONG, Answer
 from echolm_lab.bench.load import LoadPass
+from echolm_lab.bench.offload_study import Calibration
 from echolm_lab.bench.systems import Answered
 from echolm_lab.bench.table_bench import (
     REUSE_GROUP,
@@ -20,7 +21,13 @@ from echolm_lab.bench.table_bench import (
     choice_of,
     score_pass,
 )
-from echolm_lab.bench.table_bench_report import format_report, plot_latency_vs_load, plot_quality_vs_offload, summarize
+from echolm_lab.bench.table_bench_report import (
+    format_report,
+    plot_latency_vs_load,
+    plot_quality_vs_offload,
+    plot_reuse_reliability,
+    summarize,
+)
 from echolm_lab.bench.table_build import TableWorkload
 from echolm_lab.bench.table_policies import Ceiling, PolicyResult
 from echolm_lab.bench.table_scores import PolicyScore
@@ -119,6 +126,7 @@ def test_the_summary_report_and_plots_carry_intervals_sample_sizes_and_ceilings(
         ),
     ]
     run = TableWorkloadRun(source, policies, capacity_rps=1.6, mean_service_s={STRONG: 1.25})
+    run.reuse_reliability = Calibration(40, 0.25, 0.12, 0.81, [(0.1, 0.05, 20), (0.6, 0.45, 20)])
     live = _live(items, [Answered("a", "cheap", 2.0, None)] * 3, [CHEAP] * 3)
     live.quality, live.difference, live.interval = 1.0, 0.0, (0.0, 0.0)
     live.rivals.append(
@@ -143,6 +151,13 @@ def test_the_summary_report_and_plots_carry_intervals_sample_sizes_and_ceilings(
         "| echolm (fixed) | 1x | difficulty router, strong share 0.00 | 3 | +0.333 (+0.000 to +1.000) | 1.12 |"
         in report
     )
+    assert "The shipped reuse model on these 40 requests: base rate" in report
+    assert (
+        "AUC 0.810; reliability per decile of P (mean P -> observed, n): 0.10 -> 0.05 (20), 0.60 -> 0.45 (20)."
+        in report
+    )
+    reliability_plot = plot_reuse_reliability(summary, tmp_path / "r.png")
+    assert reliability_plot is not None and reliability_plot.stat().st_size > 0
     assert json.loads(json.dumps(summary)) == summary  # plain JSON
     assert quality_plot.stat().st_size > 0 and latency_plot.stat().st_size > 0
 

@@ -245,3 +245,33 @@ def test_a_live_pass_is_paired_with_the_baselines_set_to_its_own_share_of_strong
     # cache's reuse is free and the router's cheap half is not.
     assert versus_cache.ceiling.fixed_split == versus_router.ceiling.fixed_split == pytest.approx(1.0)
     assert (versus_cache.ceiling.elastic, versus_router.ceiling.elastic) == (pytest.approx(2.0), pytest.approx(1.0))
+
+
+def test_the_shipped_reuse_models_reliability_is_read_on_the_requests_by_metric_or_by_verdict() -> None:
+    from echolm_lab.bench.table_build import TableWorkload
+    from echolm_lab.bench.table_reuse import shipped_reuse_reliability
+    from echolm_lab.bench.workloads import Workload
+    from echolm_lab.datasets import QARecord
+
+    workload = Workload(
+        name="w", items=[], system_prompt=None, metric="exact_match",
+        score=lambda answer, item: float(answer == item.references[0]), max_tokens=8,
+    )  # fmt: skip
+    requests = [QARecord(f"card question {k}", ("card",)) for k in range(6)]
+    requests += [QARecord(f"transfer question {k}", ("transfer",)) for k in range(4)]
+    source = TableWorkload(workload, [], requests)
+    pool = {"card pool": "card", "transfer pool": "wrong"}  # reuse right on cards, wrong on transfers
+    strong = {item.prompt: item.references[0] for item in requests[:-1]}  # the last has no strong answer
+
+    calibrated = shipped_reuse_reliability(source, pool, strong, topic_embed)
+
+    assert calibrated is not None and calibrated.n == 9
+    assert calibrated.base_rate == pytest.approx(6 / 9)
+    assert sum(n for _, _, n in calibrated.bins) == 9
+
+    judged_workload = Workload(name="chat", items=[], system_prompt=None, metric="judged", score=None, max_tokens=8)
+    judged_source = TableWorkload(judged_workload, [], requests)
+    verdicts = {item.prompt: {STRONG: 0.5, REUSE: 1.0 if k < 2 else 0.0} for k, item in enumerate(requests)}
+    by_verdict = shipped_reuse_reliability(judged_source, pool, strong, topic_embed, verdicts)
+    assert by_verdict is not None and by_verdict.n == 9 and by_verdict.base_rate == pytest.approx(2 / 9)
+    assert shipped_reuse_reliability(judged_source, pool, strong, topic_embed) is None  # no verdict: no label
