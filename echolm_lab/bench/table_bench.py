@@ -362,7 +362,8 @@ class TableBench:
             return str(ask(judge, messages, params)["answer"])
 
         strong = {prompt: row[STRONG].answer for prompt, row in table.items() if STRONG in row}
-        return LiveJudgement(judge, call, tabled, VerdictsTable(live_verdicts_path(path)), strong)
+        texts = {prompt: [a.answer for c, a in row.items() if c != STRONG] for prompt, row in table.items()}
+        return LiveJudgement(judge, call, tabled, VerdictsTable(live_verdicts_path(path)), strong, texts)
 
     def run_workload(self, name: str) -> TableWorkloadRun:
         run, answers = self.offline(name)

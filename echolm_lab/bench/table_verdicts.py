@@ -164,13 +164,16 @@ class LiveJudgement:
     request (the table's cheap answer, word for word, as a deterministic server gives it again) takes its
     verdict from either table; any other is judged now by `call`, both orders, and kept in `live`, so a
     rerun of the bench asks nothing twice. An unparsed verdict gives None: it says nothing either way.
+    `tabled_texts`: each request's other tabled answers; a live answer equal to one but for the whitespace
+    around it (the table keeps a server's trailing newlines, a live answer arrives stripped) is that answer.
     """
 
     def __init__(
         self, judge: Endpoint, call: JudgeCall, tabled: Sequence[Verdict], live: VerdictsTable,
-        strong: Mapping[str, str],
+        strong: Mapping[str, str], tabled_texts: Mapping[str, Sequence[str]] | None = None,
     ) -> None:  # fmt: skip
         self.judge, self.call, self.live, self.strong = judge, call, live, strong
+        self.texts = tabled_texts or {}
         self.known = {verdict.key: verdict for verdict in tabled}
         self.asked = 0  # judgements asked by this instance (the rest came from a table)
 
@@ -178,6 +181,7 @@ class LiveJudgement:
         baseline = self.strong[item.prompt]
         if answer.strip() == baseline.strip():
             return 0.5
+        answer = next((text for text in self.texts.get(item.prompt, ()) if text.strip() == answer.strip()), answer)
         key = verdict_key(self.judge, item.prompt, answer, baseline)
         verdict = self.known.get(key) or self.live.get(key)
         if verdict is None:

@@ -150,3 +150,22 @@ def test_a_live_answer_takes_the_tabled_verdict_when_it_is_the_tables_answer_and
 
     again = LiveJudgement(JUDGE, judge, tabled.records(), VerdictsTable(live_table.path), strong)
     assert again("good and new", items[2]) == 0.5 and again.asked == 0  # kept: a rerun asks nothing
+
+
+def test_a_live_answer_stripped_of_the_tables_trailing_whitespace_takes_the_tabled_verdict(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from echolm_lab.bench.table_verdicts import LiveJudgement
+
+    source, judge = _source(1), ScriptedJudge()
+    answers = [replace(a, answer=a.answer + "\n\n  ") if a.choice == CHEAP else a for a in _answers(source)]
+    tabled = VerdictsTable(tmp_path / "v.jsonl")
+    record_verdicts(source, answers, tabled, JUDGE, judge)
+    judge.calls = 0
+    strong = {"prompt 0": "good"}
+    texts = {"prompt 0": [a.answer for a in answers if a.choice != STRONG]}
+
+    with_texts = LiveJudgement(JUDGE, judge, tabled.records(), VerdictsTable(tmp_path / "a.jsonl"), strong, texts)
+    assert with_texts("bad", source.requests[0]) == 0.0 and with_texts.asked == 0 and judge.calls == 0
+    without = LiveJudgement(JUDGE, judge, tabled.records(), VerdictsTable(tmp_path / "b.jsonl"), strong)
+    assert without("bad", source.requests[0]) == 0.0 and without.asked == 1  # asked again for a byte's sake
