@@ -68,6 +68,16 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class Planned:
+    """One train item under one selection, before its answer: what would be shown and sent."""
+
+    item: QARecord
+    examples: list[str]  # the prompts of the examples the selection shows, in order
+    nearest_similarity: float  # of the nearest example found, shown or not (0 when none)
+    messages: list[dict[str, Any]]  # what the cheap tier is sent
+
+
+@dataclass(frozen=True)
 class Shown:
     """One train item under one selection: what it showed and what the cheap tier answered."""
 
@@ -92,7 +102,7 @@ def plan(
     *,
     embedder: Embedder | None = None,
     tokens: TokenCounter | None = None,
-) -> list[tuple[QARecord, int, float, list[dict[str, Any]]]]:
+) -> list[Planned]:
     """Per train item: the examples the variant's selection shows, the nearest example's similarity, and
     the messages the cheap tier would be sent (`embedder`, `tokens`: the config's when None)."""
     engine = build_engine(variant.settings(settings), list(model_list), embedder=embedder, tokens=tokens)
@@ -106,13 +116,13 @@ def plan(
         candidates = engine.candidates_for(request)
         examples, messages = engine.examples_for(request)
         nearest = max((c.similarity for c in candidates), default=0.0)
-        planned.append((item, len(examples), nearest, messages))
+        planned.append(Planned(item, [e.prompt for e in examples], nearest, messages))
     return planned
 
 
 def record_variant(
     source: TableWorkload,
-    planned: Sequence[tuple[QARecord, int, float, list[dict[str, Any]]]],
+    planned: Sequence[Planned],
     variant: Variant,
     table: AnswersTable,
     study: AnswersTable,
@@ -125,12 +135,11 @@ def record_variant(
     asked now, the endpoints (one model's servers) taking turns. Returns the items and how many were asked."""
     params = {"temperature": 0.0, "max_tokens": source.workload.max_tokens}
     first = endpoints[0]
-    keyed = [(item, n, near, messages, answer_key(first.model_sha256, first.server_version, messages, params))
-             for item, n, near, messages in planned]  # fmt: skip
-    to_ask: queue.Queue[tuple[QARecord, list[dict[str, Any]], str, int]] = queue.Queue()
-    for item, n, _, messages, key in keyed:
+    keys = [answer_key(first.model_sha256, first.server_version, p.messages, params) for p in planned]
+    to_ask: queue.Queue[tuple[Planned, str]] = queue.Queue()
+    for one, key in zip(planned, keys, strict=True):
         if table.get(key) is None and study.get(key) is None:
-            to_ask.put((item, messages, key, n))
+            to_ask.put((one, key))
         else:
             done()
     asked = to_ask.qsize()
@@ -139,21 +148,21 @@ def record_variant(
     def worker(endpoint: Endpoint) -> None:
         while not failures:
             try:
-                item, messages, key, n = to_ask.get_nowait()
+                one, key = to_ask.get_nowait()
             except queue.Empty:
                 return
             try:
-                reply = asker(endpoint, messages, params)
+                reply = asker(endpoint, one.messages, params)
             except BaseException as exc:  # surfaced below; the other worker stops at its next item
                 failures.append(exc)
                 return
             study.add(
                 Answer(
-                    key=key, workload=source.workload.name, item=item.prompt,
+                    key=key, workload=source.workload.name, item=one.item.prompt,
                     choice=f"{CHEAP_WITH_EXAMPLES} {variant.name}", tier=endpoint.group,
                     model_sha256=endpoint.model_sha256, server_version=endpoint.server_version,
-                    messages=_without_system(messages), system_sha256=system_hash(messages), params=dict(params),
-                    examples=[] if n == 0 else [f"({n} shown)"], created_at=time.time(), **reply,
+                    messages=_without_system(one.messages), system_sha256=system_hash(one.messages),
+                    params=dict(params), examples=one.examples, created_at=time.time(), **reply,
                 )
             )  # fmt: skip
             done()
@@ -166,10 +175,10 @@ def record_variant(
     if failures:
         raise failures[0]
     shown = []
-    for item, n, near, _, key in keyed:
+    for one, key in zip(planned, keys, strict=True):
         answer = table.get(key) or study.get(key)
         assert answer is not None  # asked above, or held before
-        shown.append(Shown(item, n, near, answer))
+        shown.append(Shown(one.item, len(one.examples), one.nearest_similarity, answer))
     return shown, asked
 
 

@@ -61,16 +61,16 @@ def test_a_shortened_selection_is_asked_once_paired_with_the_default_and_kept(tm
         v.name: plan(source, pool, v, settings, [], "strong", embedder=embedder, tokens=WordCounter())
         for v in (Variant(DEFAULT), Variant("k=1", k=1))
     }
-    shown_default = [n for _, n, _, _ in planned[DEFAULT]]
-    shown_k1 = [n for _, n, _, _ in planned["k=1"]]
+    shown_default = [len(p.examples) for p in planned[DEFAULT]]
+    shown_k1 = [len(p.examples) for p in planned["k=1"]]
     assert shown_default[:2] == [3, 3] and shown_k1[:2] == [1, 1]  # near questions: three examples, or one
     assert shown_default[2] == shown_k1[2] == 0  # nothing near "tallest mountain"
-    assert planned[DEFAULT][0][2] > 0.8 and planned[DEFAULT][2][2] < 0.5  # the nearest example's similarity
+    assert planned[DEFAULT][0].nearest_similarity > 0.8 and planned[DEFAULT][2].nearest_similarity < 0.5
 
     # The table already holds the cheap tier's own answer to the question with nothing to show.
     table = AnswersTable(tmp_path / "capitals.jsonl")
     params = {"temperature": 0.0, "max_tokens": 8}
-    item, _, _, plain = planned[DEFAULT][2]
+    item, plain = planned[DEFAULT][2].item, planned[DEFAULT][2].messages
     held = answer_key(CHEAP_SERVER.model_sha256, CHEAP_SERVER.server_version, plain, params)
     tier = CountingCheapTier()
     from echolm_lab.bench.answers_table import Answer
@@ -92,6 +92,8 @@ def test_a_shortened_selection_is_asked_once_paired_with_the_default_and_kept(tm
 
     assert (asked_default, asked_k1) == (2, 2)  # "tallest mountain" taken from the table both times
     assert study.path.name == "capitals.examples.jsonl" and len(AnswersTable(study.path)) == 4
+    kept = [a for a in AnswersTable(study.path).answers() if a.choice == "cheap+examples k=1"]
+    assert sorted(len(a.examples) for a in kept) == [1, 1] and kept[0].examples[0].startswith("capital of")
     again, asked_again = record_variant(
         source, planned["k=1"], Variant("k=1", k=1), table, AnswersTable(study.path), [CHEAP_SERVER], asker=tier
     )
