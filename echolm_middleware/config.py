@@ -63,6 +63,14 @@ class RetrievalSettings(_Strict):
     near_duplicate_similarity: float = Field(
         default=0.97, ge=0, le=1, description="Two examples at least this similar are one example."
     )
+    one_example_similarity: float | None = Field(
+        default=0.95,
+        ge=0,
+        le=1,
+        description="Show the most useful example alone when it is at least this similar to the request (None: "
+        "never). Chosen on Banking77's train items: at 0.95 one example beat the default selection by 5.2 points "
+        "(+1.2 to +9.9) in half the cheap tier's time (README 'Shorter examples').",
+    )
     age_half_life_days: float = Field(default=30.0, gt=0)
     weights: UtilityWeights = UtilityWeights()
     learning_rate: float = Field(default=0.05, ge=0, le=1, description="Step of the online weight fit.")

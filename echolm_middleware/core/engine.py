@@ -750,6 +750,7 @@ class Engine:
             threshold=retrieval.threshold,
             token_budget=retrieval.max_example_tokens,
             near_duplicate_similarity=retrieval.near_duplicate_similarity,
+            alone_at=retrieval.one_example_similarity,
             # Examples are shown to the tiers below the strongest: counted as the cheapest reads them.
             count_tokens=lambda item: self.tokens_for(self.tiers[0].name).count(
                 item.candidate.example.prompt + "\n" + item.candidate.example.answer

@@ -72,9 +72,12 @@ def select_examples(
     near_duplicate_similarity: float,
     count_tokens: Callable[[ScoredExample], int],
     acceptable: Callable[[ScoredExample], bool] = lambda _: True,
+    alone_at: float | None = None,
 ) -> list[ScoredExample]:
     """Keep at most k acceptable examples above the threshold, within the token budget, without
-    near-duplicates.
+    near-duplicates; only one where the most useful kept example is at least `alone_at` similar to the
+    request (None: never). On a CPU each example's tokens are paid for in prefill, and a near-repeat of
+    the request says what the others would (README "Shorter examples").
 
     `acceptable` is asked only of examples that would otherwise be kept, most useful first: a costly
     check (the injection screen reads whole answers) runs on a few examples, not on every candidate.
@@ -84,6 +87,8 @@ def select_examples(
     spent = 0
     for item in sorted(scored, key=lambda s: s.utility, reverse=True):
         if len(kept) >= k or item.utility < threshold:
+            break
+        if kept and alone_at is not None and kept[0].candidate.similarity >= alone_at:
             break
         if any(_near_duplicate(item, other, near_duplicate_similarity) for other in kept):
             continue

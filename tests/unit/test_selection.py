@@ -260,3 +260,22 @@ def test_an_unacceptable_example_is_skipped_and_only_would_be_kept_examples_are_
     assert _prompts(kept) == ["c", "a"]
     # Once k are kept nothing more is read: "d" (above the threshold) and "low" (below it) never asked.
     assert asked == ["a", "b", "c"]
+
+
+def test_an_example_very_close_to_the_request_is_shown_alone() -> None:
+    def close(prompt: str, similarity: float, utility_: float) -> ScoredExample:
+        return ScoredExample(Candidate(_example(prompt), similarity=similarity), utility_, {})
+
+    near_repeat = [close("card arrived?", 0.96, 0.9), close("card lost", 0.90, 0.8), close("pin", 0.85, 0.7)]
+    looser = [close("card arrived?", 0.94, 0.9), close("card lost", 0.90, 0.8), close("pin", 0.85, 0.7)]
+
+    def select(scored: list[ScoredExample], alone_at: float | None) -> list[str]:
+        kept = select_examples(
+            scored, k=3, threshold=0.5, token_budget=1000, near_duplicate_similarity=0.97,
+            count_tokens=lambda item: 10, alone_at=alone_at,
+        )  # fmt: skip
+        return _prompts(kept)
+
+    assert select(near_repeat, 0.95) == ["card arrived?"]
+    assert select(looser, 0.95) == ["pin", "card lost", "card arrived?"]  # not close enough: all three
+    assert select(near_repeat, None) == ["pin", "card lost", "card arrived?"]  # the rule off
