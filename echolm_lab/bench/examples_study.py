@@ -18,9 +18,7 @@ similar as each of a few bars (the rule "fewer examples when the nearest is very
 
 from __future__ import annotations
 
-import queue
 import statistics
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +27,7 @@ from typing import Any
 
 from echolm_lab.bench.answers_table import CHEAP_WITH_EXAMPLES, Answer, AnswersTable, answer_key, system_hash
 from echolm_lab.bench.answers_table import without_system as _without_system
-from echolm_lab.bench.table_build import TENANT, Endpoint, TableWorkload, ask
+from echolm_lab.bench.table_build import TENANT, Endpoint, TableWorkload, ask, on_each_endpoint
 from echolm_lab.bench.table_scores import paired_bootstrap
 from echolm_lab.datasets import QARecord
 from echolm_middleware.config import Settings
@@ -136,50 +134,34 @@ def record_variant(
     params = {"temperature": 0.0, "max_tokens": source.workload.max_tokens}
     first = endpoints[0]
     keys = [answer_key(first.model_sha256, first.server_version, p.messages, params) for p in planned]
-    to_ask: queue.Queue[tuple[Planned, str]] = queue.Queue()
+    to_ask = []
     for one, key in zip(planned, keys, strict=True):
         if table.get(key) is None and study.get(key) is None:
-            to_ask.put((one, key))
+            to_ask.append((one, key))
         else:
             done()
-    asked = to_ask.qsize()
-    failures: list[BaseException] = []
 
-    def worker(endpoint: Endpoint) -> None:
-        while not failures:
-            try:
-                one, key = to_ask.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                reply = asker(endpoint, one.messages, params)
-            except BaseException as exc:  # surfaced below; the other worker stops at its next item
-                failures.append(exc)
-                return
-            study.add(
-                Answer(
-                    key=key, workload=source.workload.name, item=one.item.prompt,
-                    choice=f"{CHEAP_WITH_EXAMPLES} {variant.name}", tier=endpoint.group,
-                    model_sha256=endpoint.model_sha256, server_version=endpoint.server_version,
-                    messages=_without_system(one.messages), system_sha256=system_hash(one.messages),
-                    params=dict(params), examples=one.examples, created_at=time.time(), **reply,
-                )
-            )  # fmt: skip
-            done()
+    def ask_one(endpoint: Endpoint, job: tuple[Planned, str]) -> None:
+        one, key = job
+        reply = asker(endpoint, one.messages, params)
+        study.add(
+            Answer(
+                key=key, workload=source.workload.name, item=one.item.prompt,
+                choice=f"{CHEAP_WITH_EXAMPLES} {variant.name}", tier=endpoint.group,
+                model_sha256=endpoint.model_sha256, server_version=endpoint.server_version,
+                messages=_without_system(one.messages), system_sha256=system_hash(one.messages),
+                params=dict(params), examples=one.examples, created_at=time.time(), **reply,
+            )
+        )  # fmt: skip
+        done()
 
-    threads = [threading.Thread(target=worker, args=(e,), daemon=True) for e in endpoints]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        raise failures[0]
+    on_each_endpoint(to_ask, endpoints, ask_one)
     shown = []
     for one, key in zip(planned, keys, strict=True):
         answer = table.get(key) or study.get(key)
         assert answer is not None  # asked above, or held before
         shown.append(Shown(one.item, len(one.examples), one.nearest_similarity, answer))
-    return shown, asked
+    return shown, len(to_ask)
 
 
 @dataclass(frozen=True)

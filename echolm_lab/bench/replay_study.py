@@ -19,8 +19,6 @@ reuse decisions, so the same offload), beside strong-only's on the same requests
 from __future__ import annotations
 
 import hashlib
-import queue
-import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,7 +36,7 @@ from echolm_lab.bench.answers_table import (
     system_hash,
     without_system,
 )
-from echolm_lab.bench.table_build import Endpoint, TableWorkload, ask
+from echolm_lab.bench.table_build import Endpoint, TableWorkload, ask, on_each_endpoint
 from echolm_lab.bench.table_policies import Embed, pool_answers
 from echolm_lab.bench.table_reuse import fit_on_pool, learned_reuse, nearest_candidates, pool_metric
 from echolm_lab.bench.table_scores import paired_bootstrap
@@ -229,48 +227,29 @@ def ask_planned(
     """Ask what `planned` names and the table lacks, one worker per endpoint; the number asked."""
     workload = source.workload
     reference = endpoints[0]
-    work: queue.Queue[_Ask] = queue.Queue()
-    for each in planned:
-        work.put(each)
     held_before = len(samples)
-    failures: list[BaseException] = []
 
-    def worker(endpoint: Endpoint) -> None:
-        while not failures:
-            try:
-                each = work.get_nowait()
-            except queue.Empty:
-                return
-            if each.key not in samples:
-                try:
-                    reply = asker(endpoint, each.messages, each.params)
-                except BaseException as exc:  # surfaced below; the other workers stop at their next item
-                    failures.append(exc)
-                    return
-                samples.add(
-                    Answer(
-                        key=each.key,
-                        workload=workload.name,
-                        item=each.prompt,
-                        choice=each.choice,
-                        tier=endpoint.group,
-                        model_sha256=reference.model_sha256,
-                        server_version=reference.server_version,
-                        messages=without_system(each.messages),
-                        system_sha256=system_hash(each.messages),
-                        params=each.params,
-                        **reply,
-                    )
+    def ask_one(endpoint: Endpoint, each: _Ask) -> None:
+        if each.key not in samples:
+            reply = asker(endpoint, each.messages, each.params)
+            samples.add(
+                Answer(
+                    key=each.key,
+                    workload=workload.name,
+                    item=each.prompt,
+                    choice=each.choice,
+                    tier=endpoint.group,
+                    model_sha256=reference.model_sha256,
+                    server_version=reference.server_version,
+                    messages=without_system(each.messages),
+                    system_sha256=system_hash(each.messages),
+                    params=each.params,
+                    **reply,
                 )
-            done()
+            )
+        done()
 
-    threads = [threading.Thread(target=worker, args=(endpoint,), daemon=True) for endpoint in endpoints]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        raise failures[0]
+    on_each_endpoint(planned, endpoints, ask_one)
     return len(samples) - held_before  # each key is added once: what the table gained is what was asked
 
 

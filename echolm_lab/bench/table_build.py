@@ -10,6 +10,7 @@ retrieval picks for each. Answers already in the table are not asked again.
 from __future__ import annotations
 
 import json
+import queue
 import random
 import threading
 import time
@@ -17,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -152,6 +153,38 @@ def endpoint_of(raw: Mapping[str, Any], group: str) -> Endpoint:
                 server_version=f"llama-cpp-python {metadata.version('llama_cpp_python')}" if artifact else "remote",
             )
     raise EchoLMError(f"no model group {group!r} in the config's model_list")
+
+
+J = TypeVar("J")
+
+
+def on_each_endpoint(jobs: Sequence[J], endpoints: Sequence[Endpoint], handle: Callable[[Endpoint, J], None]) -> None:
+    """Work through `jobs` with one thread per endpoint (servers of one model), each taking the next job as
+    it is free; the first failure stops the other threads at their next job and is raised here."""
+    work: queue.Queue[J] = queue.Queue()
+    for job in jobs:
+        work.put(job)
+    failures: list[BaseException] = []
+
+    def worker(endpoint: Endpoint) -> None:
+        while not failures:
+            try:
+                job = work.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                handle(endpoint, job)
+            except BaseException as exc:  # surfaced below; the other workers stop at their next job
+                failures.append(exc)
+                return
+
+    threads = [threading.Thread(target=worker, args=(endpoint,), daemon=True) for endpoint in endpoints]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
 
 
 def ask(endpoint: Endpoint, messages: list[dict[str, Any]], params: Mapping[str, Any]) -> dict[str, Any]:

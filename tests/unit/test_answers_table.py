@@ -269,3 +269,31 @@ def test_the_offload_study_fits_on_train_items_and_checks_on_the_requests(
     assert "- cheap+examples: fitted on 6 train items" in report
     assert "- checked on 4 capitals requests no fit saw" in report
     assert "| cheap+examples |" in report  # its weights and its check
+
+
+def test_jobs_are_shared_by_the_endpoints_and_the_first_failure_stops_them_and_is_raised() -> None:
+    import threading
+
+    from echolm_lab.bench.table_build import Endpoint, on_each_endpoint
+
+    servers = [Endpoint("cheap", f"http://{name}", "m", "sha", "v") for name in ("one", "two")]
+    done: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    def handle(endpoint: Endpoint, job: int) -> None:
+        with lock:
+            done.append((endpoint.api_base, job))
+
+    on_each_endpoint(list(range(20)), servers, handle)
+    assert sorted(job for _, job in done) == list(range(20))  # each job once
+
+    asked: list[int] = []
+
+    def failing(endpoint: Endpoint, job: int) -> None:
+        asked.append(job)
+        if job == 3:
+            raise RuntimeError("server gone")
+
+    with pytest.raises(RuntimeError, match="server gone"):
+        on_each_endpoint(list(range(100)), servers[:1], failing)
+    assert asked == [0, 1, 2, 3]  # nothing after the failure
