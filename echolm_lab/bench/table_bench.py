@@ -105,6 +105,10 @@ class TableBenchOptions:
     run_dir: Path
     seed: int = 7
     load_multiples: list[float] = field(default_factory=lambda: [1.0, 1.5])
+    # One workload's own multiples or pass size in place of the run's ("banking77": [1.0, 1.3, 1.5]): a full
+    # run in one command, since a judged workload's pass is dear and a reference one's cheap.
+    load_multiples_by_workload: dict[str, list[float]] = field(default_factory=dict)
+    pass_requests_by_workload: dict[str, int] = field(default_factory=dict)
     deployments: list[str] = field(default_factory=lambda: [FIXED, ELASTIC])  # EchoLM's; strong-only's is one
     pass_requests: int = 300
     warmup_s: float = 60.0
@@ -407,8 +411,9 @@ class TableBench:
             )
             self.log(f"{name}: {REUSING} with {how}")
             run.notes.append(f"{REUSING}: EchoLM with the reuse choice on the fixed split, {how}")
-        size = self.options.pass_requests
-        for index, multiple in enumerate(self.options.load_multiples):
+        size = self.options.pass_requests_by_workload.get(name, self.options.pass_requests)
+        multiples = self.options.load_multiples_by_workload.get(name, self.options.load_multiples)
+        for index, multiple in enumerate(multiples):
             items = [complete[(index * size + k) % len(complete)] for k in range(min(size, len(complete)))]
             rate = multiple * run.capacity_rps
             systems = [("strong_only", FIXED)] + [("echolm", d) for d in self.options.deployments]

@@ -24,6 +24,45 @@ def _share(text: str) -> float:
     return value
 
 
+def _run_and_per_workload(values: list[str], cast: Any, flag: str) -> tuple[list[Any], dict[str, list[Any]]]:
+    """`1.0 1.5 banking77=1.0,1.3,1.5`: the run's values, and each workload's own in place of them."""
+    default: list[Any] = []
+    by_workload: dict[str, list[Any]] = {}
+    for value in values:
+        workload, _, listed = value.rpartition("=")
+        try:
+            parsed = [cast(part) for part in listed.split(",")]
+        except ValueError:
+            raise EchoLMError(f"{flag}: {value!r} is neither a value nor WORKLOAD=VALUE[,VALUE...]") from None
+        if workload:
+            by_workload[workload] = parsed
+        elif len(parsed) == 1:
+            default += parsed
+        else:
+            raise EchoLMError(f"{flag}: {value!r}: a list of values needs a workload, WORKLOAD={listed}")
+    return default, by_workload
+
+
+def _pass_plan(args: argparse.Namespace) -> dict[str, Any]:
+    """--load-multiples and --pass-requests as TableBenchOptions' fields, or EchoLMError saying what is wrong."""
+    multiples, multiples_by_workload = _run_and_per_workload(args.load_multiples, float, "--load-multiples")
+    sizes, sizes_by_workload = _run_and_per_workload(args.pass_requests, int, "--pass-requests")
+    if len(sizes) > 1 or any(len(n) > 1 for n in sizes_by_workload.values()):
+        raise EchoLMError("--pass-requests takes one size for the run and one per workload")
+    if unknown := sorted((set(multiples_by_workload) | set(sizes_by_workload)) - set(args.workloads)):
+        raise EchoLMError(f"a value for {', '.join(unknown)}, which this run does not serve (--workloads)")
+    if any(x <= 0 for x in multiples + [x for xs in multiples_by_workload.values() for x in xs]):
+        raise EchoLMError("--load-multiples must be above 0")
+    if any(n <= 0 for n in sizes + [n for ns in sizes_by_workload.values() for n in ns]):
+        raise EchoLMError("--pass-requests must be above 0")
+    return {
+        "load_multiples": multiples or [1.0, 1.5],
+        "load_multiples_by_workload": multiples_by_workload,
+        "pass_requests": sizes[0] if sizes else 300,
+        "pass_requests_by_workload": {workload: n[0] for workload, n in sizes_by_workload.items()},
+    }
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "bench",
@@ -122,12 +161,12 @@ def register(subparsers: Any) -> None:
         "after its pass and kept beside them (WORKLOAD.live-verdicts.jsonl)",
     )  # fmt: skip
     parser.add_argument(
-        "--load-multiples", type=float, nargs="+", default=[1.0, 1.5], metavar="X",
+        "--load-multiples", nargs="+", default=["1.0", "1.5"], metavar="X",
         help="with --tables: Poisson rates as multiples of strong-only's capacity, measured on this machine before "
         "each workload's passes (a closed loop of 8 clients, 48 requests after 8 untimed; its whole-pass rate, "
         "which reads low by up to a fifth) (default: %(default)s: where "
         "strong-only keeps up and where it cannot; 0.6 adds a light-load pass, about 4 minutes per system and "
-        "workload)",
+        "workload); WORKLOAD=X,Y gives one workload its own, e.g. arena_hard=1.0, whose passes are long",
     )  # fmt: skip
     parser.add_argument(
         "--deployments", nargs="*", choices=["fixed", "elastic"], default=["fixed", "elastic"],
@@ -162,8 +201,9 @@ def register(subparsers: Any) -> None:
         help="with --reuse pool: serve a cached answer at P(as good as the strong tier) >= P (default: %(default)s)",
     )  # fmt: skip
     parser.add_argument(
-        "--pass-requests", type=int, default=300, metavar="N",
-        help="with --tables: requests per open-loop pass, each pass its own slice of the table (default: %(default)s)",
+        "--pass-requests", nargs="+", default=["300"], metavar="N",
+        help="with --tables: requests per open-loop pass, each pass its own slice of the table (default: %(default)s); "
+        "WORKLOAD=N gives one workload its own, e.g. nq_open=1000",
     )  # fmt: skip
     parser.add_argument(
         "--replica-ports", type=int, nargs=2, default=[8103, 8104], metavar=("CHEAP", "STRONG"),
@@ -288,14 +328,19 @@ def run_on_tables(args: argparse.Namespace) -> int:
     if missing:
         print(f"echolm bench: no answers table for {', '.join(missing)} in {args.tables}", file=sys.stderr)
         return 2
+    try:
+        plan = _pass_plan(args)
+    except EchoLMError as exc:
+        print(f"echolm bench: {exc}", file=sys.stderr)
+        return 2
     out = args.results / name
     out.mkdir(parents=True, exist_ok=True)
     settings, _ = load_settings(args.config)
     embedder = EMBEDDERS[settings.embedder.backend](settings)
     options = TableBenchOptions(
         config=args.config.resolve(), workloads=list(args.workloads), data_dir=args.data_dir, tables=args.tables,
-        run_dir=args.work.resolve() / name, seed=args.seed, load_multiples=list(args.load_multiples),
-        pass_requests=args.pass_requests, warmup_s=args.warmup, deployments=list(args.deployments),
+        run_dir=args.work.resolve() / name, seed=args.seed, warmup_s=args.warmup, deployments=list(args.deployments),
+        **plan,
         replica_ports=(args.replica_ports[0], args.replica_ports[1]), reuse=args.reuse, reuse_bar=args.reuse_bar,
         feedback_share=args.feedback_share, store_server=args.store_server,
     )  # fmt: skip

@@ -94,7 +94,7 @@ def test_a_tiny_bench_on_an_answers_table_pairs_every_policy_and_times_both_syst
 
     done = subprocess.run(
         [*cli, "bench", "--config", str(config), "--tables", str(tmp_path / "tables"), "--workloads", "nq_open",
-         "--load-multiples", "1", "--pass-requests", "3", "--warmup", "0", "--replica-ports", "8303", "8304",
+         "--load-multiples", "2", "nq_open=1", "--pass-requests", "5", "nq_open=3", "--warmup", "0", "--replica-ports", "8303", "8304",
          "--results", str(tmp_path / "results"), "--work", str(tmp_path / "work"), "--run", "tiny", "--store-server"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
@@ -117,6 +117,8 @@ def test_a_tiny_bench_on_an_answers_table_pairs_every_policy_and_times_both_syst
         assert "/query" in served
     passes = {p["system"]: p for p in workload["open_loop"]}
     assert set(passes) == {"strong_only", "echolm"}
+    # The workload's own multiple and pass size (nq_open=1, nq_open=3) took the place of the run's (2, 5).
+    assert {p["load_multiple"] for p in workload["open_loop"]} == {1.0}
     for live in passes.values():
         assert live["requests"] == 3 and live["errors"] == 0 and 0 <= live["quality"] <= 1
     # Strong-only's live answers are the table's: the same server, the same messages, temperature 0.
