@@ -63,6 +63,20 @@ class ProxyProcess:
             return ""
 
 
+# `litellm --config ...` with the guard our LiteLLM doors install at import (README "Running several
+# workers"): a baseline proxy that loads none of our code (strong-only in the bench) died of that CPython
+# fault under load (SIGSEGV after 417 of 1,000 NQ-open requests, 2026-12-05), and a baseline that crashes
+# where ours does not measures the fault, not the serving. It says in its log whether the guard is on.
+GUARDED_PROXY = (
+    "import sys\n"
+    "from echolm_middleware.doors.litellm_stream_finalizer import guard_stream_finalizer\n"
+    "print('lab proxy: LiteLLM stream finalizer guarded:', guard_stream_finalizer(), flush=True)\n"
+    "from litellm.proxy.proxy_cli import run_server\n"
+    "sys.argv[0] = 'litellm'\n"
+    "run_server()\n"
+)
+
+
 def start_proxy(
     config: Path,
     *,
@@ -88,7 +102,7 @@ def start_proxy(
         environment.pop("LITELLM_MASTER_KEY")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [
-        sys.executable, "-m", "litellm.proxy.proxy_cli",
+        sys.executable, "-c", GUARDED_PROXY,
         "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
         "--num_workers", str(workers),
     ]  # fmt: skip
