@@ -317,14 +317,14 @@ class TableBench:
                     after_each(results)
         return results
 
-    def offline(self, name: str) -> tuple[TableWorkloadRun, list[Answer]]:
-        """What the table alone says: the policies and each choice's service time."""
+    def offline(self, name: str, embed: Embed) -> tuple[TableWorkloadRun, list[Answer]]:
+        """What the table alone says: the policies and each choice's service time. `embed` remembers what it
+        embedded: the policies, the reliability and every pass's baselines embed the same texts."""
         pool_n, request_n = SIZES[name]
         source = table_workload(name, self.options.data_dir, pool_size=pool_n, request_size=request_n,
                                 seed=self.options.seed)  # fmt: skip
         path = self.options.tables / f"{name}.jsonl"
         answers, verdicts = AnswersTable(path).answers(), VerdictsTable(verdicts_path(path)).records()
-        embed = remembering(self.embed.embed)  # the policies and the reliability embed the same texts
         policies = evaluate_policies(source, answers, embed, self.options.reuse_s, self.prices, verdicts)
         service = {
             choice: statistics.fmean(a.latency_s for a in answers if a.choice == choice)
@@ -344,13 +344,15 @@ class TableBench:
             )
         return run, answers
 
-    def _compare_with_rivals(self, live: LivePass, source: TableWorkload, answers: Sequence[Answer]) -> None:
+    def _compare_with_rivals(
+        self, live: LivePass, source: TableWorkload, answers: Sequence[Answer], embed: Embed
+    ) -> None:
         answered = [c for c, a in zip(live.choices, live.load.answers, strict=True) if a.error is None]
         if not answered:
             return
         strong_share = answered.count(STRONG) / len(answered)
         verdicts = VerdictsTable(verdicts_path(self.options.tables / f"{source.workload.name}.jsonl")).records()
-        scored, rivals = rivals_at_strong_share(source, answers, self.embed.embed, strong_share, verdicts)
+        scored, rivals = rivals_at_strong_share(source, answers, embed, strong_share, verdicts)
         compare_with_rivals(live, scored, rivals, service_times(answers), self.options.reuse_s)
 
     def _live_judgement(self, name: str, table: Mapping[str, Mapping[str, Answer]]) -> LiveJudgement | None:
@@ -370,7 +372,8 @@ class TableBench:
         return LiveJudgement(judge, call, tabled, VerdictsTable(live_verdicts_path(path)), strong, texts)
 
     def run_workload(self, name: str) -> TableWorkloadRun:
-        run, answers = self.offline(name)
+        embed = remembering(self.embed.embed)  # one workload's texts, embedded once for all its passes
+        run, answers = self.offline(name, embed)
         source, folder = run.source, self.options.run_dir / name
         table = by_item(answers)
         complete = [item for item in source.requests if len(table.get(item.prompt, {})) == 3]
@@ -432,7 +435,7 @@ class TableBench:
                 asked_before = judgement.asked if judgement is not None else 0
                 score_pass(live, table, score, self.prices)
                 if system != "strong_only":
-                    self._compare_with_rivals(live, source, answers)
+                    self._compare_with_rivals(live, source, answers, embed)
                 if judgement is not None:
                     run.notes.append(
                         f"{system} ({deployment}) at {multiple:g}x: {judgement.asked - asked_before} answers judged "
