@@ -58,6 +58,7 @@ from echolm_lab.bench.table_policies import (
     rivals_at_strong_share,
     service_times,
 )
+from echolm_lab.bench.table_policies import Embed as EmbedTexts
 from echolm_lab.bench.table_reuse import shipped_reuse_reliability
 from echolm_lab.bench.table_scores import Policy, paired_bootstrap
 from echolm_lab.bench.table_verdicts import (
@@ -317,7 +318,7 @@ class TableBench:
                     after_each(results)
         return results
 
-    def offline(self, name: str, embed: Embed) -> tuple[TableWorkloadRun, list[Answer]]:
+    def offline(self, name: str, embed: EmbedTexts) -> tuple[TableWorkloadRun, list[Answer]]:
         """What the table alone says: the policies and each choice's service time. `embed` remembers what it
         embedded: the policies, the reliability and every pass's baselines embed the same texts."""
         pool_n, request_n = SIZES[name]
@@ -345,7 +346,7 @@ class TableBench:
         return run, answers
 
     def _compare_with_rivals(
-        self, live: LivePass, source: TableWorkload, answers: Sequence[Answer], embed: Embed
+        self, live: LivePass, source: TableWorkload, answers: Sequence[Answer], embed: EmbedTexts
     ) -> None:
         answered = [c for c, a in zip(live.choices, live.load.answers, strict=True) if a.error is None]
         if not answered:
