@@ -55,12 +55,16 @@ def _pass_plan(args: argparse.Namespace) -> dict[str, Any]:
         raise EchoLMError("--load-multiples must be above 0")
     if any(n <= 0 for n in sizes + [n for ns in sizes_by_workload.values() for n in ns]):
         raise EchoLMError("--pass-requests must be above 0")
-    return {
-        "load_multiples": multiples or [1.0, 1.5],
+    plan: dict[str, Any] = {
         "load_multiples_by_workload": multiples_by_workload,
-        "pass_requests": sizes[0] if sizes else 300,
         "pass_requests_by_workload": {workload: n[0] for workload, n in sizes_by_workload.items()},
     }
+    # Only per-workload values given: the run's own stay TableBenchOptions' defaults.
+    if multiples:
+        plan["load_multiples"] = multiples
+    if sizes:
+        plan["pass_requests"] = sizes[0]
+    return plan
 
 
 def register(subparsers: Any) -> None:
