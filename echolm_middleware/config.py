@@ -112,6 +112,12 @@ class ReuseSettings(_Strict):
         description="Least P(the cached answer is as good as the strongest tier's) to reuse it (core.reuse "
         "REUSE_MIN_PROBABILITY: chosen with the default weights on the lab's training pools).",
     )
+    stand_in: bool = Field(
+        default=True,
+        description="Reuse as an arm of the router: where it sends a request to a cheaper tier (load, or the "
+        "examples), serve the nearest cached answer instead if its expected quality (P times the strongest "
+        "tier's) is at least that tier's; it costs no inference and adds no load. False: only min_probability.",
+    )
     weights: list[float] | None = Field(
         default=None,
         description="Logistic weights over core.offload_model.FEATURES; None: the defaults fitted on the lab's "

@@ -60,7 +60,7 @@ def format_decision(decision: Decision, recorded_by: str | None = None) -> str:
             f"reuse: P(nearest cached answer as good as the strongest's) {decision.reuse_probability:.2f}, "
             f"no model call (time: our overhead only; prompt price $0), {served} [{features}]"
         )
-    if decision.action == "route":
+    if decision.action == "route" or decision.reuse_stands_in_for:  # the tiers were scored
         best = "n/a" if decision.best_similarity is None else f"{decision.best_similarity:.3f}"
         lines.append(
             f"retrieval: {decision.candidates_considered} candidates, best similarity {best}, "
@@ -77,7 +77,7 @@ def format_decision(decision: Decision, recorded_by: str | None = None) -> str:
         rows = [["tier", "quality", "alpha/beta", "cost", load_column, "-cost", "-load", "score", "time s", "prompt $"]]
         for s in decision.scores:
             rows.append([
-                s.tier + (" *" if s.tier == decision.tier else ""),
+                s.tier + (" *" if s.tier in (decision.tier, decision.reuse_stands_in_for) else ""),
                 f"{s.quality:.3f}", f"{s.alpha:.1f}/{s.beta:.1f}", f"{s.cost:.3f}",
                 f"{s.load:.2f}/{s.capacity:g}", f"{s.cost_penalty:.3f}", f"{s.load_penalty:.3f}", f"{s.score:.3f}",
                 "-" if s.expected_s is None else f"{s.expected_s:.2f}",

@@ -325,9 +325,13 @@ class Engine:
         decision.candidates_considered = len(candidates)
         decision.best_similarity = max((c.similarity for c in candidates), default=None)
         decision.similarity_shown = self.settings.requests.best_similarity_header
-        reused = self._reuse_choice(request, decision, candidates, view.query)
-        if reused is not None:
-            return self._serve_reused(request, decision, view, reused, started)
+        reusable = self._reuse_estimate(request, decision, candidates, view.query)
+        if (
+            reusable is not None
+            and reusable.probability >= self.settings.routing.reuse.min_probability
+            and self._may_serve(request, decision, reusable)
+        ):
+            return self._serve_reused(request, decision, view, reusable, started)
         # Examples are chosen only for a request that a tier will answer: a reused one shows none.
         chosen = self._choose_examples(request.tenant, candidates)
         bucket = context_bucket(chosen)
@@ -347,6 +351,16 @@ class Engine:
         )
         scores = self._with_time_and_price(scores, delays, sent_tokens)
         best = choose_tier(scores)
+        if (
+            reusable is not None
+            and self._stands_in(reusable, best, scores)
+            and self._may_serve(request, decision, reusable)
+        ):
+            decision.scores = scores
+            decision.bucket = bucket
+            decision.reuse_stands_in_for = best.tier
+            decision.passed_over = [item.candidate.example.id for item in chosen]
+            return self._serve_reused(request, decision, view, reusable, started)
         gets_examples = best.tier != self.strongest and bool(chosen)
         messages = self._augmented(request.messages, chosen if gets_examples else [])
         decision.action = "route"
@@ -369,26 +383,38 @@ class Engine:
         self.load.begin(best.tier, decision.request_id)
         return Prepared(decision=decision, tier=best.tier, messages=messages)
 
-    def _reuse_choice(
+    def _reuse_estimate(
         self, request: ChatRequest, decision: Decision, candidates: Sequence[Candidate], query: str
     ) -> ReuseCandidate | None:
-        """The nearest cached answer if it is to be served as it is; the estimate is kept in the decision."""
+        """The nearest cached answer and its chance of being as good as the strongest's (kept in the decision),
+        where the cache may answer this caller at all."""
         settings = self.settings.routing.reuse
         if not settings.enabled:
             return None
         if settings.model_group is not None and not _allowed(settings.model_group, request):
             return None  # a key limited to some models is served by those: never wider, not even by the cache
         estimate = self.reuse.estimate(request.tenant, candidates, query)
-        if estimate is None:
-            return None
-        decision.reuse_features = estimate.features
-        decision.reuse_probability = round(estimate.probability, 4)
-        if estimate.probability < settings.min_probability:
-            return None
-        answer_tokens = self.tokens_for(request.model).count(estimate.answer)
-        if why_not_reused(request.params, decision.not_cached, estimate.answer, answer_tokens):
-            return None
+        if estimate is not None:
+            decision.reuse_features = estimate.features
+            decision.reuse_probability = round(estimate.probability, 4)
         return estimate
+
+    def _may_serve(self, request: ChatRequest, decision: Decision, reusable: ReuseCandidate) -> bool:
+        """Whether this request's parameters let the cached answer be served as it is (`why_not_reused`)."""
+        answer_tokens = self.tokens_for(request.model).count(reusable.answer)
+        return not why_not_reused(request.params, decision.not_cached, reusable.answer, answer_tokens)
+
+    def _stands_in(self, reusable: ReuseCandidate, best: TierScore, scores: Sequence[TierScore]) -> bool:
+        """Whether the cached answer is to be served in place of the cheaper tier the router chose (load sent
+        the request there, or its examples): reuse is then an arm of the same router, its expected quality P
+        times the strongest's, taken where that is at least the chosen tier's. It costs no inference and puts
+        no load on any tier, so it wins a tie. Never in place of the strongest: it is as good only with P."""
+        if not self.settings.routing.reuse.stand_in or best.tier == self.strongest:
+            return False
+        strongest = next((score for score in scores if score.tier == self.strongest), None)
+        if strongest is None:  # the caller may not use the strongest: the reuse bar alone decided
+            return False
+        return reusable.probability * strongest.quality >= best.quality
 
     def _serve_reused(
         self, request: ChatRequest, decision: Decision, view: RequestView, reused: ReuseCandidate, started: float
@@ -396,10 +422,19 @@ class Engine:
         """The request is answered from the cache: no tier is called and none carries its load."""
         settings = self.settings.routing.reuse
         decision.action = "reuse"
-        decision.reason = (
-            f"the nearest cached answer is as good as {self.strongest}'s with P={reused.probability:.2f}"
-            f" (reuse.min_probability {settings.min_probability:g})"
-        )
+        if decision.reuse_stands_in_for:
+            decision.reason = (
+                f"the router sent it to {decision.reuse_stands_in_for}; the nearest cached answer stands in: as good"
+                f" as {self.strongest}'s with P={reused.probability:.2f}, its expected quality"
+                f" {reused.probability * _expected_quality(decision, self.strongest):.3f} is at least"
+                f" {decision.reuse_stands_in_for}'s {_expected_quality(decision, decision.reuse_stands_in_for):.3f}"
+                " (routing.reuse.stand_in)"
+            )
+        else:
+            decision.reason = (
+                f"the nearest cached answer is as good as {self.strongest}'s with P={reused.probability:.2f}"
+                f" (reuse.min_probability {settings.min_probability:g})"
+            )
         decision.tier = settings.model_group or request.model
         decision.reused_example = reused.candidate.example.id
         decision.overhead_ms = (time.perf_counter() - started) * 1000

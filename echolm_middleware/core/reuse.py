@@ -4,7 +4,9 @@ A semantic cache that answers every near request hurts quality on average (the p
 the lab's tables), yet for some requests the cached answer is exactly right: the same label, the same
 fact asked again. The offload model (`core.offload_model`) estimates, per request, the chance that the
 nearest answer is as good as a fresh answer from the strongest tier; the request is served from the
-cache only where that chance clears `routing.reuse.min_probability`. The estimate moves online with
+cache where that chance clears `routing.reuse.min_probability`; and, as an arm of the router
+(`routing.reuse.stand_in`), in place of a cheaper tier the router chose where the cached answer's expected
+quality (that chance times the strongest tier's quality) is at least that tier's. The estimate moves online with
 each tenant's evidence (feedback, quality-target comparisons), starting from weights fitted offline on
 the lab's training data.
 """

@@ -181,6 +181,9 @@ class Decision:
     reuse_features: list[float] = field(default_factory=list)
     reuse_probability: float | None = None
     reused_example: str = ""
+    # The cheaper tier the router chose that the cached answer was served in place of ("": reused on its own
+    # bar, routing.reuse.min_probability, before any tier was scored).
+    reuse_stands_in_for: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -9,10 +9,11 @@ import pytest
 from echolm_middleware.config import ReuseSettings
 from echolm_middleware.core.offload_model import FEATURES
 from echolm_middleware.core.reuse import why_not_reused
+from echolm_middleware.core.routing import LoadTracker
 from echolm_middleware.core.types import ChatRequest, Outcome
 from echolm_middleware.errors import FeedbackAlreadyGiven, UnknownRequest
 from echolm_middleware.explain import format_decision
-from tests.unit.conftest import ROUTING
+from tests.unit.conftest import RETRIEVAL, ROUTING
 
 QUESTION = "What is the capital of France?"
 PARAPHRASE = "What is the capital city of France?"  # similarity 0.93 under the word-hash embedder
@@ -244,3 +245,73 @@ def test_reuse_weights_of_the_wrong_length_stop_the_engine_at_start(make_engine:
 
     with pytest.raises(ConfigError, match=r"routing\.reuse\.weights: 2 given, the model has 7"):
         make_engine(routing=_routing(weights=[1.0, 2.0]))
+
+
+def _strong_busy(kit: Any, in_flight: int = 5) -> None:
+    """Five requests on the strong tier for ten seconds: load alone sends the next one to the cheap tier."""
+    kit.engine.load = LoadTracker(window_s=2.0, clock=kit.clock)
+    for n in range(in_flight):
+        kit.engine.load.begin("strong", f"busy {n}")
+    kit.clock.advance(10.0)
+
+
+# No candidate clears this utility threshold: the cheap tier would answer without examples (bucket "none").
+NO_EXAMPLES = RETRIEVAL.model_copy(update={"threshold": 0.99})
+
+
+def test_under_load_the_cached_answer_stands_in_for_a_cheaper_tier_it_is_expected_to_beat(make_engine: Any) -> None:
+    kit = make_engine(routing=_routing(min_probability=0.9, model_group="echolm-cache"), retrieval=NO_EXAMPLES)
+    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+    _strong_busy(kit)
+
+    prepared = kit.engine.prepare(_ask(PARAPHRASE))
+
+    assert prepared.reused and prepared.reused_answer == ANSWER and prepared.tier == "echolm-cache"
+    decision = prepared.decision
+    assert decision.reuse_stands_in_for == "cheap" and decision.examples == []
+    scores = {score.tier: score.quality for score in decision.scores}  # the router's view is kept
+    assert decision.reuse_probability * scores["strong"] >= scores["cheap"]  # type: ignore[operator]  # 0.63 >= 0.30
+    assert kit.engine.load.in_flight() == {"strong": 5}  # the cheap tier got no work
+    shown = format_decision(decision)
+    assert "the router sent it to cheap; the nearest cached answer stands in" in shown
+    assert "its expected quality 0.628" in shown and "cheap's 0.300" in shown and "cheap *" in shown
+
+
+def test_under_load_a_cheaper_tier_with_good_examples_keeps_the_request(make_engine: Any) -> None:
+    kit = make_engine(routing=_routing(min_probability=0.9))  # the paraphrase's example puts cheap at 0.88
+    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+    _strong_busy(kit)
+
+    prepared = kit.engine.prepare(_ask(PARAPHRASE))
+
+    assert prepared.routed and prepared.tier == "cheap" and prepared.decision.examples
+    assert prepared.decision.reuse_stands_in_for == ""
+
+
+def test_the_cached_answer_never_stands_in_for_the_strongest(make_engine: Any) -> None:
+    kit = make_engine(routing=_routing(min_probability=0.9), retrieval=NO_EXAMPLES)  # idle: strong wins
+    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+
+    prepared = kit.engine.prepare(_ask(PARAPHRASE))
+
+    assert prepared.routed and prepared.tier == "strong" and prepared.decision.reuse_stands_in_for == ""
+
+
+def test_with_stand_in_off_the_cheaper_tier_answers_what_the_router_sends_it(make_engine: Any) -> None:
+    kit = make_engine(routing=_routing(min_probability=0.9, stand_in=False), retrieval=NO_EXAMPLES)
+    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+    _strong_busy(kit)
+
+    prepared = kit.engine.prepare(_ask(PARAPHRASE))
+
+    assert prepared.routed and prepared.tier == "cheap" and not prepared.reused
+
+
+def test_a_request_that_may_not_be_reused_gets_no_stand_in(make_engine: Any) -> None:
+    kit = make_engine(routing=_routing(min_probability=0.9), retrieval=NO_EXAMPLES)
+    kit.engine.admit("A", QUESTION, ANSWER, "strong")
+    _strong_busy(kit)
+
+    prepared = kit.engine.prepare(_ask(PARAPHRASE, params={"max_tokens": 2}))  # shorter than the cached answer
+
+    assert prepared.routed and prepared.tier == "cheap"
