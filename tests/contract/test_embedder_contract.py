@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -58,7 +62,6 @@ def test_embedding_is_deterministic_and_independent_of_the_batch(embedder: MiniL
 )
 def test_the_single_text_path_gives_the_batch_path_vector(embedder: MiniLMEmbedder, text: str) -> None:
     alone = embedder.embed([text])[0]
-    assert embedder._single is not None  # the request path really takes the single-text route
     assert embedder.runtime == "onnx"  # on ONNX Runtime, the default, checked here against the batch path
     batched = embedder.embed([text, "another text to make a batch"])[0]
     assert alone == pytest.approx(batched, abs=1e-5)
@@ -100,29 +103,106 @@ def test_the_torch_runtime_and_the_onnx_runtime_give_the_same_vector(embedder: M
     assert (embedder.runtime, on_torch.runtime) == ("onnx", "torch")
 
 
-def test_without_onnxruntime_the_embedder_keeps_pytorch(monkeypatch: pytest.MonkeyPatch) -> None:
-    from echolm_middleware.backends import minilm
+def test_without_onnxruntime_the_embedder_keeps_pytorch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from echolm_middleware.backends import minilm_onnx
     from echolm_middleware.errors import MissingExtra
 
-    real_require = minilm.require
+    _kept(tmp_path)  # even with a graph kept by an earlier process
+    real_require = minilm_onnx.require
 
     def without_onnxruntime(module: str, extra: str) -> object:
         if module == "onnxruntime":
             raise MissingExtra("onnxruntime is not installed")
         return real_require(module, extra)
 
-    monkeypatch.setattr(minilm, "require", without_onnxruntime)
-    embedder = MiniLMEmbedder(EmbedderSettings())
+    monkeypatch.setattr(minilm_onnx, "require", without_onnxruntime)
+    embedder = MiniLMEmbedder(EmbedderSettings(onnx_cache_dir=tmp_path))
 
     assert len(embedder.embed(["still works"])[0]) == 384
     assert embedder.runtime == "torch"
 
 
-def test_an_export_that_fails_its_check_keeps_pytorch(monkeypatch: pytest.MonkeyPatch) -> None:
-    from echolm_middleware.backends import minilm
+def test_an_export_that_fails_its_check_keeps_pytorch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from echolm_middleware.backends import minilm_onnx
 
-    monkeypatch.setattr(minilm, "ONNX_TOLERANCE", -1.0)  # no vector can be that close: the check fails
-    embedder = MiniLMEmbedder(EmbedderSettings())
+    monkeypatch.setattr(minilm_onnx, "ONNX_TOLERANCE", -1.0)  # no vector can be that close: the check fails
+    embedder = MiniLMEmbedder(EmbedderSettings(onnx_cache_dir=tmp_path))
 
     assert len(embedder.embed(["still works"])[0]) == 384
     assert embedder.runtime == "torch"
+
+    assert not list(tmp_path.glob("*.onnx"))  # a graph that failed its check is not kept
+
+
+def _kept(cache_dir: Path) -> MiniLMEmbedder:
+    """An embedder that exported the graph into `cache_dir` (none was kept there before)."""
+    first = MiniLMEmbedder(EmbedderSettings(onnx_cache_dir=cache_dir))
+    first.embed(["warm up"])
+    assert first.runtime == "onnx" and len(list(cache_dir.glob("minilm-*.onnx"))) == 1
+    return first
+
+
+# A process of its own, so that what it imports is its own: the kept graph, and no PyTorch.
+_SECOND_PROCESS = """
+import json, sys
+from pathlib import Path
+from echolm_middleware.backends.minilm import MiniLMEmbedder
+from echolm_middleware.config import EmbedderSettings
+embedder = MiniLMEmbedder(EmbedderSettings(onnx_cache_dir=Path(sys.argv[1])))
+vectors = embedder.embed(sys.argv[2:])
+print(json.dumps({"runtime": embedder.runtime, "torch": "torch" in sys.modules, "vectors": vectors}))
+"""
+
+
+def test_a_later_process_embeds_with_the_kept_graph_without_importing_pytorch(tmp_path: Path) -> None:
+    texts = ["What is the capital of France?", "card payment declined twice", "a long request " * 80]
+    first = _kept(tmp_path)
+
+    done = subprocess.run(
+        [sys.executable, "-c", _SECOND_PROCESS, str(tmp_path), *texts],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    second = json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert second["runtime"] == "onnx" and second["torch"] is False
+    for mine, theirs in zip(first.embed(texts), second["vectors"], strict=True):
+        assert mine == pytest.approx(theirs, abs=1e-6)
+
+
+def test_a_damaged_kept_graph_is_exported_again(tmp_path: Path) -> None:
+    _kept(tmp_path)
+    (graph,) = tmp_path.glob("minilm-*.onnx")
+    graph.write_bytes(graph.read_bytes()[: 1 << 20])  # cut short, as by a full disk
+
+    again = MiniLMEmbedder(EmbedderSettings(onnx_cache_dir=tmp_path))
+    vector = again.embed(["What is the capital of France?"])[0]
+
+    assert again.runtime == "onnx" and graph.stat().st_size > 1 << 20  # exported and kept whole again
+    on_torch = MiniLMEmbedder(EmbedderSettings(runtime="torch")).embed(["What is the capital of France?"])[0]
+    assert vector == pytest.approx(on_torch, abs=1e-5)
+
+
+def test_where_the_cache_cannot_be_written_the_graph_serves_from_memory(tmp_path: Path) -> None:
+    blocked = tmp_path / "a file"
+    blocked.write_text("not a directory")
+
+    embedder = MiniLMEmbedder(EmbedderSettings(onnx_cache_dir=blocked / "onnx"))
+
+    assert len(embedder.embed(["still works"])[0]) == 384 and embedder.runtime == "onnx"
+    assert blocked.read_text() == "not a directory"
+
+
+@pytest.mark.parametrize(("configured", "kept"), [("default", True), (None, False)])
+def test_the_graph_is_kept_under_the_home_cache_by_default_and_nowhere_when_none(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, configured: str | None, kept: bool
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    settings = EmbedderSettings() if configured == "default" else EmbedderSettings(onnx_cache_dir=None)
+
+    embedder = MiniLMEmbedder(settings)
+
+    assert len(embedder.embed(["still works"])[0]) == 384 and embedder.runtime == "onnx"
+    graphs = list((tmp_path / ".cache" / "echolm-middleware" / "onnx").glob("minilm-*.onnx"))
+    assert len(graphs) == (1 if kept else 0)
+    assert [p.name for p in tmp_path.iterdir()] == ([".cache"] if kept else [])
