@@ -161,8 +161,8 @@ def keep(model_dir: Path, cache_dir: Path, graph: bytes, probe_vectors: list[lis
         _write_whole(probes_path, json.dumps({"probes": list(PROBES), "vectors": probe_vectors}).encode())
         _write_whole(graph_path, graph)
         return graph_path
-    except OSError as exc:
-        log.info("embedder: the ONNX graph stays in memory (%s is not writable: %s)", cache_dir, exc)
+    except Exception as exc:  # unwritable, full, or anything else: the process goes on, the next exports again
+        log.info("embedder: the ONNX graph stays in memory (not kept in %s: %s)", cache_dir, exc)
         return None
 
 

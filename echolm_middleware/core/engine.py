@@ -359,7 +359,6 @@ class Engine:
             decision.scores = scores
             decision.bucket = bucket
             decision.reuse_stands_in_for = best.tier
-            decision.passed_over = [item.candidate.example.id for item in chosen]
             return self._serve_reused(request, decision, view, reusable, started)
         gets_examples = best.tier != self.strongest and bool(chosen)
         messages = self._augmented(request.messages, chosen if gets_examples else [])

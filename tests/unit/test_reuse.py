@@ -269,6 +269,7 @@ def test_under_load_the_cached_answer_stands_in_for_a_cheaper_tier_it_is_expecte
     assert prepared.reused and prepared.reused_answer == ANSWER and prepared.tier == "echolm-cache"
     decision = prepared.decision
     assert decision.reuse_stands_in_for == "cheap" and decision.examples == []
+    assert decision.passed_over == []  # no dearer tier answered: no example was passed over for one
     scores = {score.tier: score.quality for score in decision.scores}  # the router's view is kept
     assert decision.reuse_probability * scores["strong"] >= scores["cheap"]  # type: ignore[operator]  # 0.63 >= 0.30
     assert kit.engine.load.in_flight() == {"strong": 5}  # the cheap tier got no work
