@@ -187,3 +187,44 @@ def test_the_langchain_door_serves_a_reused_answer_without_calling_a_tier(make_e
         assert metadata["model_name"] == "strong" and message.usage_metadata is not None
     assert cheap.seen == [] and strong_tier.seen == []
     assert _selected(kit, "acme") == 1
+
+
+def test_the_proxy_shows_a_cached_answer_standing_in_for_the_cheap_tier_under_load(
+    make_engine: Any, strong: EchoTier
+) -> None:
+    """Below the reuse bar, with the strong tier busy and no example to show, the router sends the request
+    to the cheap tier (down here: a call to it would fail); the cached answer stands in, shown as such."""
+    from echolm_middleware.core.routing import LoadTracker
+    from tests.unit.conftest import RETRIEVAL
+
+    reuse = ReuseSettings(enabled=True, weights=CLOSE_IS_GOOD, min_probability=0.9, model_group=CACHE_GROUP)
+    kit = make_engine(
+        routing=ROUTING.model_copy(update={"reuse": reuse}),
+        retrieval=RETRIEVAL.model_copy(update={"threshold": 0.99}),  # no example clears it
+    )
+    kit.engine.admit("team:A", QUESTION, ANSWER, "strong")
+    kit.engine.load = LoadTracker(window_s=2.0, clock=kit.clock)
+    for n in range(5):
+        kit.engine.load.begin("strong", f"busy {n}")
+    kit.clock.advance(10.0)
+    handler = EchoLMProxyHandler(handle=EngineHandle(lambda: kit.engine))
+    handler.handle.start().result()
+    litellm.callbacks.append(handler)
+    router = _router(strong)
+    data: dict[str, Any] = {"model": "strong", "messages": [{"role": "user", "content": PARAPHRASE}]}
+
+    async def run() -> Any:
+        await handler.async_pre_call_hook(SimpleNamespace(team_id="A"), None, data, "acompletion")
+        return await router.acompletion(**data)
+
+    try:
+        response = asyncio.run(run())
+        headers = asyncio.run(handler.async_post_call_response_headers_hook(data, None, response))
+    finally:
+        _unregister(handler)
+
+    assert response.choices[0].message.content == ANSWER and strong.bodies == []
+    assert headers is not None and headers["x-echolm-action"] == "reuse"
+    assert "the router sent it to cheap; the nearest cached answer stands in" in headers["x-echolm-reason"]
+    decision = kit.engine.explain(data["metadata"][METADATA_KEY]["request_id"])
+    assert decision.reuse_stands_in_for == "cheap"
