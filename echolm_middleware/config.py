@@ -419,10 +419,15 @@ class Settings(BaseSettings):
         return self.model_copy(update={"store": store, "state": state})
 
     def resolve_paths(self, base: Path) -> Settings:
-        """Relative store/state paths are relative to the config file, not the process's cwd."""
+        """Relative store, state and embedder-cache paths are relative to the config file, not the process's
+        cwd (`~` is the user's home)."""
         store = self.store.model_copy(update={"path": _under(base, self.store.path)})
         state = self.state.model_copy(update={"path": _under(base, self.state.path)})
-        return self.model_copy(update={"store": store, "state": state})
+        kept = self.embedder.onnx_cache_dir
+        embedder = self.embedder.model_copy(
+            update={"onnx_cache_dir": None if kept is None else _under(base, kept.expanduser())}
+        )
+        return self.model_copy(update={"store": store, "state": state, "embedder": embedder})
 
 
 def _under(base: Path, path: Path) -> Path:

@@ -77,6 +77,17 @@ def test_relative_paths_resolve_against_the_config_files_folder(tmp_path: Path) 
 
     assert settings.store.path == tmp_path / "data" / "chroma"
     assert settings.state.path == tmp_path / ".echolm" / "state.db"
+    assert settings.embedder.onnx_cache_dir == Path("~/.cache/echolm-middleware/onnx").expanduser()
+
+
+def test_a_relative_embedder_cache_resolves_against_the_config_files_folder_and_none_stays_none(
+    tmp_path: Path,
+) -> None:
+    relative = _write(tmp_path / "a.yaml", {"echolm": {"tiers": TWO_TIERS, "embedder": {"onnx_cache_dir": "kept"}}})
+    nowhere = _write(tmp_path / "b.yaml", {"echolm": {"tiers": TWO_TIERS, "embedder": {"onnx_cache_dir": None}}})
+
+    assert load_settings(relative)[0].embedder.onnx_cache_dir == tmp_path / "kept"
+    assert load_settings(nowhere)[0].embedder.onnx_cache_dir is None
 
 
 @pytest.mark.parametrize(
