@@ -22,8 +22,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from echolm_lab.bench.answers_table import CHEAP, CHEAP_WITH_EXAMPLES, SIZES, STRONG, TRAIN_SIZES, AnswersTable
-from echolm_lab.bench.table_build import table_workload
+from echolm_lab.bench.answers_table import (
+    CHEAP,
+    CHEAP_WITH_EXAMPLES,
+    SIZES,
+    STRONG,
+    TRAIN_SIZES,
+    Answer,
+    AnswersTable,
+)
+from echolm_lab.bench.table_build import TableWorkload, table_workload
 from echolm_lab.bench.table_policies import Embed, pool_answers, remembering
 from echolm_lab.bench.table_reuse import nearest_candidates
 from echolm_lab.datasets import QARecord, default_data_dir
@@ -48,14 +56,10 @@ class Row:
     reuse: float
 
 
-def _rows(name: str, items: Sequence[QARecord], embed: Embed) -> list[Row]:
-    source = table_workload(
-        name, default_data_dir(), pool_size=SIZES[name][0], request_size=SIZES[name][1], train_size=TRAIN_SIZES[name]
-    )
-    answers = AnswersTable(ROOT / "benchmarks" / "tables" / f"{name}.jsonl").answers()
+def _rows(source: TableWorkload, answers: Sequence[Answer], items: Sequence[QARecord], embed: Embed) -> list[Row]:
     score = source.workload.score
     if score is None:
-        raise SystemExit(f"{name} has no reference metric")
+        raise SystemExit(f"{source.workload.name} has no reference metric")
     by_prompt = {item.prompt: item for item in items}
     scored: dict[str, dict[str, float]] = {}
     shown: dict[str, bool] = {}
@@ -140,8 +144,9 @@ def main() -> int:
             name, default_data_dir(), pool_size=SIZES[name][0], request_size=SIZES[name][1],
             train_size=TRAIN_SIZES[name],
         )  # fmt: skip
+        answers = AnswersTable(ROOT / "benchmarks" / "tables" / f"{name}.jsonl").answers()
         for split, items in (("train items", source.train), ("requests, for reference only", source.requests)):
-            lines += report(name, split, _rows(name, items, embed), bar_none)
+            lines += report(name, split, _rows(source, answers, items, embed), bar_none)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "README.md").write_text("\n".join(lines))
     print("\n".join(lines))
