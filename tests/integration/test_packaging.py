@@ -148,6 +148,12 @@ def test_the_wheel_ships_the_product_and_the_lab_and_its_door_loads_where_no_int
     assert {"echolm_middleware/py.typed", "echolm_lab/py.typed", "echolm_middleware/doors/litellm_proxy.py"} <= set(
         names
     )
+    # The licence as an SPDX expression, with its text inside the wheel (PEP 639).
+    (dist,) = dist_info
+    metadata = zipfile.ZipFile(wheel).read(f"{dist}/METADATA").decode()
+    assert "License-Expression: Apache-2.0" in metadata.splitlines()
+    licence = zipfile.ZipFile(wheel).read(f"{dist}/licenses/LICENSE").decode()
+    assert licence.lstrip().startswith("Apache License") and "Version 2.0, January 2004" in licence
 
     target = tmp_path / "site"
     subprocess.run(
