@@ -116,6 +116,25 @@ def report(name: str, split: str, rows: Sequence[Row], bar_none: float) -> list[
     ]
 
 
+def judged_reach(name: str, embed: Embed, bar_none: float) -> list[str]:
+    """A judged workload has no metric to score reuse by: how far its requests' P reaches toward the bar."""
+    source = table_workload(name, default_data_dir(), pool_size=SIZES[name][0], request_size=SIZES[name][1])
+    answers = AnswersTable(ROOT / "benchmarks" / "tables" / f"{name}.jsonl").answers()
+    prompts = [item.prompt for item in source.requests]
+    found = nearest_candidates(embed, pool_answers(source, answers), prompts)
+    model = OffloadModel(list(REUSE_WEIGHTS))
+    probabilities = sorted(model.probability(offload_features(found[prompt], prompt)) for prompt in prompts)
+    reached = sum(probability >= bar_none for probability in probabilities)
+    return [
+        f"### {name}, requests ({len(prompts)} items; judged, so only P is read)",
+        "",
+        f"P under the shipped reuse model: median {probabilities[len(probabilities) // 2]:.4f}, highest "
+        f"{probabilities[-1]:.4f}; {reached} at or above {bar_none:.3f}, the lowest P at which the rule stands "
+        "in.",
+        "",
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "reuse-stand-in-2026-12-06")
@@ -147,6 +166,7 @@ def main() -> int:
         answers = AnswersTable(ROOT / "benchmarks" / "tables" / f"{name}.jsonl").answers()
         for split, items in (("train items", source.train), ("requests, for reference only", source.requests)):
             lines += report(name, split, _rows(source, answers, items, embed), bar_none)
+    lines += judged_reach("arena_hard", embed, bar_none)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "README.md").write_text("\n".join(lines))
     print("\n".join(lines))
