@@ -302,12 +302,25 @@ def test_two_proxy_workers_run_one_scheduled_pass_per_period(start_proxy_for: Pr
         ready = max(pool.map(_engine_ready, workers.values()))
     # Both schedulers run by now, and both fire 3 s into the next period, whenever each one started.
     both_fire = (ready // period_s + 1) * period_s + 3.0
-    while time.time() < both_fire + 15:  # the winner's pass (two answers from the strong tier) is done by then
-        time.sleep(0.5)
-    stood_aside = {
-        name: metric_total(metrics_text(worker.process, worker.process.master_key), "echolm_upkeep_passes_total", outcome="skipped")
-        for name, worker in workers.items()
-    }  # fmt: skip
+    both = str(int(both_fire // period_s))
+
+    def skipped(name: str) -> float:
+        process = workers[name].process
+        return metric_total(metrics_text(process, process.master_key), "echolm_upkeep_passes_total", outcome="skipped")
+
+    def period_settled() -> bool:
+        """Every worker has either logged its finished pass for the period both fired in, or stood aside."""
+        ran = {
+            name: f"for period {both}:" in (tmp_path / name / "proxy.log").read_text(errors="replace")
+            for name in workers
+        }
+        return any(ran.values()) and all(ran[name] or skipped(name) >= 1 for name in workers)
+
+    # Polled rather than slept: the winner's pass (two answers from the strong tier) takes a few seconds.
+    while time.time() < both_fire or not period_settled():
+        assert time.time() < both_fire + 60, "the period both workers fired in did not settle within 60 s"
+        time.sleep(1.0)
+    stood_aside = {name: skipped(name) for name in workers}
     for worker in workers.values():
         worker.stop()
 
@@ -321,7 +334,6 @@ def test_two_proxy_workers_run_one_scheduled_pass_per_period(start_proxy_for: Pr
     periods = [period for found in logged.values() for period in found]
     assert len(periods) == len(set(periods)), logged  # one pass per period between the two
     # The period both fired in went to one worker, which upgraded its own store; the other stood aside.
-    both = str(int(both_fire // period_s))
     (winner,) = [name for name, found in logged.items() if both in found]
     (loser,) = [name for name in workers if name != winner]
     assert stood_aside[loser] >= 1, stood_aside  # it fired too, and found the period's lease taken

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from echolm_lab.demo import equal_cores
+from echolm_lab.local_tiers.assemble import default_model_dir
 from echolm_middleware.config import load_settings, read_config_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,7 +18,9 @@ def test_strong_only_runs_on_two_strong_servers_beside_echolms_cheap_and_strong_
     raw = read_config_file(ROOT / "config.yaml")
     settings, _ = load_settings(ROOT / "config.yaml")
 
-    config, strong_only, specs = equal_cores(raw, settings, tmp_path / "models", tmp_path)
+    # The models `make models` keeps (verified once, by their sidecars): a directory of its own would fetch
+    # and assemble 1.5 GB of GGUF for a test that reads only the config it writes.
+    config, strong_only, specs = equal_cores(raw, settings, default_model_dir(), tmp_path)
 
     written = yaml.safe_load(config.read_text())
     servers = [e["litellm_params"]["api_base"] for e in written["model_list"] if e["model_name"] == strong_only]
