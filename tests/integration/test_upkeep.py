@@ -297,8 +297,9 @@ def test_two_proxy_workers_run_one_scheduled_pass_per_period(start_proxy_for: Pr
         )
     prompts = {name: _seed(tmp_path, 2, env) for name, env in envs.items()}
 
-    workers = {name: start_proxy_for(state_dir=tmp_path / name, extra_env=env) for name, env in envs.items()}
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(2) as pool:  # started side by side: each spends about 10 s importing LiteLLM
+        started = pool.map(lambda name: start_proxy_for(state_dir=tmp_path / name, extra_env=envs[name]), envs)
+        workers = dict(zip(envs, started, strict=True))
         ready = max(pool.map(_engine_ready, workers.values()))
     # Both schedulers run by now, and both fire 3 s into the next period, whenever each one started.
     both_fire = (ready // period_s + 1) * period_s + 3.0
