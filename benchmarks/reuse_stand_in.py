@@ -33,11 +33,11 @@ from echolm_lab.bench.answers_table import (
 )
 from echolm_lab.bench.table_build import TableWorkload, table_workload
 from echolm_lab.bench.table_policies import Embed, pool_answers, remembering
-from echolm_lab.bench.table_reuse import nearest_candidates
+from echolm_lab.bench.table_reuse import nearest_candidates, shipped_reuse_probabilities
+from echolm_lab.bench.table_scores import scores_by_choice
 from echolm_lab.datasets import QARecord, default_data_dir
 from echolm_middleware.config import load_settings
-from echolm_middleware.core.offload_model import OffloadModel, offload_features
-from echolm_middleware.core.reuse import REUSE_MIN_PROBABILITY, REUSE_WEIGHTS
+from echolm_middleware.core.reuse import REUSE_MIN_PROBABILITY
 from echolm_middleware.core.routing import TierProfile, prior_mean
 from echolm_middleware.factory import EMBEDDERS
 
@@ -61,21 +61,14 @@ def _rows(source: TableWorkload, answers: Sequence[Answer], items: Sequence[QARe
     if score is None:
         raise SystemExit(f"{source.workload.name} has no reference metric")
     by_prompt = {item.prompt: item for item in items}
-    scored: dict[str, dict[str, float]] = {}
-    shown: dict[str, bool] = {}
-    for answer in answers:
-        item = by_prompt.get(answer.item)
-        if item is None or answer.choice not in (STRONG, CHEAP, CHEAP_WITH_EXAMPLES):
-            continue
-        scored.setdefault(answer.item, {})[answer.choice] = score(answer.answer, item)
-        if answer.choice == CHEAP_WITH_EXAMPLES:
-            shown[answer.item] = bool(answer.examples)
+    scored = scores_by_choice(answers, source.workload, items)
+    shown = {a.item: bool(a.examples) for a in answers if a.choice == CHEAP_WITH_EXAMPLES and a.item in by_prompt}
     complete = [prompt for prompt, choices in scored.items() if len(choices) == 3]
     found = nearest_candidates(embed, pool_answers(source, answers), complete)
-    model = OffloadModel(list(REUSE_WEIGHTS))
+    probability = shipped_reuse_probabilities(found)
     return [
         Row(
-            probability=model.probability(offload_features(found[prompt], prompt)),
+            probability=probability[prompt],
             examples_shown=shown[prompt],
             strong=scored[prompt][STRONG],
             cheap=scored[prompt][CHEAP],
@@ -122,8 +115,7 @@ def judged_reach(name: str, embed: Embed, bar_none: float) -> list[str]:
     answers = AnswersTable(ROOT / "benchmarks" / "tables" / f"{name}.jsonl").answers()
     prompts = [item.prompt for item in source.requests]
     found = nearest_candidates(embed, pool_answers(source, answers), prompts)
-    model = OffloadModel(list(REUSE_WEIGHTS))
-    probabilities = sorted(model.probability(offload_features(found[prompt], prompt)) for prompt in prompts)
+    probabilities = sorted(shipped_reuse_probabilities(found).values())
     reached = sum(probability >= bar_none for probability in probabilities)
     return [
         f"### {name}, requests ({len(prompts)} items; judged, so only P is read)",

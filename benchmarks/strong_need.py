@@ -26,22 +26,21 @@ only scored.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from echolm_lab.bench.answers_table import CHEAP, SIZES, STRONG, TRAIN_SIZES, AnswersTable
+from echolm_lab.bench.answers_table import CHEAP, SIZES, STRONG, TRAIN_SIZES, Answer, AnswersTable
 from echolm_lab.bench.offload_study import calibration, fit_logistic
 from echolm_lab.bench.table_build import table_workload
 from echolm_lab.bench.table_policies import Embed, pool_answers, remembering, unit_vectors
-from echolm_lab.bench.table_reuse import nearest_candidates
-from echolm_lab.bench.table_scores import paired_bootstrap
+from echolm_lab.bench.table_reuse import nearest_candidates, shipped_reuse_probabilities
+from echolm_lab.bench.table_scores import paired_bootstrap, scores_by_choice
+from echolm_lab.bench.workloads import Workload
 from echolm_lab.datasets import QARecord, default_data_dir
 from echolm_middleware.config import load_settings
-from echolm_middleware.core.offload_model import OffloadModel, offload_features
-from echolm_middleware.core.reuse import REUSE_WEIGHTS
 from echolm_middleware.factory import EMBEDDERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,8 +48,6 @@ WORKLOAD = "nq_open"
 KS = (5, 20, 80)  # neighbourhood sizes of the strong tier's record (the logistic model reads all three)
 RANKING_K = 20  # the plain ranking's k
 SHARES = (0.4, 0.5, 0.6)  # the live passes kept 44-58% of requests on the strong tier
-
-Score = Callable[[str, QARecord], float]
 
 
 @dataclass(frozen=True)
@@ -66,22 +63,22 @@ class Items:
 
 
 def _items(
-    records: Sequence[QARecord], table: dict[str, dict[str, str]], pool: dict[str, str], embed: Embed, score: Score
+    records: Sequence[QARecord], answers: Sequence[Answer], pool: dict[str, str], embed: Embed, workload: Workload
 ) -> Items:
-    complete = [r for r in records if {STRONG, CHEAP} <= set(table.get(r.prompt, {}))]
+    scored = scores_by_choice(answers, workload, records)
+    complete = [r for r in records if {STRONG, CHEAP} <= set(scored.get(r.prompt, {}))]
     prompts = [r.prompt for r in complete]
     found = nearest_candidates(embed, pool, prompts)
-    model = OffloadModel(list(REUSE_WEIGHTS))
-
-    def scored(choice: str) -> np.ndarray:
-        return np.asarray([score(table[r.prompt][choice], r) for r in complete])
+    probability = shipped_reuse_probabilities(found)
+    score = workload.score
+    assert score is not None  # scores_by_choice refuses a workload without a metric
 
     return Items(
-        strong=scored(STRONG),
-        cheap=scored(CHEAP),
+        strong=np.asarray([scored[p][STRONG] for p in prompts]),
+        cheap=np.asarray([scored[p][CHEAP] for p in prompts]),
         reuse=np.asarray([score(found[r.prompt][0].example.answer, r) for r in complete]),
         similarity=np.asarray([found[p][0].similarity for p in prompts]),
-        reuse_probability=np.asarray([model.probability(offload_features(found[p], p)) for p in prompts]),
+        reuse_probability=np.asarray([probability[p] for p in prompts]),
         vectors=unit_vectors(embed, prompts),
     )
 
@@ -163,14 +160,13 @@ def main() -> int:
     score = source.workload.score
     assert score is not None
     answers = AnswersTable(ROOT / "benchmarks" / "tables" / f"{WORKLOAD}.jsonl").answers()
-    table: dict[str, dict[str, str]] = {}
-    for answer in answers:
-        table.setdefault(answer.item, {})[answer.choice] = answer.answer
     pool = pool_answers(source, answers)
     pool_records = [item for item in source.pool if item.prompt in pool]
     pool_vectors = unit_vectors(embed, [item.prompt for item in pool_records])
     pool_right = np.asarray([score(pool[item.prompt], item) for item in pool_records])
-    train, requests = (_items(split, table, pool, embed, score) for split in (source.train, source.requests))
+    train, requests = (
+        _items(split, answers, pool, embed, source.workload) for split in (source.train, source.requests)
+    )
 
     # Fitted on the pool (leave-self-out) and the train items only.
     pool_record = strong_record(pool_vectors, pool_vectors, pool_right, leave_self_out=True)

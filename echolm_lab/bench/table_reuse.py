@@ -129,6 +129,15 @@ def learned_reuse(
     return choose, probability
 
 
+def shipped_reuse_probabilities(found: Mapping[str, Sequence[Candidate]]) -> dict[str, float]:
+    """Each request's P under the product's shipped reuse model (the one on the request path):
+    P(the nearest cached answer is as good as the strong tier's). `found` as for `learned_reuse`."""
+    from echolm_middleware.core.reuse import REUSE_MIN_PROBABILITY, REUSE_WEIGHTS
+
+    _, probability = learned_reuse(found, ReuseFit(list(REUSE_WEIGHTS), REUSE_MIN_PROBABILITY, 0, 0.0))
+    return probability
+
+
 def pool_metric(source: TableWorkload) -> Callable[[str, str], float]:
     """The workload's metric for an answer to a pool prompt: `metric(answer, pool prompt)`."""
     metric = source.workload.score
@@ -150,11 +159,10 @@ def shipped_reuse_reliability(
     it was, by the workload's metric (`offload_study.reuse_label`) or, judged, by the tabled verdict on
     the reused answer (a tie or better). None where no request can be labelled."""
     from echolm_lab.bench.offload_study import calibration
-    from echolm_middleware.core.reuse import REUSE_MIN_PROBABILITY, REUSE_WEIGHTS
 
     requests = [item for item in source.requests if item.prompt in strong_answers]
     found = nearest_candidates(embed, pool, [item.prompt for item in requests])
-    _, probability = learned_reuse(found, ReuseFit(list(REUSE_WEIGHTS), REUSE_MIN_PROBABILITY, 0, 0.0))
+    probability = shipped_reuse_probabilities(found)
     metric = source.workload.score
     predicted, labels = [], []
     for item in requests:
