@@ -184,6 +184,18 @@ class RoutingSettings(_Strict):
     load_stale_after_s: float = Field(
         default=600.0, gt=0, description="A request whose end was never reported stops counting as load after this."
     )
+    failing_tier_cooldown_s: float = Field(
+        default=5.0,
+        ge=0,
+        description=(
+            "A tier whose call failed for a reason of its own (no connection, a timeout, a 5xx, 429, 401, 403 or"
+            " 404) is left out of routing this long; then the next request routed to it tries it, and each"
+            " failed try doubles the time out (core.tier_health). 0: a failing tier is never left out."
+        ),
+    )
+    failing_tier_max_cooldown_s: float = Field(
+        default=60.0, gt=0, description="The longest a failing tier is left out between tries."
+    )
     prior_strength: float = Field(default=10.0, gt=0, description="Pseudo-observations behind each prior.")
     posterior_refresh_s: float = Field(
         default=10.0,

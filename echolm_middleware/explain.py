@@ -20,6 +20,8 @@ def _why(decision: Decision) -> str:
         return f"{decision.action.replace('_', ' ')}: {decision.reason}; the request went to the model it named"
     ranked = sorted(decision.scores, key=lambda s: s.score, reverse=True)
     chosen = ranked[0]
+    if len(ranked) == 1 and decision.left_out_failing:
+        return f"{chosen.tier} is the only tier left: {', '.join(decision.left_out_failing)} had just failed"
     if len(ranked) == 1:
         return f"{chosen.tier} is the only tier no dearer than {decision.requested_model!r}"
     runner = ranked[1]
@@ -72,6 +74,11 @@ def format_decision(decision: Decision, recorded_by: str | None = None) -> str:
             lines.append(f"  example {index}: similarity {ex.similarity:.3f} utility {ex.utility:.3f} "
                          f"[{features}] {ex.prompt[:80]!r}")  # fmt: skip
         lines.append(f"context bucket: {decision.bucket}")
+        if decision.left_out_failing:
+            lines.append(
+                f"left out: {', '.join(decision.left_out_failing)} (calls to it had just failed; it is tried "
+                "again after routing.failing_tier_cooldown_s, doubled on each failed try)"
+            )
         delay = any(s.load_signal == "delay" for s in decision.scores)
         load_column = "delay/target s" if delay else "load/cap"
         rows = [["tier", "quality", "alpha/beta", "cost", load_column, "-cost", "-load", "score", "time s", "prompt $"]]

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import fnmatch
 import hashlib
+import logging
 import random
 import threading
 import time
@@ -52,6 +53,7 @@ from echolm_middleware.core.routing import (
     tier_bucket,
 )
 from echolm_middleware.core.service_time import ServiceTimes
+from echolm_middleware.core.tier_health import TierHealth
 from echolm_middleware.core.types import (
     Candidate,
     ChatRequest,
@@ -67,6 +69,8 @@ from echolm_middleware.core.types import (
 from echolm_middleware.core.upkeep_rules import after_cheap_use, after_feedback, after_passed_over
 from echolm_middleware.core.whole_answers import why_not_whole
 from echolm_middleware.errors import FeedbackAlreadyGiven, UnknownRequest
+
+logger = logging.getLogger("echolm")
 
 _QUERY_VECTOR_CACHE = 4096
 # What of a question is embedded: far more than MiniLM's 256 word pieces in any text but a pathological
@@ -192,6 +196,8 @@ class Engine:
         # Each tier's measured latency and cost per prompt token, for the `delay` load signal and `explain`
         # (this process's own answers).
         self.service = ServiceTimes(settings.routing.latency_prior_s)
+        # Tiers whose calls just failed are left out of routing for a while (this process's own calls).
+        self.health = TierHealth(settings.routing.failing_tier_cooldown_s, settings.routing.failing_tier_max_cooldown_s)
         self._now = clock or time.time
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
@@ -320,6 +326,10 @@ class Engine:
         eligible = [tier for tier in fitting if _allowed(tier.name, request)]
         if not eligible:
             return self._pass_through(decision, request, "prompt exceeds the requested tier's context", started)
+        usable = self.health.usable(tier.name for tier in eligible)
+        if usable and len(usable) < len(eligible):  # with none usable, route as if none were failing
+            decision.left_out_failing = [tier.name for tier in eligible if tier.name not in usable]
+            eligible = [tier for tier in eligible if tier.name in usable]
 
         vector, candidates = self._nearest(request.tenant, view.query, decision.context)
         decision.candidates_considered = len(candidates)
@@ -364,6 +374,8 @@ class Engine:
         messages = self._augmented(request.messages, chosen if gets_examples else [])
         decision.action = "route"
         decision.reason = "routed"
+        if decision.left_out_failing:
+            decision.reason += f"; left out after failing: {', '.join(decision.left_out_failing)}"
         decision.tier = best.tier
         decision.augmentation = self.settings.augmentation.format if gets_examples else "none"
         decision.examples = [self._trace(item) for item in chosen] if gets_examples else []
@@ -380,6 +392,7 @@ class Engine:
             self.quality.sample(decision.request_id, request.messages)
         # The request is in flight on its tier from here until `record` or `release` (the doors call one).
         self.load.begin(best.tier, decision.request_id)
+        self.health.chosen(best.tier)
         return Prepared(decision=decision, tier=best.tier, messages=messages)
 
     def _reuse_estimate(
@@ -513,6 +526,14 @@ class Engine:
     async def aprepare(self, request: ChatRequest) -> Prepared:
         return await asyncio.to_thread(self.prepare, request)
 
+    def tier_failed(self, tier: str) -> None:
+        """A call to `tier` failed for a reason of the tier's own (the doors judge the error): the router
+        leaves it out for a while (routing.failing_tier_cooldown_s)."""
+        if tier in self._by_name and self.health.failed(tier):
+            logger.warning(
+                "tier %s failed: left out of routing for %.0f s", tier, self.health.left_out().get(tier, 0.0)
+            )
+
     def release(self, request_id: str) -> None:
         """The request's tier no longer works on it (it failed, was cancelled or hung up): its load ends.
 
@@ -535,6 +556,8 @@ class Engine:
             return "duplicate"
         if decision.action == "reuse":
             return self._record_reuse(decision, outcome)
+        if outcome.served_by == decision.tier and self.health.answered(decision.tier):
+            logger.warning("tier %s answered again: routed to again", decision.tier)
         whole = not why_not_whole(outcome)
         if whole and outcome.latency_s is not None:
             # The prompt it read is known only on the tier it was sent to (a fallback read another's).

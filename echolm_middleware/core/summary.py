@@ -103,7 +103,8 @@ class DecisionSummary:
             headers["x-echolm-overhead-ms"] = f"{self.overhead_ms:.2f}"
         if self.best_similarity is not None and self.similarity_shown:
             headers["x-echolm-best-similarity"] = f"{self.best_similarity:.4f}"
-        if not self.routed:
+        # A routed request says why only where it was routed around something (a failing tier).
+        if not self.routed or self.reason not in ("", "routed"):
             headers["x-echolm-reason"] = header_value(public_reason(self.reason))
         return headers
 

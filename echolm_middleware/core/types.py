@@ -184,6 +184,8 @@ class Decision:
     # The cheaper tier the router chose that the cached answer was served in place of ("": reused on its own
     # bar, routing.reuse.min_probability, before any tier was scored).
     reuse_stands_in_for: str = ""
+    # Tiers the router left out because their calls had just failed (`core.tier_health`).
+    left_out_failing: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

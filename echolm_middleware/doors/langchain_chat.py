@@ -47,6 +47,7 @@ from echolm_middleware.doors.access import (
     EngineHandle,
     FailOpenCounter,
     arecord_within,
+    note_tier_failure,
     prepare_or_fail_open,
     prepare_or_fail_open_sync,
     record_within,
@@ -405,7 +406,10 @@ class EchoLMChatModel(BaseChatModel):
 
     def _after_failure(self, call: _Call, args: _Arguments, exc: Exception) -> _Call:
         """The tier we chose failed before answering: the request goes as the caller made it to the tier it
-        named (fail open). A failure of the tier the caller named is theirs, and is raised."""
+        named (fail open). A failure of the tier the caller named is theirs, and is raised. Either way, where
+        the error says the tier is failing, the router leaves it out for a while."""
+        if call.engine is not None and call.prepared is not None and call.prepared.routed:
+            note_tier_failure(call.engine, call.tier, exc, self._counter)
         if call.requested is None:
             raise exc
         self._release(call)

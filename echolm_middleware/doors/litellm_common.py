@@ -22,6 +22,7 @@ from echolm_middleware.doors.access import (
     EngineHandle,
     FailOpenCounter,
     arecord_or_count,
+    note_tier_failure,
     record_or_count,
     release_or_count,
 )
@@ -255,11 +256,15 @@ class RecordingCallback(CustomLogger):
         )
         return engine, outcome
 
-    def _release(self, kwargs: Any) -> None:
+    def _failed(self, kwargs: Any) -> None:
+        """A call failed: its load ends, and where the error says its tier is failing, the router leaves
+        that tier out for a while. LiteLLM fires this once per failed attempt, a fallback's included."""
         summary = summary_from_kwargs(kwargs)
         engine = self.handle.ready()
         if summary is not None and engine is not None and summary.request_id:
             release_or_count(engine, summary.request_id, self.fail_open)
+            if summary.routed:
+                note_tier_failure(engine, served_group(kwargs, summary), kwargs.get("exception"), self.fail_open)
 
     # LiteLLM calls the async events for async calls and the sync ones for sync calls (`Router.completion`),
     # each call once. Recording also ends the request's load on its tier (the engine does it first).
@@ -275,7 +280,7 @@ class RecordingCallback(CustomLogger):
             record_or_count(*recorded, self.fail_open)
 
     async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
-        self._release(kwargs)
+        self._failed(kwargs)
 
     def log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
-        self._release(kwargs)
+        self._failed(kwargs)

@@ -19,11 +19,12 @@ from langchain_core.runnables import Runnable
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, PrivateAttr
 
-from echolm_middleware.config import TenancySettings
+from echolm_middleware.config import ReuseSettings, TenancySettings
 from echolm_middleware.core.engine import Engine
+from echolm_middleware.core.tier_health import TierHealth
 from echolm_middleware.doors.langchain_chat import EchoLMChatModel, default_settings
 from echolm_middleware.errors import UnknownRequest
-from tests.unit.conftest import EngineFactory, EngineKit
+from tests.unit.conftest import ROUTING, EngineFactory, EngineKit, FakeClock
 
 QUESTION = "What is the capital of France?"
 PARAPHRASE = "What is the capital city of France?"  # similarity 0.93 under the word-hash embedder
@@ -401,6 +402,7 @@ def _answered_by_strong_unchanged(door: Door, meta: dict[str, Any]) -> None:
     assert [str(m.content) for m in door.strong.seen[-1]] == [PARAPHRASE]  # without our example
     assert door.model.fail_open_counts == {"chosen tier failed: cheap": 1}
     assert door.engine.load.loads().get("cheap", 0.0) < 1.0  # the load it began was finished
+    assert set(door.engine.health.left_out()) == {"cheap"}  # a connection error: the tier is failing
 
 
 def test_a_request_whose_chosen_tier_is_down_goes_unchanged_to_the_tier_it_named(door: Door) -> None:
@@ -421,11 +423,37 @@ def test_a_stream_whose_chosen_tier_fails_before_its_first_chunk_comes_from_the_
     _answered_by_strong_unchanged(door, _echolm(chunks[0]))
 
 
+def test_the_requests_after_the_chosen_tier_failed_go_to_the_strong_tier_until_its_time_out_passes(
+    make_engine: EngineFactory,
+) -> None:
+    # Reuse off: the same paraphrase asked again would be answered from the cache, calling no tier.
+    door = Door(make_engine(routing=ROUTING.model_copy(update={"reuse": ReuseSettings(enabled=False)})))
+    _cheap_tier_down(door)
+    clock = FakeClock(0.0)
+    door.engine.health = TierHealth(5.0, 60.0, clock=clock)
+    door.model.invoke(PARAPHRASE)  # fails on the cheap tier, answered by the strong one
+
+    after = door.model.invoke(PARAPHRASE)
+
+    meta = _echolm(after)
+    assert (meta["action"], meta["tier"]) == ("route", "strong")
+    assert meta["reason"] == "routed; left out after failing: cheap"
+    assert door.model.fail_open_counts == {"chosen tier failed: cheap": 1}  # it never reached the dead tier
+    door.cheap.fails_after_chunks = None  # the server is back
+    clock.advance(5.0)
+    assert _echolm(door.model.invoke(PARAPHRASE))["tier"] == "cheap"  # tried again, and it answered
+    assert door.engine.health.left_out() == {}
+
+
 def test_async_paths_fall_back_too(door: Door) -> None:
     _cheap_tier_down(door)
+    clock = FakeClock(0.0)
+    door.engine.health = TierHealth(5.0, 60.0, clock=clock)
 
     async def scenario() -> tuple[BaseMessage, list[BaseMessage]]:
-        return await door.model.ainvoke(PARAPHRASE), [chunk async for chunk in door.model.astream(PARAPHRASE)]
+        answer = await door.model.ainvoke(PARAPHRASE)
+        clock.advance(5.0)  # the cheap tier's time out passes: the stream is the request that tries it
+        return answer, [chunk async for chunk in door.model.astream(PARAPHRASE)]
 
     answer, chunks = asyncio.run(scenario())
 
@@ -452,6 +480,7 @@ def test_a_failure_of_the_tier_the_caller_named_is_theirs(door: Door) -> None:
     with pytest.raises(ConnectionError):
         door.model.invoke(QUESTION)
     assert door.model.fail_open_counts == {}
+    assert set(door.engine.health.left_out()) == {"strong"}  # the requests after it may go to the cheap tier
 
 
 def test_constructor_and_call_parameters_reach_the_chosen_tier(make_engine: EngineFactory) -> None:

@@ -30,6 +30,7 @@ from echolm_middleware.doors.litellm_common import (
 from echolm_middleware.doors.litellm_proxy import EchoLMProxyHandler, caller_of, tenant_of
 from echolm_middleware.metrics import metrics
 from tests.echo_tier import WORDS, EchoTier
+from tests.unit.conftest import ROUTING
 
 QUESTION = "What is the capital of France?"
 PARAPHRASE = "What is the capital city of France?"
@@ -122,7 +123,11 @@ def test_a_request_routed_to_a_dead_tier_is_answered_by_the_requested_model_unch
             text = response.choices[0].message.content
         # LiteLLM logs success in the background: wait for the recording (admitting an example).
         deadline = time.monotonic() + 20
-        while (kit.engine.store.count("team:A") < 2 or "strong" not in sent.by_group) and time.monotonic() < deadline:
+        while (
+            kit.engine.store.count("team:A") < 2
+            or "strong" not in sent.by_group
+            or "cheap" not in kit.engine.health.left_out()
+        ) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         return text, response
 
@@ -137,6 +142,8 @@ def test_a_request_routed_to_a_dead_tier_is_answered_by_the_requested_model_unch
     # Recorded as the strong tier's answer (admitted as an example), and counted as our failure once.
     assert kit.engine.store.count("team:A") == 2
     assert handler.fail_open.counts["chosen tier failed: cheap"] == 1
+    # LiteLLM's failure event named a connection error: the router leaves the cheap tier out for a while.
+    assert set(kit.engine.health.left_out()) == {"cheap"}
     request_id = data["metadata"][METADATA_KEY]["request_id"]
     assert kit.state.get(request_id) is not None
 
@@ -177,7 +184,9 @@ def test_the_router_doors_retry_goes_to_the_named_model_with_the_callers_message
 ) -> None:
     from echolm_middleware.doors.litellm_router import install_echolm
 
-    kit = make_engine()
+    # Failing tiers are never left out here, so the second call is decided like the first (what the Router
+    # door does after a tier failed is the next test's).
+    kit = make_engine(routing=ROUTING.model_copy(update={"failing_tier_cooldown_s": 0.0}))
     assert kit.engine.admit("acme", QUESTION, "Paris is the capital of France.", "strong")
     router = router_with_a_dead_cheap_tier
     router.num_retries = 1  # the Router's own retry of a failed call, which re-enters our strategy
@@ -227,6 +236,37 @@ def test_the_router_doors_retry_goes_to_the_named_model_with_the_callers_message
     # The caller's own list and dict are left as they were: nothing of ours was written into them.
     assert messages == original
     assert not any(key.startswith("echolm") and key != "echolm_tenant" for key in metadata), metadata
+
+
+def test_through_the_router_door_the_call_after_a_tier_failed_goes_to_the_strong_tier_directly(
+    make_engine: Any, router_with_a_dead_cheap_tier: Any
+) -> None:
+    from echolm_middleware.doors.litellm_router import install_echolm
+
+    kit = make_engine()
+    assert kit.engine.admit("acme", QUESTION, "Paris is the capital of France.", "strong")
+    router = router_with_a_dead_cheap_tier
+    router.num_retries = 1  # through this door, the Router's retry is what falls back to the named model
+    door = install_echolm(router, kit.engine)
+    try:
+
+        async def run() -> None:
+            for _ in range(2):
+                await router.acompletion(model="strong", messages=[{"role": "user", "content": PARAPHRASE}],
+                                         metadata={"echolm_tenant": "acme"}, num_retries=1)  # fmt: skip
+                deadline = time.monotonic() + 20  # LiteLLM fires its failure event in the background
+                while "cheap" not in kit.engine.health.left_out() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+
+        asyncio.run(run())
+    finally:
+        for registered in (litellm.callbacks, litellm._async_success_callback, litellm._async_failure_callback):
+            registered[:] = [callback for callback in registered if callback is not door.callback]
+
+    first, second = sorted(kit.state.recent(0), key=lambda decision: decision.created_at)
+    assert (first.tier, first.left_out_failing) == ("cheap", [])  # sent to the dead tier; the fallback answered
+    assert (second.action, second.tier, second.left_out_failing) == ("route", "strong", ["cheap"])
+    assert door.fail_open_counts == {"chosen tier failed: cheap": 1}  # the second never reached the dead tier
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,12 @@ def test_a_routed_summary_shows_its_figures_and_no_reason() -> None:
     }
 
 
+def test_a_request_routed_around_a_failing_tier_says_so() -> None:
+    summary = DecisionSummary("r1", "route", "strong", reason="routed; left out after failing: cheap")
+
+    assert summary.headers()["x-echolm-reason"] == "routed; left out after failing: cheap"
+
+
 def test_the_caller_never_sees_the_tenant() -> None:
     summary = DecisionSummary("r1", "route", "cheap", tenant="team:secret")
 
