@@ -64,6 +64,11 @@ class Metrics:
             ["tier"],
             multiprocess_mode="max",
         )
+        self.tiers_left_out = counter(
+            "echolm_tier_left_out",
+            "Times a tier was left out of routing after its calls failed (a first failure or a failed try), by tier.",
+            ["tier"],
+        )
         self.coordination_errors = counter(
             "echolm_coordination_errors", "Redis commands that failed (load shared between workers), by what.",
             ["what"],
@@ -168,3 +173,8 @@ def observe_saving(tenant: str, saved_usd: float) -> None:
             metrics().cost_saved.labels(tenant=tenant_label(tenant)).inc(saved_usd)
 
     quietly(report)
+
+
+def observe_tier_left_out(tier: str) -> None:
+    """The router left `tier` out after its calls failed (`core.tier_health`)."""
+    quietly(lambda: metrics().tiers_left_out.labels(tier=tier_label(tier)).inc())

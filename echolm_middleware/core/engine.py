@@ -526,13 +526,14 @@ class Engine:
     async def aprepare(self, request: ChatRequest) -> Prepared:
         return await asyncio.to_thread(self.prepare, request)
 
-    def tier_failed(self, tier: str) -> None:
+    def tier_failed(self, tier: str) -> bool:
         """A call to `tier` failed for a reason of the tier's own (the doors judge the error): the router
-        leaves it out for a while (routing.failing_tier_cooldown_s)."""
-        if tier in self._by_name and self.health.failed(tier):
-            logger.warning(
-                "tier %s failed: left out of routing for %.0f s", tier, self.health.left_out().get(tier, 0.0)
-            )
+        leaves it out for a while (routing.failing_tier_cooldown_s). True when this left it out (or out for
+        longer), not when it was already out."""
+        if tier not in self._by_name or not self.health.failed(tier):
+            return False
+        logger.warning("tier %s failed: left out of routing for %.0f s", tier, self.health.left_out().get(tier, 0.0))
+        return True
 
     def release(self, request_id: str) -> None:
         """The request's tier no longer works on it (it failed, was cancelled or hung up): its load ends.

@@ -19,7 +19,7 @@ from echolm_middleware.core.summary import DecisionSummary
 from echolm_middleware.core.types import ChatRequest, Outcome, Prepared
 from echolm_middleware.doors.bounded_threads import PREPARE, WRITES, Saturated
 from echolm_middleware.doors.tier_faults import tier_at_fault
-from echolm_middleware.metrics import metrics, observe_decision, quietly
+from echolm_middleware.metrics import metrics, observe_decision, observe_tier_left_out, quietly
 
 logger = logging.getLogger("echolm")
 
@@ -257,7 +257,7 @@ def note_tier_failure(engine: Engine, tier: str, exc: BaseException | None, coun
     """The call the engine sent to `tier` failed: where the error says the tier is at fault, the router
     leaves it out for a while (`core.tier_health`). Never raises into the request."""
     try:
-        if tier_at_fault(exc):
-            engine.tier_failed(tier)
+        if tier_at_fault(exc) and engine.tier_failed(tier):
+            observe_tier_left_out(tier)
     except Exception as error:
         counter.add(f"tier health: {fail_open_reason(error)}", error)

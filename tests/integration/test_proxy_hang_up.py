@@ -177,3 +177,5 @@ def test_a_stream_hung_up_before_its_first_token_releases_its_tier(proxy_over_sl
     # Once the tier's first token reaches the proxy (4 s after the request) the stream is closed and the
     # load released, not after routing.load_stale_after_s (600 s).
     assert released_after_s < FIRST_TOKEN_DELAY_S + 5
+    # A caller hanging up says nothing about the tier: it is not left out of routing.
+    assert "left out of routing" not in proxy.log_tail(2000)

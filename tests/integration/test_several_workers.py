@@ -250,6 +250,7 @@ def test_when_the_chosen_tier_dies_mid_stream_the_named_model_answers_what_it_ca
     ]
     fell_back += [headers for _, headers in after if headers["x-echolm-action"] == "fail_open"]
     assert stack.fail_open(f"chosen tier failed: {CHEAP}") >= failed_before + len(fell_back)
+    assert f"tier {CHEAP} failed: left out of routing" in stack.proxy.log_tail(2000)  # what operators read
     deadline = time.monotonic() + 30
     while _cheap_inflight(stack) and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -111,6 +111,7 @@ def test_a_request_routed_to_a_dead_tier_is_answered_by_the_requested_model_unch
     assert kit.engine.admit("team:A", QUESTION, "Paris is the capital of France.", "strong")
     original = [{"role": "user", "content": PARAPHRASE}]
     data: dict[str, Any] = {"model": "strong", "messages": list(original), "stream": stream}
+    left_out_before = _tier_left_out_count("cheap")
 
     async def run() -> tuple[str, Any]:
         await handler.async_pre_call_hook(SimpleNamespace(team_id="A"), None, data, "acompletion")
@@ -144,6 +145,7 @@ def test_a_request_routed_to_a_dead_tier_is_answered_by_the_requested_model_unch
     assert handler.fail_open.counts["chosen tier failed: cheap"] == 1
     # LiteLLM's failure event named a connection error: the router leaves the cheap tier out for a while.
     assert set(kit.engine.health.left_out()) == {"cheap"}
+    assert _tier_left_out_count("cheap") == left_out_before + 1
     request_id = data["metadata"][METADATA_KEY]["request_id"]
     assert kit.state.get(request_id) is not None
 
@@ -159,6 +161,12 @@ def test_a_response_without_a_fallback_keeps_the_summary() -> None:
     response = SimpleNamespace(_hidden_params={"additional_headers": {"x-litellm-attempted-fallbacks": 0}})
 
     assert as_served(summary, response) is summary
+
+
+def _tier_left_out_count(tier: str) -> float:
+    wanted = f'echolm_tier_left_out_total{{tier="{tier}"}} '
+    lines = [line for line in metrics().render().decode().splitlines() if line.startswith(wanted)]
+    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
 
 
 def _requests_counted(tier: str, tenant: str, action: str) -> float:

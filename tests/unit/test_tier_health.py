@@ -93,6 +93,18 @@ def test_the_engine_routes_around_a_failing_tier_says_so_and_routes_to_it_again_
     assert kit.engine.prepare(_ask(PARAPHRASE)).tier == "cheap"
 
 
+def test_while_the_strong_tier_is_failing_a_request_naming_it_goes_to_the_cheap_tier(make_engine: Any) -> None:
+    kit = make_engine()
+    unrelated = _ask("How many legs does a spider have?")
+    assert kit.engine.prepare(unrelated).tier == "strong"  # no example: the strong tier wins
+
+    kit.engine.tier_failed("strong")
+
+    around = kit.engine.prepare(unrelated)
+    assert (around.tier, around.decision.left_out_failing) == ("cheap", ["strong"])
+    assert around.messages == unrelated.messages  # nothing to show it: the caller's own messages
+
+
 def test_a_tier_no_engine_knows_is_ignored(make_engine: Any) -> None:
     kit = make_engine()
     kit.engine.tier_failed("echolm-cache")
