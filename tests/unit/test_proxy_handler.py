@@ -165,16 +165,18 @@ def test_a_response_without_a_fallback_keeps_the_summary() -> None:
     assert as_served(summary, response) is summary
 
 
-def _tier_left_out_count(tier: str) -> float:
-    wanted = f'echolm_tier_left_out_total{{tier="{tier}"}} '
-    lines = [line for line in metrics().render().decode().splitlines() if line.startswith(wanted)]
+def _metric_value(series: str) -> float:
+    """One series' value in this process's metrics (0 before it is first counted)."""
+    lines = [line for line in metrics().render().decode().splitlines() if line.startswith(f"{series} ")]
     return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+
+def _tier_left_out_count(tier: str) -> float:
+    return _metric_value(f'echolm_tier_left_out_total{{tier="{tier}"}}')
 
 
 def _requests_counted(tier: str, tenant: str, action: str) -> float:
-    wanted = f'echolm_requests_total{{action="{action}",tenant="{tenant}",tier="{tier}"}} '
-    lines = [line for line in metrics().render().decode().splitlines() if line.startswith(wanted)]
-    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+    return _metric_value(f'echolm_requests_total{{action="{action}",tenant="{tenant}",tier="{tier}"}}')
 
 
 def test_a_request_the_caller_bypasses_goes_unchanged_and_is_counted(installed: Any) -> None:
