@@ -4,16 +4,18 @@ beside its answers with the product's default one, on the train items.
 On a CPU every prompt token of an example is paid for in prefill (issue 19 measured the cheap tier with two
 inline examples slower than the strong tier without them on Banking77), so each example must earn its
 tokens. A variant shortens the selection one way: at most `k` examples (`retrieval.k`), or each example's
-answer cut at `max_answer_chars` (`augmentation.max_answer_chars`). Both the default and the variant are
-asked of the same cheap tier, on the train items only (the defaults are tuned there, never on the requests),
-with the warm pool in a store of their own, as the answers table is built. An answer is asked once and kept
-in WORKLOAD.examples.jsonl, keyed like the table's lines; where a selection's messages are ones the table
-already asked (its cheap+examples line, or the cheap tier's own when nothing is shown), the table's answer is
-taken and nothing is asked.
+answer cut at `max_answer_chars` (`augmentation.max_answer_chars`); or moves the least utility an example
+needs (`retrieval.threshold`), which decides which requests are shown any example at all. Both the default
+and the variant are asked of the same cheap tier, on the train items only (the defaults are tuned there,
+never on the requests), with the warm pool in a store of their own, as the answers table is built. An
+answer is asked once and kept in WORKLOAD.examples.jsonl, keyed like the table's lines; where a selection's
+messages are ones the table already asked (its cheap+examples line, or the cheap tier's own when nothing is
+shown), the table's answer is taken and nothing is asked.
 
 The effect per variant: quality paired with the default selection (95% interval), prompt tokens and the
 cheap tier's time per request, over every train item and over those whose nearest example is at least as
-similar as each of a few bars (the rule "fewer examples when the nearest is very close").
+similar as each of a few bars (the rule "fewer examples when the nearest is very close"), and over those the
+default shows no example (where a lower threshold shows one).
 """
 
 from __future__ import annotations
@@ -37,21 +39,25 @@ from echolm_middleware.factory import build_engine
 
 DEFAULT = "default"
 SIMILARITY_BARS = (0.8, 0.9, 0.95)
+NONE_SHOWN = -1.0  # an Effect's bar for the items the default selection shows no example
 Asker = Callable[[Endpoint, list[dict[str, Any]], Mapping[str, Any]], dict[str, Any]]
 
 
 @dataclass(frozen=True)
 class Variant:
-    """A selection: the product's default, or one shortened by `k` or `max_answer_chars`."""
+    """A selection: the product's default, or one changed by `k`, `max_answer_chars` or `threshold`."""
 
     name: str
     k: int | None = None
     max_answer_chars: int | None = None
+    threshold: float | None = None
 
     def settings(self, base: Settings) -> Settings:
         retrieval, augmentation = base.retrieval, base.augmentation
         if self.k is not None:
             retrieval = retrieval.model_copy(update={"k": self.k})
+        if self.threshold is not None:
+            retrieval = retrieval.model_copy(update={"threshold": self.threshold})
         if self.max_answer_chars is not None:
             augmentation = augmentation.model_copy(update={"max_answer_chars": self.max_answer_chars})
         # The pool in memory, the run's own: retrieval as the product does it, over the pool and nothing else.
@@ -168,7 +174,7 @@ def record_variant(
 class Effect:
     """A variant against the default selection on the same items (those whose nearest is >= the bar)."""
 
-    bar: float  # least nearest-example similarity of the items counted (0: all)
+    bar: float  # least nearest-example similarity of the items counted (0: all; NONE_SHOWN: see there)
     items: int
     changed: int  # items whose messages the variant changed
     quality_default: float
@@ -187,8 +193,11 @@ def effects(
     """The variant paired with the default item by item, over all items and above each similarity bar."""
     pairs = list(zip(default, variant, strict=True))
     found = []
-    for bar in (0.0, *SIMILARITY_BARS):
-        chosen = [(d, v) for d, v in pairs if d.nearest_similarity >= bar]
+    for bar in (0.0, *SIMILARITY_BARS, NONE_SHOWN):
+        if bar == NONE_SHOWN:
+            chosen = [(d, v) for d, v in pairs if d.examples == 0]
+        else:
+            chosen = [(d, v) for d, v in pairs if d.nearest_similarity >= bar]
         if len(chosen) < 2:
             continue
         mine = [score(d.answer.answer, d.item) for d, _ in chosen]
@@ -208,6 +217,12 @@ def effects(
     return found
 
 
+def _subset(bar: float) -> str:
+    if bar == NONE_SHOWN:
+        return "the default shows none"
+    return "all" if bar == 0 else f"{bar:g}"
+
+
 def describe(workload: str, variant: Variant, found: Sequence[Effect], default_examples: Sequence[int]) -> list[str]:
     shown = statistics.fmean(default_examples) if default_examples else 0.0
     lines = [
@@ -224,7 +239,7 @@ def describe(workload: str, variant: Variant, found: Sequence[Effect], default_e
     for e in found:
         low, high = e.interval
         lines.append(
-            f"| {'all' if e.bar == 0 else f'{e.bar:g}'} | {e.items} | {e.changed} | {e.quality_default:.3f} "
+            f"| {_subset(e.bar)} | {e.items} | {e.changed} | {e.quality_default:.3f} "
             f"| {e.quality_variant:.3f} | {e.difference:+.3f} ({low:+.3f} to {high:+.3f}) "
             f"| {e.prompt_tokens_default:.0f} -> {e.prompt_tokens_variant:.0f} "
             f"| {e.latency_default_s:.2f} -> {e.latency_variant_s:.2f} |"

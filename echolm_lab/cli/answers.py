@@ -92,7 +92,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--examples-study", action="store_true",
         help="ask the cheap tier (two servers) for the train items' answers with a shortened selection of examples "
-        "(--examples-k, --examples-max-answer-chars) and with the default one (kept in TABLE's .examples.jsonl, "
+        "(--examples-k, --examples-max-answer-chars) or another threshold (--examples-threshold) and with the "
+        "default one (kept in TABLE's .examples.jsonl, "
         "resumable; the table's own answers taken where the messages are the same), then print the variant's "
         "quality paired with the default's, its prompt tokens and time, over all items and those whose nearest "
         "example is very close",
@@ -104,6 +105,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--examples-max-answer-chars", type=int, metavar="C",
         help="with --examples-study: each example's answer cut at C characters (augmentation.max_answer_chars)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--examples-threshold", type=float, metavar="U",
+        help="with --examples-study: the least utility an example needs (retrieval.threshold), e.g. lower than the "
+        "config's to show examples to requests whose nearest is further away",
     )  # fmt: skip
     parser.add_argument(
         "--report", action="store_true",
@@ -305,15 +311,23 @@ def examples_study(args: Any, source: Any, table: Any, settings: Any, raw: Any) 
             file=sys.stderr,
         )
         return 2
-    if args.examples_k is None and args.examples_max_answer_chars is None:
-        print("echolm answers: --examples-study needs --examples-k or --examples-max-answer-chars", file=sys.stderr)
+    if args.examples_k is None and args.examples_max_answer_chars is None and args.examples_threshold is None:
+        print(
+            "echolm answers: --examples-study needs --examples-k, --examples-max-answer-chars or --examples-threshold",
+            file=sys.stderr,
+        )
         return 2
     parts = []
     if args.examples_k is not None:
         parts.append(f"k={args.examples_k}")
     if args.examples_max_answer_chars is not None:
         parts.append(f"answers cut at {args.examples_max_answer_chars} characters")
-    variant = Variant(", ".join(parts), k=args.examples_k, max_answer_chars=args.examples_max_answer_chars)
+    if args.examples_threshold is not None:
+        parts.append(f"threshold {args.examples_threshold:g}")
+    variant = Variant(
+        ", ".join(parts), k=args.examples_k, max_answer_chars=args.examples_max_answer_chars,
+        threshold=args.examples_threshold,
+    )  # fmt: skip
     cheap = endpoint_of(raw, settings.tiers[0].name)
     strong_group = settings.tiers[-1].name
     pool = pool_answers(source, table.answers())

@@ -8,8 +8,17 @@ from typing import Any
 
 import pytest
 
-from echolm_lab.bench.answers_table import CHEAP, AnswersTable, answer_key
-from echolm_lab.bench.examples_study import DEFAULT, Variant, effects, examples_path, plan, record_variant
+from echolm_lab.bench.answers_table import CHEAP, Answer, AnswersTable, answer_key
+from echolm_lab.bench.examples_study import (
+    DEFAULT,
+    NONE_SHOWN,
+    Shown,
+    Variant,
+    effects,
+    examples_path,
+    plan,
+    record_variant,
+)
 from echolm_lab.bench.table_build import Endpoint, TableWorkload
 from echolm_lab.bench.workloads import Workload
 from echolm_lab.datasets import QARecord
@@ -53,6 +62,12 @@ class CountingCheapTier:
         }  # fmt: skip
 
 
+def _answered(messages: list[dict[str, Any]], reply: dict[str, Any]) -> Answer:
+    return Answer(key=answer_key("sha-cheap", "v", messages, {}), workload="capitals", item="", choice=CHEAP,
+                  tier="cheap", model_sha256="sha-cheap", server_version="v", messages=messages, system_sha256="",
+                  params={}, **reply)  # fmt: skip
+
+
 def test_a_shortened_selection_is_asked_once_paired_with_the_default_and_kept(tmp_path: Path) -> None:
     source, settings = _source(), _settings()
     pool = {item.prompt: item.references[0] for item in source.pool}
@@ -73,8 +88,6 @@ def test_a_shortened_selection_is_asked_once_paired_with_the_default_and_kept(tm
     item, plain = planned[DEFAULT][2].item, planned[DEFAULT][2].messages
     held = answer_key(CHEAP_SERVER.model_sha256, CHEAP_SERVER.server_version, plain, params)
     tier = CountingCheapTier()
-    from echolm_lab.bench.answers_table import Answer
-
     table.add(
         Answer(key=held, workload="capitals", item=item.prompt, choice=CHEAP, tier="cheap", model_sha256="sha-cheap",
                server_version="llama-cpp-python 0.3.36", messages=plain, system_sha256="", params=params,
@@ -113,4 +126,32 @@ def test_the_cli_refuses_a_study_it_cannot_run_with_a_clear_error(capsys: Any) -
     assert cli_main.main(["answers", "--workload", "arena_hard", "--examples-study", "--examples-k", "1"]) == 2
     assert "needs a reference metric and train items; arena_hard has no metric" in capsys.readouterr().err
     assert cli_main.main(["answers", "--workload", "nq_open", "--examples-study"]) == 2
-    assert "needs --examples-k or --examples-max-answer-chars" in capsys.readouterr().err
+    assert "needs --examples-k, --examples-max-answer-chars or --examples-threshold" in capsys.readouterr().err
+
+
+def test_a_lower_threshold_shows_examples_where_the_default_shows_none_and_is_paired_there() -> None:
+    source, settings = _source(), _settings()
+    source.train.append(QARecord("deepest ocean", ("pacific",)))  # a second question with nothing near it
+    pool = {item.prompt: item.references[0] for item in source.pool}
+    embedder = WordHashEmbedder()
+    planned = {
+        v.name: plan(source, pool, v, settings, [], "strong", embedder=embedder, tokens=WordCounter())
+        for v in (Variant(DEFAULT), Variant("threshold 0", threshold=0.0))
+    }
+    assert [len(p.examples) for p in planned[DEFAULT]][2:] == [0, 0]  # utility below the configured 0.5
+    assert all(len(p.examples) > 0 for p in planned["threshold 0"][2:])  # any candidate clears a bar of 0
+
+    tier = CountingCheapTier()
+    shown = {
+        name: [
+            Shown(
+                p.item, len(p.examples), p.nearest_similarity, _answered(p.messages, tier(CHEAP_SERVER, p.messages, {}))
+            )
+            for p in items
+        ]
+        for name, items in planned.items()
+    }
+    found = effects(shown[DEFAULT], shown["threshold 0"], source.workload.score)  # type: ignore[arg-type]
+    none_shown = next(e for e in found if e.bar == NONE_SHOWN)
+    assert none_shown.items == 2 and none_shown.changed == 2  # only the far questions, both changed
+    assert none_shown.prompt_tokens_variant > none_shown.prompt_tokens_default

@@ -10,6 +10,7 @@ import litellm
 import openai
 import pytest
 
+from echolm_middleware.config import RoutingSettings
 from echolm_middleware.core.tier_health import TierHealth
 from echolm_middleware.core.types import ChatRequest, Outcome
 from echolm_middleware.doors.tier_faults import tier_at_fault
@@ -50,6 +51,20 @@ def test_a_failed_tier_is_left_out_then_tried_by_one_request_and_each_failed_try
     assert health.answered("cheap") is False
     assert health.failed("cheap") is True  # and a new outage starts again at the shortest time out
     assert health.left_out() == {"cheap": 5.0}
+
+
+def test_by_default_a_tier_is_left_out_for_5_s_doubled_on_each_failed_try_up_to_60_s() -> None:
+    # The README's defaults, as the engine builds its TierHealth from a config that names neither setting.
+    routing = RoutingSettings()
+    clock = FakeClock(0.0)
+    health = TierHealth(routing.failing_tier_cooldown_s, routing.failing_tier_max_cooldown_s, clock=clock)
+    assert health.failed("cheap") is True
+    assert health.left_out() == {"cheap": 5.0}
+    for expected in (10.0, 20.0, 40.0, 60.0, 60.0):
+        clock.advance(health.left_out()["cheap"])
+        health.chosen("cheap")
+        assert health.failed("cheap") is True
+        assert health.left_out() == {"cheap": expected}
 
 
 def test_a_cooldown_of_zero_never_leaves_a_tier_out() -> None:
