@@ -55,10 +55,35 @@ class UtilityWeights(_Strict):
     age: float = 0.3
 
 
+class DynamicThresholdSettings(_Strict):
+    """Each tenant's utility threshold lowered band by band where its evidence says examples below it help
+    (`core.example_threshold`)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Explore the band below each tenant's threshold and lower the threshold where the evidence says "
+        "so. Inert for a tenant with no evidence coming in (no feedback, no quality target).",
+    )
+    explore_share: float = Field(
+        default=0.1, gt=0, le=1,
+        description="Of the requests whose most useful example lies in the band just below the tenant's threshold, "
+        "the share shown it (the others are the comparison arm).",
+    )  # fmt: skip
+    step: float = Field(default=0.2, gt=0, le=1, description="Width of a band: how far the threshold moves at once.")
+    lowest: float = Field(default=0.1, ge=0, le=1, description="The threshold is never lowered below this.")
+    min_evidence: int = Field(default=30, ge=1, description="Scored answers each arm needs before the band can pass.")
+    confidence: float = Field(
+        default=0.95, gt=0.5, lt=1, description="How sure the shown arm must be to beat the hidden one."
+    )
+
+
 class RetrievalSettings(_Strict):
     candidates: int = Field(default=20, ge=1, le=200, description="Stage-1 nearest neighbours fetched.")
     k: int = Field(default=3, ge=0, le=5, description="Most examples prepended.")
-    threshold: float = Field(default=0.5, ge=0, le=1, description="Least utility an example needs.")
+    threshold: float = Field(
+        default=0.5, ge=0, le=1, description="Least utility an example needs (each tenant's start: see `dynamic`)."
+    )
+    dynamic: DynamicThresholdSettings = DynamicThresholdSettings()
     max_example_tokens: int = Field(default=600, ge=0, description="Prompt-token budget for all examples.")
     near_duplicate_similarity: float = Field(
         default=0.97, ge=0, le=1, description="Two examples at least this similar are one example."

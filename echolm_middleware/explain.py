@@ -44,6 +44,20 @@ def _why(decision: Decision) -> str:
     return "; ".join(parts)
 
 
+def _threshold_line(decision: Decision) -> str:
+    """The tenant's utility threshold, and the arm of the band explored below it the request fell in."""
+    if decision.threshold is None:
+        return ""
+    line = f"utility threshold: {decision.threshold:.2f} for this tenant"
+    if decision.threshold_band is None:
+        return line
+    band = f"[{decision.threshold_band:.2f}, {decision.threshold:.2f})"
+    if decision.threshold_arm == "shown":
+        return line + (f"; its best example lay in the band below, {band}, and was shown to explore it "
+                       "(retrieval.dynamic.explore_share)")  # fmt: skip
+    return line + f"; its best example lay in the band below, {band}, and was not shown (the comparison arm)"
+
+
 def format_decision(decision: Decision, recorded_by: str | None = None) -> str:
     """The `echolm explain` report."""
     when = dt.datetime.fromtimestamp(decision.created_at, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -74,6 +88,9 @@ def format_decision(decision: Decision, recorded_by: str | None = None) -> str:
             lines.append(f"  example {index}: similarity {ex.similarity:.3f} utility {ex.utility:.3f} "
                          f"[{features}] {ex.prompt[:80]!r}")  # fmt: skip
         lines.append(f"context bucket: {decision.bucket}")
+        threshold = _threshold_line(decision)
+        if threshold:
+            lines.append(threshold)
         if decision.left_out_failing:
             lines.append(
                 f"left out: {', '.join(decision.left_out_failing)} (calls to it had just failed; it is tried "

@@ -26,6 +26,7 @@ from echolm_middleware.config import (
     UpkeepSettings,
 )
 from echolm_middleware.core import selection
+from echolm_middleware.core.example_threshold import EVIDENCE_TIER, Arm, evidence_bucket, tenant_threshold
 from echolm_middleware.core.generation_params import judge_params
 from echolm_middleware.core.injection import looks_like_injection, looks_like_instructions
 from echolm_middleware.core.pii import scrub
@@ -343,10 +344,10 @@ class Engine:
         ):
             return self._serve_reused(request, decision, view, reusable, started)
         # Examples are chosen only for a request that a tier will answer: a reused one shows none.
-        chosen = self._choose_examples(request.tenant, candidates)
+        observed = self._observed(request.tenant)
+        chosen = self._choose_examples(request.tenant, candidates, decision, observed)
         bucket = context_bucket(chosen)
         decision.bucket = bucket
-        observed = self._observed(request.tenant)
         sent_tokens = self._sent_tokens(eligible, prompt_tokens, chosen)
         loads, delays = self._routing_loads(sent_tokens)
         scores = score_tiers(
@@ -490,7 +491,7 @@ class Engine:
     ) -> tuple[list[float], list[Candidate], list[ScoredExample]]:
         """The query's vector, the nearest examples under its context, and those worth showing."""
         vector, candidates = self._nearest(tenant, query, context)
-        return vector, candidates, self._choose_examples(tenant, candidates)
+        return vector, candidates, self._examples_at_threshold(tenant, candidates)
 
     def _nearest(self, tenant: str, query: str, context: str) -> tuple[list[float], list[Candidate]]:
         """The query's vector and the nearest examples under its context."""
@@ -663,6 +664,8 @@ class Engine:
             return
         strongest = decision.tier == self.strongest
         self._observe_quality(tenant, decision.tier, decision.bucket, score)
+        if not strongest:
+            self._observe_threshold(decision, score)
         if strongest:
             # The answer this request admitted, if it was the one kept, is only as good as the feedback says.
             key = example_id(decision.tenant, decision.context, decision.query.strip())
@@ -712,7 +715,17 @@ class Engine:
 
     def _observe_quality(self, tenant: str, tier: str, bucket: str, score: float) -> None:
         """One score (0-1) for an answer of `tier` in context `bucket`: the tenant's posterior moves, kept."""
-        bucket = tier_bucket(bucket, strongest=tier == self.strongest)
+        self._add_evidence(tenant, tier, tier_bucket(bucket, strongest=tier == self.strongest), score)
+
+    def _observe_threshold(self, decision: Decision, score: float) -> None:
+        """A cheaper tier's answer to a request in the band explored below its tenant's threshold was scored:
+        evidence for that band's arm (`core.example_threshold`)."""
+        if decision.threshold_band is None or decision.threshold_arm not in ("shown", "hidden"):
+            return
+        arm: Arm = "shown" if decision.threshold_arm == "shown" else "hidden"
+        self._add_evidence(decision.tenant, EVIDENCE_TIER, evidence_bucket(decision.threshold_band, arm), score)
+
+    def _add_evidence(self, tenant: str, tier: str, bucket: str, score: float) -> None:
         with self._posteriors_io:
             self.stats.add_to_posterior(tier, tenant_bucket(bucket, tenant), score, 1.0 - score)
             with self._lock:
@@ -729,6 +742,7 @@ class Engine:
         if served_by != decision.tier:  # a fallback answered: the comparison says nothing of the chosen tier
             return
         self._observe_quality(decision.tenant, served_by, decision.bucket, score)
+        self._observe_threshold(decision, score)
         if not decision.examples:
             return
         now, alpha, cost = self._now(), self.settings.upkeep.gain_alpha, self._cost_of(served_by)
@@ -790,7 +804,45 @@ class Engine:
             return affordable
         return [tier for tier in affordable if prompt_tokens(tier.name) + budget <= tier.max_input_tokens]
 
-    def _choose_examples(self, tenant: str, candidates: Sequence[Candidate]) -> list[ScoredExample]:
+    def _examples_at_threshold(self, tenant: str, candidates: Sequence[Candidate]) -> list[ScoredExample]:
+        """The examples a request of `tenant` with these candidates is shown at the tenant's threshold, without
+        exploring below it (what `examples_for` reports)."""
+        retrieval = self.settings.retrieval
+        bar = tenant_threshold(retrieval.threshold, retrieval.dynamic, self._observed(tenant))
+        return self._select(self._scored(tenant, candidates), bar.bar)
+
+    def _choose_examples(
+        self,
+        tenant: str,
+        candidates: Sequence[Candidate],
+        decision: Decision,
+        observed: Mapping[tuple[str, str], tuple[float, float]],
+    ) -> list[ScoredExample]:
+        """The examples shown at the tenant's threshold (`core.example_threshold`), or, for a request whose best
+        lies in the band just below it, those of the band for a random `explore_share` of such requests."""
+        retrieval = self.settings.retrieval
+        scored = self._scored(tenant, candidates)
+        bar = tenant_threshold(retrieval.threshold, retrieval.dynamic, observed)
+        decision.threshold = bar.bar
+        chosen = self._select(scored, bar.bar)
+        band = bar.explored
+        if chosen or band is None or not self._gathers_evidence(observed):
+            return chosen
+        in_band = self._select(scored, band.low)  # decided before the draw, so both arms hold alike requests
+        if not in_band:
+            return chosen
+        arm: Arm = "shown" if self._rng.random() < retrieval.dynamic.explore_share else "hidden"
+        decision.threshold_band, decision.threshold_arm = band.low, arm
+        return in_band if arm == "shown" else chosen
+
+    def _gathers_evidence(self, observed: Mapping[tuple[str, str], tuple[float, float]]) -> bool:
+        """Whether scores come in for this tenant (a quality target compares, or it has given feedback):
+        exploring where no arm would ever be scored would cost quality and teach nothing."""
+        if self.quality is not None:
+            return True
+        return any(tier != EVIDENCE_TIER and s + f > 0 for (tier, _), (s, f) in observed.items())
+
+    def _scored(self, tenant: str, candidates: Sequence[Candidate]) -> list[ScoredExample]:
         retrieval = self.settings.retrieval
         now = self._now()
         weights = self.utility_weights(tenant)
@@ -802,10 +854,14 @@ class Engine:
                 candidate, now=now, tier_strength=self._strength, half_life_days=retrieval.age_half_life_days
             )
             scored.append(ScoredExample(candidate, selection.utility(features, weights), features))
+        return scored
+
+    def _select(self, scored: Sequence[ScoredExample], threshold: float) -> list[ScoredExample]:
+        retrieval = self.settings.retrieval
         return selection.select_examples(
             scored,
             k=retrieval.k,
-            threshold=retrieval.threshold,
+            threshold=threshold,
             token_budget=retrieval.max_example_tokens,
             near_duplicate_similarity=retrieval.near_duplicate_similarity,
             alone_at=retrieval.one_example_similarity,

@@ -186,6 +186,12 @@ class Decision:
     reuse_stands_in_for: str = ""
     # Tiers the router left out because their calls had just failed (`core.tier_health`).
     left_out_failing: list[str] = field(default_factory=list)
+    # The tenant's utility threshold when the examples were chosen (None: no examples were looked for), and,
+    # where the request's best example lay in the band explored below it (`core.example_threshold`), the
+    # band's lower edge and the request's arm: "shown" (explored) or "hidden" (the comparison).
+    threshold: float | None = None
+    threshold_band: float | None = None
+    threshold_arm: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -148,6 +148,7 @@ def make_engine() -> Iterator[EngineFactory]:
         *,
         state: SQLiteState | None = None,
         shadow: Any = None,
+        rng: random.Random | None = None,
         **settings: object,
     ) -> EngineKit:
         store = InMemoryExampleStore()
@@ -167,6 +168,7 @@ def make_engine() -> Iterator[EngineFactory]:
             decisions=state,
             stats=state,
             clock=clock,
+            rng=rng,
             quality=guard_for(target, shadow, rng=random.Random(0)) if target and shadow else None,
         )
         return EngineKit(engine, store, state, embedder, clock)
