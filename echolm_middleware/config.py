@@ -69,7 +69,10 @@ class DynamicThresholdSettings(_Strict):
         description="Of the requests whose most useful example lies in the band just below the tenant's threshold, "
         "the share shown it (the others are the comparison arm).",
     )  # fmt: skip
-    step: float = Field(default=0.2, gt=0, le=1, description="Width of a band: how far the threshold moves at once.")
+    step: float = Field(
+        default=0.2, ge=0.01, le=1,
+        description="Width of a band: how far the threshold moves at once (the state keeps bands to 0.01).",
+    )  # fmt: skip
     lowest: float = Field(default=0.1, ge=0, le=1, description="The threshold is never lowered below this.")
     min_evidence: int = Field(default=30, ge=1, description="Scored answers each arm needs before the band can pass.")
     confidence: float = Field(

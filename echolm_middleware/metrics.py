@@ -69,6 +69,12 @@ class Metrics:
             "Times a tier was left out of routing after its calls failed (a first failure or a failed try), by tier.",
             ["tier"],
         )
+        self.threshold_explored = counter(
+            "echolm_threshold_explored",
+            "Requests whose best example lay in the band explored below their tenant's utility threshold, by arm "
+            "(shown: the band's examples were shown; hidden: the comparison arm).",
+            ["arm"],
+        )
         self.coordination_errors = counter(
             "echolm_coordination_errors", "Redis commands that failed (load shared between workers), by what.",
             ["what"],
@@ -178,3 +184,9 @@ def observe_saving(tenant: str, saved_usd: float) -> None:
 def observe_tier_left_out(tier: str) -> None:
     """The router left `tier` out after its calls failed (`core.tier_health`)."""
     quietly(lambda: metrics().tiers_left_out.labels(tier=tier_label(tier)).inc())
+
+
+def observe_threshold_arm(arm: str) -> None:
+    """A request fell in the band explored below its tenant's utility threshold (`core.example_threshold`)."""
+    if arm in ("shown", "hidden"):
+        quietly(lambda: metrics().threshold_explored.labels(arm=arm).inc())

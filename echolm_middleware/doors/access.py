@@ -19,7 +19,13 @@ from echolm_middleware.core.summary import DecisionSummary
 from echolm_middleware.core.types import ChatRequest, Outcome, Prepared
 from echolm_middleware.doors.bounded_threads import PREPARE, WRITES, Saturated
 from echolm_middleware.doors.tier_faults import tier_at_fault
-from echolm_middleware.metrics import metrics, observe_decision, observe_tier_left_out, quietly
+from echolm_middleware.metrics import (
+    metrics,
+    observe_decision,
+    observe_threshold_arm,
+    observe_tier_left_out,
+    quietly,
+)
 
 logger = logging.getLogger("echolm")
 
@@ -160,7 +166,7 @@ async def prepare_or_fail_open(
         prepared, engine = _failed_open(counter, engine, request, exc)
         if prepared is not None and engine is not None:
             _keep_in_background(engine, prepared, counter)
-    observe_decision(summary_of(request, prepared))
+    _observe(request, prepared)
     return prepared, engine
 
 
@@ -182,8 +188,15 @@ def prepare_or_fail_open_sync(
         prepared, engine = _failed_open(counter, engine, request, exc)
         if prepared is not None and engine is not None:
             _keep_in_background(engine, prepared, counter)
-    observe_decision(summary_of(request, prepared))
+    _observe(request, prepared)
     return prepared, engine
+
+
+def _observe(request: ChatRequest, prepared: Prepared | None) -> None:
+    """Every door's prepared request is counted here once: its decision, and its arm where it was explored."""
+    observe_decision(summary_of(request, prepared))
+    if prepared is not None:
+        observe_threshold_arm(prepared.decision.threshold_arm)
 
 
 def record_or_count(engine: Engine, outcome: Outcome, counter: FailOpenCounter) -> None:

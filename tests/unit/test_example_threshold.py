@@ -11,7 +11,9 @@ import pytest
 from echolm_middleware.config import DynamicThresholdSettings
 from echolm_middleware.core.example_threshold import EVIDENCE_TIER, evidence_bucket, p_better, tenant_threshold
 from echolm_middleware.core.types import ChatRequest
+from echolm_middleware.doors.access import EngineHandle, FailOpenCounter, prepare_or_fail_open_sync
 from echolm_middleware.explain import format_decision
+from echolm_middleware.metrics import metrics
 from tests.unit.conftest import RETRIEVAL
 
 DEFAULTS = DynamicThresholdSettings()
@@ -119,3 +121,32 @@ def test_the_engine_explores_the_band_learns_from_scores_that_showing_helps_and_
     # Tenant B's evidence is its own: its bar has not moved.
     other = engine.prepare(_ask("B")).decision
     assert other.threshold == 0.99
+
+
+def _explored_count(arm: str) -> float:
+    lines = [
+        line
+        for line in metrics().render().decode().splitlines()
+        if line.startswith(f'echolm_threshold_explored_total{{arm="{arm}"}} ')
+    ]
+    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+
+def test_every_door_counts_each_explored_request_by_its_arm(make_engine: Any) -> None:
+    kit = make_engine(retrieval=_wide_band(), rng=random.Random(3))
+    kit.engine.admit("A", QUESTION, "Paris.", "strong")
+    handle, counter = EngineHandle(lambda: kit.engine), FailOpenCounter()
+    handle.start().result(5)
+    first, _ = prepare_or_fail_open_sync(handle, counter, 5.0, _ask())
+    assert first is not None and first.decision.threshold_arm == ""
+    kit.engine.feedback(first.decision.request_id, 1.0, tenant="A")
+
+    before = {arm: _explored_count(arm) for arm in ("shown", "hidden")}
+    arms = []
+    for _ in range(12):
+        prepared, _ = prepare_or_fail_open_sync(handle, counter, 5.0, _ask())
+        assert prepared is not None
+        arms.append(prepared.decision.threshold_arm)
+    assert set(arms) == {"shown", "hidden"}  # a seeded draw: both arms among twelve
+    for arm in ("shown", "hidden"):
+        assert _explored_count(arm) == before[arm] + arms.count(arm)
