@@ -53,8 +53,8 @@ def _threshold_line(decision: Decision) -> str:
         return line
     band = f"[{decision.threshold_band:.2f}, {decision.threshold:.2f})"
     if decision.threshold_arm == "shown":
-        return line + (f"; its best example lay in the band below, {band}, and was shown to explore it "
-                       "(retrieval.dynamic.explore_share)")  # fmt: skip
+        return line + (f"; its best example lay in the band below, {band}, and was picked to explore it "
+                       "(shown if a cheaper tier answers; retrieval.dynamic.explore_share)")  # fmt: skip
     return line + f"; its best example lay in the band below, {band}, and was not shown (the comparison arm)"
 
 

@@ -72,7 +72,7 @@ class Metrics:
         self.threshold_explored = counter(
             "echolm_threshold_explored",
             "Requests whose best example lay in the band explored below their tenant's utility threshold, by arm "
-            "(shown: the band's examples were shown; hidden: the comparison arm).",
+            "(shown: the band's examples were picked, for a cheaper tier to read; hidden: the comparison arm).",
             ["arm"],
         )
         self.coordination_errors = counter(

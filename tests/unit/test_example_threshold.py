@@ -109,7 +109,7 @@ def test_the_engine_explores_the_band_learns_from_scores_that_showing_helps_and_
         engine.feedback(decision.request_id, 1.0 if decision.examples else 0.0, tenant="A")
         if decision.threshold_arm == "shown":
             report = format_decision(kit.state.get(decision.request_id))
-            assert "was shown to explore it" in report
+            assert "was picked to explore it" in report
     kept = kit.state.load_posteriors()
     assert kept[(EVIDENCE_TIER, "0.01:shown|A")][0] == arms["shown"]  # every worker's evidence, in the state
     assert kept[(EVIDENCE_TIER, "0.01:hidden|A")] == (0.0, arms["hidden"])
