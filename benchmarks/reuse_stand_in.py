@@ -25,13 +25,11 @@ from pathlib import Path
 from echolm_lab.bench.answers_table import (
     CHEAP,
     CHEAP_WITH_EXAMPLES,
-    SIZES,
     STRONG,
-    TRAIN_SIZES,
     Answer,
     AnswersTable,
 )
-from echolm_lab.bench.table_build import TableWorkload, table_workload
+from echolm_lab.bench.table_build import TableWorkload, committed_workload
 from echolm_lab.bench.table_policies import Embed, pool_answers, remembering
 from echolm_lab.bench.table_reuse import nearest_candidates, shipped_reuse_probabilities
 from echolm_lab.bench.table_scores import scores_by_choice
@@ -111,7 +109,7 @@ def report(name: str, split: str, rows: Sequence[Row], bar_none: float) -> list[
 
 def judged_reach(name: str, embed: Embed, bar_none: float) -> list[str]:
     """A judged workload has no metric to score reuse by: how far its requests' P reaches toward the bar."""
-    source = table_workload(name, default_data_dir(), pool_size=SIZES[name][0], request_size=SIZES[name][1])
+    source = committed_workload(name, default_data_dir())
     answers = AnswersTable(ROOT / "benchmarks" / "tables" / f"{name}.jsonl").answers()
     prompts = [item.prompt for item in source.requests]
     found = nearest_candidates(embed, pool_answers(source, answers), prompts)
@@ -151,10 +149,7 @@ def main() -> int:
         "",
     ]
     for name in WORKLOADS:
-        source = table_workload(
-            name, default_data_dir(), pool_size=SIZES[name][0], request_size=SIZES[name][1],
-            train_size=TRAIN_SIZES[name],
-        )  # fmt: skip
+        source = committed_workload(name, default_data_dir())
         answers = AnswersTable(ROOT / "benchmarks" / "tables" / f"{name}.jsonl").answers()
         for split, items in (("train items", source.train), ("requests, for reference only", source.requests)):
             lines += report(name, split, _rows(source, answers, items, embed), bar_none)

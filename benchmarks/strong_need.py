@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from echolm_lab.bench.answers_table import CHEAP, SIZES, STRONG, TRAIN_SIZES, Answer, AnswersTable
+from echolm_lab.bench.answers_table import CHEAP, STRONG, Answer, AnswersTable
 from echolm_lab.bench.offload_study import calibration, fit_logistic
-from echolm_lab.bench.table_build import table_workload
+from echolm_lab.bench.table_build import committed_workload
 from echolm_lab.bench.table_policies import Embed, pool_answers, remembering, unit_vectors
 from echolm_lab.bench.table_reuse import nearest_candidates, shipped_reuse_probabilities
 from echolm_lab.bench.table_scores import paired_bootstrap, scores_by_choice
@@ -153,10 +153,7 @@ def main() -> int:
     args = parser.parse_args()
     settings, _ = load_settings(ROOT / "config.yaml")
     embed = remembering(EMBEDDERS[settings.embedder.backend](settings).embed)
-    source = table_workload(
-        WORKLOAD, default_data_dir(), pool_size=SIZES[WORKLOAD][0], request_size=SIZES[WORKLOAD][1],
-        train_size=TRAIN_SIZES[WORKLOAD],
-    )  # fmt: skip
+    source = committed_workload(WORKLOAD, default_data_dir())
     score = source.workload.score
     assert score is not None
     answers = AnswersTable(ROOT / "benchmarks" / "tables" / f"{WORKLOAD}.jsonl").answers()

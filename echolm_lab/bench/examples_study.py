@@ -98,6 +98,7 @@ def examples_path(answers_path: Path) -> Path:
 
 def plan(
     source: TableWorkload,
+    items: Sequence[QARecord],
     pool: Mapping[str, str],
     variant: Variant,
     settings: Settings,
@@ -107,15 +108,16 @@ def plan(
     embedder: Embedder | None = None,
     tokens: TokenCounter | None = None,
 ) -> list[Planned]:
-    """Per train item: the examples the variant's selection shows, the nearest example's similarity, and
-    the messages the cheap tier would be sent (`embedder`, `tokens`: the config's when None)."""
+    """Per item (of `source.train`, or of its requests for a held-out check): the examples the variant's
+    selection shows, the nearest example's similarity, and the messages the cheap tier would be sent
+    (`embedder`, `tokens`: the config's when None)."""
     engine = build_engine(variant.settings(settings), list(model_list), embedder=embedder, tokens=tokens)
     instructions = source.workload.system_prompt or ""
     for item in source.pool:
         if item.prompt in pool:
             engine.admit(TENANT, item.prompt, pool[item.prompt], strong_group, instructions=instructions)
     planned = []
-    for item in source.train:
+    for item in items:
         request = ChatRequest(TENANT, strong_group, source.workload.messages(item))
         candidates = engine.candidates_for(request)
         examples, messages = engine.examples_for(request)
@@ -223,12 +225,19 @@ def _subset(bar: float) -> str:
     return "all" if bar == 0 else f"{bar:g}"
 
 
-def describe(workload: str, variant: Variant, found: Sequence[Effect], default_examples: Sequence[int]) -> list[str]:
+def describe(
+    workload: str,
+    variant: Variant,
+    found: Sequence[Effect],
+    default_examples: Sequence[int],
+    items: str = "train",
+) -> list[str]:
     shown = statistics.fmean(default_examples) if default_examples else 0.0
+    which = "Train items only" if items == "train" else "The requests, held out: a check, never tuned on"
     lines = [
         f"## {workload}: the cheap tier's examples, {variant.name} against the default selection",
         "",
-        f"Train items only; the default shows {shown:.2f} examples a request on average. Quality by the workload's "
+        f"{which}; the default shows {shown:.2f} examples a request on average. Quality by the workload's "
         "metric, paired item by item (95% bootstrap interval); prompt tokens as the cheap server counted them; time "
         "per request as measured when each answer was asked (both cores busy).",
         "",

@@ -26,7 +26,9 @@ from echolm_lab.bench.answers_table import (
     CHEAP,
     CHEAP_WITH_EXAMPLES,
     POOL,
+    SIZES,
     STRONG,
+    TRAIN_SIZES,
     Answer,
     AnswersTable,
     alias_key,
@@ -91,6 +93,16 @@ def table_workload(
     if name == "arena_hard":
         return _arena(workload, data_dir, rng, pool_size, request_size)
     raise EchoLMError(f"no answers table for workload {name!r}: nq_open, banking77 or arena_hard")
+
+
+def committed_workload(name: str, data_dir: Path, *, seed: int = 7) -> TableWorkload:
+    """The workload as its committed answers table was built: `SIZES`' pool and requests, `TRAIN_SIZES`'
+    train items (the scripts and studies that read a committed table must see the same items)."""
+    if name not in SIZES:
+        raise EchoLMError(f"no answers table for workload {name!r}: {', '.join(sorted(SIZES))}")
+    pool_size, request_size = SIZES[name]
+    return table_workload(name, data_dir, pool_size=pool_size, request_size=request_size,
+                          train_size=TRAIN_SIZES[name], seed=seed)  # fmt: skip
 
 
 def _unique(items: Sequence[QARecord]) -> list[QARecord]:

@@ -112,6 +112,11 @@ def register(subparsers: Any) -> None:
         "config's to show examples to requests whose nearest is further away",
     )  # fmt: skip
     parser.add_argument(
+        "--examples-items", choices=("train", "requests"), default="train",
+        help="with --examples-study: the items asked (default: %(default)s, where defaults are tuned; requests: the "
+        "held-out check of a choice made on the train items, never to tune on)",
+    )  # fmt: skip
+    parser.add_argument(
         "--report", action="store_true",
         help="ask nothing: print what the table holds (cost per choice, fixed policies' paired quality) as Markdown",
     )  # fmt: skip
@@ -123,7 +128,7 @@ def run(args: Any) -> int:
     from tqdm import tqdm
 
     from echolm_lab.bench.answers_table import CHOICES, AnswersTable
-    from echolm_lab.bench.table_build import endpoint_of, record_table, table_workload
+    from echolm_lab.bench.table_build import committed_workload, endpoint_of, record_table, table_workload
     from echolm_lab.bench.table_verdicts import VerdictsTable, verdicts_path
     from echolm_lab.local_tiers.assemble import default_model_dir
     from echolm_lab.local_tiers.from_config import specs_for_config
@@ -160,8 +165,7 @@ def run(args: Any) -> int:
     )
     if args.study:
         others = [
-            (table_workload(name, args.data_dir, pool_size=SIZES[name][0], request_size=SIZES[name][1],
-                            train_size=TRAIN_SIZES[name], seed=args.seed),
+            (committed_workload(name, args.data_dir, seed=args.seed),
              AnswersTable(table.path.parent / f"{name}.jsonl").answers())
             for name in args.study_with
         ]  # fmt: skip
@@ -281,8 +285,8 @@ def replay_study(args: Any, source: Any, table: Any, settings: Any, raw: Any) ->
 
 
 def examples_study(args: Any, source: Any, table: Any, settings: Any, raw: Any) -> int:
-    """`--examples-study`: the train items' cheap answers under the default and the shortened selection, asked
-    where missing of the cheap tier and a replica of it, then the variant's effect."""
+    """`--examples-study`: the train items' (or requests') cheap answers under the default and the variant
+    selection, asked where missing of the cheap tier and a replica of it, then the variant's effect."""
     from dataclasses import replace
 
     from tqdm import tqdm
@@ -304,10 +308,11 @@ def examples_study(args: Any, source: Any, table: Any, settings: Any, raw: Any) 
     from echolm_lab.local_tiers.from_config import specs_for_config
     from echolm_middleware.factory import EMBEDDERS
 
-    if source.workload.score is None or not source.train:
+    items, label = (source.train, "train items") if args.examples_items == "train" else (source.requests, "requests")
+    if source.workload.score is None or not items:
         print(
-            f"echolm answers: --examples-study needs a reference metric and train items; {args.workload} has "
-            f"{'no metric' if source.workload.score is None else 'no train items'}",
+            f"echolm answers: --examples-study needs a reference metric and {label}; {args.workload} has "
+            f"{'no metric' if source.workload.score is None else f'no {label}'}",
             file=sys.stderr,
         )
         return 2
@@ -333,7 +338,7 @@ def examples_study(args: Any, source: Any, table: Any, settings: Any, raw: Any) 
     pool = pool_answers(source, table.answers())
     embedder = EMBEDDERS[settings.embedder.backend](settings)  # one model load for both selections
     planned = {
-        v.name: plan(source, pool, v, settings, raw["model_list"], strong_group, embedder=embedder)
+        v.name: plan(source, items, pool, v, settings, raw["model_list"], strong_group, embedder=embedder)
         for v in (Variant(DEFAULT), variant)
     }
     study = AnswersTable(examples_path(table.path))
@@ -357,12 +362,14 @@ def examples_study(args: Any, source: Any, table: Any, settings: Any, raw: Any) 
                 shown[name], asked = record_variant(source, items, chosen, table, study, endpoints, done=answered)
             print(f"{name}: {asked} answers asked now; held: {len(study)}", flush=True)
     found = effects(shown[DEFAULT], shown[variant.name], source.workload.score)
-    lines = describe(args.workload, variant, found, [s.examples for s in shown[DEFAULT]])
+    lines = describe(args.workload, variant, found, [s.examples for s in shown[DEFAULT]], args.examples_items)
     print("\n".join(lines))
     if args.study_out is not None:
         args.study_out.mkdir(parents=True, exist_ok=True)
         slug = variant.name.replace(", ", "-").replace(" ", "-").replace("=", "")
-        (args.study_out / f"examples-{args.workload}-{slug}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        held_out = "" if args.examples_items == "train" else f"-{args.examples_items}"
+        out = args.study_out / f"examples-{args.workload}-{slug}{held_out}.md"
+        out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return 0
 
 

@@ -321,7 +321,7 @@ def run_on_tables(args: argparse.Namespace) -> int:
     from echolm_lab.bench import table_bench_report as report
     from echolm_lab.bench.answers_table import SIZES
     from echolm_lab.bench.table_bench import TableBench, TableBenchOptions
-    from echolm_lab.bench.table_build import table_workload
+    from echolm_lab.bench.table_build import committed_workload
     from echolm_lab.cli.answers import lookup_seconds
     from echolm_middleware.config import load_settings
     from echolm_middleware.factory import EMBEDDERS
@@ -377,9 +377,7 @@ def run_on_tables(args: argparse.Namespace) -> int:
     try:
         # Our lookup per reused answer (a policy's ceiling counts it), measured before any server is busy.
         if args.workloads:
-            pool_n, request_n = SIZES[args.workloads[0]]
-            first = table_workload(args.workloads[0], args.data_dir, pool_size=pool_n, request_size=request_n,
-                                   seed=args.seed)  # fmt: skip
+            first = committed_workload(args.workloads[0], args.data_dir, seed=args.seed)
             options.reuse_s = lookup_seconds(embedder.embed, first)
         runs = TableBench(options, embedder, log=lambda line: print(line, file=sys.stderr)).run(write)
     except EchoLMError as exc:

@@ -73,7 +73,7 @@ def test_a_shortened_selection_is_asked_once_paired_with_the_default_and_kept(tm
     pool = {item.prompt: item.references[0] for item in source.pool}
     embedder = WordHashEmbedder()
     planned = {
-        v.name: plan(source, pool, v, settings, [], "strong", embedder=embedder, tokens=WordCounter())
+        v.name: plan(source, source.train, pool, v, settings, [], "strong", embedder=embedder, tokens=WordCounter())
         for v in (Variant(DEFAULT), Variant("k=1", k=1))
     }
     shown_default = [len(p.examples) for p in planned[DEFAULT]]
@@ -125,6 +125,9 @@ def test_the_cli_refuses_a_study_it_cannot_run_with_a_clear_error(capsys: Any) -
 
     assert cli_main.main(["answers", "--workload", "arena_hard", "--examples-study", "--examples-k", "1"]) == 2
     assert "needs a reference metric and train items; arena_hard has no metric" in capsys.readouterr().err
+    held_out = ["answers", "--workload", "arena_hard", "--examples-study", "--examples-k", "1", "--examples-items"]
+    assert cli_main.main([*held_out, "requests"]) == 2
+    assert "needs a reference metric and requests; arena_hard has no metric" in capsys.readouterr().err
     assert cli_main.main(["answers", "--workload", "nq_open", "--examples-study"]) == 2
     assert "needs --examples-k, --examples-max-answer-chars or --examples-threshold" in capsys.readouterr().err
 
@@ -135,7 +138,7 @@ def test_a_lower_threshold_shows_examples_where_the_default_shows_none_and_is_pa
     pool = {item.prompt: item.references[0] for item in source.pool}
     embedder = WordHashEmbedder()
     planned = {
-        v.name: plan(source, pool, v, settings, [], "strong", embedder=embedder, tokens=WordCounter())
+        v.name: plan(source, source.train, pool, v, settings, [], "strong", embedder=embedder, tokens=WordCounter())
         for v in (Variant(DEFAULT), Variant("threshold 0", threshold=0.0))
     }
     assert [len(p.examples) for p in planned[DEFAULT]][2:] == [0, 0]  # utility below the configured 0.5
