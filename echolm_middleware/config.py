@@ -65,9 +65,10 @@ class DynamicThresholdSettings(_Strict):
         "so. Inert for a tenant with no evidence coming in (no feedback, no quality target).",
     )
     explore_share: float = Field(
-        default=0.1, gt=0, le=1,
+        default=0.1, gt=0, le=0.5,
         description="Of the requests whose most useful example lies in the band just below the tenant's threshold, "
-        "the share shown it (the others are the comparison arm).",
+        "the share in each arm of the trial: shown it, or not, both sent to the cheapest tier (the rest are routed "
+        "as usual).",
     )  # fmt: skip
     step: float = Field(
         default=0.2, ge=0.01, le=1,
@@ -75,9 +76,20 @@ class DynamicThresholdSettings(_Strict):
     )  # fmt: skip
     lowest: float = Field(default=0.1, ge=0, le=1, description="The threshold is never lowered below this.")
     min_evidence: int = Field(default=30, ge=1, description="Scored answers each arm needs before the band can pass.")
+    max_evidence: int = Field(
+        default=300, ge=1,
+        description="Scored answers in each arm after which a band that has not passed is explored no more (the "
+        "examples there were given their chance; the trial's cost stays bounded).",
+    )  # fmt: skip
     confidence: float = Field(
         default=0.95, gt=0.5, lt=1, description="How sure the shown arm must be to beat the hidden one."
     )
+
+    @model_validator(mode="after")
+    def _evidence_bounds(self) -> DynamicThresholdSettings:
+        if self.max_evidence < self.min_evidence:
+            raise ValueError(f"max_evidence ({self.max_evidence}) is below min_evidence ({self.min_evidence})")
+        return self
 
 
 class RetrievalSettings(_Strict):

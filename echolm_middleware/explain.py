@@ -52,10 +52,10 @@ def _threshold_line(decision: Decision) -> str:
     if decision.threshold_band is None:
         return line
     band = f"[{decision.threshold_band:.2f}, {decision.threshold:.2f})"
+    trial = "the trial sends both arms to the cheapest tier; retrieval.dynamic.explore_share"
     if decision.threshold_arm == "shown":
-        return line + (f"; its best example lay in the band below, {band}, and was picked to explore it "
-                       "(shown if a cheaper tier answers; retrieval.dynamic.explore_share)")  # fmt: skip
-    return line + f"; its best example lay in the band below, {band}, and was not shown (the comparison arm)"
+        return line + f"; its best example lay in the band below, {band}, and was shown to explore it ({trial})"
+    return line + f"; its best example lay in the band below, {band}, and was not shown: the comparison arm ({trial})"
 
 
 def format_decision(decision: Decision, recorded_by: str | None = None) -> str:

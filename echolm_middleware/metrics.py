@@ -71,8 +71,8 @@ class Metrics:
         )
         self.threshold_explored = counter(
             "echolm_threshold_explored",
-            "Requests whose best example lay in the band explored below their tenant's utility threshold, by arm "
-            "(shown: the band's examples were picked, for a cheaper tier to read; hidden: the comparison arm).",
+            "Requests in the utility threshold's trial (best example in the band below their tenant's threshold, "
+            "sent to the cheapest tier), by arm (shown: with the band's examples; hidden: the comparison arm).",
             ["arm"],
         )
         self.coordination_errors = counter(

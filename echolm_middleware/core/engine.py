@@ -345,7 +345,8 @@ class Engine:
             return self._serve_reused(request, decision, view, reusable, started)
         # Examples are chosen only for a request that a tier will answer: a reused one shows none.
         observed = self._observed(request.tenant)
-        chosen = self._choose_examples(request.tenant, candidates, decision, observed)
+        trial_tier = self._trial_tier(eligible)
+        chosen = self._choose_examples(request.tenant, candidates, decision, observed, trial_tier)
         bucket = context_bucket(chosen)
         decision.bucket = bucket
         sent_tokens = self._sent_tokens(eligible, prompt_tokens, chosen)
@@ -362,8 +363,11 @@ class Engine:
         )
         scores = self._with_time_and_price(scores, delays, sent_tokens)
         best = choose_tier(scores)
+        if decision.threshold_arm:  # the threshold's trial: both arms to the cheapest tier, whatever scored best
+            best = next(score for score in scores if score.tier == trial_tier)
         if (
             reusable is not None
+            and not decision.threshold_arm
             and self._stands_in(reusable, best, scores)
             and self._may_serve(request, decision, reusable)
         ):
@@ -375,6 +379,8 @@ class Engine:
         messages = self._augmented(request.messages, chosen if gets_examples else [])
         decision.action = "route"
         decision.reason = "routed"
+        if decision.threshold_arm:
+            decision.reason += "; in the utility threshold's trial, sent to the cheapest tier (retrieval.dynamic)"
         if decision.left_out_failing:
             decision.reason += f"; left out after failing: {', '.join(decision.left_out_failing)}"
         decision.tier = best.tier
@@ -390,7 +396,8 @@ class Engine:
         if not scrubbed:  # else the example is embedded from the scrubbed text it will hold
             self._remember_vector(decision.request_id, vector)
         if best.tier != self.strongest and self.quality is not None:
-            self.quality.sample(decision.request_id, request.messages)
+            # Every trial request is compared: the threshold learns from its scores, and they are few.
+            self.quality.sample(decision.request_id, request.messages, always=bool(decision.threshold_arm))
         # The request is in flight on its tier from here until `record` or `release` (the doors call one).
         self.load.begin(best.tier, decision.request_id)
         self.health.chosen(best.tier)
@@ -817,23 +824,34 @@ class Engine:
         candidates: Sequence[Candidate],
         decision: Decision,
         observed: Mapping[tuple[str, str], tuple[float, float]],
+        trial_tier: str | None,
     ) -> list[ScoredExample]:
-        """The examples shown at the tenant's threshold (`core.example_threshold`), or, for a request whose best
-        lies in the band just below it, those of the band for a random `explore_share` of such requests."""
+        """The examples shown at the tenant's threshold (`core.example_threshold`). A request whose best lies in
+        the band just below it joins the trial with probability 2 x `explore_share` (one arm shown the band's
+        examples, the other not; the caller sends both to `trial_tier`), where there is a cheaper tier to try."""
         retrieval = self.settings.retrieval
         scored = self._scored(tenant, candidates)
         bar = tenant_threshold(retrieval.threshold, retrieval.dynamic, observed)
         decision.threshold = bar.bar
         chosen = self._select(scored, bar.bar)
         band = bar.explored
-        if chosen or band is None or not self._gathers_evidence(observed):
+        if chosen or band is None or trial_tier is None or not self._gathers_evidence(observed):
             return chosen
         in_band = self._select(scored, band.low)  # decided before the draw, so both arms hold alike requests
         if not in_band:
             return chosen
-        arm: Arm = "shown" if self._rng.random() < retrieval.dynamic.explore_share else "hidden"
+        draw, share = self._rng.random(), retrieval.dynamic.explore_share
+        if draw >= 2 * share:
+            return chosen  # not in the trial: routed as usual, at the tenant's bar
+        arm: Arm = "shown" if draw < share else "hidden"
         decision.threshold_band, decision.threshold_arm = band.low, arm
         return in_band if arm == "shown" else chosen
+
+    def _trial_tier(self, eligible: Sequence[TierProfile]) -> str | None:
+        """The tier the threshold's trial sends both arms to: the cheapest this request may use, if it is not
+        the strongest (whose answers read no example, so they could not tell the arms apart)."""
+        cheapest = eligible[0].name
+        return cheapest if cheapest != self.strongest else None
 
     def _gathers_evidence(self, observed: Mapping[tuple[str, str], tuple[float, float]]) -> bool:
         """Whether scores come in for this tenant (a quality target compares, or it has given feedback):

@@ -6,14 +6,19 @@ and on NQ-open's it gave -0.1 (a different fact's answer does not help)
 (benchmarks/results/threshold-study-2026-12-06). So each tenant's bar starts at `retrieval.threshold` and
 steps down one band at a time where the tenant's own evidence says examples in the band below it help:
 
-- Exploration: a request whose most useful example lies in the band just below the tenant's bar,
-  [bar - step, bar), is shown it with probability `explore_share` (arm "shown") and not otherwise (arm
-  "hidden"). The draw is random within the band, so the two arms hold alike requests.
-- Evidence: the score (0-1) of a cheaper tier's answer to such a request, from feedback or a shadow
-  comparison with the strongest tier, is added to its arm's count for that tenant and band, in the shared
-  state beside the router's posteriors (every worker's evidence).
+- Exploration, a randomised trial: a request whose most useful example lies in the band just below the
+  tenant's bar, [bar - step, bar), is shown it with probability `explore_share` (arm "shown"), is not shown
+  it with the same probability (arm "hidden"), and is routed as usual otherwise. Both arms are sent to the
+  cheapest tier the request may use, whatever the router would choose: so each arm's answers are that
+  tier's, drawn alike (load, the arm's own context bucket and an idle strongest tier do not decide which
+  of them are answered and scored), and the arm without examples is scored as often as the other.
+- Evidence: the score (0-1) of such an answer, from feedback or a shadow comparison with the strongest tier
+  (a quality target compares every explored request), is added to its arm's count for that tenant and
+  band, in the shared state beside the router's posteriors (every worker's evidence).
 - The bar moves below a band once the shown arm beats the hidden one with probability `confidence` (Beta(1,1)
   posteriors, normal approximation), each arm with at least `min_evidence` scores; never below `lowest`.
+  A band that has not passed once each arm holds `max_evidence` scores is explored no more: its examples
+  had their chance, and the trial's cost (its requests' answers by the cheapest tier) stays bounded.
   The bar is recomputed from the kept counts (no state of its own), so every worker reads the same bar.
 
 It never raises the bar above `retrieval.threshold`: examples above it are the ones the cheap tier's
@@ -67,7 +72,8 @@ def p_better(a: tuple[float, float], b: tuple[float, float]) -> float:
 
 @dataclass(frozen=True)
 class TenantThreshold:
-    """A tenant's bar and the band explored under it (None: nothing is explored, the bar is at `lowest`)."""
+    """A tenant's bar and the band explored under it (None: nothing is explored: the bar is at `lowest`, or
+    the band below it was tried for `max_evidence` scores an arm without passing)."""
 
     bar: float
     explored: Band | None
@@ -89,7 +95,8 @@ def tenant_threshold(
         band = Band(low, bar, shown, hidden, p_better(shown, hidden))
         enough = min(band.scores) >= settings.min_evidence
         if not (enough and band.p_shown_better >= settings.confidence):
-            return TenantThreshold(bar, band, tuple(passed))
+            tried = min(band.scores) >= settings.max_evidence
+            return TenantThreshold(bar, None if tried else band, tuple(passed))
         passed.append(band)
         bar = low
     return TenantThreshold(bar, None, tuple(passed))

@@ -131,8 +131,9 @@ class QualityCheck(Protocol):
 
     def strongest_bias(self) -> float: ...
 
-    def sample(self, request_id: str, messages: Sequence[Message]) -> None:
-        """A request routed to a cheaper tier, as the caller sent it: kept if it is one to compare."""
+    def sample(self, request_id: str, messages: Sequence[Message], *, always: bool = False) -> None:
+        """A request routed to a cheaper tier, as the caller sent it: kept if it is one to compare (`always`:
+        compared whatever the share, its score moving the bias only if the share would have picked it)."""
         ...
 
     def compare(

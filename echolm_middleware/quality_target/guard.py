@@ -22,17 +22,21 @@ class QualityGuard:
         self.controller = controller
         self._shadow = shadow
         self._lock = threading.Lock()
-        self._sampled: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        # Per sampled request: its messages, and whether it is of the sampled share (its score moves the bias).
+        self._sampled: OrderedDict[str, tuple[list[dict[str, Any]], bool]] = OrderedDict()
 
     def strongest_bias(self) -> float:
         return self.controller.bias
 
-    def sample(self, request_id: str, messages: Sequence[Message]) -> None:
-        """Keep the request as the caller sent it (no examples), if it is one of the sampled share."""
-        if not self.controller.should_compare():
+    def sample(self, request_id: str, messages: Sequence[Message], *, always: bool = False) -> None:
+        """Keep the request as the caller sent it (no examples), if it is one of the sampled share. `always`
+        keeps it whatever the share (the threshold's trial); its score then moves the bias only if the share's
+        draw picked it too, so the bias follows an even sample of the cheaper tiers' answers."""
+        of_the_share = self.controller.should_compare()
+        if not (always or of_the_share):
             return
         with self._lock:
-            self._sampled[request_id] = [dict(message) for message in messages]
+            self._sampled[request_id] = ([dict(message) for message in messages], of_the_share)
             while len(self._sampled) > _MAX_PENDING_SAMPLES:
                 self._sampled.popitem(last=False)
 
@@ -49,13 +53,14 @@ class QualityGuard:
         not `moves_bias`: a reused answer, whose own model learns from it instead) and is passed to
         `evidence` (the examples the answer used, or the reuse model)."""
         with self._lock:
-            messages = self._sampled.pop(request_id, None)
-        if messages is None or not comparable:
+            sampled = self._sampled.pop(request_id, None)
+        if sampled is None or not comparable:
             return
+        messages, of_the_share = sampled
         controller = self.controller
 
         def observe(score: float) -> None:
-            if moves_bias:
+            if moves_bias and of_the_share:
                 controller.observe(score)
             if evidence is not None:
                 evidence(score)

@@ -25,6 +25,7 @@ from echolm_middleware.config import (
 )
 from echolm_middleware.core.engine import Engine, EngineSettings
 from echolm_middleware.core.routing import TierProfile
+from echolm_middleware.core.types import Message
 from echolm_middleware.quality_target import guard_for
 
 WORD = re.compile(r"[a-z0-9]+")
@@ -136,6 +137,19 @@ class EngineKit:
 
 
 EngineFactory = Callable[..., EngineKit]
+
+
+class ImmediateShadow:
+    """Scores every submitted comparison at once with a fixed score, and keeps what it was given."""
+
+    def __init__(self, score: float) -> None:
+        self.score = score
+        self.seen: list[tuple[list[Message], str]] = []
+
+    def submit(self, messages: Sequence[Message], cheap_answer: str, done: Callable[[float], None]) -> bool:
+        self.seen.append((list(messages), cheap_answer))
+        done(self.score)
+        return True
 
 
 @pytest.fixture

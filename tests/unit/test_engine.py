@@ -353,7 +353,7 @@ class _HeldBias:
     def strongest_bias(self) -> float:
         return self.bias
 
-    def sample(self, request_id: str, messages: object) -> None:
+    def sample(self, request_id: str, messages: object, *, always: bool = False) -> None:
         pass
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -12,7 +12,7 @@ from echolm_middleware.config import QualityTargetSettings
 from echolm_middleware.core.types import ChatRequest, Completion, Message, Outcome
 from echolm_middleware.quality_target.controller import QualityTarget
 from echolm_middleware.quality_target.shadow import ShadowComparisons, agreement
-from tests.unit.conftest import ROUTING
+from tests.unit.conftest import ROUTING, ImmediateShadow
 
 QUESTION = "What is the capital of France?"
 PARAPHRASE = "What is the capital city of France?"
@@ -52,19 +52,6 @@ def test_the_sampled_share_is_about_what_was_asked() -> None:
 def test_scores_outside_zero_to_one_are_refused() -> None:
     with pytest.raises(ValueError):
         _controller().observe(1.5)
-
-
-class ImmediateShadow:
-    """Scores every submitted comparison at once with a fixed score, and keeps what it was given."""
-
-    def __init__(self, score: float) -> None:
-        self.score = score
-        self.seen: list[tuple[list[Message], str]] = []
-
-    def submit(self, messages: Sequence[Message], cheap_answer: str, done: Callable[[float], None]) -> bool:
-        self.seen.append((list(messages), cheap_answer))
-        done(self.score)
-        return True
 
 
 def _routing(target: float = 0.9) -> Any:
