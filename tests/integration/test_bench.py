@@ -25,9 +25,9 @@ def test_a_tiny_bench_serves_every_system_and_writes_its_report(local_tiers: Loc
     done = subprocess.run(
         [
             sys.executable, "-m", "echolm_middleware.cli.main", "bench", "--config", str(config),
-            "--workloads", "nq_open", "--warm", "8", "--requests", "4", "--semantic-thresholds", "0.8",
+            "--workloads", "nq_open", "--warm", "8", "--requests", "2", "--semantic-thresholds", "0.8",
             "--difficulty-strong-shares", "0.5", "--cost-weights", "0.1", "--quality-targets", "0.8",
-            "--rates", "1", "--rate-requests", "3", "--warmup", "0",
+            "--rates", "1", "--rate-requests", "2", "--warmup", "0",
             "--replica-ports", "8303", "8304", "--overhead-sizes", "200", "--overhead-queries", "10",
             "--results", str(tmp_path / "results"), "--work", str(tmp_path / "work"), "--run", "tiny",
         ],
@@ -38,7 +38,7 @@ def test_a_tiny_bench_serves_every_system_and_writes_its_report(local_tiers: Loc
     out = tmp_path / "results" / "tiny"
     summary = json.loads((out / "summary.json").read_text())
     workload = summary["workloads"]["nq_open"]
-    assert workload["metric"] == "exact_match" and workload["requests"] == 4
+    assert workload["metric"] == "exact_match" and workload["requests"] == 2
     assert set(workload["systems"]) == {"strong_only", "small_only", "semantic_cache", "difficulty_router", "echolm"}
     for name, system in workload["systems"].items():
         assert system["errors"] == 0, name
@@ -60,9 +60,9 @@ def test_a_tiny_bench_serves_every_system_and_writes_its_report(local_tiers: Loc
         assert poisson["rate_rps"] == 1.0 and poisson["errors"] == 0
         assert sum(poisson["share_by_tier"].values()) == pytest.approx(1.0, abs=0.01)
         assert 0 <= poisson["quality"] <= 1  # scored on the pass's own answers
-    # One row per request of every pass: 4 per closed loop (6 of them), 3 per Poisson pass (2).
+    # One row per request of every pass: 2 per closed loop (6 of them), 2 per Poisson pass (2).
     rows = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
-    assert len(rows) == 4 * 6 + 2 * 3 and not (out / "requests.jsonl.partial").exists()
+    assert len(rows) == 2 * 6 + 2 * 2 and not (out / "requests.jsonl.partial").exists()
     assert {row["system"] for row in rows} == set(workload["systems"])
     assert all(row["error"] is None and row["latency_s"] > 0 for row in rows)
     assert summary["overhead"]["sizes"][0]["entries"] == 200

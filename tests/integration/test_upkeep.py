@@ -287,7 +287,7 @@ def test_two_proxy_workers_run_one_scheduled_pass_per_period(start_proxy_for: Pr
     with the same degraded examples, and both share the state database that holds the period's lease.
     Whichever worker wins the period upgrades its own store; the other's store must stay untouched.
     """
-    period_s = 30.0  # firings come 3 s into each period (scheduling.first_firing_anchor)
+    period_s = 15.0  # firings come 3 s into each period (scheduling.first_firing_anchor)
     envs: dict[str, dict[str, str]] = {}
     for name in ("a", "b"):
         envs[name] = _env(
