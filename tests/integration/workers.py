@@ -172,10 +172,10 @@ def two_worker_stack(base: Path) -> Iterator[Stack]:
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the proxy gets a fresh one for its two workers
         # Both workers run the upkeep scheduler every 6 s; a zero budget keeps the passes off the model servers.
         env["ECHOLM_UPKEEP__SCHEDULE_MINUTES"] = "0.1"
+        env["ECHOLM_UPKEEP__BUDGET_TOKENS"] = "0"
         # A killed tier is tried again at most 10 s after its last failure (60 s by default): the mid-stream
         # kill test waits that long for its restarted server to be routed to again.
         env["ECHOLM_ROUTING__FAILING_TIER_MAX_COOLDOWN_S"] = "10"
-        env["ECHOLM_UPKEEP__BUDGET_TOKENS"] = "0"
         config = _config_with_cheap_on(spec.port, base)
         proxy = start_proxy(config, env=env, workers=2, log_path=base / "proxy.log")
         stack.callback(proxy.stop)
