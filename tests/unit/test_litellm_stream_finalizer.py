@@ -98,13 +98,23 @@ def test_unchanged_is_judged_on_both_ids_and_unknown_fields_defer_to_litellm() -
     assert not restore_changes_nothing(object())
 
 
-def reproduce(mode: str, seed: int, ids: str) -> subprocess.CompletedProcess[str]:
+def start_reproducer(mode: str, seed: int, ids: str) -> subprocess.Popen[str]:
     """The reproducer at a fixed hash seed (it shapes the HAMT): 200 shapes of 10,000 sets, about 10 s whole."""
     env = {**os.environ, "PYTHONHASHSEED": str(seed), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    return subprocess.run(
+    return subprocess.Popen(
         [sys.executable, str(REPRODUCER), mode, "10000", "200", *([ids] if ids == "correlated" else [])],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+
+
+def finished(process: subprocess.Popen[str]) -> tuple[int, str, str]:
+    """(return code, stdout, stderr) once the reproducer ends; killed past 300 s."""
+    try:
+        out, err = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    return process.returncode, out, err
 
 
 @only_before_312
@@ -115,16 +125,18 @@ def test_litellms_own_finalizer_crashes_this_python_and_the_guarded_one_does_not
     4 of 4 tried with correlation on), the same process with the guard installed lives. Which seeds crash
     moves with the process's environment (it shapes the heap): seeds 0-2 all lived in one clean-clone CI
     while 0, 3 and 4 crashed in a shell on the same machine, so up to ten seeds are tried, stopping at the
-    first crash (usually the first)."""
+    first crash (usually the first). The guarded process runs beside them (one core each): each is its own
+    process, so neither shapes the other's heap."""
+    guarded = start_reproducer("guarded", 0, ids)
     unguarded = []
     for seed in range(10):
-        unguarded.append(reproduce("litellm", seed, ids).returncode)
+        unguarded.append(finished(start_reproducer("litellm", seed, ids))[0])
         if unguarded[-1] == -signal.SIGSEGV:
             break
+    returncode, out, err = finished(guarded)
     assert unguarded[-1] == -signal.SIGSEGV, f"LiteLLM's finalizer did not crash at seeds 0-9: {unguarded}"
-    guarded = reproduce("guarded", 0, ids)
-    assert guarded.returncode == 0, guarded.stderr[-2000:]
-    assert "survived 2000000" in guarded.stdout
+    assert returncode == 0, err[-2000:]
+    assert "survived 2000000" in out
 
 
 def test_python_from_312_on_is_left_as_it_is() -> None:
