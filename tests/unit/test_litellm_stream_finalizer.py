@@ -127,13 +127,16 @@ def test_litellms_own_finalizer_crashes_this_python_and_the_guarded_one_does_not
     while 0, 3 and 4 crashed in a shell on the same machine, so up to ten seeds are tried, stopping at the
     first crash (usually the first). The guarded process runs beside them (one core each): each is its own
     process, so neither shapes the other's heap."""
-    guarded = start_reproducer("guarded", 0, ids)
     unguarded = []
-    for seed in range(10):
-        unguarded.append(finished(start_reproducer("litellm", seed, ids))[0])
-        if unguarded[-1] == -signal.SIGSEGV:
-            break
-    returncode, out, err = finished(guarded)
+    guarded = start_reproducer("guarded", 0, ids)
+    try:
+        for seed in range(10):
+            unguarded.append(finished(start_reproducer("litellm", seed, ids))[0])
+            if unguarded[-1] == -signal.SIGSEGV:
+                break
+        returncode, out, err = finished(guarded)
+    finally:
+        guarded.kill()  # a no-op once it has ended; stops it if a seed's run raised
     assert unguarded[-1] == -signal.SIGSEGV, f"LiteLLM's finalizer did not crash at seeds 0-9: {unguarded}"
     assert returncode == 0, err[-2000:]
     assert "survived 2000000" in out
