@@ -98,23 +98,12 @@ def test_unchanged_is_judged_on_both_ids_and_unknown_fields_defer_to_litellm() -
     assert not restore_changes_nothing(object())
 
 
-def start_reproducer(mode: str, seed: int, ids: str) -> subprocess.Popen[str]:
-    """The reproducer at a fixed hash seed (it shapes the HAMT): 200 shapes of 10,000 sets, about 10 s whole."""
+def reproducer(mode: str, seed: int, ids: str) -> dict[str, Any]:
+    """How to run the reproducer at a fixed hash seed (it shapes the HAMT): 200 shapes of 10,000 sets, about
+    10 s whole."""
     env = {**os.environ, "PYTHONHASHSEED": str(seed), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    return subprocess.Popen(
-        [sys.executable, str(REPRODUCER), mode, "10000", "200", *([ids] if ids == "correlated" else [])],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-
-
-def finished(process: subprocess.Popen[str]) -> tuple[int, str, str]:
-    """(return code, stdout, stderr) once the reproducer ends; killed past 300 s."""
-    try:
-        out, err = process.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        raise
-    return process.returncode, out, err
+    args = [sys.executable, str(REPRODUCER), mode, "10000", "200", *([ids] if ids == "correlated" else [])]
+    return {"args": args, "cwd": ROOT, "env": env, "text": True}
 
 
 @only_before_312
@@ -128,17 +117,19 @@ def test_litellms_own_finalizer_crashes_this_python_and_the_guarded_one_does_not
     first crash (usually the first). The guarded process runs beside them (one core each): each is its own
     process, so neither shapes the other's heap."""
     unguarded = []
-    guarded = start_reproducer("guarded", 0, ids)
+    guarded = subprocess.Popen(**reproducer("guarded", 0, ids), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         for seed in range(10):
-            unguarded.append(finished(start_reproducer("litellm", seed, ids))[0])
+            unguarded.append(
+                subprocess.run(**reproducer("litellm", seed, ids), capture_output=True, timeout=300).returncode
+            )
             if unguarded[-1] == -signal.SIGSEGV:
                 break
-        returncode, out, err = finished(guarded)
+        out, err = guarded.communicate(timeout=300)
     finally:
-        guarded.kill()  # a no-op once it has ended; stops it if a seed's run raised
+        guarded.kill()  # a no-op once it has ended; stops it if a seed's run or the wait raised
     assert unguarded[-1] == -signal.SIGSEGV, f"LiteLLM's finalizer did not crash at seeds 0-9: {unguarded}"
-    assert returncode == 0, err[-2000:]
+    assert guarded.returncode == 0, err[-2000:]
     assert "survived 2000000" in out
 
 
